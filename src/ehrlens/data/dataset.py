@@ -1,0 +1,370 @@
+"""Samples -> fitted processors -> a torch Dataset whose batches a model takes as ``**batch``.
+
+A batch is a dict:
+
+- ``"patient_id"``, ``"visit_id"``: lists of strings (``visit_id`` entries may be ``None``);
+- one padded tensor per feature key and per label key;
+- ``"masks"``: ``{key: [batch, steps] bool}`` for float features whose padding the values cannot
+  show (``"timeseries"``); code features are padded with id 0 and need no mask;
+- ``"times"``: ``{key: [batch, steps] float}`` for ``"timeseries"`` and ``"stagenet"`` features.
+
+Example:
+    >>> samples = [
+    ...     {"patient_id": "p1", "conditions": ["I10", "E11.9"], "label": 1},
+    ...     {"patient_id": "p2", "conditions": ["I10"], "label": 0},
+    ... ]
+    >>> ds = create_sample_dataset(samples, {"conditions": "sequence"}, {"label": "binary"})
+    >>> batch = next(iter(get_dataloader(ds, batch_size=2)))
+    >>> batch["conditions"].shape, batch["label"].shape
+    (torch.Size([2, 2]), torch.Size([2, 1]))
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from .processors import (
+    FeatureProcessor,
+    LabelProcessor,
+    make_feature_processor,
+    make_label_processor,
+)
+
+#: Batch keys with a fixed meaning; no feature or label may use them.
+RESERVED_KEYS = frozenset({"patient_id", "visit_id", "masks", "times"})
+
+SCHEMA_FORMAT_VERSION = 1
+
+
+class FittedSchema:
+    """Input/output schemas with their fitted processors: what a model knows of its data.
+
+    Saved with every model so that new patients are converted with the training vocabulary.
+
+    Args:
+        input_processors: ``{feature_key: fitted FeatureProcessor}``.
+        output_processors: ``{label_key: fitted LabelProcessor}``.
+    """
+
+    def __init__(
+        self,
+        input_processors: Mapping[str, FeatureProcessor],
+        output_processors: Mapping[str, LabelProcessor],
+    ) -> None:
+        self.input_processors = dict(input_processors)
+        self.output_processors = dict(output_processors)
+
+    @property
+    def input_schema(self) -> dict[str, str]:
+        return {k: p.schema for k, p in self.input_processors.items()}
+
+    @property
+    def output_schema(self) -> dict[str, str]:
+        return {k: p.schema for k, p in self.output_processors.items()}
+
+    @property
+    def feature_keys(self) -> list[str]:
+        return list(self.input_processors)
+
+    @property
+    def label_keys(self) -> list[str]:
+        return list(self.output_processors)
+
+    @classmethod
+    def fit(
+        cls,
+        samples: Sequence[Mapping[str, Any]],
+        input_schema: Mapping[str, str],
+        output_schema: Mapping[str, str],
+    ) -> FittedSchema:
+        """Create one processor per key and fit it on every sample's value."""
+        _check_schema_keys(input_schema, output_schema)
+        inputs = {k: make_feature_processor(s, k) for k, s in input_schema.items()}
+        outputs = {k: make_label_processor(s, k) for k, s in output_schema.items()}
+        for key, processor in [*inputs.items(), *outputs.items()]:
+            processor.fit([_field(sample, key, i) for i, sample in enumerate(samples)], key)
+        return cls(inputs, outputs)
+
+    def state_dict(self) -> dict[str, Any]:
+        """Plain-data form: schema strings and each processor's fitted state."""
+
+        def dump(processors: Mapping[str, Any]) -> dict[str, Any]:
+            return {k: {"schema": p.schema, "state": p.state_dict()} for k, p in processors.items()}
+
+        return {
+            "format_version": SCHEMA_FORMAT_VERSION,
+            "inputs": dump(self.input_processors),
+            "outputs": dump(self.output_processors),
+        }
+
+    @classmethod
+    def from_state_dict(cls, state: Mapping[str, Any]) -> FittedSchema:
+        """Rebuild fitted processors saved with :meth:`state_dict`."""
+        version = state.get("format_version")
+        if version != SCHEMA_FORMAT_VERSION:
+            raise ValueError(
+                f"schema format version {version!r} is not supported "
+                f"(this ehrlens reads version {SCHEMA_FORMAT_VERSION})"
+            )
+        inputs = {}
+        for key, entry in state["inputs"].items():
+            inputs[key] = make_feature_processor(entry["schema"], key)
+            inputs[key].load_state_dict(entry["state"])
+        outputs = {}
+        for key, entry in state["outputs"].items():
+            outputs[key] = make_label_processor(entry["schema"], key)
+            outputs[key].load_state_dict(entry["state"])
+        return cls(inputs, outputs)
+
+
+def _check_schema_keys(input_schema: Mapping[str, str], output_schema: Mapping[str, str]) -> None:
+    for name, schema in (("input_schema", input_schema), ("output_schema", output_schema)):
+        if not isinstance(schema, Mapping):
+            raise TypeError(f"{name} must be a dict of key -> schema string, got {schema!r}")
+    if not input_schema:
+        raise ValueError("input_schema is empty: name at least one feature key")
+    for key in (*input_schema, *output_schema):
+        if key in RESERVED_KEYS:
+            raise ValueError(f"key '{key}' is reserved for batch metadata; rename the feature")
+    both = set(input_schema) & set(output_schema)
+    if both:
+        raise ValueError(f"keys {sorted(both)} are in both input_schema and output_schema")
+
+
+def _field(sample: Any, key: str, index: int) -> Any:
+    if not isinstance(sample, Mapping):
+        raise TypeError(f"sample {index}: expected a dict, got {type(sample).__name__}")
+    if key not in sample:
+        raise ValueError(
+            f"sample {index} (patient_id={sample.get('patient_id')!r}): missing key '{key}' "
+            f"named in the schema; present keys: {sorted(sample)}"
+        )
+    return sample[key]
+
+
+class SampleDataset(Dataset):
+    """Processed samples plus the fitted schema that produced them.
+
+    Items are dicts of processed fields; :meth:`collate` pads a list of them into a batch.
+    Create one with :func:`create_sample_dataset`.
+    """
+
+    def __init__(
+        self,
+        items: list[dict[str, Any]],
+        schema: FittedSchema,
+        dataset_name: str | None = None,
+        has_labels: bool = True,
+    ) -> None:
+        self.items = items
+        self.schema = schema
+        self.dataset_name = dataset_name
+        self.has_labels = has_labels
+
+    # Convenience views of the schema --------------------------------------------------
+    @property
+    def input_schema(self) -> dict[str, str]:
+        return self.schema.input_schema
+
+    @property
+    def output_schema(self) -> dict[str, str]:
+        return self.schema.output_schema
+
+    @property
+    def input_processors(self) -> dict[str, FeatureProcessor]:
+        return self.schema.input_processors
+
+    @property
+    def output_processors(self) -> dict[str, LabelProcessor]:
+        return self.schema.output_processors
+
+    @property
+    def feature_keys(self) -> list[str]:
+        return self.schema.feature_keys
+
+    @property
+    def label_keys(self) -> list[str]:
+        return self.schema.label_keys
+
+    @property
+    def patient_ids(self) -> list[str]:
+        return [item["patient_id"] for item in self.items]
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        return self.items[index]
+
+    def subset(self, indices: Sequence[int]) -> SampleDataset:
+        """A dataset of the given items that shares this one's fitted schema."""
+        return SampleDataset(
+            [self.items[i] for i in indices], self.schema, self.dataset_name, self.has_labels
+        )
+
+    def collate(self, items: Sequence[dict[str, Any]]) -> dict[str, Any]:
+        """Pad a list of items into one batch dict (see the module docstring)."""
+        if not items:
+            raise ValueError("cannot collate an empty list of samples")
+        batch: dict[str, Any] = {
+            "patient_id": [item["patient_id"] for item in items],
+            "visit_id": [item["visit_id"] for item in items],
+            "masks": {},
+            "times": {},
+        }
+        for key, processor in self.input_processors.items():
+            collated = processor.collate([item[key] for item in items])
+            batch[key] = collated.values
+            if collated.mask is not None:
+                batch["masks"][key] = collated.mask
+            if collated.times is not None:
+                batch["times"][key] = collated.times
+        if self.has_labels:
+            for key, processor in self.output_processors.items():
+                batch[key] = processor.collate([item[key] for item in items])
+        return batch
+
+
+def create_sample_dataset(
+    samples: Sequence[Mapping[str, Any]],
+    input_schema: Mapping[str, str] | None = None,
+    output_schema: Mapping[str, str] | None = None,
+    dataset_name: str | None = None,
+    *,
+    schema: FittedSchema | None = None,
+) -> SampleDataset:
+    """Validate, fit processors on, and convert a list of patient samples.
+
+    Args:
+        samples: dicts with ``patient_id``, optional ``visit_id``, every feature key and every
+            label key. Keys not in the schemas are ignored.
+        input_schema: ``{feature_key: "sequence" | "nested_sequence" | "timeseries" |
+            "stagenet" | "tensor"}``.
+        output_schema: ``{label_key: "binary" | "multiclass" | "multilabel" | "regression"}``.
+        dataset_name: a name kept for reports.
+        schema: an already fitted schema (e.g. ``model.schema``) to convert new patients with
+            the training vocabulary; then the two schema dicts may be omitted, and label keys
+            may be absent from every sample (scoring without labels).
+
+    Returns:
+        A :class:`SampleDataset`.
+
+    Raises:
+        ValueError / TypeError naming the sample index, the key and what was expected.
+    """
+    if isinstance(samples, (str, bytes, Mapping)) or not isinstance(samples, Sequence):
+        raise TypeError(f"samples must be a list of dicts, got {type(samples).__name__}")
+    if len(samples) == 0:
+        raise ValueError("samples is empty: a dataset needs at least one sample")
+    if schema is None:
+        if input_schema is None or output_schema is None:
+            raise ValueError("give input_schema and output_schema, or a fitted schema=")
+        schema = FittedSchema.fit(samples, input_schema, output_schema)
+    elif input_schema is not None and dict(input_schema) != schema.input_schema:
+        raise ValueError(
+            f"input_schema {dict(input_schema)} differs from the fitted schema's "
+            f"{schema.input_schema}"
+        )
+    has_labels = _labels_present(samples, schema.label_keys)
+    items = []
+    for index, sample in enumerate(samples):
+        pid = _field(sample, "patient_id", index)
+        item: dict[str, Any] = {"patient_id": str(pid), "visit_id": sample.get("visit_id")}
+        for key, processor in schema.input_processors.items():
+            item[key] = processor.process(_field(sample, key, index), key, index)
+        if has_labels:
+            for key, processor in schema.output_processors.items():
+                item[key] = processor.process(_field(sample, key, index), key, index)
+        items.append(item)
+    return SampleDataset(items, schema, dataset_name, has_labels)
+
+
+def _labels_present(samples: Sequence[Mapping[str, Any]], label_keys: list[str]) -> bool:
+    """True when every sample has every label; False when none has any; else an error."""
+    if not label_keys:
+        return False
+    for key in label_keys:
+        missing = [i for i, s in enumerate(samples) if not isinstance(s, Mapping) or key not in s]
+        if missing and len(missing) < len(samples):
+            raise ValueError(
+                f"sample {missing[0]}: missing label key '{key}' "
+                f"({len(missing)} of {len(samples)} samples lack it)"
+            )
+        if missing:
+            return False
+    return True
+
+
+def get_dataloader(
+    dataset: SampleDataset,
+    batch_size: int,
+    shuffle: bool = False,
+    seed: int | None = None,
+    num_workers: int = 0,
+) -> DataLoader:
+    """A DataLoader that pads batches with ``dataset.collate``.
+
+    Args:
+        dataset: a :class:`SampleDataset`.
+        batch_size: samples per batch.
+        shuffle: reshuffle every epoch; with ``seed`` the order is reproducible.
+        seed: seed of the shuffling generator.
+        num_workers: worker processes for loading.
+    """
+    if not isinstance(dataset, SampleDataset):
+        raise TypeError(f"expected a SampleDataset, got {type(dataset).__name__}")
+    generator = None
+    if shuffle and seed is not None:
+        generator = torch.Generator().manual_seed(seed)
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=shuffle,
+        collate_fn=dataset.collate,
+        generator=generator,
+        num_workers=num_workers,
+    )
+
+
+def split_by_patient(
+    dataset: SampleDataset, ratios: Sequence[float] = (0.7, 0.15, 0.15), seed: int = 0
+) -> list[SampleDataset]:
+    """Split into datasets with disjoint patients (all of a patient's samples go together).
+
+    Example:
+        >>> train, val, test = split_by_patient(ds, (0.7, 0.15, 0.15), seed=0)
+    """
+    if abs(sum(ratios) - 1.0) > 1e-6 or any(r < 0 for r in ratios):
+        raise ValueError(f"ratios must be non-negative and sum to 1, got {list(ratios)}")
+    patients = sorted(set(dataset.patient_ids))
+    order = torch.randperm(len(patients), generator=torch.Generator().manual_seed(seed))
+    shuffled = [patients[i] for i in order.tolist()]
+    bounds, total = [], 0.0
+    for r in ratios:
+        total += r
+        bounds.append(round(total * len(shuffled)))
+    groups, start = [], 0
+    for end in bounds:
+        groups.append(set(shuffled[start:end]))
+        start = end
+    return [
+        dataset.subset([i for i, pid in enumerate(dataset.patient_ids) if pid in group])
+        for group in groups
+    ]
+
+
+def move_to_device(batch: Mapping[str, Any], device: torch.device | str) -> dict[str, Any]:
+    """Move every tensor of a batch (nested dicts included) to ``device``."""
+
+    def move(value: Any) -> Any:
+        if isinstance(value, torch.Tensor):
+            return value.to(device)
+        if isinstance(value, Mapping):
+            return {k: move(v) for k, v in value.items()}
+        return value
+
+    return {k: move(v) for k, v in batch.items()}
