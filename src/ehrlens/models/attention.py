@@ -1,0 +1,195 @@
+"""The one multi-head attention module of ehrlens, its encoder block, and attention capture.
+
+Every model computes attention here, so capture is written once: :class:`MultiHeadAttention`
+passes each post-softmax, pre-dropout map ``[batch, heads, seq, seq]`` to its attention hooks
+(registered with :meth:`MultiHeadAttention.register_attention_hook`, removable handles as in
+PyTorch), and :class:`AttentionCapture` is the hook that stores a map and, on request, its
+gradient. :class:`AttentionCaptureMixin` gives a model ``set_attention_hooks`` and
+``get_attention_layers`` from a single method listing its attention modules per feature key.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import OrderedDict
+from collections.abc import Callable
+
+import torch
+from torch import Tensor, nn
+from torch.utils.hooks import RemovableHandle
+
+AttentionHook = Callable[["MultiHeadAttention", Tensor], None]
+
+
+class MultiHeadAttention(nn.Module):
+    """Multi-head self-attention with key padding and attention hooks.
+
+    Args:
+        dim: model width ``D``; must be divisible by ``heads``.
+        heads: number of heads ``H``.
+        dropout: dropout on the attention weights (applied after hooks see them).
+
+    Shapes:
+        ``x``: ``[batch, seq, D]``; ``mask``: ``[batch, seq]`` bool, True = real position.
+        Hooks receive ``[batch, H, seq, seq]`` post-softmax weights; padded keys get exactly 0.
+
+    Example:
+        >>> mha = MultiHeadAttention(dim=8, heads=2)
+        >>> handle = mha.register_attention_hook(lambda module, attn: print(attn.shape))
+        >>> _ = mha(torch.randn(1, 3, 8), torch.ones(1, 3, dtype=torch.bool))
+        torch.Size([1, 2, 3, 3])
+        >>> handle.remove()
+    """
+
+    def __init__(self, dim: int, heads: int, dropout: float = 0.0) -> None:
+        super().__init__()
+        if dim % heads != 0:
+            raise ValueError(f"embedding dim {dim} must be divisible by heads {heads}")
+        self.dim = dim
+        self.heads = heads
+        self.head_dim = dim // heads
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+        self.dropout = nn.Dropout(dropout)
+        self._attention_hooks: OrderedDict[int, AttentionHook] = OrderedDict()
+
+    def register_attention_hook(self, hook: AttentionHook) -> RemovableHandle:
+        """Call ``hook(module, attention)`` on every forward; returns a removable handle."""
+        handle = RemovableHandle(self._attention_hooks)
+        self._attention_hooks[handle.id] = hook
+        return handle
+
+    @property
+    def has_attention_hooks(self) -> bool:
+        """Whether any attention hook is registered."""
+        return bool(self._attention_hooks)
+
+    def forward(self, x: Tensor, mask: Tensor) -> Tensor:
+        batch, seq, _ = x.shape
+        q, k, v = self.qkv(x).view(batch, seq, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        scores = (q @ k.transpose(-2, -1)) / math.sqrt(self.head_dim)
+        # The dtype's most negative value rather than -inf: exp() gives exactly 0 for padded
+        # keys, and a row with no real key stays finite instead of NaN.
+        scores = scores.masked_fill(~mask[:, None, None, :], torch.finfo(scores.dtype).min)
+        attention = scores.softmax(dim=-1)
+        for hook in tuple(self._attention_hooks.values()):
+            hook(self, attention)
+        out = self.dropout(attention) @ v  # [batch, heads, seq, head_dim]
+        return self.proj(out.transpose(1, 2).reshape(batch, seq, self.dim))
+
+
+class EncoderBlock(nn.Module):
+    """Pre-norm transformer block: ``x + attn(LN(x))``, then ``x + FFN(LN(x))``.
+
+    Shapes: ``x`` ``[batch, seq, D]``, ``mask`` ``[batch, seq]`` -> ``[batch, seq, D]``.
+    """
+
+    def __init__(self, dim: int, heads: int, dropout: float = 0.1, ffn_mult: int = 4) -> None:
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim)
+        self.attention = MultiHeadAttention(dim, heads, dropout)
+        self.norm2 = nn.LayerNorm(dim)
+        self.ffn = nn.Sequential(
+            nn.Linear(dim, ffn_mult * dim),
+            nn.GELU(),
+            nn.Dropout(dropout),
+            nn.Linear(ffn_mult * dim, dim),
+        )
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: Tensor, mask: Tensor) -> Tensor:
+        x = x + self.dropout(self.attention(self.norm1(x), mask))
+        return x + self.dropout(self.ffn(self.norm2(x)))
+
+
+class AttentionCapture:
+    """Attention hook that keeps one module's latest map and, optionally, its gradient.
+
+    Forward-only (``capture_gradients=False``) stores a detached map and registers no autograd
+    hook. With gradients, the map is kept in the graph and a tensor hook stores its gradient
+    when a backward pass reaches it. Each forward clears what the previous one stored.
+    """
+
+    def __init__(self, module: MultiHeadAttention, capture_gradients: bool) -> None:
+        self.capture_gradients = capture_gradients
+        self.attention: Tensor | None = None
+        self.gradient: Tensor | None = None
+        self._gradient_handle: RemovableHandle | None = None
+        self._handle = module.register_attention_hook(self._on_attention)
+
+    def _on_attention(self, module: MultiHeadAttention, attention: Tensor) -> None:
+        self._clear()
+        if self.capture_gradients and attention.requires_grad:
+            self.attention = attention
+            self._gradient_handle = attention.register_hook(self._on_gradient)
+        else:
+            self.attention = attention.detach()
+
+    def _on_gradient(self, gradient: Tensor) -> None:
+        self.gradient = gradient.detach()
+
+    def _clear(self) -> None:
+        if self._gradient_handle is not None:
+            self._gradient_handle.remove()
+            self._gradient_handle = None
+        self.attention = None
+        self.gradient = None
+
+    def remove(self) -> None:
+        """Unregister the attention hook and any gradient hook; drop stored tensors."""
+        self._handle.remove()
+        self._clear()
+
+
+class AttentionCaptureMixin:
+    """``set_attention_hooks`` / ``get_attention_layers`` for models built on this module.
+
+    A model lists its attention modules per feature key, input side first, in
+    :meth:`attention_modules`; everything else is shared.
+    """
+
+    def attention_modules(self) -> dict[str, list[MultiHeadAttention]]:
+        """``{feature_key: [MultiHeadAttention per layer, input side first]}``."""
+        raise NotImplementedError
+
+    def _captures(self) -> dict[str, list[AttentionCapture]]:
+        return self.__dict__.setdefault("_attention_captures", {})
+
+    def set_attention_hooks(self, enabled: bool, capture_gradients: bool = True) -> None:
+        """Start (or stop) storing every layer's attention map [and its gradient].
+
+        Args:
+            enabled: True to capture on every following forward; False removes every hook.
+            capture_gradients: keep maps in the autograd graph and store their gradients
+                after ``.backward()``; False stores detached maps only (works under
+                ``torch.no_grad()`` and ``torch.inference_mode()``).
+        """
+        captures = self._captures()
+        for layer_captures in captures.values():
+            for capture in layer_captures:
+                capture.remove()
+        captures.clear()
+        if enabled:
+            for key, modules in self.attention_modules().items():
+                captures[key] = [AttentionCapture(m, capture_gradients) for m in modules]
+
+    def get_attention_layers(self) -> dict[str, list[tuple[Tensor, Tensor | None]]]:
+        """Captured ``(attn_map, attn_grad)`` per layer and feature key, input side first.
+
+        Maps are ``[batch, heads, seq, seq]``; ``attn_grad`` (same shape) is ``None`` until a
+        backward pass reaches the map, or when gradients are not captured.
+        """
+        captures = self._captures()
+        if not captures:
+            raise RuntimeError(
+                "attention capture is off: call set_attention_hooks(True) and run a forward"
+            )
+        layers: dict[str, list[tuple[Tensor, Tensor | None]]] = {}
+        for key, layer_captures in captures.items():
+            if any(c.attention is None for c in layer_captures):
+                raise RuntimeError(
+                    f"feature '{key}': no attention captured yet; run a forward after "
+                    "set_attention_hooks(True)"
+                )
+            layers[key] = [(c.attention, c.gradient) for c in layer_captures]
+        return layers
