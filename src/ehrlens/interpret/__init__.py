@@ -1,0 +1,22 @@
+"""Explanations of attention-based models: the two-level interface and the methods."""
+
+from .api import (
+    AttentionInterpretable,
+    CheferInterpretable,
+    GradientInterpretable,
+    capture_attention,
+)
+from .methods import AttentionRollout, BaseInterpreter, CheferRelevance
+from .summary import code_relevance, top_codes
+
+__all__ = [
+    "AttentionInterpretable",
+    "AttentionRollout",
+    "BaseInterpreter",
+    "CheferInterpretable",
+    "CheferRelevance",
+    "GradientInterpretable",
+    "capture_attention",
+    "code_relevance",
+    "top_codes",
+]

@@ -1,0 +1,7 @@
+"""Explanation methods; each has the same ``attribute(target_class_idx=None, **batch)``."""
+
+from .base import BaseInterpreter
+from .chefer import CheferRelevance
+from .rollout import AttentionRollout
+
+__all__ = ["AttentionRollout", "BaseInterpreter", "CheferRelevance"]

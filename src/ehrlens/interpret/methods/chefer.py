@@ -1,0 +1,106 @@
+"""Gradient-weighted relevance (Chefer, Gur & Wolf, "Generic Attention-model Explainability
+for Interpreting Bi-Modal and Encoder-Decoder Transformers", ICCV 2021), self-attention rule."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from ..api import GradientInterpretable, capture_attention
+from .base import BaseInterpreter, TargetIndex, map_to_input_shapes, select_target
+from .propagation import readout_relevance
+
+
+def chefer_step(rows: Tensor, cam: Tensor) -> Tensor:
+    """``rows @ (I + cam)`` for rows ``[batch, r, seq]`` and ``cam`` ``[batch, seq, seq]``."""
+    return rows + torch.bmm(rows, cam)
+
+
+def gradient_weighted_attention(attention: Tensor, gradient: Tensor | None) -> Tensor:
+    """``mean_heads(clamp(grad * A, min=0))``: ``[batch, heads, s, s]`` -> ``[batch, s, s]``."""
+    if gradient is None:  # the target does not depend on this map
+        return torch.zeros_like(attention[:, 0])
+    return (gradient * attention).clamp(min=0).mean(dim=1)
+
+
+def _logit(outputs: Any) -> Tensor:
+    if isinstance(outputs, Tensor):
+        return outputs
+    if isinstance(outputs, Mapping) and "logit" in outputs:
+        return outputs["logit"]
+    raise TypeError("CheferRelevance needs the model to return a logit tensor or {'logit': ...}")
+
+
+def _plain_tensors(batch: Mapping[str, Any]) -> dict[str, Any]:
+    """Copies of inference-mode tensors, which autograd may not save for backward."""
+
+    def plain(value: Any) -> Any:
+        if isinstance(value, Tensor) and value.is_inference():
+            return value.clone()
+        if isinstance(value, Mapping):
+            return {k: plain(v) for k, v in value.items()}
+        return value
+
+    return {k: plain(v) for k, v in batch.items()}
+
+
+class CheferRelevance(BaseInterpreter):
+    """Chefer et al. relevance: attention weighted by its gradient, accumulated over layers.
+
+    From ``R = I``, each layer (input side first) updates
+    ``R <- R + mean_heads(clamp(grad * A, min=0)) @ R``, where ``grad`` is the gradient of
+    the target logit with respect to the post-softmax map ``A``. The result is read out at
+    the model's readout row, carried down the layers as one row vector.
+
+    The gradient is taken with :func:`torch.autograd.grad` with respect to the captured maps
+    only, so parameters' ``.grad`` are untouched. Under ``torch.no_grad()`` gradients are
+    enabled for this computation alone (as Captum does); under ``torch.inference_mode()``
+    autograd cannot run and a ``RuntimeError`` says so.
+
+    Args:
+        model: a :class:`~ehrlens.interpret.GradientInterpretable` model.
+
+    Example:
+        >>> chefer = CheferRelevance(model)
+        >>> scores = chefer.attribute(target_class_idx=None, **batch)  # {"diagnoses": [b, s]}
+    """
+
+    required_interface = GradientInterpretable
+    requirement_reason = (
+        "this method needs attention gradients; AttentionRollout needs only forward maps"
+    )
+
+    def attribute(self, target_class_idx: TargetIndex = None, **batch: Any) -> dict[str, Tensor]:
+        """Relevance for the target logit (see :func:`~.base.select_target` for targets).
+
+        Returns:
+            ``{feature_key: scores}`` shaped like ``batch[feature_key]``, padding exactly 0.
+        """
+        if torch.is_inference_mode_enabled():
+            raise RuntimeError(
+                "CheferRelevance needs gradients, which torch.inference_mode() disables; "
+                "call it outside inference mode (torch.no_grad() is fine), or use "
+                "AttentionRollout, which needs only the forward pass"
+            )
+        batch = _plain_tensors(batch)
+        with torch.enable_grad(), capture_attention(self.model, batch, gradients=True) as run:
+            target = select_target(
+                _logit(run.outputs), getattr(self.model, "mode", None), target_class_idx
+            )
+            layers = self.model.get_attention_layers()
+            maps = [a for per_key in layers.values() for a, _ in per_key]
+            if not all(a.requires_grad for a in maps):
+                raise RuntimeError(
+                    "captured attention maps are not part of the autograd graph (are all "
+                    "parameters frozen with requires_grad=False?); CheferRelevance needs them"
+                )
+            torch.autograd.grad(target.sum(), maps, allow_unused=True)
+            cams = {
+                key: [gradient_weighted_attention(a.detach(), g) for a, g in per_key]
+                for key, per_key in self.model.get_attention_layers().items()
+            }
+        relevance = readout_relevance(self.model, cams, chefer_step, batch)
+        return map_to_input_shapes(relevance, batch)
