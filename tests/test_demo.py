@@ -1,0 +1,14 @@
+"""`python -m ehrlens.demo` runs end to end (a small cohort, to keep the suite fast)."""
+
+import pytest
+
+from ehrlens import demo
+
+
+@pytest.mark.slow
+def test_demo_trains_both_models_and_explains(capsys):
+    assert demo.main(["--patients", "300", "--epochs", "1", "--explain", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "Transformer: test AUROC" in out
+    assert "StageAttentionNet: test AUROC" in out
+    assert out.count("rollout  top 5:") == 4 and out.count("chefer   top 5:") == 4
