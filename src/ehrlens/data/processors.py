@@ -13,7 +13,7 @@ Example:
     >>> proc = SequenceProcessor()
     >>> proc.fit([["I10", "E11.9"], ["I10"]], key="conditions")
     >>> proc.process(["E11.9", "Z99"], key="conditions", index=0)   # Z99 is unseen -> 1
-    tensor([3, 1])
+    tensor([2, 1])
 """
 
 from __future__ import annotations
@@ -33,8 +33,8 @@ UNK_ID = 1
 _SPECIAL_TOKENS = ("<pad>", "<unk>")
 
 
-def _where(key: str, index: int | None) -> str:
-    return f"feature '{key}'" if index is None else f"sample {index}, feature '{key}'"
+def _where(key: str, index: int | None, kind: str = "feature") -> str:
+    return f"{kind} '{key}'" if index is None else f"sample {index}, {kind} '{key}'"
 
 
 def _type_name(value: Any) -> str:
@@ -50,14 +50,17 @@ def _check_finite(number: float, key: str, index: int | None, what: str) -> None
         raise ValueError(f"{_where(key, index)}: {what} must be finite, got {number!r}")
 
 
-def _code_list(value: Any, key: str, index: int | None, what: str = "a list of codes") -> list:
+def _code_list(
+    value: Any, key: str, index: int | None, what: str = "a list of codes", kind: str = "feature"
+) -> list:
     """Validate a flat list of codes (str or int) and return it as a list."""
+    where = _where(key, index, kind)
     if isinstance(value, (str, bytes)) or not isinstance(value, Sequence):
-        raise TypeError(f"{_where(key, index)}: expected {what}, got {_type_name(value)}")
+        raise TypeError(f"{where}: expected {what}, got {_type_name(value)}")
     for position, code in enumerate(value):
         if not isinstance(code, (str, int)) or isinstance(code, bool):
             raise TypeError(
-                f"{_where(key, index)}: expected {what} (str or int codes), "
+                f"{where}: expected {what} (str or int codes), "
                 f"got {_type_name(code)} at position {position}"
             )
     return list(value)
@@ -522,10 +525,10 @@ def _label_scalar(value: Any, key: str, index: int | None) -> Hashable:
     if isinstance(value, Tensor) and value.numel() == 1:
         value = value.item()
     if isinstance(value, float) and not math.isfinite(value):
-        raise ValueError(f"{_where(key, index)}: label must be finite, got {value!r}")
+        raise ValueError(f"{_where(key, index, 'label')}: label must be finite, got {value!r}")
     if not isinstance(value, (str, int, float, bool)):
         raise TypeError(
-            f"{_where(key, index)}: expected a single label value, got {_type_name(value)}"
+            f"{_where(key, index, 'label')}: expected a single label value, got {_type_name(value)}"
         )
     return value
 
@@ -550,10 +553,13 @@ class BinaryLabelProcessor(LabelProcessor):
             self.label_map = {"0": 0, "1": 1}
             return
         if len(seen) != 2:
-            shown = sorted(map(repr, seen))[:6]
+            values = list(seen)
+            # Name the first sample whose value makes the set impossible.
+            culprit = values[2] if len(values) > 2 else values[0]
+            shown = ", ".join(sorted(map(repr, values))[:6])
             raise ValueError(
-                f"feature '{key}': a binary label needs 0/1 or exactly two distinct values, "
-                f"got {len(seen)} values: {', '.join(shown)}"
+                f"{_where(key, seen[culprit], 'label')}: a binary label needs 0/1 or exactly "
+                f"two distinct values; got {culprit!r}, and {len(seen)} values in all: {shown}"
             )
         ordered = sorted(seen, key=str)
         self.label_map = {str(v): i for i, v in enumerate(ordered)}
@@ -566,7 +572,7 @@ class BinaryLabelProcessor(LabelProcessor):
         name = str(int(scalar)) if zero_one and scalar in (0, 1) else str(scalar)
         if name not in self.label_map:
             raise ValueError(
-                f"{_where(key, index)}: binary label must be one of "
+                f"{_where(key, index, 'label')}: binary label must be one of "
                 f"{sorted(self.label_map)}, got {value!r}"
             )
         return torch.tensor([float(self.label_map[name])])
@@ -591,10 +597,12 @@ class MulticlassLabelProcessor(LabelProcessor):
         return len(self.classes)
 
     def fit(self, values: Sequence[Any], key: str) -> None:
-        seen = {str(_label_scalar(v, key, i)) for i, v in enumerate(values)}
-        if len(seen) < 2:
-            raise ValueError(f"label '{key}': multiclass needs at least two classes, got {seen}")
-        self.classes = sorted(seen)
+        raw = {_label_scalar(v, key, i) for i, v in enumerate(values)}
+        if len(raw) < 2:
+            raise ValueError(f"label '{key}': multiclass needs at least two classes, got {raw}")
+        integers = all(isinstance(v, int) and not isinstance(v, bool) for v in raw)
+        # Integer classes keep numeric order, so column j of y_prob is class j for 0..C-1.
+        self.classes = [str(v) for v in sorted(raw)] if integers else sorted(map(str, raw))
 
     def process(self, value: Any, key: str, index: int | None = None) -> Tensor:
         name = str(_label_scalar(value, key, index))
@@ -602,7 +610,8 @@ class MulticlassLabelProcessor(LabelProcessor):
             return torch.tensor(self.classes.index(name))
         except ValueError:
             raise ValueError(
-                f"{_where(key, index)}: unknown class {value!r}; known classes: {self.classes}"
+                f"{_where(key, index, 'label')}: unknown class {value!r}; "
+                f"known classes: {self.classes}"
             ) from None
 
     def state_dict(self) -> dict[str, Any]:
@@ -625,7 +634,9 @@ class MultilabelLabelProcessor(LabelProcessor):
         return len(self.classes)
 
     def _labels(self, value: Any, key: str, index: int | None) -> list[str]:
-        return [str(c) for c in _code_list(value, key, index, what="a list of labels")]
+        return [
+            str(c) for c in _code_list(value, key, index, what="a list of labels", kind="label")
+        ]
 
     def fit(self, values: Sequence[Any], key: str) -> None:
         seen: set[str] = set()
@@ -640,7 +651,7 @@ class MultilabelLabelProcessor(LabelProcessor):
         lookup = {c: i for i, c in enumerate(self.classes)}
         for label in self._labels(value, key, index):
             if label not in lookup:
-                raise ValueError(f"{_where(key, index)}: unknown label {label!r}")
+                raise ValueError(f"{_where(key, index, 'label')}: unknown label {label!r}")
             out[lookup[label]] = 1.0
         return out
 
@@ -668,7 +679,7 @@ class RegressionLabelProcessor(LabelProcessor):
         scalar = _label_scalar(value, key, index)
         if not _is_number(scalar):
             raise TypeError(
-                f"{_where(key, index)}: regression label must be a number, got {value!r}"
+                f"{_where(key, index, 'label')}: regression label must be a number, got {value!r}"
             )
         return torch.tensor([float(scalar)])
 

@@ -203,11 +203,13 @@ class StageAttentionNet(AttentionCaptureMixin, BaseModel, GradientInterpretable)
             for block in self.blocks[key]:
                 x = block(x, tokens.mask)
             x = self.norms[key](x)
-            last = last_valid_index(tokens.mask)
             if x.shape[1] == 0:  # no step at all in this batch: nothing to attend over
                 pooled.append(x.new_zeros(x.shape[0], x.shape[2]))
             else:
-                pooled.append(x[torch.arange(x.shape[0], device=x.device), last])
+                # A patient with no step in this feature reads out zeros, as when scored alone.
+                last = last_valid_index(tokens.mask)
+                has_step = tokens.mask.any(dim=1, keepdim=True).to(x.dtype)
+                pooled.append(x[torch.arange(x.shape[0], device=x.device), last] * has_step)
         return self.prepare_outputs(self.head(torch.cat(pooled, dim=-1)), batch)
 
     # ------------------------------------------------------------ interpretability
