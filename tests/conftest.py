@@ -1,0 +1,42 @@
+"""Shared, generic test helpers: tiny model builders (fast on a couple of CPU cores)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from ehrlens.models import StageAttentionNet, Transformer
+
+MODEL_CLASSES = {"Transformer": Transformer, "StageAttentionNet": StageAttentionNet}
+
+TINY_MODEL_KWARGS = {
+    "Transformer": {"embedding_dim": 16, "heads": 2, "num_layers": 1, "dropout": 0.0},
+    "StageAttentionNet": {
+        "embedding_dim": 16,
+        "chunk_size": 8,
+        "levels": 2,
+        "heads": 2,
+        "conv_size": 3,
+        "dropout": 0.0,
+    },
+}
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _single_torch_thread():
+    """Tiny test models only pay for intra-op threads (and thrash on a shared machine)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture
+def make_tiny_model():
+    """``make(name, dataset_or_schema, seed=0, **overrides)`` -> a tiny seeded model."""
+
+    def make(name: str, dataset, seed: int = 0, **overrides):
+        torch.manual_seed(seed)
+        return MODEL_CLASSES[name](dataset, **{**TINY_MODEL_KWARGS[name], **overrides})
+
+    return make
