@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 
 class AttentionInterpretable(ABC):
@@ -117,7 +117,7 @@ def capture_attention(
     Inside the block, ``model.get_attention_layers()`` returns the captured maps (and, with
     ``gradients=True``, their gradients once a backward pass has run). On exit - also on an
     exception - capture is disabled (every hook handle removed) and the model is put back in
-    the train/eval mode the caller had.
+    the train/eval mode the caller had (every submodule's own flag).
 
     Args:
         model: an :class:`AttentionInterpretable` (a :class:`GradientInterpretable` when
@@ -134,8 +134,10 @@ def capture_attention(
             f"{type(model).__name__} does not implement GradientInterpretable: "
             "gradient capture is not available"
         )
-    was_training = bool(getattr(model, "training", False))
-    if hasattr(model, "eval"):
+    # Each submodule's own flag: a caller may keep parts of a training model in eval mode.
+    modules = list(model.modules()) if isinstance(model, nn.Module) else []
+    modes = [(module, module.training) for module in modules]
+    if modules:
         model.eval()
     try:
         if isinstance(model, GradientInterpretable):
@@ -146,5 +148,5 @@ def capture_attention(
         yield CapturedForward(outputs=outputs)
     finally:
         model.set_attention_hooks(False)
-        if hasattr(model, "train"):
-            model.train(was_training)
+        for module, training in modes:
+            module.training = training

@@ -57,6 +57,26 @@ def propagate_rows(rows: Tensor, layers: Sequence[Tensor], step: LayerStep) -> T
     return rows
 
 
+def readout_weights(model: Any, batch: Mapping[str, Any]) -> dict[str, Tensor] | None:
+    """The model's readout weights, or ``None`` when it does not state them.
+
+    A class opted in with ``AttentionInterpretable.register`` does not inherit the interface's
+    optional methods, so their absence means "not stated".
+    """
+    method = getattr(model, "get_readout_weights", None)
+    return None if method is None else method(**batch)
+
+
+def select_input_positions(
+    model: Any, rows: Mapping[str, Tensor], batch: Mapping[str, Any]
+) -> dict[str, Tensor]:
+    """``model.select_input_positions``, or the interface's default for registered classes."""
+    method = getattr(model, "select_input_positions", None)
+    if method is None:
+        return AttentionInterpretable.select_input_positions(model, rows, **batch)
+    return method(rows, **batch)
+
+
 def readout_relevance(
     model: AttentionInterpretable,
     layers: Mapping[str, Sequence[Tensor]],
@@ -68,13 +88,13 @@ def readout_relevance(
     Uses the model's readout weights when it states them (one propagated row), otherwise the
     full matrix read out by ``model.get_relevance_tensor``.
     """
-    weights = model.get_readout_weights(**batch)
+    weights = readout_weights(model, batch)
     if weights is not None:
         rows = {
             key: propagate_rows(weights[key][:, None, :], maps, step)[:, 0]
             for key, maps in layers.items()
         }
-        return model.select_input_positions(rows, **batch)
+        return select_input_positions(model, rows, batch)
     matrices = {}
     for key, maps in layers.items():
         batch_size, seq = maps[0].shape[0], maps[0].shape[-1]

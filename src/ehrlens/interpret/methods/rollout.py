@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -43,6 +44,22 @@ def rollout_step(rows: Tensor, attention: Tensor) -> Tensor:
     return 0.5 * (torch.bmm(rows, attention) + rows)
 
 
+def fused_attention_layers(
+    model: Any, batch: Mapping[str, Any], head_fusion: str, discard_ratio: float = 0.0
+) -> dict[str, list[Tensor]]:
+    """Capture every layer's map in one forward and fuse heads: ``{key: [[b, s, s], ...]}``.
+
+    Forward-only capture (no autograd hook), then :func:`fuse_heads` and
+    :func:`discard_lowest` per layer, input side first.
+    """
+    with capture_attention(model, batch):
+        layers = model.get_attention_layers()
+    return {
+        key: [discard_lowest(fuse_heads(a, head_fusion), discard_ratio) for a, _ in maps]
+        for key, maps in layers.items()
+    }
+
+
 class AttentionRollout(BaseInterpreter):
     """Attention rollout: compose residual-augmented attention over layers, read it out.
 
@@ -76,18 +93,8 @@ class AttentionRollout(BaseInterpreter):
             raise ValueError(f"discard_ratio must be in [0, 1), got {discard_ratio}")
         self.discard_ratio = float(discard_ratio)
 
-    def fused_layers(self, **batch: Any) -> dict[str, list[Tensor]]:
-        """Capture and fuse every layer's map: ``{key: [[batch, seq, seq], ...]}``."""
-        with capture_attention(self.model, batch):
-            layers = self.model.get_attention_layers()
-        return {
-            key: [
-                discard_lowest(fuse_heads(a, self.head_fusion), self.discard_ratio) for a, _ in maps
-            ]
-            for key, maps in layers.items()
-        }
-
     def attribute(self, target_class_idx: TargetIndex = None, **batch: Any) -> dict[str, Tensor]:
         """Rollout scores for each feature (see the class docstring); no gradients needed."""
-        relevance = readout_relevance(self.model, self.fused_layers(**batch), rollout_step, batch)
+        layers = fused_attention_layers(self.model, batch, self.head_fusion, self.discard_ratio)
+        relevance = readout_relevance(self.model, layers, rollout_step, batch)
         return map_to_input_shapes(relevance, batch)
