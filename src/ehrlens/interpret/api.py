@@ -110,7 +110,10 @@ class CapturedForward:
 
 @contextmanager
 def capture_attention(
-    model: AttentionInterpretable, batch: Mapping[str, Any], gradients: bool = False
+    model: AttentionInterpretable,
+    batch: Mapping[str, Any],
+    gradients: bool = False,
+    head_fusion: str | None = None,
 ) -> Iterator[CapturedForward]:
     """Enable capture, run ``model(**batch)`` in eval mode, and always clean up.
 
@@ -124,11 +127,16 @@ def capture_attention(
             ``gradients=True``).
         batch: keyword arguments of the model's forward.
         gradients: also capture attention gradients.
+        head_fusion: forward-only: ask for maps already fused over heads (``[batch, 1, seq,
+            seq]``), which models declaring ``supports_capture_head_fusion`` store instead of
+            every head's map; other models return per-head maps, to be fused by the caller.
 
     Example:
         >>> with capture_attention(model, batch) as captured:
         ...     layers = model.get_attention_layers()   # {key: [(attn, None), ...]}
     """
+    if gradients and head_fusion is not None:
+        raise ValueError("head_fusion at capture is for forward-only capture (gradients=False)")
     if gradients and not isinstance(model, GradientInterpretable):
         raise TypeError(
             f"{type(model).__name__} does not implement GradientInterpretable: "
@@ -140,7 +148,9 @@ def capture_attention(
     if modules:
         model.eval()
     try:
-        if isinstance(model, GradientInterpretable):
+        if head_fusion is not None and getattr(model, "supports_capture_head_fusion", False):
+            model.set_attention_hooks(True, capture_gradients=False, head_fusion=head_fusion)
+        elif isinstance(model, GradientInterpretable):
             model.set_attention_hooks(True, capture_gradients=gradients)
         else:
             model.set_attention_hooks(True)

@@ -18,6 +18,8 @@ import torch
 from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
+from ..interpret.fusion import check_head_fusion, fuse_heads
+
 AttentionHook = Callable[["MultiHeadAttention", Tensor], None]
 
 
@@ -106,12 +108,19 @@ class AttentionCapture:
     """Attention hook that keeps one module's latest map and, optionally, its gradient.
 
     Forward-only (``capture_gradients=False``) stores a detached map and registers no autograd
-    hook. With gradients, the map is kept in the graph and a tensor hook stores its gradient
-    when a backward pass reaches it. Each forward clears what the previous one stored.
+    hook; with ``head_fusion`` it stores only the fused map ``[batch, 1, seq, seq]``, so the
+    per-head map is freed with the layer's other temporaries. With gradients, the map is kept
+    in the graph and a tensor hook stores its gradient when a backward pass reaches it. Each
+    forward clears what the previous one stored.
     """
 
-    def __init__(self, module: MultiHeadAttention, capture_gradients: bool) -> None:
+    def __init__(
+        self, module: MultiHeadAttention, capture_gradients: bool, head_fusion: str | None = None
+    ) -> None:
+        if head_fusion is not None and capture_gradients:
+            raise ValueError("head_fusion at capture is for forward-only capture")
         self.capture_gradients = capture_gradients
+        self.head_fusion = None if head_fusion is None else check_head_fusion(head_fusion)
         self.attention: Tensor | None = None
         self.gradient: Tensor | None = None
         self._gradient_handle: RemovableHandle | None = None
@@ -122,6 +131,8 @@ class AttentionCapture:
         if self.capture_gradients and attention.requires_grad:
             self.attention = attention
             self._gradient_handle = attention.register_hook(self._on_gradient)
+        elif self.head_fusion is not None:
+            self.attention = fuse_heads(attention.detach(), self.head_fusion)[:, None]
         else:
             self.attention = attention.detach()
 
@@ -148,6 +159,9 @@ class AttentionCaptureMixin:
     :meth:`attention_modules`; everything else is shared.
     """
 
+    #: ``set_attention_hooks`` takes ``head_fusion`` (see :func:`capture_attention`).
+    supports_capture_head_fusion = True
+
     def attention_modules(self) -> dict[str, list[MultiHeadAttention]]:
         """``{feature_key: [MultiHeadAttention per layer, input side first]}``."""
         raise NotImplementedError
@@ -155,7 +169,9 @@ class AttentionCaptureMixin:
     def _captures(self) -> dict[str, list[AttentionCapture]]:
         return self.__dict__.setdefault("_attention_captures", {})
 
-    def set_attention_hooks(self, enabled: bool, capture_gradients: bool = True) -> None:
+    def set_attention_hooks(
+        self, enabled: bool, capture_gradients: bool = True, head_fusion: str | None = None
+    ) -> None:
         """Start (or stop) storing every layer's attention map [and its gradient].
 
         Args:
@@ -163,6 +179,9 @@ class AttentionCaptureMixin:
             capture_gradients: keep maps in the autograd graph and store their gradients
                 after ``.backward()``; False stores detached maps only (works under
                 ``torch.no_grad()`` and ``torch.inference_mode()``).
+            head_fusion: forward-only: store each layer's map fused over heads
+                (``"mean"``, ``"max"``, ``"min"``) as ``[batch, 1, seq, seq]`` instead of
+                ``[batch, heads, seq, seq]``, a ``heads``-fold saving.
         """
         captures = self._captures()
         for layer_captures in captures.values():
@@ -171,7 +190,9 @@ class AttentionCaptureMixin:
         captures.clear()
         if enabled:
             for key, modules in self.attention_modules().items():
-                captures[key] = [AttentionCapture(m, capture_gradients) for m in modules]
+                captures[key] = [
+                    AttentionCapture(m, capture_gradients, head_fusion) for m in modules
+                ]
 
     def get_attention_layers(self) -> dict[str, list[tuple[Tensor, Tensor | None]]]:
         """Captured ``(attn_map, attn_grad)`` per layer and feature key, input side first.

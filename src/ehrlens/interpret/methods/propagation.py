@@ -16,27 +16,19 @@ import torch
 from torch import Tensor
 
 from ..api import AttentionInterpretable
+from ..fusion import HEAD_FUSIONS, check_head_fusion, fuse_heads
 
-HEAD_FUSIONS = ("mean", "max", "min")
+__all__ = [
+    "HEAD_FUSIONS",
+    "check_head_fusion",
+    "fuse_heads",
+    "propagate_rows",
+    "readout_relevance",
+    "readout_weights",
+    "select_input_positions",
+]
+
 LayerStep = Callable[[Tensor, Tensor], Tensor]
-
-
-def fuse_heads(attention: Tensor, head_fusion: str) -> Tensor:
-    """``[batch, heads, seq, seq]`` -> ``[batch, seq, seq]`` by mean, max or min over heads."""
-    if head_fusion == "mean":
-        return attention.mean(dim=1)
-    if head_fusion == "max":
-        return attention.amax(dim=1)
-    if head_fusion == "min":
-        return attention.amin(dim=1)
-    raise ValueError(f"head_fusion must be one of {HEAD_FUSIONS}, got {head_fusion!r}")
-
-
-def check_head_fusion(head_fusion: str) -> str:
-    """Return ``head_fusion`` or raise a ValueError listing the options."""
-    if head_fusion not in HEAD_FUSIONS:
-        raise ValueError(f"head_fusion must be one of {HEAD_FUSIONS}, got {head_fusion!r}")
-    return head_fusion
 
 
 def propagate_rows(rows: Tensor, layers: Sequence[Tensor], step: LayerStep) -> Tensor:

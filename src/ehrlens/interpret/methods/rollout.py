@@ -49,10 +49,11 @@ def fused_attention_layers(
 ) -> dict[str, list[Tensor]]:
     """Capture every layer's map in one forward and fuse heads: ``{key: [[b, s, s], ...]}``.
 
-    Forward-only capture (no autograd hook), then :func:`fuse_heads` and
-    :func:`discard_lowest` per layer, input side first.
+    Forward-only capture (no autograd hook), fused over heads at capture time where the
+    model supports it (otherwise here), then :func:`discard_lowest` per layer, input side
+    first.
     """
-    with capture_attention(model, batch):
+    with capture_attention(model, batch, head_fusion=head_fusion):
         layers = model.get_attention_layers()
     return {
         key: [discard_lowest(fuse_heads(a, head_fusion), discard_ratio) for a, _ in maps]
