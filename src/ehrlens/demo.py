@@ -3,8 +3,9 @@
 Run with ``python -m ehrlens.demo`` (``make demo``). It generates a cohort with planted
 signal codes, trains a :class:`~ehrlens.models.Transformer` and a
 :class:`~ehrlens.models.StageAttentionNet`, prints each one's test AUROC next to the
-best achievable (the cohort's noise-free risk), then explains a handful of test patients with
-attention rollout and Chefer relevance and marks which of their top codes were planted.
+best achievable (the cohort's noise-free risk), then explains the highest-risk test patients
+with attention rollout, attention flow and Chefer relevance and marks which of their top codes
+were planted.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import numpy as np
 import torch
 
 from .data import create_sample_dataset, generate_cohort, get_dataloader, split_by_patient
-from .interpret import AttentionRollout, CheferRelevance, top_codes
+from .interpret import AttentionFlow, AttentionRollout, CheferRelevance, top_codes
 from .models import StageAttentionNet, Transformer
 from .prediction_metrics import compute_metrics
 from .trainer import Trainer
@@ -36,17 +37,17 @@ def _explain(model, trainer, dataset, cohort, n_patients: int, k: int) -> None:
     _, y_prob, _ = trainer.inference(get_dataloader(dataset, batch_size=256))
     highest = np.argsort(-y_prob[:, 0], kind="stable")[:n_patients]
     batch = dataset.collate([dataset[int(i)] for i in highest])
-    methods = {"rollout": AttentionRollout(model), "chefer": CheferRelevance(model)}
-    with torch.inference_mode():
+    with torch.inference_mode():  # the forward-only methods
         risk = model(**batch)["y_prob"][:, 0]
-        rollout = methods["rollout"].attribute(**batch)
-    chefer = methods["chefer"].attribute(**batch)
+        rollout = AttentionRollout(model).attribute(**batch)
+        flow = AttentionFlow(model).attribute(**batch)
+    chefer = CheferRelevance(model).attribute(**batch)  # needs gradients
     for i, pid in enumerate(batch["patient_id"]):
         planted = {(f, c) for f, codes in cohort.ground_truth[pid].items() for c in codes}
         label = int(batch["label"][i].item())
         print(f"  patient {pid}  label={label}  predicted risk={risk[i]:.2f}")
         print(f"    planted signal: {_codes(sorted(planted)) or '(none)'}")
-        for name, scores in (("rollout", rollout), ("chefer", chefer)):
+        for name, scores in (("rollout", rollout), ("flow", flow), ("chefer", chefer)):
             top = top_codes(scores, batch, model.schema, i, k=k)
             shown = ", ".join(f"{c}{'*' if (f, c) in planted else ''} {s:.3f}" for f, c, s in top)
             print(f"    {name:8s} top {k}: {shown}")

@@ -6,10 +6,11 @@ from .api import (
     GradientInterpretable,
     capture_attention,
 )
-from .methods import AttentionRollout, BaseInterpreter, CheferRelevance
+from .methods import AttentionFlow, AttentionRollout, BaseInterpreter, CheferRelevance
 from .summary import code_relevance, top_codes
 
 __all__ = [
+    "AttentionFlow",
     "AttentionInterpretable",
     "AttentionRollout",
     "BaseInterpreter",

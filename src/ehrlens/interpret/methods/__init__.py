@@ -2,6 +2,7 @@
 
 from .base import BaseInterpreter
 from .chefer import CheferRelevance
+from .flow import AttentionFlow
 from .rollout import AttentionRollout
 
-__all__ = ["AttentionRollout", "BaseInterpreter", "CheferRelevance"]
+__all__ = ["AttentionFlow", "AttentionRollout", "BaseInterpreter", "CheferRelevance"]

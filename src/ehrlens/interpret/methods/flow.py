@@ -1,0 +1,137 @@
+"""Attention flow (Abnar & Zuidema, "Quantifying Attention Flow in Transformers", 2020)."""
+
+from __future__ import annotations
+
+import multiprocessing
+from concurrent.futures import Executor, ProcessPoolExecutor
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from .base import BaseInterpreter, TargetIndex, map_to_input_shapes
+from .maxflow import flow_values
+from .propagation import check_head_fusion, readout_weights, select_input_positions
+from .rollout import fused_attention_layers
+
+
+class AttentionFlow(BaseInterpreter):
+    """Attention flow: the maximum flow from each input to the readout through the layers.
+
+    The attention graph has a node per position per layer boundary and, for layer ``l``, an
+    edge from position ``j`` (below) to ``i`` (above) with capacity
+    ``A_hat_l[i, j] = 0.5 * (fuse_heads(A_l)[i, j] + I[i, j])``, the residual-augmented map
+    of rollout. An input position's score is the maximum flow from its layer-0 node to the
+    model's readout (one-hot readouts are the sink node; weighted readouts feed a super-sink
+    with capacity equal to each weight). Flows are exact max-flow values
+    (:mod:`~ehrlens.interpret.methods.maxflow`). Forward-only: runs under
+    ``torch.inference_mode()``. Class-agnostic: ``target_class_idx`` is ignored.
+
+    Cost: per sample, one max-flow per input position on a graph of about
+    ``layers * seq`` nodes and ``(layers - 2) * seq^2`` edges; it grows roughly with
+    ``seq^3 * layers``, so sequences longer than ``max_seq_len`` are refused with a clear
+    error rather than running for hours (use :class:`AttentionRollout` there).
+
+    Args:
+        model: an :class:`~ehrlens.interpret.AttentionInterpretable` model that states its
+            readout weights.
+        head_fusion: ``"mean"``, ``"max"`` or ``"min"`` over heads (as rollout).
+        normalize: divide each sample's scores by their sum over its real input positions
+            (as the paper's code); ``False`` returns raw max-flow values.
+        max_seq_len: longest attention sequence accepted.
+        n_jobs: worker processes for the samples of a batch (``1``: in this process;
+            ``-1``: one per CPU). Workers start on first use and are reused; call
+            :meth:`close` (or use the interpreter as a context manager) to stop them.
+
+    Example:
+        >>> with torch.inference_mode():
+        ...     scores = AttentionFlow(model).attribute(**batch)   # {"diagnoses": [b, s]}
+    """
+
+    def __init__(
+        self,
+        model: Any,
+        head_fusion: str = "mean",
+        normalize: bool = True,
+        max_seq_len: int = 256,
+        n_jobs: int = 1,
+    ) -> None:
+        super().__init__(model)
+        self.head_fusion = check_head_fusion(head_fusion)
+        self.normalize = bool(normalize)
+        self.max_seq_len = int(max_seq_len)
+        if n_jobs == 0 or n_jobs < -1:
+            raise ValueError(f"n_jobs must be a positive number of processes or -1, got {n_jobs}")
+        self.n_jobs = multiprocessing.cpu_count() if n_jobs == -1 else int(n_jobs)
+        self._pool: Executor | None = None
+
+    # ------------------------------------------------------------------ workers
+    def _map(self, maps: list[np.ndarray], readouts: list[np.ndarray]) -> list[np.ndarray]:
+        if self.n_jobs == 1 or len(maps) < 2:
+            return [flow_values(m, r) for m, r in zip(maps, readouts, strict=True)]
+        if self._pool is None:
+            # Workers run numpy and igraph only (no torch), so fork is safe where it exists and,
+            # unlike spawn, needs no `if __name__ == "__main__"` guard in the user's script.
+            methods = multiprocessing.get_all_start_methods()
+            context = multiprocessing.get_context("fork" if "fork" in methods else "spawn")
+            self._pool = ProcessPoolExecutor(max_workers=self.n_jobs, mp_context=context)
+        chunk = max(1, len(maps) // (4 * self.n_jobs))
+        return list(self._pool.map(flow_values, maps, readouts, chunksize=chunk))
+
+    def close(self) -> None:
+        """Stop the worker processes, if any were started."""
+        if self._pool is not None:
+            self._pool.shutdown()
+            self._pool = None
+
+    def __enter__(self) -> AttentionFlow:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        pool = getattr(self, "_pool", None)
+        if pool is not None:
+            pool.shutdown(wait=False, cancel_futures=True)
+
+    # ------------------------------------------------------------------ attribution
+    def attribute(self, target_class_idx: TargetIndex = None, **batch: Any) -> dict[str, Tensor]:
+        """Flow scores shaped like each feature's batch tensor; padding exactly 0.
+
+        With ``normalize=True`` each sample's scores over its real input positions sum to 1
+        (all zeros when no flow reaches the readout, e.g. an empty feature).
+        """
+        weights = readout_weights(self.model, batch)
+        if weights is None:
+            raise TypeError(
+                f"AttentionFlow needs the readout weights of {type(self.model).__name__} "
+                "(get_readout_weights returned None): the readout node is the flow's sink"
+            )
+        for key, w in weights.items():
+            if w.shape[-1] > self.max_seq_len:
+                raise ValueError(
+                    f"feature '{key}': attention sequence of {w.shape[-1]} positions exceeds "
+                    f"max_seq_len={self.max_seq_len} for AttentionFlow, whose cost grows "
+                    "about as seq^3 * layers; use AttentionRollout for long sequences, or "
+                    "raise max_seq_len knowingly"
+                )
+        layers = fused_attention_layers(self.model, batch, self.head_fusion)
+        flows = {}
+        for key, maps in layers.items():
+            stacked = torch.stack(maps, dim=1).detach().to("cpu", torch.float64)  # [b, L, s, s]
+            eye = torch.eye(stacked.shape[-1], dtype=torch.float64)
+            a_hat = (0.5 * (stacked + eye)).numpy()
+            readout = weights[key].detach().to("cpu", torch.float64).numpy()
+            values = self._map(list(a_hat), list(readout))
+            flows[key] = torch.from_numpy(np.stack(values)).to(maps[0].device, maps[0].dtype)
+        scores = select_input_positions(self.model, flows, batch)
+        if self.normalize:
+            scores = {key: _normalized(s) for key, s in scores.items()}
+        return map_to_input_shapes(scores, batch)
+
+
+def _normalized(scores: Tensor) -> Tensor:
+    total = scores.sum(dim=-1, keepdim=True)
+    return torch.where(total > 0, scores / torch.where(total > 0, total, 1), 0.0)
