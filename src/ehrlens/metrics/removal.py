@@ -1,0 +1,114 @@
+"""Rank a patient's inputs by attribution and remove them the way each input type allows.
+
+An *input unit* is one element of a feature's raw batch tensor that holds real data: a code
+(``[batch, seq]``), a code of a visit (``[batch, visits, codes]``), a value of a time step
+(``[batch, steps, features]``, real steps only) or an element of a vector
+(``[batch, features]``). Padding is never a unit: it is never ranked, counted or changed.
+
+Removal respects the type: codes are set to the pad id (integer tensors stay integer);
+numeric values are set to zero or to the batch mean of their channel.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any, Literal
+
+import torch
+from torch import Tensor
+
+from ..data.processors import PAD_ID
+
+Ablation = Literal["zero", "mean"]
+
+
+def unit_mask(key: str, values: Tensor, batch: Mapping[str, Any]) -> Tensor:
+    """``bool`` tensor shaped like ``values``: True where ``values`` holds real data."""
+    if not values.is_floating_point():
+        return values != PAD_ID
+    step_mask = (batch.get("masks") or {}).get(key)
+    if values.dim() == 3 and step_mask is not None:
+        return step_mask.to(torch.bool)[..., None].expand(values.shape)
+    return torch.ones(values.shape, dtype=torch.bool, device=values.device)
+
+
+def rank_units(
+    attributions: Mapping[str, Tensor], batch: Mapping[str, Any]
+) -> tuple[list[str], Tensor, Tensor]:
+    """Rank every sample's real input units across features, most relevant first.
+
+    Returns:
+        ``(keys, rank, real)``: feature order; ``rank`` ``[batch, units]`` (0 = most
+        relevant; padding ranks after every real unit); ``real`` ``[batch, units]``. Units
+        are the features' elements flattened in ``keys`` order; ties keep that order.
+    """
+    keys = list(attributions)
+    scores, real = [], []
+    for key in keys:
+        values = batch[key]
+        attribution = attributions[key]
+        if attribution.shape != values.shape:
+            raise ValueError(
+                f"feature '{key}': attribution shape {tuple(attribution.shape)} does not match "
+                f"the batch tensor {tuple(values.shape)}"
+            )
+        mask = unit_mask(key, values, batch)
+        real.append(mask.reshape(mask.shape[0], -1))
+        scores.append(attribution.detach().reshape(mask.shape[0], -1).to(torch.float64))
+    real_all = torch.cat(real, dim=1)
+    score_all = torch.cat(scores, dim=1).masked_fill(~real_all, -math.inf)
+    if torch.isnan(score_all).any():
+        raise ValueError("attributions contain NaN; cannot rank inputs")
+    order = torch.argsort(-score_all, dim=1, stable=True)
+    rank = torch.empty_like(order).scatter_(
+        1, order, torch.arange(order.shape[1], device=order.device).expand_as(order)
+    )
+    return keys, rank, real_all
+
+
+def top_fraction_mask(rank: Tensor, real: Tensor, percent: float) -> Tensor:
+    """``[batch, units]`` True for each sample's top ``ceil(percent/100 * n_real)`` units."""
+    if not 0 < percent <= 100:
+        raise ValueError(f"percentages must be in (0, 100], got {percent}")
+    count = torch.ceil(real.sum(dim=1, keepdim=True) * (percent / 100.0))
+    return (rank < count) & real
+
+
+def remove_units(
+    batch: Mapping[str, Any],
+    keys: list[str],
+    remove: Tensor,
+    ablation: Ablation = "zero",
+) -> dict[str, Any]:
+    """A copy of ``batch`` with the flagged units of each feature removed.
+
+    Args:
+        batch: the batch dict.
+        keys: feature order of ``remove`` (from :func:`rank_units`).
+        remove: ``[batch, units]`` True for units to remove.
+        ablation: numeric values become ``"zero"`` or the ``"mean"`` of their channel over
+            the batch's real values.
+    """
+    if ablation not in ("zero", "mean"):
+        raise ValueError(f"ablation must be 'zero' or 'mean', got {ablation!r}")
+    out = dict(batch)
+    start = 0
+    for key in keys:
+        values = batch[key]
+        width = values[0].numel() if values.shape[0] else 0
+        flags = remove[:, start : start + width].reshape(values.shape)
+        start += width
+        if not values.is_floating_point():
+            out[key] = values.masked_fill(flags, PAD_ID)
+            continue
+        if ablation == "zero":
+            replacement = torch.zeros_like(values)
+        else:
+            real = unit_mask(key, values, batch)
+            dims = tuple(range(values.dim() - 1))  # every dim but the channel
+            total = (values * real).sum(dim=dims)
+            count = real.sum(dim=dims).clamp(min=1)
+            replacement = (total / count).expand_as(values)
+        out[key] = torch.where(flags, replacement, values)
+    return out
