@@ -54,3 +54,15 @@ def test_unknown_fusion_is_refused(model_and_batch):
     with pytest.raises(ValueError, match="head_fusion must be one of"):
         model.set_attention_hooks(True, capture_gradients=False, head_fusion="median")
     model.set_attention_hooks(False)
+
+
+def test_discard_count_follows_python_float_arithmetic():
+    from ehrlens.interpret.methods.rollout import discard_lowest
+
+    # 100 distinct off-diagonal candidates in row 0; floor(0.29 * 100) == 28 in Python.
+    size = 101
+    weights = torch.arange(1, size + 1, dtype=torch.float32)
+    attention = (weights / weights.sum()).expand(1, size, size).clone()
+    pruned = discard_lowest(attention, 0.29)
+    dropped = int((pruned[0, 0] == 0).sum())
+    assert dropped == int(0.29 * 100) == 28

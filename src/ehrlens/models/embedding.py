@@ -38,8 +38,28 @@ class Tokens:
     times: Tensor | None = None
 
 
+class ElementwiseEmbedding(nn.Module):
+    """One token per vector element: ``x[..., f] * W[f] + b[f]``.
+
+    Shapes: ``[batch, features]`` -> ``[batch, features, dim]``.
+    """
+
+    def __init__(self, size: int, dim: int) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(size, dim) / dim**0.5)
+        self.bias = nn.Parameter(torch.zeros(size, dim))
+
+    def forward(self, values: Tensor) -> Tensor:
+        return values.to(self.weight.dtype)[..., None] * self.weight + self.bias
+
+
 class FeatureEmbedding(nn.Module):
     """Embed one feature according to its processor.
+
+    ``self.unit`` is the module that embeds each input unit on its own (a code, a time step, a
+    vector element): its output is ``[batch, *input_positions, dim]`` (``[batch, visits,
+    codes, dim]`` for nested codes, before visits are pooled). Gradient methods attribute to
+    this output.
 
     Args:
         key: the feature key (named in errors).
@@ -57,17 +77,16 @@ class FeatureEmbedding(nn.Module):
         self.schema = processor.schema
         self.dim = dim
         self.is_token_feature = processor.is_token_feature
+        self.unit: nn.Module
         if isinstance(processor, _CodeProcessor):
-            self.codes = nn.Embedding(processor.vocab_size, dim, padding_idx=PAD_ID)
+            self.unit = nn.Embedding(processor.vocab_size, dim, padding_idx=PAD_ID)
             self.nested = processor.schema == "nested_sequence" or (
                 isinstance(processor, StageNetProcessor) and bool(processor.nested)
             )
         elif isinstance(processor, TimeseriesProcessor):
-            self.linear = nn.Linear(int(processor.num_features), dim)
+            self.unit = nn.Linear(int(processor.num_features), dim)
         elif isinstance(processor, TensorProcessor):
-            size = int(processor.size)
-            self.weight = nn.Parameter(torch.randn(size, dim) / dim**0.5)
-            self.bias = nn.Parameter(torch.zeros(size, dim))
+            self.unit = ElementwiseEmbedding(int(processor.size), dim)
         else:  # pragma: no cover - every schema string has a branch above
             raise TypeError(f"feature '{key}': no embedding for schema {processor.schema!r}")
 
@@ -106,14 +125,14 @@ class FeatureEmbedding(nn.Module):
     ) -> Tokens:
         mask = self.position_mask(values, step_mask)
         if self.is_token_feature:
-            embedded = self.codes(values)  # [batch, seq(, codes), D]; pad embeds to 0
+            embedded = self.unit(values)  # [batch, seq(, codes), D]; pad embeds to 0
             if self.nested:
                 counts = (values != PAD_ID).sum(-1, keepdim=True).clamp(min=1)
                 embedded = embedded.sum(dim=-2) / counts.to(embedded.dtype)
         elif self.schema == "timeseries":
-            embedded = self.linear(values.to(self.linear.weight.dtype))
+            embedded = self.unit(values.to(self.unit.weight.dtype))
         else:
-            embedded = values.to(self.weight.dtype)[..., None] * self.weight + self.bias
+            embedded = self.unit(values)
         return Tokens(embedded, mask, times)
 
 

@@ -28,13 +28,14 @@ def discard_lowest(attention: Tensor, discard_ratio: float) -> Tensor:
     seq = attention.shape[-1]
     eye = torch.eye(seq, dtype=torch.bool, device=attention.device)
     candidate = (attention > 0) & ~eye
-    keep_count = torch.floor(discard_ratio * candidate.sum(dim=-1, keepdim=True))
+    # float64, so floor(ratio * n) is the same as in Python (float32 gives 29 for 0.29 * 100).
+    drop_count = torch.floor(candidate.sum(dim=-1, keepdim=True).double() * discard_ratio)
     sort_key = attention.masked_fill(~candidate, float("inf"))
     order = sort_key.argsort(dim=-1, stable=True)
     rank = torch.empty_like(order).scatter_(
         -1, order, torch.arange(seq, device=attention.device).expand_as(order)
     )
-    pruned = attention.masked_fill(candidate & (rank < keep_count), 0.0)
+    pruned = attention.masked_fill(candidate & (rank < drop_count), 0.0)
     total = pruned.sum(dim=-1, keepdim=True)
     return pruned / total.clamp(min=torch.finfo(pruned.dtype).tiny)
 
