@@ -208,7 +208,8 @@ def ref_rollout(
     out = {}
     for key, layer_maps in maps.items():
         matrix = ref_rollout_matrix(layer_maps, head_fusion, ratio)
-        out[key] = ref_to_inputs(ref_readout(model, key, matrix, batch), batch[key]).float()
+        scores = ref_readout(model, key, matrix, batch).to(layer_maps[0].dtype)
+        out[key] = ref_to_inputs(scores, batch[key])
     return out
 
 
@@ -239,7 +240,8 @@ def ref_chefer(
         n = len(layers[key])
         matrix = ref_chefer_matrix(maps[pos : pos + n], list(grads[pos : pos + n]))
         pos += n
-        out[key] = ref_to_inputs(ref_readout(model, key, matrix, batch), batch[key]).float()
+        scores = ref_readout(model, key, matrix, batch).to(maps[0].dtype)
+        out[key] = ref_to_inputs(scores, batch[key])
     return out
 
 

@@ -69,9 +69,8 @@ def test_rollout_of_random_maps_equals_reference(fakes, ref, shape, head_fusion,
     scores = AttentionRollout(row, head_fusion, ratio).attribute(**row.inputs())["codes"]
     torch.testing.assert_close(scores.double(), expected[:, 0], atol=1e-5, rtol=0)
     if ratio > 0:  # discarding renormalises: row-stochastic whatever the fusion
-        torch.testing.assert_close(
-            expected.sum(-1), torch.ones_like(expected.sum(-1)), atol=1e-9, rtol=0
-        )
+        sums = full.received["codes"].sum(-1)
+        torch.testing.assert_close(sums, torch.ones_like(sums), atol=1e-5, rtol=0)
 
 
 @FAST
@@ -200,6 +199,8 @@ def test_explaining_a_patient_with_an_empty_feature(model_case, method):
         region = tuple(slice(0, s) for s in single.shape)
         torch.testing.assert_close(together[key][0][region], single, atol=1e-5, rtol=0)
         assert torch.isfinite(single).all()
+        if single.numel() == 0:  # the empty feature: only padding in the batch, all 0
+            assert (together[key][0] == 0).all()
 
 
 def test_rollout_identical_under_no_grad_inference_mode_and_grad(model_case):

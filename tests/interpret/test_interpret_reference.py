@@ -55,3 +55,14 @@ def test_rollout_and_chefer_differ(model_case):
     rollout = AttentionRollout(model).attribute(**batch)
     chefer = CheferRelevance(model).attribute(**batch)
     assert any(not torch.allclose(rollout[k], chefer[k]) for k in model_case.keys)
+
+
+def test_float64_model_matches_reference_tightly(model_case, ref, close):
+    """Nothing in the pipeline drops to float32: a double model is explained in double."""
+    model, batch = model_case.model.double(), model_case.batch
+    rollout = AttentionRollout(model, "mean", 0.5).attribute(**batch)
+    chefer = CheferRelevance(model).attribute(**batch)
+    for scores in (rollout, chefer):
+        assert all(v.dtype == torch.float64 for v in scores.values())
+    close(rollout, ref.rollout(model, batch, "mean", 0.5), atol=1e-12)
+    close(chefer, ref.chefer(model, batch), atol=1e-12)
