@@ -6,7 +6,16 @@ from .api import (
     GradientInterpretable,
     capture_attention,
 )
-from .methods import AttentionFlow, AttentionRollout, BaseInterpreter, CheferRelevance
+from .methods import (
+    AttentionFlow,
+    AttentionRollout,
+    BaseInterpreter,
+    CheferRelevance,
+    InputXGradient,
+    IntegratedGradients,
+    RandomBaseline,
+    RawAttention,
+)
 from .summary import code_relevance, top_codes
 
 __all__ = [
@@ -17,6 +26,10 @@ __all__ = [
     "CheferInterpretable",
     "CheferRelevance",
     "GradientInterpretable",
+    "InputXGradient",
+    "IntegratedGradients",
+    "RandomBaseline",
+    "RawAttention",
     "capture_attention",
     "code_relevance",
     "top_codes",

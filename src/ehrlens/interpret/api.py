@@ -109,6 +109,24 @@ class CapturedForward:
 
 
 @contextmanager
+def eval_mode(model: Any) -> Iterator[None]:
+    """Run the block with ``model`` in eval mode; restore every submodule's own flag after.
+
+    A caller may keep parts of a training model in eval mode, so each module's ``training``
+    flag is saved and restored, not just the top module's.
+    """
+    modules = list(model.modules()) if isinstance(model, nn.Module) else []
+    modes = [(module, module.training) for module in modules]
+    if modules:
+        model.eval()
+    try:
+        yield
+    finally:
+        for module, training in modes:
+            module.training = training
+
+
+@contextmanager
 def capture_attention(
     model: AttentionInterpretable,
     batch: Mapping[str, Any],
@@ -142,21 +160,15 @@ def capture_attention(
             f"{type(model).__name__} does not implement GradientInterpretable: "
             "gradient capture is not available"
         )
-    # Each submodule's own flag: a caller may keep parts of a training model in eval mode.
-    modules = list(model.modules()) if isinstance(model, nn.Module) else []
-    modes = [(module, module.training) for module in modules]
-    if modules:
-        model.eval()
-    try:
-        if head_fusion is not None and getattr(model, "supports_capture_head_fusion", False):
-            model.set_attention_hooks(True, capture_gradients=False, head_fusion=head_fusion)
-        elif isinstance(model, GradientInterpretable):
-            model.set_attention_hooks(True, capture_gradients=gradients)
-        else:
-            model.set_attention_hooks(True)
-        outputs = model(**batch)
-        yield CapturedForward(outputs=outputs)
-    finally:
-        model.set_attention_hooks(False)
-        for module, training in modes:
-            module.training = training
+    with eval_mode(model):
+        try:
+            if head_fusion is not None and getattr(model, "supports_capture_head_fusion", False):
+                model.set_attention_hooks(True, capture_gradients=False, head_fusion=head_fusion)
+            elif isinstance(model, GradientInterpretable):
+                model.set_attention_hooks(True, capture_gradients=gradients)
+            else:
+                model.set_attention_hooks(True)
+            outputs = model(**batch)
+            yield CapturedForward(outputs=outputs)
+        finally:
+            model.set_attention_hooks(False)

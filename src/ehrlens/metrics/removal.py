@@ -19,18 +19,14 @@ import torch
 from torch import Tensor
 
 from ..data.processors import PAD_ID
+from ..interpret.methods.base import input_unit_mask
 
 Ablation = Literal["zero", "mean"]
 
 
 def unit_mask(key: str, values: Tensor, batch: Mapping[str, Any]) -> Tensor:
     """``bool`` tensor shaped like ``values``: True where ``values`` holds real data."""
-    if not values.is_floating_point():
-        return values != PAD_ID
-    step_mask = (batch.get("masks") or {}).get(key)
-    if values.dim() == 3 and step_mask is not None:
-        return step_mask.to(torch.bool)[..., None].expand(values.shape)
-    return torch.ones(values.shape, dtype=torch.bool, device=values.device)
+    return input_unit_mask(values, (batch.get("masks") or {}).get(key))
 
 
 def rank_units(

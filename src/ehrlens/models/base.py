@@ -71,6 +71,18 @@ class BaseModel(nn.Module):
     def device(self) -> torch.device:
         return next(self.parameters()).device
 
+    def get_embedding_layers(self) -> dict[str, nn.Module]:
+        """Per feature key, the module embedding each input unit on its own.
+
+        Its output is ``[batch, *input_positions, dim]`` (a code, a visit's code, a time step,
+        a vector element): what gradient methods such as
+        :class:`~ehrlens.interpret.IntegratedGradients` attribute to.
+        """
+        embeddings = getattr(self, "embeddings", None)
+        if embeddings is None:
+            raise NotImplementedError(f"{type(self).__name__} has no per-feature embeddings")
+        return {key: embeddings[key].unit for key in self.feature_keys}
+
     def prepare_outputs(self, logit: Tensor, batch: dict[str, Any]) -> dict[str, Tensor]:
         """Probabilities, and loss/targets when ``batch`` holds the label.
 

@@ -1,8 +1,19 @@
 """Explanation methods; each has the same ``attribute(target_class_idx=None, **batch)``."""
 
 from .base import BaseInterpreter
+from .baselines import RandomBaseline, RawAttention
 from .chefer import CheferRelevance
 from .flow import AttentionFlow
+from .gradients import InputXGradient, IntegratedGradients
 from .rollout import AttentionRollout
 
-__all__ = ["AttentionFlow", "AttentionRollout", "BaseInterpreter", "CheferRelevance"]
+__all__ = [
+    "AttentionFlow",
+    "AttentionRollout",
+    "BaseInterpreter",
+    "CheferRelevance",
+    "InputXGradient",
+    "IntegratedGradients",
+    "RandomBaseline",
+    "RawAttention",
+]

@@ -45,6 +45,42 @@ class BaseInterpreter(ABC):
         return self.attribute(target_class_idx, **batch)
 
 
+def input_unit_mask(values: Tensor, step_mask: Tensor | None = None) -> Tensor:
+    """``bool`` shaped like ``values``: True at real input units (not padding).
+
+    Codes are real where the id is not the pad id; time-series values where their step is in
+    ``step_mask`` ``[batch, steps]``; vector elements always.
+    """
+    if not values.is_floating_point():
+        return values != PAD_ID
+    if values.dim() == 3 and step_mask is not None:
+        return step_mask.to(torch.bool)[..., None].expand(values.shape)
+    return torch.ones(values.shape, dtype=torch.bool, device=values.device)
+
+
+def plain_tensors(batch: Mapping[str, Any]) -> dict[str, Any]:
+    """Copies of inference-mode tensors, which autograd may not save for backward."""
+
+    def plain(value: Any) -> Any:
+        if isinstance(value, Tensor) and value.is_inference():
+            return value.clone()
+        if isinstance(value, Mapping):
+            return {k: plain(v) for k, v in value.items()}
+        return value
+
+    return {k: plain(v) for k, v in batch.items()}
+
+
+def require_autograd(method: str) -> None:
+    """Raise a clear error under ``torch.inference_mode()``, where autograd cannot run."""
+    if torch.is_inference_mode_enabled():
+        raise RuntimeError(
+            f"{method} needs gradients, which torch.inference_mode() disables; call it "
+            "outside inference mode (torch.no_grad() is fine), or use AttentionRollout, "
+            "which needs only the forward pass"
+        )
+
+
 def scores_to_inputs(
     key: str, scores: Tensor, values: Tensor, step_mask: Tensor | None = None
 ) -> Tensor:
@@ -85,6 +121,44 @@ def map_to_input_shapes(
     }
 
 
+def explained_logits(logit: Tensor, mode: str | None) -> Tensor:
+    """Logits indexed by explainable class: ``[batch, classes]``.
+
+    A binary model's single logit becomes two columns ``(-logit, logit)``, so class 0 is
+    explained by the negated logit and class 1 by the logit.
+    """
+    if logit.dim() != 2:
+        raise ValueError(f"expected logits [batch, outputs], got shape {tuple(logit.shape)}")
+    if mode == "binary" or (mode is None and logit.shape[1] == 1):
+        return torch.cat([-logit[:, :1], logit[:, :1]], dim=1)
+    return logit
+
+
+def target_index(logit: Tensor, mode: str | None, target_class_idx: TargetIndex) -> Tensor:
+    """The explained class of every sample, ``LongTensor [batch]``, into
+    :func:`explained_logits`.
+
+    ``None`` picks the single logit (binary: class 1; regression: output 0), the predicted
+    class (multiclass) or the most probable label (multilabel); an ``int`` or a
+    ``LongTensor [batch]`` is checked against the number of classes.
+    """
+    if logit.dim() != 2:
+        raise ValueError(f"expected logits [batch, outputs], got shape {tuple(logit.shape)}")
+    batch, outputs = logit.shape
+    binary = mode == "binary" or (mode is None and outputs == 1)
+    if target_class_idx is None:
+        if binary:
+            return torch.ones(batch, dtype=torch.long, device=logit.device)
+        if mode == "regression":
+            return torch.zeros(batch, dtype=torch.long, device=logit.device)
+        return logit.argmax(dim=1)
+    if binary:
+        return _as_index(target_class_idx, batch, 2, "binary").to(logit.device)
+    if mode == "regression":
+        return _as_index(target_class_idx, batch, 1, "regression").to(logit.device)
+    return _as_index(target_class_idx, batch, outputs, mode or "multi-output").to(logit.device)
+
+
 def select_target(logit: Tensor, mode: str | None, target_class_idx: TargetIndex) -> Tensor:
     """The logit to explain for every sample: ``[batch]``.
 
@@ -97,23 +171,8 @@ def select_target(logit: Tensor, mode: str | None, target_class_idx: TargetIndex
             ``None``) explains the positive class and ``0`` the negative class (the negated
             logit).
     """
-    if logit.dim() != 2:
-        raise ValueError(f"expected logits [batch, outputs], got shape {tuple(logit.shape)}")
-    batch, outputs = logit.shape
-    if mode == "binary" or (mode is None and outputs == 1):
-        if target_class_idx is None:
-            return logit[:, 0]
-        index = _as_index(target_class_idx, batch, 2, "binary")
-        return torch.where(index == 1, logit[:, 0], -logit[:, 0])
-    if mode == "regression":
-        if target_class_idx is not None:
-            _as_index(target_class_idx, batch, 1, "regression")
-        return logit[:, 0]
-    if target_class_idx is None:
-        index = logit.argmax(dim=1)
-    else:
-        index = _as_index(target_class_idx, batch, outputs, mode or "multi-output")
-    return logit.gather(1, index.to(logit.device)[:, None])[:, 0]
+    index = target_index(logit, mode, target_class_idx)
+    return explained_logits(logit, mode).gather(1, index[:, None])[:, 0]
 
 
 def _as_index(target: int | Tensor, batch: int, classes: int, mode: str) -> Tensor:

@@ -10,7 +10,14 @@ import torch
 from torch import Tensor
 
 from ..api import GradientInterpretable, capture_attention
-from .base import BaseInterpreter, TargetIndex, map_to_input_shapes, select_target
+from .base import (
+    BaseInterpreter,
+    TargetIndex,
+    map_to_input_shapes,
+    plain_tensors,
+    require_autograd,
+    select_target,
+)
 from .propagation import readout_relevance
 
 
@@ -32,19 +39,6 @@ def _logit(outputs: Any) -> Tensor:
     if isinstance(outputs, Mapping) and "logit" in outputs:
         return outputs["logit"]
     raise TypeError("CheferRelevance needs the model to return a logit tensor or {'logit': ...}")
-
-
-def _plain_tensors(batch: Mapping[str, Any]) -> dict[str, Any]:
-    """Copies of inference-mode tensors, which autograd may not save for backward."""
-
-    def plain(value: Any) -> Any:
-        if isinstance(value, Tensor) and value.is_inference():
-            return value.clone()
-        if isinstance(value, Mapping):
-            return {k: plain(v) for k, v in value.items()}
-        return value
-
-    return {k: plain(v) for k, v in batch.items()}
 
 
 class CheferRelevance(BaseInterpreter):
@@ -79,13 +73,8 @@ class CheferRelevance(BaseInterpreter):
         Returns:
             ``{feature_key: scores}`` shaped like ``batch[feature_key]``, padding exactly 0.
         """
-        if torch.is_inference_mode_enabled():
-            raise RuntimeError(
-                "CheferRelevance needs gradients, which torch.inference_mode() disables; "
-                "call it outside inference mode (torch.no_grad() is fine), or use "
-                "AttentionRollout, which needs only the forward pass"
-            )
-        batch = _plain_tensors(batch)
+        require_autograd("CheferRelevance")
+        batch = plain_tensors(batch)
         with torch.enable_grad(), capture_attention(self.model, batch, gradients=True) as run:
             target = select_target(
                 _logit(run.outputs), getattr(self.model, "mode", None), target_class_idx

@@ -1,0 +1,183 @@
+"""Gradient baselines on the per-unit embeddings, computed by Captum (extra ``ehrlens[captum]``).
+
+Captum's layer methods attribute to the output of each feature's per-unit embedding module
+(``model.get_embedding_layers()``, ``[batch, *input_positions, dim]``); summing over ``dim``
+gives one score per code, visit code, time step or vector element. The batch dict is handed
+to Captum as a flat tuple of its tensors, so Captum can expand every one of them (masks and
+times included) for its interpolation steps.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from ..api import eval_mode
+from .base import (
+    BaseInterpreter,
+    TargetIndex,
+    explained_logits,
+    input_unit_mask,
+    plain_tensors,
+    require_autograd,
+    target_index,
+)
+
+
+def _captum():
+    try:
+        import captum.attr
+    except ImportError as error:  # pragma: no cover - depends on the environment
+        raise ImportError("gradient baselines use Captum: pip install 'ehrlens[captum]'") from error
+    return captum.attr
+
+
+def _flatten(batch: Mapping[str, Any]) -> tuple[list[tuple[str, str | None]], tuple[Tensor, ...]]:
+    """The batch's tensors as a tuple, with the path of each (``(key, None)`` or nested)."""
+    paths, tensors = [], []
+    for key, value in batch.items():
+        if isinstance(value, Tensor):
+            paths.append((key, None))
+            tensors.append(value)
+        elif isinstance(value, Mapping):
+            for inner, tensor in value.items():
+                if isinstance(tensor, Tensor):
+                    paths.append((key, inner))
+                    tensors.append(tensor)
+    return paths, tuple(tensors)
+
+
+def _rebuild(
+    batch: Mapping[str, Any], paths: list[tuple[str, str | None]], tensors: tuple[Tensor, ...]
+) -> dict[str, Any]:
+    out: dict[str, Any] = {k: (dict(v) if isinstance(v, Mapping) else v) for k, v in batch.items()}
+    for (key, inner), tensor in zip(paths, tensors, strict=True):
+        if inner is None:
+            out[key] = tensor
+        else:
+            out[key][inner] = tensor
+    return out
+
+
+class _LayerGradientMethod(BaseInterpreter):
+    """Shared set-up of the Captum layer methods."""
+
+    required_interface = torch.nn.Module
+    requirement_reason = "it differentiates the model's forward"
+    captum_name = ""
+
+    def __init__(self, model: Any) -> None:
+        super().__init__(model)
+        if not callable(getattr(model, "get_embedding_layers", None)):
+            raise TypeError(
+                f"{type(self).__name__} needs model.get_embedding_layers() "
+                f"({type(model).__name__} has none): the per-unit embedding modules whose "
+                "outputs are attributed"
+            )
+
+    def _run(
+        self,
+        method: Any,
+        batch: dict[str, Any],
+        tensors: tuple[Tensor, ...],
+        paths: list[tuple[str, str | None]],
+        target: Tensor,
+    ) -> list[Tensor]:
+        """Call the Captum method; one attribution ``[batch, *positions, dim]`` per layer."""
+        raise NotImplementedError
+
+    def attribute(self, target_class_idx: TargetIndex = None, **batch: Any) -> dict[str, Tensor]:
+        """Signed scores shaped like each feature's batch tensor; padding exactly 0.
+
+        Positive scores support the explained class. ``target_class_idx`` as for
+        :class:`~ehrlens.interpret.CheferRelevance`.
+        """
+        require_autograd(type(self).__name__)
+        batch = plain_tensors(batch)
+        mode = getattr(self.model, "mode", None)
+        layers = self.model.get_embedding_layers()
+        keys = list(layers)
+        paths, tensors = _flatten(batch)
+
+        def forward(*inputs: Tensor) -> Tensor:
+            logit = self.model(**_rebuild(batch, paths, inputs))["logit"]
+            return explained_logits(logit, mode)
+
+        with eval_mode(self.model), torch.enable_grad():
+            with torch.no_grad():
+                target = target_index(self.model(**batch)["logit"], mode, target_class_idx)
+            with warnings.catch_warnings():
+                # Captum warns whenever several layers are given; ours are independent (one
+                # embedding per feature, none fed by another).
+                warnings.filterwarnings("ignore", message="Multiple layers provided")
+                method = getattr(_captum(), self.captum_name)(forward, [layers[k] for k in keys])
+                attributions = self._run(method, batch, tensors, paths, target)
+        masks = batch.get("masks") or {}
+        out = {}
+        for key, attribution in zip(keys, attributions, strict=True):
+            values = batch[key]
+            scores = attribution.detach().sum(dim=-1)  # [batch, *input_positions]
+            if values.is_floating_point() and values.dim() == scores.dim() + 1:
+                scores = scores[..., None].expand(values.shape)  # a step's score on its values
+            out[key] = (scores * input_unit_mask(values, masks.get(key))).to(torch.float32)
+        return out
+
+
+class InputXGradient(_LayerGradientMethod):
+    """Gradient × activation on each unit's embedding (Captum ``LayerGradientXActivation``).
+
+    Args:
+        model: a model with ``get_embedding_layers()`` (every ehrlens model).
+
+    Example:
+        >>> scores = InputXGradient(model).attribute(**batch)   # {"diagnoses": [b, s]}
+    """
+
+    captum_name = "LayerGradientXActivation"
+
+    def _run(self, method, batch, tensors, paths, target):
+        return method.attribute(tensors, target=target)
+
+
+class IntegratedGradients(_LayerGradientMethod):
+    """Integrated gradients on each unit's embedding (Captum ``LayerIntegratedGradients``).
+
+    The baseline is the batch with every code set to the pad id (whose embedding is 0) and
+    every numeric value set to 0; masks and times are kept. The path integral is
+    approximated with ``n_steps`` points (Gauss-Legendre by default, as in Captum).
+
+    Args:
+        model: a model with ``get_embedding_layers()`` (every ehrlens model).
+        n_steps: integration points.
+        internal_batch_size: samples per forward inside Captum (bounds memory).
+
+    Example:
+        >>> scores = IntegratedGradients(model, n_steps=50).attribute(**batch)
+    """
+
+    captum_name = "LayerIntegratedGradients"
+
+    def __init__(self, model: Any, n_steps: int = 50, internal_batch_size: int | None = None):
+        super().__init__(model)
+        if n_steps < 1:
+            raise ValueError(f"n_steps must be >= 1, got {n_steps}")
+        self.n_steps = int(n_steps)
+        self.internal_batch_size = internal_batch_size
+
+    def _run(self, method, batch, tensors, paths, target):
+        features = set(getattr(self.model, "feature_keys", []))
+        baselines = tuple(
+            torch.zeros_like(t) if inner is None and key in features else t
+            for (key, inner), t in zip(paths, tensors, strict=True)
+        )
+        return method.attribute(
+            tensors,
+            baselines=baselines,
+            target=target,
+            n_steps=self.n_steps,
+            internal_batch_size=self.internal_batch_size,
+        )
