@@ -56,10 +56,19 @@ from ehrlens.data import create_sample_dataset, generate_cohort, get_dataloader,
 from ehrlens.interpret import AttentionFlow, AttentionRollout, CheferRelevance
 from ehrlens.models import Transformer
 
-METHODS = ("inference", "rollout", "rollout_old_way", "forward_backward", "chefer", "flow")
+METHODS = (
+    "inference",
+    "rollout",
+    "rollout_low_memory",
+    "rollout_old_way",
+    "forward_backward",
+    "chefer",
+    "flow",
+)
 LABELS = {
     "inference": "inference (floor)",
     "rollout": "ehrlens rollout",
+    "rollout_low_memory": "ehrlens rollout, low_memory=True",
     "rollout_old_way": "rollout, old way [baseline]",
     "forward_backward": "forward+backward (floor)",
     "chefer": "ehrlens chefer",
@@ -68,6 +77,7 @@ LABELS = {
 FLOORS = {
     "inference": "inference",
     "rollout": "inference",
+    "rollout_low_memory": "inference",
     "rollout_old_way": "inference",
     "forward_backward": "forward_backward",
     "chefer": "forward_backward",
@@ -148,6 +158,13 @@ def method_callable(method: str, model: Transformer, batch: dict) -> Callable[[]
         def run() -> Any:
             with torch.inference_mode():
                 return rollout.attribute(**batch)
+
+    elif method == "rollout_low_memory":
+        low_memory = AttentionRollout(model, head_fusion="mean", low_memory=True)
+
+        def run() -> Any:
+            with torch.inference_mode():
+                return low_memory.attribute(**batch)
 
     elif method == "rollout_old_way":
 

@@ -14,10 +14,19 @@ from pathlib import Path
 import pytest
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "speed.py"
-METHODS = {"inference", "rollout", "rollout_old_way", "forward_backward", "chefer", "flow"}
+METHODS = {
+    "inference",
+    "rollout",
+    "rollout_low_memory",
+    "rollout_old_way",
+    "forward_backward",
+    "chefer",
+    "flow",
+}
 FLOORS = {
     "inference": "inference",
     "rollout": "inference",
+    "rollout_low_memory": "inference",
     "rollout_old_way": "inference",
     "forward_backward": "forward_backward",
     "chefer": "forward_backward",

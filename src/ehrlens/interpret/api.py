@@ -132,6 +132,7 @@ def capture_attention(
     batch: Mapping[str, Any],
     gradients: bool = False,
     head_fusion: str | None = None,
+    keys_only: bool = False,
 ) -> Iterator[CapturedForward]:
     """Enable capture, run ``model(**batch)`` in eval mode, and always clean up.
 
@@ -148,13 +149,23 @@ def capture_attention(
         head_fusion: forward-only: ask for maps already fused over heads (``[batch, 1, seq,
             seq]``), which models declaring ``supports_capture_head_fusion`` store instead of
             every head's map; other models return per-head maps, to be fused by the caller.
+        keys_only: forward-only: store each layer's queries and keys instead of its map
+            (models declaring ``supports_key_capture``; read them with
+            ``model.get_attention_keys()``).
 
     Example:
         >>> with capture_attention(model, batch) as captured:
         ...     layers = model.get_attention_layers()   # {key: [(attn, None), ...]}
     """
-    if gradients and head_fusion is not None:
-        raise ValueError("head_fusion at capture is for forward-only capture (gradients=False)")
+    if gradients and (head_fusion is not None or keys_only):
+        raise ValueError(
+            "head_fusion and keys_only at capture are for forward-only capture (gradients=False)"
+        )
+    if keys_only and not getattr(model, "supports_key_capture", False):
+        raise TypeError(
+            f"{type(model).__name__} cannot capture queries and keys (supports_key_capture); "
+            "use the default capture of attention maps"
+        )
     if gradients and not isinstance(model, GradientInterpretable):
         raise TypeError(
             f"{type(model).__name__} does not implement GradientInterpretable: "
@@ -162,7 +173,9 @@ def capture_attention(
         )
     with eval_mode(model):
         try:
-            if head_fusion is not None and getattr(model, "supports_capture_head_fusion", False):
+            if keys_only:
+                model.set_attention_hooks(True, capture_gradients=False, keys_only=True)
+            elif head_fusion is not None and getattr(model, "supports_capture_head_fusion", False):
                 model.set_attention_hooks(True, capture_gradients=False, head_fusion=head_fusion)
             elif isinstance(model, GradientInterpretable):
                 model.set_attention_hooks(True, capture_gradients=gradients)

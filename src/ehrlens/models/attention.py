@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 from collections import OrderedDict
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
@@ -21,6 +22,7 @@ from torch.utils.hooks import RemovableHandle
 from ..interpret.fusion import check_head_fusion, fuse_heads
 
 AttentionHook = Callable[["MultiHeadAttention", Tensor], None]
+QueryKeyHook = Callable[["MultiHeadAttention", Tensor, Tensor, Tensor], None]
 
 
 class MultiHeadAttention(nn.Module):
@@ -54,6 +56,7 @@ class MultiHeadAttention(nn.Module):
         self.proj = nn.Linear(dim, dim)
         self.dropout = nn.Dropout(dropout)
         self._attention_hooks: OrderedDict[int, AttentionHook] = OrderedDict()
+        self._query_key_hooks: OrderedDict[int, QueryKeyHook] = OrderedDict()
 
     def register_attention_hook(self, hook: AttentionHook) -> RemovableHandle:
         """Call ``hook(module, attention)`` on every forward; returns a removable handle."""
@@ -61,19 +64,39 @@ class MultiHeadAttention(nn.Module):
         self._attention_hooks[handle.id] = hook
         return handle
 
+    def register_query_key_hook(self, hook: QueryKeyHook) -> RemovableHandle:
+        """Call ``hook(module, q, k, mask)`` on every forward, before attention is formed.
+
+        ``q``/``k`` are ``[batch, heads, seq, head_dim]``; with :meth:`attention_weights` they
+        reproduce the attention map, in row blocks if wanted. Returns a removable handle.
+        """
+        handle = RemovableHandle(self._query_key_hooks)
+        self._query_key_hooks[handle.id] = hook
+        return handle
+
     @property
     def has_attention_hooks(self) -> bool:
-        """Whether any attention hook is registered."""
-        return bool(self._attention_hooks)
+        """Whether any attention or query-key hook is registered."""
+        return bool(self._attention_hooks) or bool(self._query_key_hooks)
 
-    def forward(self, x: Tensor, mask: Tensor) -> Tensor:
-        batch, seq, _ = x.shape
-        q, k, v = self.qkv(x).view(batch, seq, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)
+    def attention_weights(self, q: Tensor, k: Tensor, mask: Tensor) -> Tensor:
+        """Post-softmax weights ``[batch, heads, rows, seq]`` of queries ``q`` over keys ``k``.
+
+        The forward pass computes its attention with this function, so a recomputation from
+        captured queries and keys (all rows, or a block of rows) gives the same map.
+        """
         scores = (q @ k.transpose(-2, -1)) / math.sqrt(self.head_dim)
         # The dtype's most negative value rather than -inf: exp() gives exactly 0 for padded
         # keys, and a row with no real key stays finite instead of NaN.
         scores = scores.masked_fill(~mask[:, None, None, :], torch.finfo(scores.dtype).min)
-        attention = scores.softmax(dim=-1)
+        return scores.softmax(dim=-1)
+
+    def forward(self, x: Tensor, mask: Tensor) -> Tensor:
+        batch, seq, _ = x.shape
+        q, k, v = self.qkv(x).view(batch, seq, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        for hook in tuple(self._query_key_hooks.values()):
+            hook(self, q, k, mask)
+        attention = self.attention_weights(q, k, mask)
         for hook in tuple(self._attention_hooks.values()):
             hook(self, attention)
         out = self.dropout(attention) @ v  # [batch, heads, seq, head_dim]
@@ -104,6 +127,30 @@ class EncoderBlock(nn.Module):
         return x + self.dropout(self.ffn(self.norm2(x)))
 
 
+@dataclass
+class CapturedKeys:
+    """One layer's queries and keys: enough to recompute its attention map in row blocks.
+
+    Attributes:
+        module: the attention module (its :meth:`~MultiHeadAttention.attention_weights`).
+        query / key: ``[batch, heads, seq, head_dim]``, detached.
+        mask: ``[batch, seq]`` key mask.
+    """
+
+    module: MultiHeadAttention
+    query: Tensor
+    key: Tensor
+    mask: Tensor
+
+    @property
+    def seq_len(self) -> int:
+        return self.key.shape[2]
+
+    def weights(self, rows: slice = slice(None)) -> Tensor:
+        """Attention weights of the query ``rows``: ``[batch, heads, len(rows), seq]``."""
+        return self.module.attention_weights(self.query[:, :, rows], self.key, self.mask)
+
+
 class AttentionCapture:
     """Attention hook that keeps one module's latest map and, optionally, its gradient.
 
@@ -115,16 +162,28 @@ class AttentionCapture:
     """
 
     def __init__(
-        self, module: MultiHeadAttention, capture_gradients: bool, head_fusion: str | None = None
+        self,
+        module: MultiHeadAttention,
+        capture_gradients: bool,
+        head_fusion: str | None = None,
+        keys_only: bool = False,
     ) -> None:
-        if head_fusion is not None and capture_gradients:
-            raise ValueError("head_fusion at capture is for forward-only capture")
+        if (head_fusion is not None or keys_only) and capture_gradients:
+            raise ValueError("head_fusion and keys_only at capture are for forward-only capture")
         self.capture_gradients = capture_gradients
         self.head_fusion = None if head_fusion is None else check_head_fusion(head_fusion)
         self.attention: Tensor | None = None
         self.gradient: Tensor | None = None
+        self.keys: CapturedKeys | None = None
         self._gradient_handle: RemovableHandle | None = None
-        self._handle = module.register_attention_hook(self._on_attention)
+        if keys_only:
+            self._handle = module.register_query_key_hook(self._on_query_key)
+        else:
+            self._handle = module.register_attention_hook(self._on_attention)
+
+    def _on_query_key(self, module: MultiHeadAttention, q: Tensor, k: Tensor, mask: Tensor):
+        self._clear()
+        self.keys = CapturedKeys(module, q.detach(), k.detach(), mask.detach())
 
     def _on_attention(self, module: MultiHeadAttention, attention: Tensor) -> None:
         self._clear()
@@ -145,6 +204,7 @@ class AttentionCapture:
             self._gradient_handle = None
         self.attention = None
         self.gradient = None
+        self.keys = None
 
     def remove(self) -> None:
         """Unregister the attention hook and any gradient hook; drop stored tensors."""
@@ -161,6 +221,8 @@ class AttentionCaptureMixin:
 
     #: ``set_attention_hooks`` takes ``head_fusion`` (see :func:`capture_attention`).
     supports_capture_head_fusion = True
+    #: ``set_attention_hooks`` takes ``keys_only``; see :meth:`get_attention_keys`.
+    supports_key_capture = True
 
     def attention_modules(self) -> dict[str, list[MultiHeadAttention]]:
         """``{feature_key: [MultiHeadAttention per layer, input side first]}``."""
@@ -170,7 +232,11 @@ class AttentionCaptureMixin:
         return self.__dict__.setdefault("_attention_captures", {})
 
     def set_attention_hooks(
-        self, enabled: bool, capture_gradients: bool = True, head_fusion: str | None = None
+        self,
+        enabled: bool,
+        capture_gradients: bool = True,
+        head_fusion: str | None = None,
+        keys_only: bool = False,
     ) -> None:
         """Start (or stop) storing every layer's attention map [and its gradient].
 
@@ -182,6 +248,8 @@ class AttentionCaptureMixin:
             head_fusion: forward-only: store each layer's map fused over heads
                 (``"mean"``, ``"max"``, ``"min"``) as ``[batch, 1, seq, seq]`` instead of
                 ``[batch, heads, seq, seq]``, a ``heads``-fold saving.
+            keys_only: forward-only: store each layer's queries and keys instead of its map
+                (:meth:`get_attention_keys`), ``seq / head_dim`` times less again.
         """
         captures = self._captures()
         for layer_captures in captures.values():
@@ -191,8 +259,18 @@ class AttentionCaptureMixin:
         if enabled:
             for key, modules in self.attention_modules().items():
                 captures[key] = [
-                    AttentionCapture(m, capture_gradients, head_fusion) for m in modules
+                    AttentionCapture(m, capture_gradients, head_fusion, keys_only) for m in modules
                 ]
+
+    def get_attention_keys(self) -> dict[str, list[CapturedKeys]]:
+        """Captured queries and keys per layer and feature key (``keys_only`` capture)."""
+        captures = self._captures()
+        if not captures or any(c.keys is None for cs in captures.values() for c in cs):
+            raise RuntimeError(
+                "no queries/keys captured: call set_attention_hooks(True, "
+                "capture_gradients=False, keys_only=True) and run a forward"
+            )
+        return {key: [c.keys for c in cs] for key, cs in captures.items()}
 
     def get_attention_layers(self) -> dict[str, list[tuple[Tensor, Tensor | None]]]:
         """Captured ``(attn_map, attn_grad)`` per layer and feature key, input side first.

@@ -3,17 +3,26 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
 
 from ..api import capture_attention
 from .base import BaseInterpreter, TargetIndex, map_to_input_shapes
-from .propagation import check_head_fusion, fuse_heads, readout_relevance
+from .propagation import (
+    check_head_fusion,
+    fuse_heads,
+    readout_relevance,
+    readout_weights,
+    select_input_positions,
+)
+
+if TYPE_CHECKING:  # models import interpret.fusion; a runtime import would be circular
+    from ...models.attention import CapturedKeys
 
 
-def discard_lowest(attention: Tensor, discard_ratio: float) -> Tensor:
+def discard_lowest(attention: Tensor, discard_ratio: float, row_offset: int = 0) -> Tensor:
     """Zero the lowest ``discard_ratio`` of each row's off-diagonal weights; renormalise.
 
     Per row, the candidates are the off-diagonal entries with positive weight (padded keys
@@ -21,19 +30,22 @@ def discard_lowest(attention: Tensor, discard_ratio: float) -> Tensor:
     smallest are set to 0, ties going to the lower index. The diagonal is never dropped.
     Rows are then rescaled to sum to 1.
 
-    Shapes: ``[batch, seq, seq]`` -> ``[batch, seq, seq]``.
+    Shapes: ``[batch, rows, seq]`` -> same; ``rows`` may be a block of the map whose first
+    row is row ``row_offset`` (the diagonal is where column == row index).
     """
     if discard_ratio == 0:
         return attention
-    seq = attention.shape[-1]
-    eye = torch.eye(seq, dtype=torch.bool, device=attention.device)
+    rows, seq = attention.shape[-2:]
+    device = attention.device
+    row_index = torch.arange(row_offset, row_offset + rows, device=device)[:, None]
+    eye = row_index == torch.arange(seq, device=device)[None, :]
     candidate = (attention > 0) & ~eye
     # float64, so floor(ratio * n) is the same as in Python (float32 gives 29 for 0.29 * 100).
     drop_count = torch.floor(candidate.sum(dim=-1, keepdim=True).double() * discard_ratio)
     sort_key = attention.masked_fill(~candidate, float("inf"))
     order = sort_key.argsort(dim=-1, stable=True)
     rank = torch.empty_like(order).scatter_(
-        -1, order, torch.arange(seq, device=attention.device).expand_as(order)
+        -1, order, torch.arange(seq, device=device).expand_as(order)
     )
     pruned = attention.masked_fill(candidate & (rank < drop_count), 0.0)
     total = pruned.sum(dim=-1, keepdim=True)
@@ -62,6 +74,37 @@ def fused_attention_layers(
     }
 
 
+def low_memory_rollout_rows(
+    readout: Tensor,
+    layers: list[CapturedKeys],
+    head_fusion: str,
+    discard_ratio: float = 0.0,
+    block_rows: int = 256,
+) -> Tensor:
+    """Rollout readout rows from captured queries/keys, recomputing maps in row blocks.
+
+    Same result as carrying ``readout`` down the stored fused maps, but only one block of
+    ``block_rows`` query rows of one layer's map (``[batch, heads, block_rows, seq]``) exists
+    at a time. Blocks whose rows carry no relevance are skipped (e.g. all but the readout
+    block in the top layer).
+
+    Shapes: ``readout`` ``[batch, seq]`` -> ``[batch, seq]``.
+    """
+    rows = readout.to(layers[0].query.dtype) if layers else readout
+    for layer in reversed(layers):
+        mixed = torch.zeros_like(rows)
+        for start in range(0, layer.seq_len, block_rows):
+            part = rows[:, start : start + block_rows]
+            if not bool(part.any()):
+                continue
+            block = slice(start, start + part.shape[1])
+            attention = fuse_heads(layer.weights(block), head_fusion)
+            attention = discard_lowest(attention, discard_ratio, row_offset=start)
+            mixed += torch.bmm(part[:, None, :], attention)[:, 0]
+        rows = 0.5 * (mixed + rows)
+    return rows
+
+
 class AttentionRollout(BaseInterpreter):
     """Attention rollout: compose residual-augmented attention over layers, read it out.
 
@@ -73,10 +116,18 @@ class AttentionRollout(BaseInterpreter):
     layers. Gradient-free: runs under ``torch.no_grad()`` and ``torch.inference_mode()`` and
     registers no autograd hook. Class-agnostic: ``target_class_idx`` is accepted and ignored.
 
+    Memory: by default every layer's fused map ``[batch, seq, seq]`` is kept until the
+    top-down pass. ``low_memory=True`` keeps each layer's queries and keys instead and
+    recomputes the maps in blocks of ``block_rows`` rows during that pass: peak memory stays
+    near plain inference for about one extra ``QK^T`` and softmax per layer (models declaring
+    ``supports_key_capture``, with readout weights).
+
     Args:
         model: an :class:`~ehrlens.interpret.AttentionInterpretable` model.
         head_fusion: ``"mean"``, ``"max"`` or ``"min"`` over heads.
         discard_ratio: fraction in ``[0, 1)`` of each row's lowest weights to drop.
+        low_memory: recompute maps from captured queries and keys (see above).
+        block_rows: query rows recomputed at a time with ``low_memory``.
 
     Returns of :meth:`attribute`:
         ``{feature_key: scores}`` shaped like ``batch[feature_key]`` (``[batch, seq]`` codes,
@@ -88,15 +139,49 @@ class AttentionRollout(BaseInterpreter):
         ...     scores = rollout.attribute(**batch)     # {"diagnoses": [batch, seq], ...}
     """
 
-    def __init__(self, model: Any, head_fusion: str = "mean", discard_ratio: float = 0.0) -> None:
+    def __init__(
+        self,
+        model: Any,
+        head_fusion: str = "mean",
+        discard_ratio: float = 0.0,
+        low_memory: bool = False,
+        block_rows: int = 256,
+    ) -> None:
         super().__init__(model)
         self.head_fusion = check_head_fusion(head_fusion)
         if not 0.0 <= float(discard_ratio) < 1.0:
             raise ValueError(f"discard_ratio must be in [0, 1), got {discard_ratio}")
         self.discard_ratio = float(discard_ratio)
+        if low_memory and not getattr(model, "supports_key_capture", False):
+            raise TypeError(
+                f"low_memory rollout recomputes maps from captured queries and keys, which "
+                f"{type(model).__name__} does not offer (supports_key_capture)"
+            )
+        if block_rows < 1:
+            raise ValueError(f"block_rows must be >= 1, got {block_rows}")
+        self.low_memory = bool(low_memory)
+        self.block_rows = int(block_rows)
 
     def attribute(self, target_class_idx: TargetIndex = None, **batch: Any) -> dict[str, Tensor]:
         """Rollout scores for each feature (see the class docstring); no gradients needed."""
+        if self.low_memory:
+            return map_to_input_shapes(self._low_memory_relevance(batch), batch)
         layers = fused_attention_layers(self.model, batch, self.head_fusion, self.discard_ratio)
         relevance = readout_relevance(self.model, layers, rollout_step, batch)
         return map_to_input_shapes(relevance, batch)
+
+    def _low_memory_relevance(self, batch: Mapping[str, Any]) -> dict[str, Tensor]:
+        weights = readout_weights(self.model, batch)
+        if weights is None:
+            raise TypeError(
+                "low_memory rollout needs the model's readout weights (get_readout_weights)"
+            )
+        with capture_attention(self.model, batch, keys_only=True):
+            captured = self.model.get_attention_keys()
+        rows = {
+            key: low_memory_rollout_rows(
+                weights[key], layers, self.head_fusion, self.discard_ratio, self.block_rows
+            )
+            for key, layers in captured.items()
+        }
+        return select_input_positions(self.model, rows, batch)
