@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .. import __version__
-from ..data.dataset import FittedSchema, SampleDataset
+from ..data.dataset import RESERVED_KEYS, FittedSchema, SampleDataset
 
 CHECKPOINT_FORMAT = "ehrlens-model"
 CHECKPOINT_VERSION = 1
@@ -82,6 +82,49 @@ class BaseModel(nn.Module):
         if embeddings is None:
             raise NotImplementedError(f"{type(self).__name__} has no per-feature embeddings")
         return {key: embeddings[key].unit for key in self.feature_keys}
+
+    def check_batch(self, batch: Mapping[str, Any]) -> None:
+        """Refuse a batch the model cannot read correctly, naming the key and the sample.
+
+        Checks: every feature key present and a tensor; no unexpected keys (a typo would
+        otherwise be ignored); one batch size for all features; tensors on the model's
+        device; numeric features finite. Called at the start of every ``forward``.
+        """
+        allowed = {*self.feature_keys, *self.label_keys, *RESERVED_KEYS}
+        unexpected = sorted(k for k in batch if k not in allowed)
+        if unexpected:
+            raise ValueError(
+                f"batch has unexpected key(s) {unexpected}; this model reads features "
+                f"{self.feature_keys}, label {self.label_keys} and {sorted(RESERVED_KEYS)}"
+            )
+        sizes: dict[str, int] = {}
+        device = self.device
+        ids = batch.get("patient_id")
+        for key in self.feature_keys:
+            values = feature_values(batch, key)
+            if not isinstance(values, Tensor):
+                raise TypeError(
+                    f"feature '{key}': expected a tensor, got {type(values).__name__}; "
+                    "build batches with ehrlens.data.get_dataloader"
+                )
+            if values.device != device:
+                raise ValueError(
+                    f"feature '{key}' is on {values.device} but the model is on {device}; "
+                    "move the batch with ehrlens.data.move_to_device(batch, model.device)"
+                )
+            if values.dim() == 0:
+                raise ValueError(f"feature '{key}': expected [batch, ...], got a scalar")
+            sizes[key] = values.shape[0]
+            if values.is_floating_point():
+                finite = torch.isfinite(values).reshape(values.shape[0], -1).all(dim=1)
+                if not bool(finite.all()):
+                    index = int((~finite).nonzero()[0, 0])
+                    who = f" (patient_id={ids[index]!r})" if ids is not None else ""
+                    raise ValueError(
+                        f"feature '{key}': sample {index}{who} has NaN or infinite values"
+                    )
+        if len(set(sizes.values())) > 1:
+            raise ValueError(f"features disagree on the batch size: {sizes}")
 
     def prepare_outputs(self, logit: Tensor, batch: dict[str, Any]) -> dict[str, Tensor]:
         """Probabilities, and loss/targets when ``batch`` holds the label.

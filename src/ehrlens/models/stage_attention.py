@@ -192,6 +192,7 @@ class StageAttentionNet(AttentionCaptureMixin, BaseModel, GradientInterpretable)
         return self.embeddings[key].position_mask(feature_values(data, key), masks.get(key))
 
     def forward(self, **batch: Any) -> dict[str, Tensor]:
+        self.check_batch(batch)
         masks = batch.get("masks") or {}
         times = batch.get("times") or {}
         pooled = []

@@ -86,6 +86,7 @@ class Transformer(AttentionCaptureMixin, BaseModel, GradientInterpretable):
         self.head = nn.Linear(len(self.feature_keys) * embedding_dim, self.output_size)
 
     def forward(self, **batch: Any) -> dict[str, Tensor]:
+        self.check_batch(batch)
         masks = batch.get("masks") or {}
         times = batch.get("times") or {}
         pooled = []
