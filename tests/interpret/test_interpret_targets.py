@@ -130,3 +130,21 @@ def test_binary_target_tensor_of_ones_equals_default(small_case, close):
         chefer.attribute(**small_case.batch),
         atol=1e-6,
     )
+
+
+def test_a_target_made_under_inference_mode_is_accepted_by_gradient_methods():
+    from ehrlens.data import create_sample_dataset as _create
+    from ehrlens.data import generate_cohort as _cohort
+    from ehrlens.interpret import CheferRelevance as _Chefer
+    from ehrlens.models import Transformer as _Transformer
+
+    cohort = _cohort(n_patients=6, layout="sequence", seed=0)
+    dataset = _create(cohort.samples, cohort.input_schema, cohort.output_schema)
+    model = _Transformer(dataset, embedding_dim=8, heads=2, num_layers=1).eval()
+    batch = dataset.collate(dataset.items)
+    with torch.inference_mode():
+        target = (model(**batch)["y_prob"][:, 0] >= 0.5).long()
+    plain = _Chefer(model).attribute(target_class_idx=target.clone(), **batch)
+    given = _Chefer(model).attribute(target_class_idx=target, **batch)
+    for key in plain:
+        torch.testing.assert_close(given[key], plain[key])

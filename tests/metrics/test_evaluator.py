@@ -97,3 +97,33 @@ def test_ideal_scores_beat_inverted_scores_and_filter_counts(setup):
     drop = 1 / (1 + math.exp(-2)) - 1 / (1 + math.exp(2))  # removing S: logit 2 -> -2
     assert ideal.summaries["comprehensiveness"].mean == pytest.approx(drop)
     assert worst.summaries["comprehensiveness"].mean == 0.0
+
+
+class RecordingMethod:
+    """Records the target each call asks for; scores the signal code."""
+
+    def __init__(self, dataset):
+        self.inner = CodeCounter(dataset)
+        self.targets = []
+
+    def attribute(self, target_class_idx=None, **batch):
+        self.targets.append(target_class_idx)
+        return self.inner.attribute(**batch)
+
+
+def test_the_method_explains_the_class_the_metrics_measure(setup):
+    dataset, model, _ = setup
+    loader = get_dataloader(dataset, 12)
+    method = RecordingMethod(dataset)
+    Evaluator(model, percentages=(50,)).evaluate(loader, method)
+    has_signal = torch.tensor(["S" in s for s in ["S" if i % 2 else "" for i in range(12)]])
+    assert method.targets[0].tolist() == has_signal.long().tolist()  # predicted class
+    fixed = RecordingMethod(dataset)
+    result = Evaluator(model, percentages=(50,), target=1).evaluate(loader, fixed)
+    assert fixed.targets[0].tolist() == [1] * 12
+    # Measuring class 1 everywhere: removing S drops p(1) from sigmoid(2) to sigmoid(-2) for
+    # the six patients with S; the other six have nothing to lose.
+    drop = 1 / (1 + math.exp(-2)) - 1 / (1 + math.exp(2))
+    assert result.summaries["comprehensiveness"].mean == pytest.approx(drop / 2)
+    with pytest.raises(ValueError, match="target"):
+        Evaluator(model, target="positive")

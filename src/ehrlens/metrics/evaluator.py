@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .faithfulness import DEFAULT_PERCENTAGES, RemovalFaithfulness, SampleFilter
+from .faithfulness import DEFAULT_PERCENTAGES, RemovalFaithfulness, SampleFilter, Target
 from .recovery import signal_recovery
 from .removal import Ablation
 
@@ -99,7 +99,9 @@ class Evaluator:
 
     Args:
         model: the explained model.
-        percentages / ablation / sample_filter: as :class:`RemovalFaithfulness`.
+        percentages / ablation / sample_filter / target: as :class:`RemovalFaithfulness`;
+            the method is asked to explain the same class (``target_class_idx``), so that
+            class-dependent methods (Chefer, gradients) explain what the metrics measure.
         ground_truth: ``{patient_id: {feature: [planted codes]}}`` to add ``precision@k``,
             ``recall@k`` and ``signal_auroc`` of planted codes (e.g. ``cohort.ground_truth``).
         k: cut-off of precision and recall.
@@ -117,13 +119,14 @@ class Evaluator:
         percentages: Sequence[float] = DEFAULT_PERCENTAGES,
         ablation: Ablation = "zero",
         sample_filter: SampleFilter = "all",
+        target: Target = "predicted",
         ground_truth: Mapping[str, Mapping[str, list[str]]] | None = None,
         k: int = 5,
         n_bootstrap: int = 1000,
         seed: int = 0,
     ) -> None:
         self.model = model
-        self.faithfulness = RemovalFaithfulness(model, percentages, ablation, sample_filter)
+        self.faithfulness = RemovalFaithfulness(model, percentages, ablation, sample_filter, target)
         self.ground_truth = ground_truth
         self.k = int(k)
         self.n_bootstrap = int(n_bootstrap)
@@ -132,14 +135,19 @@ class Evaluator:
     def evaluate(
         self, dataloader: Iterable[Mapping[str, Any]], method: Any, name: str | None = None
     ) -> EvaluationResult:
-        """Explain every batch with ``method.attribute(**batch)`` and score it."""
+        """Explain every batch with ``method.attribute(target_class_idx=..., **batch)``, score it.
+
+        The class explained is the class measured (see ``target``); class-agnostic methods
+        ignore it.
+        """
         name = name or type(method).__name__
         values: dict[str, list[np.ndarray]] = {}
         n_patients, seconds = 0, 0.0
         curves = []
         for batch in dataloader:
+            _, target = self.faithfulness.targets(batch)
             start = time.perf_counter()
-            attributions = method.attribute(**batch)
+            attributions = method.attribute(target_class_idx=target, **batch)
             seconds += time.perf_counter() - start
             n_patients += len(batch["patient_id"])
             result = self.faithfulness(attributions, batch)

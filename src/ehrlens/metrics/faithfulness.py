@@ -5,7 +5,10 @@
 - **Sufficiency** at ``q``: the drop when *only* the top-``q``% are kept (lower is better).
 
 Both are reported per percentage and averaged over the percentages (AOPC-style). The class
-explained is the one predicted on the unmodified input, fixed across the ablated runs.
+measured is, by default, the one predicted on the unmodified input (``target="predicted"``),
+or a fixed class; it stays fixed across the ablated runs. Attributions should explain that same
+class: :meth:`RemovalFaithfulness.targets` gives it, and :class:`~ehrlens.metrics.Evaluator`
+passes it to the method as ``target_class_idx``.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from .removal import Ablation, rank_units, remove_units, top_fraction_mask
 
 DEFAULT_PERCENTAGES = (1, 5, 10, 20, 50)
 SampleFilter = str | Callable[[Tensor, Tensor], Tensor]
+Target = str | int
 
 
 @dataclass
@@ -121,6 +125,9 @@ class RemovalFaithfulness:
             always set to the pad id.
         sample_filter: which samples are scored: ``"all"``, ``"predicted_positive"``,
             ``"predicted_negative"``, or ``fn(y_prob, predicted_class) -> bool [batch]``.
+        target: the class whose probability is measured: ``"predicted"`` (each sample's
+            predicted class) or a class index for every sample (binary: 1 positive, 0
+            negative).
 
     Example:
         >>> scores = AttentionRollout(model).attribute(**batch)
@@ -134,6 +141,7 @@ class RemovalFaithfulness:
         percentages: Sequence[float] = DEFAULT_PERCENTAGES,
         ablation: Ablation = "zero",
         sample_filter: SampleFilter = "all",
+        target: Target = "predicted",
     ) -> None:
         self.model = model
         self.percentages = tuple(float(q) for q in percentages)
@@ -144,17 +152,40 @@ class RemovalFaithfulness:
             raise ValueError(f"ablation must be 'zero' or 'mean', got {ablation!r}")
         self.ablation = ablation
         self.sample_filter = sample_filter
+        if target != "predicted" and (isinstance(target, bool) or not isinstance(target, int)):
+            raise ValueError(f"target must be 'predicted' or a class index, got {target!r}")
+        self.target = target
+
+    @torch.no_grad()  # not inference mode: the class goes on to methods that use autograd
+    def targets(self, batch: Mapping[str, Any]) -> tuple[Tensor, Tensor]:
+        """``(y_prob [batch, classes], measured class [batch])`` on the unmodified batch.
+
+        Pass the class to the explanation method as ``target_class_idx`` so that it explains
+        what is measured.
+        """
+        was_training = getattr(self.model, "training", False)
+        self.model.eval()
+        try:
+            probabilities = self.model(**batch)["y_prob"]
+        finally:
+            self.model.train(was_training)
+        predicted = _predicted_class(self.model, probabilities)
+        if self.target == "predicted":
+            return probabilities, predicted
+        classes = max(probabilities.shape[1], 2)
+        if not 0 <= self.target < classes:
+            raise ValueError(f"target {self.target} is out of range for {classes} classes")
+        return probabilities, torch.full_like(predicted, self.target)
 
     @torch.inference_mode()
     def __call__(
         self, attributions: Mapping[str, Tensor], batch: Mapping[str, Any]
     ) -> FaithfulnessResult:
         """Score one batch of attributions (``{key: scores shaped like batch[key]}``)."""
+        probabilities, target = self.targets(batch)
         was_training = getattr(self.model, "training", False)
         self.model.eval()
         try:
-            probabilities = self.model(**batch)["y_prob"]
-            target = _predicted_class(self.model, probabilities)
             base = _class_probability(self.model, batch, target)
             scored = _filter(self.sample_filter, probabilities, target).to(target.device)
             keys, rank, real = rank_units(attributions, batch)

@@ -182,6 +182,8 @@ def _as_index(target: int | Tensor, batch: int, classes: int, mode: str) -> Tens
             f"got {type(target).__name__}"
         )
     if isinstance(target, Tensor):
+        if target.is_inference() and not torch.is_inference_mode_enabled():
+            target = target.clone()  # autograd may not save inference tensors
         if target.is_floating_point() or target.dim() > 1:
             raise TypeError(
                 f"target_class_idx tensor must be integer and [batch], got {target.dtype} "
