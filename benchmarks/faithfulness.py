@@ -1,0 +1,458 @@
+"""Faithfulness and planted-signal recovery of every ehrlens method on trained clinical models.
+
+A synthetic cohort (:func:`ehrlens.data.generate_cohort`, labels driven by planted signal
+codes) is generated twice from the same seed, once per layout: ``"sequence"`` for a
+:class:`~ehrlens.models.Transformer` and ``"stagenet"`` for a
+:class:`~ehrlens.models.StageAttentionNet` (same patients, labels and ground truth). Each
+model is trained with :class:`ehrlens.Trainer` on a 0.7/0.15/0.15 patient split (best
+validation AUROC kept), and every method is scored on the test split by
+:class:`ehrlens.metrics.Evaluator`:
+
+- comprehensiveness / sufficiency (ERASER, averaged over removing / keeping the top 1, 5, 10,
+  20, 50 % of each patient's codes; codes are removed by setting them to the pad id);
+- precision@5 and signal AUROC of the planted codes (the cohort's ground truth);
+- seconds of attribution per 1000 patients (metrics excluded).
+
+Intervals are 95 % percentile-bootstrap intervals of the mean over test patients. Because
+every method is scored on the same patients, the report also gives each method's paired
+difference to ``RandomBaseline`` with its own bootstrap interval.
+
+Methods: ``RandomBaseline``, ``RawAttention(layer=-1)``, ``AttentionRollout``,
+``AttentionFlow(n_jobs=1)``, ``CheferRelevance``, ``InputXGradient``,
+``IntegratedGradients(n_steps=50)``. The forward-only ones run under
+``torch.inference_mode()``. Explained class: the ``Evaluator`` asks each method to explain the
+class its removal metrics measure. ``--target predicted`` (default) measures and explains each
+patient's predicted class; ``--target positive`` measures and explains class 1 for every
+patient, the class the planted codes raise. The forward-only methods are class-agnostic
+either way.
+
+    python benchmarks/faithfulness.py            # full run (a few minutes on 2 CPU cores)
+    python benchmarks/faithfulness.py --quick    # seconds; used by the test suite
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import platform
+import time
+from collections.abc import Callable, Sequence
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+import ehrlens
+from ehrlens import Trainer
+from ehrlens.data import create_sample_dataset, generate_cohort, get_dataloader, split_by_patient
+from ehrlens.interpret import (
+    AttentionFlow,
+    AttentionRollout,
+    CheferRelevance,
+    InputXGradient,
+    IntegratedGradients,
+    RandomBaseline,
+    RawAttention,
+)
+from ehrlens.metrics import EvaluationResult, Evaluator, bootstrap_interval
+from ehrlens.models import StageAttentionNet, Transformer
+from ehrlens.prediction_metrics import compute_metrics
+
+MODELS = {
+    "Transformer": ("sequence", Transformer),
+    "StageAttentionNet": ("stagenet", StageAttentionNet),
+}
+HPARAMS = {
+    "Transformer": {"embedding_dim": 64, "heads": 4, "num_layers": 2},
+    "StageAttentionNet": {"embedding_dim": 64, "chunk_size": 32, "levels": 3, "heads": 4},
+}
+QUICK_HPARAMS = {
+    "Transformer": {"embedding_dim": 16, "heads": 2, "num_layers": 2},
+    "StageAttentionNet": {
+        "embedding_dim": 16,
+        "chunk_size": 8,
+        "levels": 2,
+        "heads": 2,
+        "conv_size": 3,
+    },
+}
+#: Printed metrics: (Evaluator metric name, column title).
+COLUMNS = (
+    ("comprehensiveness", "comprehensiveness ↑"),
+    ("sufficiency", "sufficiency ↓"),
+    ("precision@5", "precision@5 ↑"),
+    ("signal_auroc", "signal AUROC ↑"),
+)
+BASELINE = "RandomBaseline"
+
+
+class Explainer:
+    """What :meth:`Evaluator.evaluate` calls: a method, under ``torch.inference_mode()`` when
+    it is forward-only. The Evaluator passes the class to explain as ``target_class_idx``."""
+
+    def __init__(self, method: Any, forward_only: bool) -> None:
+        self.method = method
+        self.forward_only = forward_only
+
+    def attribute(self, target_class_idx: Any = None, **batch: Any) -> dict[str, torch.Tensor]:
+        context = torch.inference_mode() if self.forward_only else nullcontext()
+        with context:
+            return self.method.attribute(target_class_idx, **batch)
+
+    def close(self) -> None:
+        close = getattr(self.method, "close", None)
+        if close is not None:
+            close()
+
+
+#: name -> (factory(model, ig_steps), forward-only, class-dependent)
+#: name -> (factory(model, ig_steps), forward-only)
+METHODS: dict[str, tuple[Callable[[Any, int], Any], bool]] = {
+    "RandomBaseline": (lambda m, s: RandomBaseline(m, seed=0), True),
+    "RawAttention (last layer)": (lambda m, s: RawAttention(m, layer=-1), True),
+    "AttentionRollout": (lambda m, s: AttentionRollout(m), True),
+    "AttentionFlow": (lambda m, s: AttentionFlow(m, n_jobs=1), True),
+    "CheferRelevance": (lambda m, s: CheferRelevance(m), False),
+    "InputXGradient": (lambda m, s: InputXGradient(m), False),
+    "IntegratedGradients": (lambda m, s: IntegratedGradients(m, n_steps=s), False),
+}
+
+
+def summary_dict(result: EvaluationResult) -> dict[str, Any]:
+    """Every number of one method's evaluation (summaries, counts, time, curve)."""
+    return {
+        "n_patients": result.n_patients,
+        "n_scored": result.n_scored,
+        "seconds_per_1000": result.seconds_per_1000,
+        "summaries": {
+            name: {"mean": s.mean, "low": s.low, "high": s.high, "n": s.n}
+            for name, s in result.summaries.items()
+        },
+        "curve": result.curve,
+    }
+
+
+def paired_difference(
+    result: EvaluationResult, baseline: EvaluationResult, n_bootstrap: int, seed: int
+) -> dict[str, dict[str, float]]:
+    """Mean per-patient difference to the baseline, with a bootstrap interval, per metric.
+
+    Both methods were scored on the same patients in the same order (``sample_filter="all"``
+    and the same loader), so the per-patient values pair up.
+    """
+    out = {}
+    for name, _ in COLUMNS:
+        mine, theirs = result.per_sample.get(name), baseline.per_sample.get(name)
+        if mine is None or theirs is None or len(mine) != len(theirs):
+            continue
+        s = bootstrap_interval(mine - theirs, n_bootstrap, seed)
+        out[name] = {"mean": s.mean, "low": s.low, "high": s.high, "n": s.n}
+    return out
+
+
+def by_predicted_class(
+    result: EvaluationResult, predicted: np.ndarray, n_bootstrap: int, seed: int
+) -> dict[str, dict[str, dict[str, float]]]:
+    """The printed metrics over predicted-positive and predicted-negative patients apart."""
+    out: dict[str, dict[str, dict[str, float]]] = {}
+    for label, chosen in (
+        ("predicted_positive", predicted == 1),
+        ("predicted_negative", predicted == 0),
+    ):
+        out[label] = {}
+        for name, _ in COLUMNS:
+            values = result.per_sample.get(name)
+            if values is None or len(values) != len(chosen):
+                continue
+            s = bootstrap_interval(values[chosen], n_bootstrap, seed)
+            out[label][name] = {"mean": s.mean, "low": s.low, "high": s.high, "n": s.n}
+    return out
+
+
+def predicted_classes(model: Any, loader: Any) -> np.ndarray:
+    """The class each patient is predicted, in loader order (what the metrics explain)."""
+    out = []
+    with torch.inference_mode():
+        for batch in loader:
+            out.append((model(**batch)["y_prob"][:, 0] >= 0.5).long().numpy())
+    return np.concatenate(out)
+
+
+def planted_ceiling(test, ground_truth: dict, k: int) -> dict[str, float]:
+    """How much planted signal the test patients have: the best precision@k possible."""
+    counts = np.array(
+        [sum(len(c) for c in ground_truth[pid].values()) for pid in test.patient_ids], dtype=float
+    )
+    return {
+        "mean_planted_codes": float(counts.mean()) if counts.size else math.nan,
+        "fraction_with_planted": float((counts > 0).mean()) if counts.size else math.nan,
+        f"precision@{k}_ceiling": float(np.minimum(counts, k).mean() / k)
+        if counts.size
+        else math.nan,
+    }
+
+
+def train_model(name: str, args: argparse.Namespace) -> dict[str, Any]:
+    """Generate the cohort, split, train; return the model, test split and training record."""
+    layout, model_class = MODELS[name]
+    hparams = (QUICK_HPARAMS if args.quick else HPARAMS)[name]
+    cohort = generate_cohort(args.patients, layout=layout, seed=args.seed)
+    dataset = create_sample_dataset(cohort.samples, cohort.input_schema, cohort.output_schema)
+    train, val, test = split_by_patient(dataset, (0.7, 0.15, 0.15), seed=args.seed)
+    torch.manual_seed(args.seed)
+    model = model_class(dataset, **hparams)
+    trainer = Trainer(model, metrics=["roc_auc", "pr_auc"], seed=args.seed, progress=False)
+    start = time.perf_counter()
+    history = trainer.train(
+        get_dataloader(train, 64, shuffle=True, seed=args.seed),
+        get_dataloader(val, 256),
+        epochs=args.epochs,
+        lr=args.lr,
+        monitor="roc_auc",
+    )
+    train_s = time.perf_counter() - start
+    test_metrics = trainer.evaluate(get_dataloader(test, 256))
+    labels = np.array([s["label"] for s in cohort.samples])
+    risks = np.array([cohort.risk[s["patient_id"]] for s in cohort.samples])
+    in_test = np.isin([s["patient_id"] for s in cohort.samples], test.patient_ids)
+    oracle = compute_metrics("binary", labels[in_test], risks[in_test], ["roc_auc"])["roc_auc"]
+    model.eval()
+    if args.test_patients is not None and args.test_patients < len(test):
+        test = test.subset(range(args.test_patients))
+    return {
+        "model": model,
+        "test": test,
+        "cohort": cohort,
+        "record": {
+            "layout": layout,
+            "hparams": {**model.hparams},
+            "positive_rate": cohort.positive_rate,
+            "n_train": len(train),
+            "n_val": len(val),
+            "n_test_split": int(in_test.sum()),
+            "n_test_evaluated": len(test),
+            "epochs": args.epochs,
+            "lr": args.lr,
+            "train_seconds": train_s,
+            "history": history,
+            "test_roc_auc": test_metrics["roc_auc"],
+            "test_pr_auc": test_metrics["pr_auc"],
+            "oracle_test_roc_auc": oracle,
+            "planted_signal": planted_ceiling(test, cohort.ground_truth, args.k),
+        },
+    }
+
+
+def evaluate_model(name: str, args: argparse.Namespace) -> dict[str, Any]:
+    trained = train_model(name, args)
+    model, test, cohort = trained["model"], trained["test"], trained["cohort"]
+    record = trained["record"]
+    print(
+        f"{name}: test AUROC {record['test_roc_auc']:.3f} (noise-free risk "
+        f"{record['oracle_test_roc_auc']:.3f}), trained in {record['train_seconds']:.0f} s; "
+        f"evaluating {len(test)} test patients",
+        flush=True,
+    )
+    evaluator = Evaluator(
+        model,
+        ground_truth=cohort.ground_truth,
+        k=args.k,
+        sample_filter="all",
+        target="predicted" if args.target == "predicted" else 1,
+        n_bootstrap=args.n_bootstrap,
+        seed=args.seed,
+    )
+    loader = get_dataloader(test, args.batch_size)
+    results: dict[str, EvaluationResult] = {}
+    for method_name, (factory, forward_only) in METHODS.items():
+        explainer = Explainer(factory(model, args.ig_steps), forward_only=forward_only)
+        start = time.perf_counter()
+        try:
+            results[method_name] = evaluator.evaluate(loader, explainer, name=method_name)
+        finally:
+            explainer.close()
+        print(f"  {method_name}: {time.perf_counter() - start:.1f} s", flush=True)
+    baseline = results[BASELINE]
+    predicted = predicted_classes(model, loader)
+    methods = {}
+    for method_name, result in results.items():
+        methods[method_name] = summary_dict(result)
+        methods[method_name]["by_predicted_class"] = by_predicted_class(
+            result, predicted, args.n_bootstrap, args.seed
+        )
+        if method_name != BASELINE:
+            methods[method_name]["minus_random"] = paired_difference(
+                result, baseline, args.n_bootstrap, args.seed
+            )
+    record["n_predicted_positive"] = int(predicted.sum())
+    record["n_predicted_negative"] = int(len(predicted) - predicted.sum())
+    return {**record, "methods": methods}
+
+
+def _interval(summary: dict[str, float]) -> str:
+    if not math.isfinite(summary["mean"]):
+        return "nan"
+    return f"{summary['mean']:.3f} [{summary['low']:.3f}, {summary['high']:.3f}]"
+
+
+def table(name: str, report: dict[str, Any]) -> str:
+    ceiling = report["planted_signal"]
+    lines = [
+        f"### {name} (test AUROC {report['test_roc_auc']:.3f}; "
+        f"{report['methods'][BASELINE]['n_scored']} test patients scored, "
+        f"{report['n_predicted_positive']} predicted positive; best possible precision@5 "
+        f"{ceiling['precision@5_ceiling']:.3f})",
+        "",
+        "| method | " + " | ".join(title for _, title in COLUMNS) + " | s / 1000 patients |",
+        "|---|" + "---|" * len(COLUMNS) + "---:|",
+    ]
+    for method_name, result in report["methods"].items():
+        cells = [_interval(result["summaries"][metric]) for metric, _ in COLUMNS]
+        lines.append(
+            f"| {method_name} | " + " | ".join(cells) + f" | {result['seconds_per_1000']:.3g} |"
+        )
+    return "\n".join(lines)
+
+
+def difference_table(name: str, report: dict[str, Any]) -> str:
+    """Paired differences to RandomBaseline; ``*`` where the interval excludes 0."""
+    lines = [
+        f"{name}: method minus {BASELINE}, paired over patients (mean [95% CI]; "
+        "* = interval excludes 0)",
+        "",
+        "| method | " + " | ".join(title for _, title in COLUMNS) + " |",
+        "|---|" + "---|" * len(COLUMNS),
+    ]
+    for method_name, result in report["methods"].items():
+        if method_name == BASELINE:
+            continue
+        cells = []
+        for metric, _ in COLUMNS:
+            d = result["minus_random"].get(metric)
+            if d is None or not math.isfinite(d["mean"]):
+                cells.append("nan")
+                continue
+            star = "*" if d["low"] > 0 or d["high"] < 0 else ""
+            cells.append(f"{d['mean']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}]{star}")
+        lines.append(f"| {method_name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def class_table(name: str, report: dict[str, Any]) -> str:
+    """Comprehensiveness and precision@5 over predicted-positive / -negative patients."""
+    n_pos, n_neg = report["n_predicted_positive"], report["n_predicted_negative"]
+    lines = [
+        f"{name}: by predicted class (positive n={n_pos}, negative n={n_neg})",
+        "",
+        "| method | comprehensiveness, pred. positive | comprehensiveness, pred. negative "
+        "| precision@5, pred. positive | precision@5, pred. negative |",
+        "|---|---|---|---|---|",
+    ]
+    for method_name, result in report["methods"].items():
+        split = result["by_predicted_class"]
+        cells = [
+            _interval(split[f"predicted_{label}"][metric])
+            if metric in split[f"predicted_{label}"]
+            else "nan"
+            for metric in ("comprehensiveness", "precision@5")
+            for label in ("positive", "negative")
+        ]
+        lines.append(f"| {method_name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="tiny sizes, well under 2 minutes")
+    parser.add_argument("--patients", type=int, default=None, help="cohort size (3000)")
+    parser.add_argument("--epochs", type=int, default=None, help="training epochs (8)")
+    parser.add_argument("--lr", type=float, default=2e-3)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--k", type=int, default=5, help="cut-off of precision@k")
+    parser.add_argument("--n-bootstrap", type=int, default=None, help="bootstrap draws (1000)")
+    parser.add_argument("--ig-steps", type=int, default=None, help="IG points (50)")
+    parser.add_argument("--batch-size", type=int, default=64, help="test patients per batch")
+    parser.add_argument(
+        "--test-patients", type=int, default=None, help="evaluate only the first N test patients"
+    )
+    parser.add_argument(
+        "--target",
+        choices=("predicted", "positive"),
+        default="predicted",
+        help="class explained by Chefer and the gradient methods (see the module docstring)",
+    )
+    parser.add_argument(
+        "--models", nargs="+", choices=tuple(MODELS), default=list(MODELS), help="models to run"
+    )
+    parser.add_argument(
+        "--threads", type=int, default=None, help="torch intra-op threads (default: torch's)"
+    )
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/out/faithfulness.json"))
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.patients = args.patients or 400
+        args.epochs = args.epochs or 2
+        args.n_bootstrap = args.n_bootstrap or 100
+        args.ig_steps = args.ig_steps or 8
+        args.test_patients = args.test_patients or 32
+        args.batch_size = min(args.batch_size, 16)
+    else:
+        args.patients = args.patients or 3000
+        args.epochs = args.epochs or 8
+        args.n_bootstrap = args.n_bootstrap or 1000
+        args.ig_steps = args.ig_steps or 50
+    logging.getLogger("ehrlens").setLevel(logging.WARNING)
+    threads_before = torch.get_num_threads()
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    start = time.perf_counter()
+    try:
+        threads = torch.get_num_threads()
+        reports = {name: evaluate_model(name, args) for name in args.models}
+    finally:
+        torch.set_num_threads(threads_before)
+    total_s = time.perf_counter() - start
+    for name, report in reports.items():
+        print()
+        print(table(name, report))
+        print()
+        print(difference_table(name, report))
+        print()
+        print(class_table(name, report))
+    meta = {
+        "ehrlens": ehrlens.__version__,
+        "torch": torch.__version__,
+        "threads": threads,
+        "machine": platform.machine(),
+        "processor": platform.processor() or "unknown",
+        "quick": args.quick,
+        "patients": args.patients,
+        "seed": args.seed,
+        "split": [0.7, 0.15, 0.15],
+        "epochs": args.epochs,
+        "lr": args.lr,
+        "monitor": "roc_auc",
+        "k": args.k,
+        "n_bootstrap": args.n_bootstrap,
+        "ig_steps": args.ig_steps,
+        "batch_size": args.batch_size,
+        "test_patients": args.test_patients,
+        "sample_filter": "all",
+        "ablation": "zero (codes set to the pad id)",
+        "percentages": [1, 5, 10, 20, 50],
+        "target": args.target,
+        "forward_only_under_inference_mode": [n for n, m in METHODS.items() if m[1]],
+        "total_s": total_s,
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps({"meta": meta, "models": reports}, indent=2))
+    print(f"\ntotal {total_s:.0f} s; wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
