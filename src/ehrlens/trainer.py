@@ -14,6 +14,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from .data.dataset import move_to_device
+from .interpret.api import eval_mode
 from .models.base import BaseModel
 from .prediction_metrics import DEFAULT_METRICS, LOWER_IS_BETTER, compute_metrics
 
@@ -137,10 +138,8 @@ class Trainer:
     @torch.no_grad()
     def inference(self, loader: DataLoader) -> tuple[np.ndarray, np.ndarray, float]:
         """``(y_true, y_prob, mean loss)`` over a loader, in eval mode."""
-        was_training = self.model.training
-        self.model.eval()
         y_true, y_prob, losses, sizes = [], [], [], []
-        try:
+        with eval_mode(self.model):
             for batch in _progress(loader, self.progress, desc="evaluate"):
                 out = self.model(**move_to_device(batch, self.device))
                 y_prob.append(out["y_prob"].float().cpu().numpy())
@@ -148,8 +147,6 @@ class Trainer:
                     y_true.append(out["y_true"].float().cpu().numpy())
                     losses.append(out["loss"].item())
                     sizes.append(len(out["y_true"]))
-        finally:
-            self.model.train(was_training)
         loss = float(np.average(losses, weights=sizes)) if losses else float("nan")
         truth = np.concatenate(y_true) if y_true else np.empty(0)
         return truth, np.concatenate(y_prob), loss

@@ -20,6 +20,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ..interpret.api import eval_mode
 from .removal import Ablation, rank_units, remove_units, top_fraction_mask
 
 DEFAULT_PERCENTAGES = (1, 5, 10, 20, 50)
@@ -163,12 +164,8 @@ class RemovalFaithfulness:
         Pass the class to the explanation method as ``target_class_idx`` so that it explains
         what is measured.
         """
-        was_training = getattr(self.model, "training", False)
-        self.model.eval()
-        try:
+        with eval_mode(self.model):
             probabilities = self.model(**batch)["y_prob"]
-        finally:
-            self.model.train(was_training)
         predicted = _predicted_class(self.model, probabilities)
         if self.target == "predicted":
             return probabilities, predicted
@@ -183,9 +180,7 @@ class RemovalFaithfulness:
     ) -> FaithfulnessResult:
         """Score one batch of attributions (``{key: scores shaped like batch[key]}``)."""
         probabilities, target = self.targets(batch)
-        was_training = getattr(self.model, "training", False)
-        self.model.eval()
-        try:
+        with eval_mode(self.model):
             base = _class_probability(self.model, batch, target)
             scored = _filter(self.sample_filter, probabilities, target).to(target.device)
             keys, rank, real = rank_units(attributions, batch)
@@ -196,8 +191,6 @@ class RemovalFaithfulness:
                 only_top = remove_units(batch, keys, real & ~top, self.ablation)
                 comprehensive.append(base - _class_probability(self.model, without_top, target))
                 sufficient.append(base - _class_probability(self.model, only_top, target))
-        finally:
-            self.model.train(was_training)
         return FaithfulnessResult(
             percentages=self.percentages,
             comprehensiveness=torch.stack(comprehensive, 1)[scored].float().cpu(),
