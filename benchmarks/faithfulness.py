@@ -47,8 +47,8 @@ import numpy as np
 import torch
 
 import ehrlens
-from ehrlens import Trainer
-from ehrlens.data import create_sample_dataset, generate_cohort, get_dataloader, split_by_patient
+from ehrlens.data import get_dataloader
+from ehrlens.experiment import train_on_cohort
 from ehrlens.interpret import (
     AttentionFlow,
     AttentionRollout,
@@ -60,7 +60,6 @@ from ehrlens.interpret import (
 )
 from ehrlens.metrics import EvaluationResult, Evaluator, bootstrap_interval
 from ehrlens.models import StageAttentionNet, Transformer
-from ehrlens.prediction_metrics import compute_metrics
 
 MODELS = {
     "Transformer": ("sequence", Transformer),
@@ -200,27 +199,17 @@ def train_model(name: str, args: argparse.Namespace) -> dict[str, Any]:
     """Generate the cohort, split, train; return the model, test split and training record."""
     layout, model_class = MODELS[name]
     hparams = (QUICK_HPARAMS if args.quick else HPARAMS)[name]
-    cohort = generate_cohort(args.patients, layout=layout, seed=args.seed)
-    dataset = create_sample_dataset(cohort.samples, cohort.input_schema, cohort.output_schema)
-    train, val, test = split_by_patient(dataset, (0.7, 0.15, 0.15), seed=args.seed)
-    torch.manual_seed(args.seed)
-    model = model_class(dataset, **hparams)
-    trainer = Trainer(model, metrics=["roc_auc", "pr_auc"], seed=args.seed, progress=False)
-    start = time.perf_counter()
-    history = trainer.train(
-        get_dataloader(train, 64, shuffle=True, seed=args.seed),
-        get_dataloader(val, 256),
+    run = train_on_cohort(
+        model_class,
+        hparams,
+        n_patients=args.patients,
+        layout=layout,
+        seed=args.seed,
         epochs=args.epochs,
         lr=args.lr,
-        monitor="roc_auc",
     )
-    train_s = time.perf_counter() - start
-    test_metrics = trainer.evaluate(get_dataloader(test, 256))
-    labels = np.array([s["label"] for s in cohort.samples])
-    risks = np.array([cohort.risk[s["patient_id"]] for s in cohort.samples])
-    in_test = np.isin([s["patient_id"] for s in cohort.samples], test.patient_ids)
-    oracle = compute_metrics("binary", labels[in_test], risks[in_test], ["roc_auc"])["roc_auc"]
-    model.eval()
+    model, cohort, test = run.model, run.cohort, run.test
+    n_test_split = len(test)
     if args.test_patients is not None and args.test_patients < len(test):
         test = test.subset(range(args.test_patients))
     return {
@@ -231,17 +220,17 @@ def train_model(name: str, args: argparse.Namespace) -> dict[str, Any]:
             "layout": layout,
             "hparams": {**model.hparams},
             "positive_rate": cohort.positive_rate,
-            "n_train": len(train),
-            "n_val": len(val),
-            "n_test_split": int(in_test.sum()),
+            "n_train": len(run.train),
+            "n_val": len(run.val),
+            "n_test_split": n_test_split,
             "n_test_evaluated": len(test),
             "epochs": args.epochs,
             "lr": args.lr,
-            "train_seconds": train_s,
-            "history": history,
-            "test_roc_auc": test_metrics["roc_auc"],
-            "test_pr_auc": test_metrics["pr_auc"],
-            "oracle_test_roc_auc": oracle,
+            "train_seconds": run.train_seconds,
+            "history": run.history,
+            "test_roc_auc": run.test_metrics["roc_auc"],
+            "test_pr_auc": run.test_metrics["pr_auc"],
+            "oracle_test_roc_auc": run.oracle_roc_auc,
             "planted_signal": planted_ceiling(test, cohort.ground_truth, args.k),
         },
     }

@@ -42,7 +42,7 @@ import networkx as nx
 import numpy as np
 import torch
 
-from ehrlens.data import create_sample_dataset
+from ehrlens.experiment import random_code_batch, random_code_transformer
 from ehrlens.interpret import AttentionFlow, AttentionRollout
 from ehrlens.models import Transformer
 
@@ -50,25 +50,12 @@ READOUT = 0  # [CLS] is attention position 0; input token j is attention positio
 
 
 def build_model(layers: int, dim: int, heads: int, qkv_scale: float) -> Transformer:
-    codes = [f"C{i:03d}" for i in range(500)]
-    samples = [
-        {"patient_id": "a", "codes": codes, "y": 0},
-        {"patient_id": "b", "codes": codes[:10], "y": 1},
-    ]
-    dataset = create_sample_dataset(samples, {"codes": "sequence"}, {"y": "binary"})
-    torch.manual_seed(0)
-    model = Transformer(dataset, embedding_dim=dim, heads=heads, num_layers=layers).eval()
+    """Untrained model on random codes, attention sharpened by scaling the q/k/v weights."""
+    model = random_code_transformer(layers, dim, heads)
     with torch.no_grad():
         for block in model.encoders["codes"].blocks:
             block.attention.qkv.weight.mul_(qkv_scale)
     return model
-
-
-def make_batch(model: Transformer, batch_size: int, seq: int, seed: int) -> dict:
-    vocab = model.schema.input_processors["codes"].vocab_size
-    generator = torch.Generator().manual_seed(seed)
-    ids = torch.randint(2, vocab, (batch_size, seq), generator=generator)
-    return {"codes": ids, "masks": {}, "times": {}}
 
 
 def captured_a_hat(model: Transformer, batch: dict) -> np.ndarray:
@@ -160,7 +147,7 @@ def run_config(
     args: argparse.Namespace,
 ) -> dict:
     model = build_model(layers, args.dim, args.heads, args.qkv_scale)
-    batch = make_batch(model, args.batch, seq, seed=1000 * layers + seq)
+    batch = random_code_batch(model, args.batch, seq, seed=1000 * layers + seq)
     serial = AttentionFlow(model, normalize=False)
 
     def ehrlens_serial():
@@ -230,7 +217,7 @@ def run_config(
 def warm_up(args: argparse.Namespace) -> None:
     """Untimed first calls (lazy imports, allocator, igraph) before any measurement."""
     model = build_model(2, args.dim, args.heads, args.qkv_scale)
-    batch = make_batch(model, 2, 8, seed=0)
+    batch = random_code_batch(model, 2, 8, seed=0)
     with torch.inference_mode():
         for _ in range(3):
             AttentionFlow(model).attribute(**batch)

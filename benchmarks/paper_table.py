@@ -53,13 +53,12 @@ import torch
 from scipy import stats
 
 import ehrlens
-from ehrlens import Trainer
-from ehrlens.data import create_sample_dataset, generate_cohort, get_dataloader, split_by_patient
+from ehrlens.data import get_dataloader
 from ehrlens.data.processors import PAD_ID
+from ehrlens.experiment import train_on_cohort
 from ehrlens.interpret import AttentionFlow, AttentionRollout
 from ehrlens.interpret.methods.maxflow import flow_values
 from ehrlens.models import Transformer
-from ehrlens.prediction_metrics import compute_metrics
 
 METHODS = ("raw_attention", "rollout", "flow")
 REFERENCES = ("blank_out", "input_gradient")
@@ -228,41 +227,30 @@ def summarize(values: list[float], n_patients: int) -> dict[str, float]:
 
 # ----------------------------------------------------------------------------- run
 def train(args: argparse.Namespace) -> tuple[Transformer, Any, dict[str, Any]]:
-    cohort = generate_cohort(args.patients, layout="sequence", seed=args.seed)
-    dataset = create_sample_dataset(cohort.samples, cohort.input_schema, cohort.output_schema)
-    train_split, val, test = split_by_patient(dataset, (0.7, 0.15, 0.15), seed=args.seed)
-    torch.manual_seed(args.seed)
-    model = Transformer(dataset, embedding_dim=args.dim, heads=args.heads, num_layers=args.layers)
-    trainer = Trainer(model, metrics=["roc_auc", "pr_auc"], seed=args.seed, progress=False)
-    start = time.perf_counter()
-    history = trainer.train(
-        get_dataloader(train_split, 64, shuffle=True, seed=args.seed),
-        get_dataloader(val, 256),
+    run = train_on_cohort(
+        Transformer,
+        {"embedding_dim": args.dim, "heads": args.heads, "num_layers": args.layers},
+        n_patients=args.patients,
+        layout="sequence",
+        seed=args.seed,
         epochs=args.epochs,
         lr=args.lr,
-        monitor="roc_auc",
     )
-    train_s = time.perf_counter() - start
-    test_metrics = trainer.evaluate(get_dataloader(test, 256))
-    labels = np.array([s["label"] for s in cohort.samples])
-    risks = np.array([cohort.risk[s["patient_id"]] for s in cohort.samples])
-    in_test = np.isin([s["patient_id"] for s in cohort.samples], test.patient_ids)
-    oracle = compute_metrics("binary", labels[in_test], risks[in_test], ["roc_auc"])["roc_auc"]
-    model.eval()
+    model, cohort, test = run.model, run.cohort, run.test
     record = {
         "positive_rate": cohort.positive_rate,
-        "n_train": len(train_split),
-        "n_val": len(val),
+        "n_train": len(run.train),
+        "n_val": len(run.val),
         "n_test_split": len(test),
         "hparams": {**model.hparams},
         "feature_keys": list(model.feature_keys),
         "epochs": args.epochs,
         "lr": args.lr,
-        "train_seconds": train_s,
-        "history": history,
-        "test_roc_auc": test_metrics["roc_auc"],
-        "test_pr_auc": test_metrics["pr_auc"],
-        "oracle_test_roc_auc": oracle,
+        "train_seconds": run.train_seconds,
+        "history": run.history,
+        "test_roc_auc": run.test_metrics["roc_auc"],
+        "test_pr_auc": run.test_metrics["pr_auc"],
+        "oracle_test_roc_auc": run.oracle_roc_auc,
     }
     if args.test_patients is not None and args.test_patients < len(test):
         test = test.subset(range(args.test_patients))

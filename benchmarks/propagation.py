@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from ehrlens.data import create_sample_dataset
+from ehrlens.experiment import random_code_batch, random_code_transformer
 from ehrlens.interpret import AttentionRollout, CheferRelevance
 from ehrlens.models import Transformer
 
@@ -37,23 +37,10 @@ class FullMatrixTransformer(Transformer):
         return None
 
 
-def make_batch(model: Transformer, batch_size: int, seq: int, seed: int) -> dict:
-    vocab = model.schema.input_processors["codes"].vocab_size
-    generator = torch.Generator().manual_seed(seed)
-    ids = torch.randint(2, vocab, (batch_size, seq), generator=generator)
-    return {"codes": ids, "masks": {}, "times": {}}
-
-
 def build_models(layers: int, dim: int, heads: int) -> tuple[Transformer, Transformer]:
-    codes = [f"C{i:03d}" for i in range(500)]
-    samples = [
-        {"patient_id": "a", "codes": codes, "y": 0},
-        {"patient_id": "b", "codes": codes[:10], "y": 1},
-    ]
-    dataset = create_sample_dataset(samples, {"codes": "sequence"}, {"y": "binary"})
-    torch.manual_seed(0)
-    row = Transformer(dataset, embedding_dim=dim, heads=heads, num_layers=layers).eval()
-    full = FullMatrixTransformer(dataset, embedding_dim=dim, heads=heads, num_layers=layers)
+    """The same weights twice: stating the readout row, and not (full-matrix baseline)."""
+    row = random_code_transformer(layers, dim, heads)
+    full = FullMatrixTransformer(row.schema, embedding_dim=dim, heads=heads, num_layers=layers)
     full.load_state_dict(row.state_dict())
     return row, full.eval()
 
@@ -71,7 +58,7 @@ def run(configs: list[tuple[int, int, int]], repeats: int, dim: int, heads: int)
     rows = []
     for layers, seq, batch_size in configs:
         row_model, full_model = build_models(layers, dim, heads)
-        batch = make_batch(row_model, batch_size, seq, seed=seq)
+        batch = random_code_batch(row_model, batch_size, seq, seed=seq)
 
         def inference(model=row_model, batch=batch):
             with torch.inference_mode():

@@ -53,6 +53,7 @@ from typing import Any
 import torch
 
 from ehrlens.data import create_sample_dataset, generate_cohort, get_dataloader, move_to_device
+from ehrlens.experiment import random_code_batch, random_code_transformer
 from ehrlens.interpret import AttentionFlow, AttentionRollout, CheferRelevance
 from ehrlens.models import Transformer
 
@@ -95,23 +96,12 @@ RESULT_TAG = "SPEED_MEMORY_RESULT "
 # --------------------------------------------------------------------------- model and data
 def build_model(layers: int, dim: int, heads: int, device: str) -> Transformer:
     """A seeded, untrained Transformer on one ``"codes"`` sequence feature (500 codes)."""
-    codes = [f"C{i:03d}" for i in range(500)]
-    samples = [
-        {"patient_id": "a", "codes": codes, "y": 0},
-        {"patient_id": "b", "codes": codes[:10], "y": 1},
-    ]
-    dataset = create_sample_dataset(samples, {"codes": "sequence"}, {"y": "binary"})
-    torch.manual_seed(0)
-    model = Transformer(dataset, embedding_dim=dim, heads=heads, num_layers=layers)
-    return model.to(device).eval()
+    return random_code_transformer(layers, dim, heads).to(device).eval()
 
 
 def make_batch(model: Transformer, batch_size: int, seq: int, seed: int, device: str) -> dict:
-    """Random code ids (no padding) ``[batch_size, seq]``."""
-    vocab = model.schema.input_processors["codes"].vocab_size
-    generator = torch.Generator().manual_seed(seed)
-    ids = torch.randint(2, vocab, (batch_size, seq), generator=generator)
-    return {"codes": ids.to(device), "masks": {}, "times": {}}
+    """Random code ids (no padding) ``[batch_size, seq]`` on ``device``."""
+    return move_to_device(random_code_batch(model, batch_size, seq, seed), device)
 
 
 # --------------------------------------------------------------------------- methods

@@ -11,17 +11,15 @@ were planted.
 from __future__ import annotations
 
 import argparse
-import time
 from collections.abc import Sequence
 
 import numpy as np
 import torch
 
-from .data import create_sample_dataset, generate_cohort, get_dataloader, split_by_patient
+from .data import get_dataloader
+from .experiment import train_on_cohort
 from .interpret import AttentionFlow, AttentionRollout, CheferRelevance, top_codes
 from .models import StageAttentionNet, Transformer
-from .prediction_metrics import compute_metrics
-from .trainer import Trainer
 
 MODELS = {
     "Transformer": ("sequence", Transformer, {"embedding_dim": 64, "heads": 4, "num_layers": 2}),
@@ -33,9 +31,10 @@ MODELS = {
 }
 
 
-def _explain(model, trainer, dataset, cohort, n_patients: int, k: int) -> None:
-    _, y_prob, _ = trainer.inference(get_dataloader(dataset, batch_size=256))
-    highest = np.argsort(-y_prob[:, 0], kind="stable")[:n_patients]
+def _explain(model, dataset, cohort, n_patients: int, k: int) -> None:
+    with torch.inference_mode():
+        y_prob = torch.cat([model(**b)["y_prob"] for b in get_dataloader(dataset, 256)])
+    highest = np.argsort(-y_prob[:, 0].numpy(), kind="stable")[:n_patients]
     batch = dataset.collate([dataset[int(i)] for i in highest])
     with torch.inference_mode():  # the forward-only methods
         risk = model(**batch)["y_prob"][:, 0]
@@ -69,40 +68,29 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"ehrlens demo: synthetic cohort of {args.patients} patients (seed {args.seed})")
     results = {}
     for name, (layout, model_class, hparams) in MODELS.items():
-        cohort = generate_cohort(args.patients, layout=layout, seed=args.seed)
-        if not results:
-            signal = _codes(sorted(cohort.signal_codes))
-            print(f"  positive rate {cohort.positive_rate:.2f}; planted codes: {signal}")
-        dataset = create_sample_dataset(cohort.samples, cohort.input_schema, cohort.output_schema)
-        train, val, test = split_by_patient(dataset, (0.7, 0.15, 0.15), seed=args.seed)
-        model = model_class(dataset, **hparams)
-        trainer = Trainer(model, metrics=["roc_auc", "pr_auc"], seed=args.seed, progress=False)
-        start = time.perf_counter()
-        trainer.train(
-            get_dataloader(train, 64, shuffle=True, seed=args.seed),
-            get_dataloader(val, 256),
+        run = train_on_cohort(
+            model_class,
+            hparams,
+            n_patients=args.patients,
+            layout=layout,
+            seed=args.seed,
             epochs=args.epochs,
-            lr=2e-3,
-            monitor="roc_auc",
         )
-        seconds = time.perf_counter() - start
-        test_metrics = trainer.evaluate(get_dataloader(test, 256))
-        labels = np.array([cohort.samples[i]["label"] for i in range(len(cohort.samples))])
-        risks = np.array([cohort.risk[s["patient_id"]] for s in cohort.samples])
-        test_ids = set(test.patient_ids)
-        in_test = np.array([s["patient_id"] in test_ids for s in cohort.samples])
-        oracle = compute_metrics("binary", labels[in_test], risks[in_test], ["roc_auc"])
-        results[name] = test_metrics["roc_auc"]
+        if not results:
+            signal = _codes(sorted(run.cohort.signal_codes))
+            print(f"  positive rate {run.cohort.positive_rate:.2f}; planted codes: {signal}")
+        metrics = run.test_metrics
+        results[name] = metrics["roc_auc"]
         print(
-            f"\n{name}: test AUROC {test_metrics['roc_auc']:.3f} "
-            f"(best achievable {oracle['roc_auc']:.3f}, chance 0.500), "
-            f"AUPRC {test_metrics['pr_auc']:.3f}, trained in {seconds:.0f}s"
+            f"\n{name}: test AUROC {metrics['roc_auc']:.3f} "
+            f"(best achievable {run.oracle_roc_auc:.3f}, chance 0.500), "
+            f"AUPRC {metrics['pr_auc']:.3f}, trained in {run.train_seconds:.0f}s"
         )
         print(
             f"  top codes of the {args.explain} highest-risk test patients "
             "(* = planted signal code):"
         )
-        _explain(model, trainer, test, cohort, args.explain, k=5)
+        _explain(run.model, run.test, run.cohort, args.explain, k=5)
     print("\nsummary: " + ", ".join(f"{n} test AUROC {a:.3f}" for n, a in results.items()))
     return 0
 
