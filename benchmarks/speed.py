@@ -14,6 +14,7 @@ A ``Transformer`` (embedding_dim 128, 4 heads) on one ``"codes"`` sequence featu
 - ``forward_backward``: forward, ``logit[:, 0].sum().backward()``, grads set to None: the
   floor of Chefer;
 - ``chefer``: ehrlens :class:`CheferRelevance`;
+- ``integrated_gradients``: Captum integrated gradients, 50 steps, for context, where flow runs;
 - ``flow``: ehrlens :class:`AttentionFlow` under ``inference_mode``, for context, at 64 codes
   only (its cost grows about as ``seq^3``).
 
@@ -54,7 +55,12 @@ import torch
 
 from ehrlens.data import create_sample_dataset, generate_cohort, get_dataloader, move_to_device
 from ehrlens.experiment import random_code_batch, random_code_transformer
-from ehrlens.interpret import AttentionFlow, AttentionRollout, CheferRelevance
+from ehrlens.interpret import (
+    AttentionFlow,
+    AttentionRollout,
+    CheferRelevance,
+    IntegratedGradients,
+)
 from ehrlens.models import Transformer
 
 METHODS = (
@@ -65,7 +71,10 @@ METHODS = (
     "forward_backward",
     "chefer",
     "flow",
+    "integrated_gradients",
 )
+#: Costly methods shown for context only at the flow sequence lengths, when fast enough.
+CONTEXT_METHODS = ("flow", "integrated_gradients")
 LABELS = {
     "inference": "inference (floor)",
     "rollout": "ehrlens rollout",
@@ -74,6 +83,7 @@ LABELS = {
     "forward_backward": "forward+backward (floor)",
     "chefer": "ehrlens chefer",
     "flow": "ehrlens flow",
+    "integrated_gradients": "Captum integrated gradients (50 steps)",
 }
 FLOORS = {
     "inference": "inference",
@@ -83,6 +93,7 @@ FLOORS = {
     "forward_backward": "forward_backward",
     "chefer": "forward_backward",
     "flow": "inference",
+    "integrated_gradients": "forward_backward",
 }
 FLOW_SKIP_SEQ = "skipped (cost ~seq^3)"
 FLOW_MAX_SECONDS = 60.0  # flow cases estimated above this (per call) are skipped
@@ -175,6 +186,12 @@ def method_callable(method: str, model: Transformer, batch: dict) -> Callable[[]
         def run() -> Any:
             return chefer.attribute(**batch)
 
+    elif method == "integrated_gradients":
+        gradients = IntegratedGradients(model, n_steps=50)
+
+        def run() -> Any:
+            return gradients.attribute(**batch)
+
     elif method == "flow":
         flow = AttentionFlow(model, head_fusion="mean")
 
@@ -234,21 +251,22 @@ def time_configs(
             for batch_size in batches:
                 key = (layers, seq, batch_size)
                 batch = make_batch(model, batch_size, seq, seed=seq, device=device)
-                methods = [m for m in METHODS if m != "flow"]
-                if seq not in flow_seqs:
-                    skipped[(*key, "flow")] = FLOW_SKIP_SEQ
-                else:
-                    # Estimate from one sample (also flow's warm-up at batch 1).
+                methods = [m for m in METHODS if m not in CONTEXT_METHODS]
+                for context in CONTEXT_METHODS:
+                    if seq not in flow_seqs:
+                        skipped[(*key, context)] = FLOW_SKIP_SEQ
+                        continue
+                    # Estimate from one sample (also the method's warm-up at batch 1).
                     one = {"codes": batch["codes"][:1], "masks": {}, "times": {}}
-                    probe, _ = timed_once(method_callable("flow", model, one), device)
+                    probe, _ = timed_once(method_callable(context, model, one), device)
                     estimate = probe * batch_size
                     if estimate > FLOW_MAX_SECONDS:
-                        skipped[(*key, "flow")] = (
+                        skipped[(*key, context)] = (
                             f"skipped (estimated {estimate:.0f} s per call > "
                             f"{FLOW_MAX_SECONDS:.0f} s)"
                         )
                     else:
-                        methods.append("flow")
+                        methods.append(context)
                 fns = {m: method_callable(m, model, batch) for m in methods}
                 big = is_big(seq, batch_size)
                 results: dict[str, Any] = {}

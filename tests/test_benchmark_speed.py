@@ -22,6 +22,7 @@ METHODS = {
     "forward_backward",
     "chefer",
     "flow",
+    "integrated_gradients",
 }
 FLOORS = {
     "inference": "inference",
@@ -31,6 +32,7 @@ FLOORS = {
     "forward_backward": "forward_backward",
     "chefer": "forward_backward",
     "flow": "inference",
+    "integrated_gradients": "forward_backward",
 }
 
 

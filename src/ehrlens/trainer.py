@@ -21,7 +21,8 @@ from .prediction_metrics import DEFAULT_METRICS, LOWER_IS_BETTER, compute_metric
 logger = logging.getLogger(__name__)
 
 
-def _progress(iterable: Iterable, enabled: bool, **kwargs: Any) -> Iterable:
+def progress_bar(iterable: Iterable, enabled: bool, **kwargs: Any) -> Iterable:
+    """``iterable`` wrapped in a tqdm progress bar when ``enabled`` and tqdm is installed."""
     if not enabled:
         return iterable
     try:
@@ -104,7 +105,7 @@ class Trainer:
         for epoch in range(1, epochs + 1):
             self.model.train()
             losses = []
-            for batch in _progress(train_loader, self.progress, desc=f"epoch {epoch}"):
+            for batch in progress_bar(train_loader, self.progress, desc=f"epoch {epoch}"):
                 optimizer.zero_grad(set_to_none=True)
                 loss = self.model(**move_to_device(batch, self.device))["loss"]
                 if not torch.isfinite(loss):
@@ -140,7 +141,7 @@ class Trainer:
         """``(y_true, y_prob, mean loss)`` over a loader, in eval mode."""
         y_true, y_prob, losses, sizes = [], [], [], []
         with eval_mode(self.model):
-            for batch in _progress(loader, self.progress, desc="evaluate"):
+            for batch in progress_bar(loader, self.progress, desc="evaluate"):
                 out = self.model(**move_to_device(batch, self.device))
                 y_prob.append(out["y_prob"].float().cpu().numpy())
                 if "y_true" in out:

@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..trainer import progress_bar
 from .faithfulness import DEFAULT_PERCENTAGES, RemovalFaithfulness, SampleFilter, Target
 from .recovery import signal_recovery
 from .removal import Ablation
@@ -106,6 +107,7 @@ class Evaluator:
             ``recall@k`` and ``signal_auroc`` of planted codes (e.g. ``cohort.ground_truth``).
         k: cut-off of precision and recall.
         n_bootstrap / seed: bootstrap draws and their seed.
+        progress: show a progress bar over batches (needs ``tqdm``).
 
     Example:
         >>> evaluator = Evaluator(model, ground_truth=cohort.ground_truth)
@@ -124,6 +126,7 @@ class Evaluator:
         k: int = 5,
         n_bootstrap: int = 1000,
         seed: int = 0,
+        progress: bool = False,
     ) -> None:
         self.model = model
         self.faithfulness = RemovalFaithfulness(model, percentages, ablation, sample_filter, target)
@@ -131,6 +134,7 @@ class Evaluator:
         self.k = int(k)
         self.n_bootstrap = int(n_bootstrap)
         self.seed = int(seed)
+        self.progress = bool(progress)
 
     def evaluate(
         self, dataloader: Iterable[Mapping[str, Any]], method: Any, name: str | None = None
@@ -144,7 +148,7 @@ class Evaluator:
         values: dict[str, list[np.ndarray]] = {}
         n_patients, seconds = 0, 0.0
         curves = []
-        for batch in dataloader:
+        for batch in progress_bar(dataloader, self.progress, desc=f"evaluate {name}"):
             _, target = self.faithfulness.targets(batch)
             start = time.perf_counter()
             attributions = method.attribute(target_class_idx=target, **batch)
