@@ -114,6 +114,11 @@ def eval_mode(model: Any) -> Iterator[None]:
 
     A caller may keep parts of a training model in eval mode, so each module's ``training``
     flag is saved and restored, not just the top module's.
+
+    Example:
+        >>> with eval_mode(model):
+        ...     probabilities = model(**batch)["y_prob"]   # dropout off
+        >>> model.training   # as before the block
     """
     modules = list(model.modules()) if isinstance(model, nn.Module) else []
     modes = [(module, module.training) for module in modules]

@@ -58,6 +58,11 @@ def top_codes(
     """The ``k`` most relevant ``(feature, code, score)`` of one patient, highest first.
 
     Ties are broken by feature then code, so the order is deterministic.
+
+    Example:
+        >>> scores = CheferRelevance(model).attribute(**batch)
+        >>> top_codes(scores, batch, model.schema, sample=0, k=3)
+        [('diagnoses', 'I83.8', 0.061), ('diagnoses', 'O20.9', 0.034), ...]
     """
     totals = code_relevance(attributions, batch, schema, sample)
     ranked = sorted(totals.items(), key=lambda item: (-item[1], item[0]))

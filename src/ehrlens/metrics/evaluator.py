@@ -149,12 +149,12 @@ class Evaluator:
         n_patients, seconds = 0, 0.0
         curves = []
         for batch in progress_bar(dataloader, self.progress, desc=f"evaluate {name}"):
-            _, target = self.faithfulness.targets(batch)
+            targets = self.faithfulness.targets(batch)
             start = time.perf_counter()
-            attributions = method.attribute(target_class_idx=target, **batch)
+            attributions = method.attribute(target_class_idx=targets[1], **batch)
             seconds += time.perf_counter() - start
             n_patients += len(batch["patient_id"])
-            result = self.faithfulness(attributions, batch)
+            result = self.faithfulness(attributions, batch, targets)
             curves.append((result.curve(), result.n_scored))
             per_q = {
                 "comprehensiveness": result.comprehensiveness.mean(1),

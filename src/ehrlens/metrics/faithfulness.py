@@ -14,7 +14,7 @@ passes it to the method as ``target_class_idx``.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -47,7 +47,6 @@ class FaithfulnessResult:
     base_probability: Tensor
     target: Tensor
     scored: Tensor
-    extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def n_scored(self) -> int:
@@ -176,10 +175,17 @@ class RemovalFaithfulness:
 
     @torch.inference_mode()
     def __call__(
-        self, attributions: Mapping[str, Tensor], batch: Mapping[str, Any]
+        self,
+        attributions: Mapping[str, Tensor],
+        batch: Mapping[str, Any],
+        targets: tuple[Tensor, Tensor] | None = None,
     ) -> FaithfulnessResult:
-        """Score one batch of attributions (``{key: scores shaped like batch[key]}``)."""
-        probabilities, target = self.targets(batch)
+        """Score one batch of attributions (``{key: scores shaped like batch[key]}``).
+
+        ``targets`` is :meth:`targets` of the same batch when the caller already has it
+        (saves one forward).
+        """
+        probabilities, target = self.targets(batch) if targets is None else targets
         with eval_mode(self.model):
             base = _class_probability(self.model, batch, target)
             scored = _filter(self.sample_filter, probabilities, target).to(target.device)

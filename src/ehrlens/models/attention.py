@@ -69,6 +69,12 @@ class MultiHeadAttention(nn.Module):
 
         ``q``/``k`` are ``[batch, heads, seq, head_dim]``; with :meth:`attention_weights` they
         reproduce the attention map, in row blocks if wanted. Returns a removable handle.
+
+        Example:
+            >>> kept = {}
+            >>> handle = mha.register_query_key_hook(lambda m, q, k, mask: kept.update(q=q))
+            >>> _ = mha(x, mask)
+            >>> handle.remove()
         """
         handle = RemovableHandle(self._query_key_hooks)
         self._query_key_hooks[handle.id] = hook
@@ -135,6 +141,13 @@ class CapturedKeys:
         module: the attention module (its :meth:`~MultiHeadAttention.attention_weights`).
         query / key: ``[batch, heads, seq, head_dim]``, detached.
         mask: ``[batch, seq]`` key mask.
+
+    Example:
+        >>> model.set_attention_hooks(True, capture_gradients=False, keys_only=True)
+        >>> _ = model(**batch)
+        >>> layer = model.get_attention_keys()["diagnoses"][0]
+        >>> layer.weights(slice(0, 1)).shape        # [batch, heads, 1, seq]: the [CLS] rows
+        >>> model.set_attention_hooks(False)
     """
 
     module: MultiHeadAttention

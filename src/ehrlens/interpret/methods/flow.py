@@ -10,9 +10,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ..fusion import check_head_fusion
 from .base import BaseInterpreter, TargetIndex, map_to_input_shapes
 from .maxflow import flow_values
-from .propagation import check_head_fusion, readout_weights, select_input_positions
+from .propagation import readout_weights, select_input_positions
 from .rollout import fused_attention_layers
 
 

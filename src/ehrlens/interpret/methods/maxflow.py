@@ -122,8 +122,3 @@ def _single_layer(
     if one_hot_sink is not None:
         return a_hat[one_hot_sink[0]].copy()
     return np.minimum(a_hat, readout[:, None]).sum(axis=0)
-
-
-def batch_flow_values(maps: np.ndarray, readout: np.ndarray) -> np.ndarray:
-    """:func:`flow_values` for every sample: ``[batch, layers, seq, seq]``, ``[batch, seq]``."""
-    return np.stack([flow_values(m, r) for m, r in zip(maps, readout, strict=True)])

@@ -16,17 +16,6 @@ import torch
 from torch import Tensor
 
 from ..api import AttentionInterpretable
-from ..fusion import HEAD_FUSIONS, check_head_fusion, fuse_heads
-
-__all__ = [
-    "HEAD_FUSIONS",
-    "check_head_fusion",
-    "fuse_heads",
-    "propagate_rows",
-    "readout_relevance",
-    "readout_weights",
-    "select_input_positions",
-]
 
 LayerStep = Callable[[Tensor, Tensor], Tensor]
 

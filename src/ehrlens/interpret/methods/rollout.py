@@ -9,10 +9,9 @@ import torch
 from torch import Tensor
 
 from ..api import capture_attention
+from ..fusion import check_head_fusion, fuse_heads
 from .base import BaseInterpreter, TargetIndex, map_to_input_shapes
 from .propagation import (
-    check_head_fusion,
-    fuse_heads,
     readout_relevance,
     readout_weights,
     select_input_positions,
@@ -89,6 +88,13 @@ def low_memory_rollout_rows(
     block in the top layer).
 
     Shapes: ``readout`` ``[batch, seq]`` -> ``[batch, seq]``.
+
+    Example:
+        >>> model.set_attention_hooks(True, capture_gradients=False, keys_only=True)
+        >>> _ = model(**batch)
+        >>> layers = model.get_attention_keys()["diagnoses"]
+        >>> readout = model.get_readout_weights(**batch)["diagnoses"]   # one-hot at [CLS]
+        >>> rows = low_memory_rollout_rows(readout, layers, "mean")     # [batch, 1 + seq]
     """
     rows = readout.to(layers[0].query.dtype) if layers else readout
     for layer in reversed(layers):
