@@ -1,0 +1,5 @@
+"""``python -m ehrlens`` is the ``ehrlens`` command."""
+
+from .cli import main
+
+main()

@@ -1,0 +1,519 @@
+"""The ``ehrlens`` command: synthetic data, train, explain, evaluate, report."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable
+from functools import wraps
+from pathlib import Path
+from typing import Any
+
+import click
+
+from ..explain.runner import OutputConflictError
+
+#: Exit codes, also listed in ``ehrlens --help``.
+EXIT_OK = 0
+EXIT_BAD_INPUT = 1
+EXIT_USAGE = 2
+EXIT_OUTPUT_CONFLICT = 3
+EXIT_INTERRUPTED = 130
+
+EPILOG = (
+    "Exit codes: 0 success; 1 bad input (data, schema or model: the message names the file, "
+    "row, sample or feature); 2 bad command-line usage; 3 the output already holds something "
+    "this run would overwrite (nothing was changed); 130 interrupted (re-run the same command "
+    "to resume `explain`)."
+)
+
+METHOD_HELP = "rollout, flow, chefer, raw_attention, input_x_gradient, integrated_gradients, random"
+
+
+def _fail(message: str, code: int) -> None:
+    click.secho(f"error: {message}", fg="red", err=True)
+    sys.exit(code)
+
+
+def handle_errors(command: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn library errors into a one-line message and a documented exit code."""
+
+    @wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return command(*args, **kwargs)
+        except OutputConflictError as error:
+            _fail(str(error), EXIT_OUTPUT_CONFLICT)
+        except (ValueError, TypeError, KeyError, FileNotFoundError, ImportError) as error:
+            _fail(str(error), EXIT_BAD_INPUT)
+        except KeyboardInterrupt:
+            _fail("interrupted; run the same command again to resume", EXIT_INTERRUPTED)
+
+    return wrapper
+
+
+def _methods(values: tuple[str, ...]) -> list[str]:
+    from ..interpret.registry import METHODS
+
+    names = [m.strip() for value in values for m in value.split(",") if m.strip()]
+    unknown = [m for m in names if m not in METHODS]
+    if unknown:
+        raise click.BadParameter(f"unknown method(s) {unknown}; choose from {', '.join(METHODS)}")
+    return list(dict.fromkeys(names)) or ["rollout"]
+
+
+def _model_and_data(model_dir: Path, data: Path, labels: Path | None, split: str):
+    from ..data import create_sample_dataset
+    from ..data.sources import load_samples
+    from ..model_dir import load_model_dir
+    from ..workflow import select_split
+
+    model, card = load_model_dir(model_dir)
+    label_key = model.schema.label_keys[0]
+    samples = load_samples(data, model.schema.input_schema, labels=labels, label_key=label_key)
+    dataset = create_sample_dataset(samples, schema=model.schema)
+    seed = card.get("data", {}).get("split", {}).get("seed", 0)
+    return model, card, select_split(dataset, split, seed)
+
+
+_data_option = click.option(
+    "--data",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    required=True,
+    help="Patients: samples as JSON Lines (.jsonl) or a long-format event table "
+    "(.parquet/.csv: patient_id, visit_id, time, feature, code[, value]).",
+)
+_labels_option = click.option(
+    "--labels",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="For event tables: CSV/Parquet with patient_id and the label column.",
+)
+_model_option = click.option(
+    "--model",
+    "model_dir",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    required=True,
+    help="Model directory written by `ehrlens train`.",
+)
+_split_option = click.option(
+    "--split",
+    type=click.Choice(["all", "train", "val", "test"]),
+    default="all",
+    show_default=True,
+    help="Which patients: all, or one part of the split used in training.",
+)
+_method_option = click.option(
+    "--method",
+    "-m",
+    "methods",
+    multiple=True,
+    help=f"Method(s), repeated or comma-separated: {METHOD_HELP}. [default: rollout]",
+)
+
+
+@click.group(epilog=EPILOG, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="ehrlens")
+def main() -> None:
+    """Explain the predictions of attention-based clinical models.
+
+    \b
+    A typical session:
+      ehrlens synthetic data/                      # or bring your own patients
+      ehrlens train --data data/samples.jsonl --schema data/schema.json --out model/
+      ehrlens explain --model model/ --data data/samples.jsonl -m rollout,chefer --out attr/
+      ehrlens evaluate --model model/ --data data/samples.jsonl -m rollout,random
+      ehrlens report --model model/ --data data/samples.jsonl --attributions attr/ \\
+          --out report.html --codes data/codes.csv
+    """
+
+
+@main.command()
+@click.option("--patients", default=3000, show_default=True, help="Cohort size.")
+@click.option("--epochs", default=8, show_default=True, help="Training epochs per model.")
+@click.option("--explain", default=4, show_default=True, help="Test patients to explain.")
+@click.option("--seed", default=0, show_default=True)
+@handle_errors
+def demo(patients: int, epochs: int, explain: int, seed: int) -> None:
+    """Train two models on built-in synthetic data and explain a few patients."""
+    from ..demo import main as run_demo
+
+    run_demo(
+        [
+            *("--patients", str(patients), "--epochs", str(epochs)),
+            *("--explain", str(explain), "--seed", str(seed)),
+        ]
+    )
+
+
+@main.command()
+@click.argument("out_dir", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--patients", default=1000, show_default=True, help="Cohort size.")
+@click.option(
+    "--layout",
+    type=click.Choice(["sequence", "nested", "stagenet"]),
+    default="nested",
+    show_default=True,
+    help="Flat code lists, visits of codes, or timed visits (for the stagenet model).",
+)
+@click.option("--seed", default=0, show_default=True)
+@handle_errors
+def synthetic(out_dir: Path, patients: int, layout: str, seed: int) -> None:
+    """Write a synthetic cohort with planted risk codes to OUT_DIR.
+
+    Files: samples.jsonl, events.parquet + labels.csv (the same patients as an event table),
+    schema.json, codes.csv (descriptions naming the planted codes), ground_truth.json.
+    """
+    from ..workflow import write_synthetic_cohort
+
+    files = write_synthetic_cohort(out_dir, n_patients=patients, layout=layout, seed=seed)
+    for name, path in files.items():
+        click.echo(f"{name:13s} {path}")
+
+
+@main.command()
+@_data_option
+@click.option(
+    "--schema",
+    "schema_path",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    required=True,
+    help='JSON: {"input_schema": {feature: type}, "output_schema": {label: type}}.',
+)
+@_labels_option
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    required=True,
+    help="Model directory to create (model.pt + card.json).",
+)
+@click.option(
+    "--model",
+    "model_name",
+    type=click.Choice(["transformer", "stagenet"]),
+    default="transformer",
+    show_default=True,
+)
+@click.option("--epochs", default=8, show_default=True)
+@click.option("--lr", default=2e-3, show_default=True, help="Learning rate.")
+@click.option("--batch-size", default=64, show_default=True)
+@click.option("--embedding-dim", default=64, show_default=True)
+@click.option("--layers", default=2, show_default=True, help="Encoder layers (transformer).")
+@click.option("--heads", default=4, show_default=True, help="Attention heads.")
+@click.option("--seed", default=0, show_default=True, help="Seed of the split and training.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing model in --out.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
+@handle_errors
+def train(
+    data: Path,
+    schema_path: Path,
+    labels: Path | None,
+    out: Path,
+    model_name: str,
+    epochs: int,
+    lr: float,
+    batch_size: int,
+    embedding_dim: int,
+    layers: int,
+    heads: int,
+    seed: int,
+    overwrite: bool,
+    quiet: bool,
+) -> None:
+    """Train a model on patients; write a model directory with weights, processors and a
+    JSON card of the run (data hash, split, settings, history, test metrics)."""
+    from ..data.sources import load_samples
+    from ..model_dir import CARD, WEIGHTS, file_sha256, save_model_dir
+    from ..workflow import read_schema_file, train_model
+
+    if (out / WEIGHTS).exists() and not overwrite:
+        raise OutputConflictError(
+            f"{out} already holds a model; pass --overwrite to replace it, or choose a new --out"
+        )
+    schema = read_schema_file(schema_path)
+    label_key = next(iter(schema["output_schema"]))
+    samples = load_samples(
+        data, schema["input_schema"], labels=labels, label_key=label_key,
+        columns=schema.get("columns"),
+    )  # fmt: skip
+    hparams: dict[str, Any] = {"embedding_dim": embedding_dim, "heads": heads}
+    if model_name == "transformer":
+        hparams["num_layers"] = layers
+    model, card = train_model(
+        samples, schema, model=model_name, hparams=hparams, epochs=epochs, lr=lr,
+        batch_size=batch_size, seed=seed, progress=not quiet,
+    )  # fmt: skip
+    card["data"].update(path=str(data), sha256=file_sha256(data))
+    if labels is not None:
+        card["data"].update(labels=str(labels), labels_sha256=file_sha256(labels))
+    save_model_dir(model, out, card)
+    metrics = ", ".join(f"{k} {v:.3f}" for k, v in card["test_metrics"].items() if v is not None)
+    click.echo(f"test: {metrics}")
+    click.echo(f"wrote {out / WEIGHTS} and {out / CARD}")
+
+
+@main.command()
+@_model_option
+@_data_option
+@_labels_option
+@_method_option
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    required=True,
+    help="Folder of Parquet shards (created; an interrupted run resumes there).",
+)
+@_split_option
+@click.option("--batch-size", default=64, show_default=True)
+@click.option("--shard-size", default=1000, show_default=True, help="Patients per shard.")
+@click.option(
+    "--target",
+    type=int,
+    default=None,
+    help="Class to explain (default: positive class / predicted class).",
+)
+@click.option(
+    "--engine",
+    type=click.Choice(["local", "ray"]),
+    default="local",
+    show_default=True,
+    help="local: this process; ray: Ray Data (extra ehrlens[ray]).",
+)
+@click.option("--address", default=None, help="Ray cluster address (default: start locally).")
+@click.option("--workers", default=None, type=int, help="Ray workers (default: all CPUs).")
+@click.option("--seed", default=0, show_default=True, help="Seed (the random method uses it).")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
+@handle_errors
+def explain(
+    model_dir: Path,
+    data: Path,
+    labels: Path | None,
+    methods: tuple[str, ...],
+    out: Path,
+    split: str,
+    batch_size: int,
+    shard_size: int,
+    target: int | None,
+    engine: str,
+    address: str | None,
+    workers: int | None,
+    seed: int,
+    quiet: bool,
+) -> None:
+    """Explain every patient with each method; write long-format Parquet attributions
+    (patient_id, feature, visit, position, code, score, method, model_id)."""
+    import torch
+
+    from ..explain import explain_cohort
+
+    torch.manual_seed(seed)
+    names = _methods(methods)
+    model, card, dataset = _model_and_data(model_dir, data, labels, split)
+    options = {name: ({"seed": seed} if name == "random" else {}) for name in names}
+    if engine == "ray":
+        from ..distributed import explain_cohort_ray
+
+        result = explain_cohort_ray(
+            model_dir, dataset, options, out_dir=out, batch_size=batch_size,
+            shard_size=shard_size, target_class_idx=target, address=address,
+            num_workers=workers, progress=not quiet,
+        )  # fmt: skip
+    else:
+        result = explain_cohort(
+            model, dataset, options, batch_size=batch_size, target_class_idx=target,
+            out_dir=out, shard_size=shard_size, model_id=card.get("model_id"),
+            progress=not quiet,
+        )  # fmt: skip
+    click.echo(
+        f"{len(dataset)} patients x {len(names)} method(s): {result.num_rows} rows in "
+        f"{len(result.shards)} shard(s) under {out} "
+        f"({len(result.computed)} computed, {len(result.reused)} already complete)"
+    )
+
+
+@main.command()
+@_model_option
+@_data_option
+@_labels_option
+@_method_option
+@_split_option
+@click.option("--batch-size", default=64, show_default=True)
+@click.option(
+    "--ablation",
+    type=click.Choice(["zero", "mean"]),
+    default="zero",
+    show_default=True,
+    help="What removed numeric inputs become (codes always become padding).",
+)
+@click.option("--bootstrap", default=1000, show_default=True, help="Bootstrap draws for CIs.")
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Write the table as JSON (.json) or CSV (.csv).",
+)
+@click.option(
+    "--plot",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Write faithfulness curves as PNG (extra ehrlens[plot]).",
+)
+@click.option("--seed", default=0, show_default=True)
+@click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
+@handle_errors
+def evaluate(
+    model_dir: Path,
+    data: Path,
+    labels: Path | None,
+    methods: tuple[str, ...],
+    split: str,
+    batch_size: int,
+    ablation: str,
+    bootstrap: int,
+    out: Path | None,
+    plot: Path | None,
+    seed: int,
+    quiet: bool,
+) -> None:
+    """Faithfulness of each method: comprehensiveness and sufficiency with 95% CIs."""
+    import torch
+
+    from ..data import get_dataloader
+    from ..interpret.registry import make_interpreter
+    from ..io import atomic_write
+    from ..metrics import Evaluator
+
+    torch.manual_seed(seed)
+    names = _methods(methods)
+    model, _, dataset = _model_and_data(model_dir, data, labels, split)
+    evaluator = Evaluator(
+        model, ablation=ablation, n_bootstrap=bootstrap, seed=seed, progress=not quiet
+    )
+    results = {}
+    for name in names:
+        options = {"seed": seed} if name == "random" else {}
+        method = make_interpreter(name, model, **options)
+        results[name] = evaluator.evaluate(get_dataloader(dataset, batch_size), method, name)
+    rows = [r.to_dict() for r in results.values()]
+    click.echo(_evaluation_table(rows))
+    if out is not None:
+        with atomic_write(out) as f:
+            if out.suffix.lower() == ".csv":
+                import csv
+
+                writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+                writer.writeheader()
+                writer.writerows(rows)
+            else:
+                json.dump({"results": rows}, f, indent=2)
+        click.echo(f"wrote {out}")
+    if plot is not None:
+        from ..report.plots import plot_faithfulness_curves
+
+        plot_faithfulness_curves(results, plot)
+        click.echo(f"wrote {plot}")
+
+
+def _evaluation_table(rows: list[dict[str, Any]]) -> str:
+    def cell(row: dict[str, Any], metric: str) -> str:
+        return f"{row[metric]:.3f} [{row[metric + '_low']:.3f}, {row[metric + '_high']:.3f}]"
+
+    header = f"{'method':22s} {'comprehensiveness':>26s} {'sufficiency':>26s} {'s/1000 pts':>10s}"
+    lines = [header, "-" * len(header)]
+    for row in rows:
+        lines.append(
+            f"{row['method']:22s} {cell(row, 'comprehensiveness'):>26s} "
+            f"{cell(row, 'sufficiency'):>26s} {row['seconds_per_1000']:>10.2f}"
+        )
+    return "\n".join(lines)
+
+
+@main.command()
+@_model_option
+@_data_option
+@_labels_option
+@click.option(
+    "--attributions",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    required=True,
+    help="Folder written by `ehrlens explain`.",
+)
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    required=True,
+    help="HTML file to write (one self-contained file).",
+)
+@click.option(
+    "--codes",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="CSV with header code,description.",
+)
+@click.option("--top-k", default=10, show_default=True, help="Codes listed per patient.")
+@click.option(
+    "--max-patients",
+    default=50,
+    show_default=True,
+    help="Patient sections: the highest-risk patients first (0 = all).",
+)
+@click.option(
+    "--heatmaps",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Also write one heatmap PNG per reported patient here (extra ehrlens[plot]).",
+)
+@click.option("--overwrite", is_flag=True, help="Replace an existing --out file.")
+@handle_errors
+def report(
+    model_dir: Path,
+    data: Path,
+    labels: Path | None,
+    attributions: Path,
+    out: Path,
+    codes: Path | None,
+    top_k: int,
+    max_patients: int,
+    heatmaps: Path | None,
+    overwrite: bool,
+) -> None:
+    """Write an HTML report: per patient the prediction, a timeline of visits with codes shaded
+    by score, the top codes, methods side by side; and the cohort's most influential codes."""
+    import pyarrow.parquet as pq
+
+    from ..report import patient_predictions, read_descriptions, write_report
+
+    if out.exists() and not overwrite:
+        raise OutputConflictError(f"{out} exists; pass --overwrite to replace it")
+    model, card, dataset = _model_and_data(model_dir, data, labels, "all")
+    shards = sorted(attributions.glob("part-*.parquet"))
+    if not shards:
+        raise FileNotFoundError(f"{attributions}: no part-*.parquet shards; run `ehrlens explain`")
+    import pyarrow as pa
+
+    frame = pa.concat_tables([pq.read_table(p) for p in shards]).to_pandas()
+    ids = set(frame["model_id"])
+    if card.get("model_id") not in ids:
+        raise ValueError(
+            f"{attributions} holds attributions of model(s) {sorted(ids)}, not of "
+            f"{model_dir} (model {card.get('model_id')})"
+        )
+    predictions = patient_predictions(model, dataset)
+    explained = [p for p in dict.fromkeys(frame["patient_id"]) if p in predictions]
+    missing = len(set(frame["patient_id"])) - len(explained)
+    if missing:
+        raise ValueError(f"{missing} explained patient(s) are not in --data")
+    explained.sort(key=lambda p: -predictions[p].probability)
+    chosen = explained if max_patients == 0 else explained[:max_patients]
+    descriptions = read_descriptions(codes) if codes is not None else None
+    subtitle = f"model {card.get('model_class', '')} {card.get('model_id', '')}"
+    write_report(
+        out, frame, predictions, descriptions=descriptions, top_k=top_k,
+        subtitle=subtitle, patients=chosen,
+    )  # fmt: skip
+    click.echo(f"wrote {out} ({len(chosen)} of {len(explained)} patients)")
+    if heatmaps is not None:
+        from ..report.plots import plot_patient_heatmap
+
+        for pid in chosen:
+            plot_patient_heatmap(frame, pid, heatmaps / f"{pid}.png")
+        click.echo(f"wrote {len(chosen)} heatmaps under {heatmaps}")

@@ -1,0 +1,526 @@
+"""Long-format event tables (one row per coded event, as in a MIMIC or OMOP export) -> samples.
+
+An event table has one row per event with the columns
+
+    patient_id, visit_id (optional), time, feature, code[, value]
+
+``feature`` names the sample key the event belongs to (e.g. ``"diagnoses"``), ``code`` the code
+(or, for numeric features, the measurement's name) and ``value`` the number for
+``"timeseries"`` and ``"tensor"`` features. :func:`from_events` turns such a table into the
+sample dicts that :func:`~ehrlens.data.create_sample_dataset` takes; :func:`to_events` does the
+reverse. Reading uses pyarrow (extra ``ehrlens[parquet]``).
+
+Rules, so that nothing is lost without a count:
+
+- Rows are numbered from 1 (first data row; the header is not counted).
+- A row with no patient id, no feature, no code, an unparsable time, or (numeric features) an
+  unparsable value is *bad*. ``on_bad_rows="error"`` (default) raises a :class:`ValueError`
+  that counts them by reason and lists their row numbers; ``"skip"`` drops them and says the
+  same in an :class:`EventTableWarning`.
+- Rows whose feature is not in ``input_schema`` are ignored and counted in a warning.
+- Times are numbers (any unit, kept as they are) or dates/timestamps (converted to
+  ``time_unit`` since the patient's first event). Within a patient, events are ordered by time,
+  then by row.
+- Visits are ``visit_id`` groups (or, without that column, distinct times), ordered by their
+  earliest event. Every nested feature of a patient has one entry per visit of that patient,
+  empty where the feature has no code in that visit, so features stay aligned.
+
+Example:
+    >>> samples = from_events("events.parquet", {"diagnoses": "nested_sequence"},
+    ...                       labels="labels.csv", label_key="mortality")
+    >>> dataset = create_sample_dataset(samples, {"diagnoses": "nested_sequence"},
+    ...                                 {"mortality": "binary"})
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import warnings
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+EVENT_COLUMNS = ("patient_id", "visit_id", "time", "feature", "code", "value")
+REQUIRED_COLUMNS = ("patient_id", "time", "feature", "code")
+NUMERIC_SCHEMAS = frozenset({"timeseries", "tensor"})
+CODE_SCHEMAS = frozenset({"sequence", "nested_sequence", "stagenet"})
+TIME_UNITS = {"days": 86400.0, "hours": 3600.0, "minutes": 60.0, "seconds": 1.0}
+_SHOWN_ROWS = 10
+
+
+class EventTableWarning(UserWarning):
+    """Rows of an event table were skipped or ignored; the message says how many and why."""
+
+
+def _require_pandas():
+    try:
+        import pandas as pd
+        import pyarrow  # noqa: F401
+    except ImportError as error:  # pragma: no cover - exercised only without the extra
+        raise ImportError(
+            "reading event tables needs pyarrow and pandas: pip install 'ehrlens[parquet]'"
+        ) from error
+    return pd
+
+
+def read_table(source: Any):
+    """Read a Parquet or CSV file, a pyarrow Table or a pandas DataFrame as a DataFrame.
+
+    CSV columns are read as text and parsed afterwards, so one malformed cell becomes a
+    numbered bad row instead of a failed read.
+    """
+    pd = _require_pandas()
+    import pyarrow as pa
+
+    if isinstance(source, pd.DataFrame):
+        return source.reset_index(drop=True)
+    if isinstance(source, pa.Table):
+        return source.to_pandas()
+    if not isinstance(source, (str, os.PathLike)):
+        raise TypeError(
+            "expected a path to a .parquet or .csv file, a pyarrow Table or a pandas "
+            f"DataFrame, got {type(source).__name__}"
+        )
+    path = Path(source)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such file")
+    suffixes = "".join(path.suffixes[-2:]).lower()
+    try:
+        if path.suffix.lower() in (".parquet", ".pq"):
+            import pyarrow.parquet as pq
+
+            return pq.read_table(path).to_pandas()
+        if suffixes.endswith((".csv", ".csv.gz", ".tsv")):
+            import pyarrow.csv as pacsv
+
+            delimiter = "\t" if ".tsv" in suffixes else ","
+            columns = _csv_header(path, delimiter)
+            table = pacsv.read_csv(
+                path,
+                parse_options=pacsv.ParseOptions(delimiter=delimiter),
+                convert_options=pacsv.ConvertOptions(
+                    column_types={name: pa.string() for name in columns},
+                    strings_can_be_null=True,
+                ),
+            )
+            return table.to_pandas()
+    except (pa.ArrowInvalid, pa.ArrowTypeError, OSError) as error:
+        raise ValueError(f"{path}: not a readable table ({error})") from error
+    raise ValueError(f"{path}: unknown table format; expected .parquet, .pq, .csv or .tsv")
+
+
+def _csv_header(path: Path, delimiter: str) -> list[str]:
+    import csv
+    import gzip
+
+    opener = gzip.open if path.suffix.lower() == ".gz" else open
+    with opener(path, "rt", newline="", encoding="utf-8") as f:
+        return next(csv.reader(f, delimiter=delimiter), [])
+
+
+def _missing(values: Any) -> np.ndarray:
+    """True where a cell is empty: null, NaN or a blank string."""
+    pd = _require_pandas()
+    series = pd.Series(values)
+    empty = series.isna().to_numpy()
+    text = series.map(lambda v: isinstance(v, str) and not v.strip()).to_numpy(dtype=bool)
+    return empty | text
+
+
+def _as_text(series: Any) -> Any:
+    return series.map(lambda v: v if isinstance(v, str) else (None if _is_null(v) else str(v)))
+
+
+def _is_null(value: Any) -> bool:
+    if value is None:
+        return True
+    try:
+        return bool(value != value)  # NaN, NaT
+    except (TypeError, ValueError):
+        return False
+
+
+def _parse_times(series: Any, time_unit: str) -> tuple[np.ndarray, np.ndarray, bool]:
+    """Times as float64 (NaN where unparsable), a bad-row mask, and whether they were dates."""
+    pd = _require_pandas()
+    if pd.api.types.is_numeric_dtype(series) and not pd.api.types.is_bool_dtype(series):
+        values = series.to_numpy(dtype=np.float64, na_value=np.nan)
+        return values, ~np.isfinite(values), False
+    if pd.api.types.is_datetime64_any_dtype(series):
+        stamps = pd.to_datetime(series, utc=True)
+    else:
+        text = _as_text(series)
+        numbers = pd.to_numeric(text, errors="coerce")
+        present = text.notna().to_numpy()
+        if present.any() and numbers[present].notna().all():
+            values = numbers.to_numpy(dtype=np.float64, na_value=np.nan)
+            return values, ~np.isfinite(values), False
+        stamps = pd.to_datetime(text, errors="coerce", utc=True, format="ISO8601")
+    seconds = (stamps - pd.Timestamp(0, tz="UTC")).dt.total_seconds().to_numpy(dtype=np.float64)
+    seconds = seconds / TIME_UNITS[time_unit]
+    return seconds, ~np.isfinite(seconds), True
+
+
+def _parse_values(series: Any) -> np.ndarray:
+    pd = _require_pandas()
+    if pd.api.types.is_numeric_dtype(series) and not pd.api.types.is_bool_dtype(series):
+        return series.to_numpy(dtype=np.float64, na_value=np.nan)
+    return pd.to_numeric(_as_text(series), errors="coerce").to_numpy(dtype=np.float64)
+
+
+def _row_list(rows: np.ndarray) -> str:
+    shown = ", ".join(str(int(r) + 1) for r in rows[:_SHOWN_ROWS])
+    more = f" and {len(rows) - _SHOWN_ROWS} more" if len(rows) > _SHOWN_ROWS else ""
+    return f"rows {shown}{more}"
+
+
+def from_events(
+    events: Any,
+    input_schema: Mapping[str, str],
+    *,
+    labels: Any = None,
+    label_key: str = "label",
+    label_column: str | None = None,
+    time_unit: str = "days",
+    columns: Mapping[str, Sequence[str]] | None = None,
+    on_bad_rows: str = "error",
+) -> list[dict[str, Any]]:
+    """Build one sample per patient from a long-format event table.
+
+    Args:
+        events: path to a ``.parquet`` / ``.csv`` / ``.tsv`` file, a pyarrow Table or a pandas
+            DataFrame with columns ``patient_id, time, feature, code`` and optionally
+            ``visit_id`` and ``value``.
+        input_schema: ``{feature: schema string}``; the features to build.
+        labels: optional table (same kinds as ``events``) with columns ``patient_id`` and
+            ``label_key``. Every patient with events must have a label.
+        label_key: the label's key in each sample (and its column in ``labels``).
+        label_column: alternatively, a column of ``events`` holding each patient's label (it
+            must not vary within a patient).
+        time_unit: unit for times given as dates: ``"days"``, ``"hours"``, ``"minutes"`` or
+            ``"seconds"`` since the patient's first event. Numeric times are kept as given.
+        columns: for ``"timeseries"`` and ``"tensor"`` features, the measurement names in
+            column order, e.g. ``{"labs": ["glucose", "sodium"]}``; by default the sorted names
+            seen in the table.
+        on_bad_rows: ``"error"`` or ``"skip"`` (drop them, with a warning that counts them).
+
+    Returns:
+        A list of sample dicts, patients in order of their first row.
+
+    Raises:
+        ValueError: missing columns, bad rows (with ``on_bad_rows="error"``), a patient without
+            a label, a label that varies within a patient, or a ``"tensor"`` feature missing a
+            measurement for a patient. Messages give row numbers or patient ids.
+
+    Example:
+        >>> samples = from_events(table, {"diagnoses": "sequence", "labs": "timeseries"},
+        ...                       label_column="label")
+        >>> samples[0]["diagnoses"]
+        ['I10', 'E11.9']
+    """
+    pd = _require_pandas()
+    if on_bad_rows not in ("error", "skip"):
+        raise ValueError(f"on_bad_rows must be 'error' or 'skip', got {on_bad_rows!r}")
+    if time_unit not in TIME_UNITS:
+        raise ValueError(f"time_unit must be one of {sorted(TIME_UNITS)}, got {time_unit!r}")
+    for feature, schema in input_schema.items():
+        if schema not in CODE_SCHEMAS | NUMERIC_SCHEMAS:
+            raise ValueError(
+                f"feature '{feature}': schema {schema!r} cannot be built from events; expected "
+                f"one of {sorted(CODE_SCHEMAS | NUMERIC_SCHEMAS)}"
+            )
+    table = read_table(events)
+    missing_columns = [c for c in REQUIRED_COLUMNS if c not in table.columns]
+    if label_column is not None and label_column not in table.columns:
+        missing_columns.append(label_column)
+    needs_values = any(s in NUMERIC_SCHEMAS for s in input_schema.values())
+    if needs_values and "value" not in table.columns:
+        missing_columns.append("value")
+    if missing_columns:
+        raise ValueError(
+            f"event table lacks column(s) {missing_columns}; it has {list(table.columns)} "
+            f"(expected {', '.join(EVENT_COLUMNS)})"
+        )
+    n_rows = len(table)
+    patient = _as_text(table["patient_id"])
+    feature = _as_text(table["feature"])
+    code = _as_text(table["code"])
+    times, bad_time, dated = _parse_times(table["time"], time_unit)
+    has_visits = "visit_id" in table.columns
+    visit = _as_text(table["visit_id"]) if has_visits else None
+
+    known = feature.isin(list(input_schema)).to_numpy()
+    numeric_row = feature.map(lambda f: input_schema.get(f) in NUMERIC_SCHEMAS).to_numpy(bool)
+    values = _parse_values(table["value"]) if "value" in table.columns else np.full(n_rows, np.nan)
+    reasons = {
+        "no patient_id": _missing(patient),
+        "no feature": _missing(feature),
+        "no code": _missing(code),
+        "unparsable or missing time": bad_time,
+        "unparsable or missing value (numeric feature)": known & numeric_row & ~np.isfinite(values),
+    }
+    bad = np.zeros(n_rows, dtype=bool)
+    for mask in reasons.values():
+        bad |= mask
+    if bad.any():
+        detail = "; ".join(
+            f"{reason}: {mask.sum()} ({_row_list(np.flatnonzero(mask))})"
+            for reason, mask in reasons.items()
+            if mask.any()
+        )
+        message = f"event table: {bad.sum()} bad row(s) of {n_rows} — {detail}"
+        if on_bad_rows == "error":
+            raise ValueError(message + " (pass on_bad_rows='skip' to drop them)")
+        warnings.warn(message + "; skipped", EventTableWarning, stacklevel=2)
+    unknown = ~bad & ~known
+    if unknown.any():
+        names = sorted(set(feature[unknown]))
+        warnings.warn(
+            f"event table: ignored {unknown.sum()} row(s) of feature(s) not in input_schema: "
+            f"{names[:_SHOWN_ROWS]}",
+            EventTableWarning,
+            stacklevel=2,
+        )
+    keep = ~bad & known
+    frame = pd.DataFrame(
+        {
+            "row": np.arange(n_rows)[keep],
+            "patient_id": patient[keep].to_numpy(),
+            "visit": _visit_keys(visit, times)[keep],
+            "time": times[keep],
+            "feature": feature[keep].to_numpy(),
+            "code": code[keep].to_numpy(),
+            "value": values[keep],
+        }
+    )
+    frame = frame.sort_values(["time", "row"], kind="stable")
+    measurement_names = _measurement_names(frame, input_schema, columns)
+    patient_labels = _labels(table, patient, keep, labels, label_key, label_column)
+
+    code_features = [k for k, schema in input_schema.items() if schema in CODE_SCHEMAS]
+    samples = []
+    order = pd.unique(frame.sort_values("row")["patient_id"])
+    groups = dict(tuple(frame.groupby("patient_id", sort=False)))
+    for pid in order:
+        rows = groups[pid]
+        sample: dict[str, Any] = {"patient_id": pid}
+        start = rows["time"].min() if dated else 0.0
+        coded = rows[rows["feature"].isin(code_features)]
+        visit_order = list(pd.unique(coded.sort_values(["time", "row"])["visit"]))
+        visit_time = coded.groupby("visit", sort=False)["time"].min()
+        for key, schema in input_schema.items():
+            sub = rows[rows["feature"] == key]
+            sample[key] = _build_feature(
+                key, schema, sub, visit_order, visit_time, start, measurement_names.get(key), pid
+            )
+        if patient_labels is not None:
+            if pid not in patient_labels:
+                raise ValueError(f"patient '{pid}': no label '{label_key}' in the labels table")
+            sample[label_key] = patient_labels[pid]
+        samples.append(sample)
+    if patient_labels is not None:
+        without_events = set(patient_labels) - set(order)
+        if without_events:
+            warnings.warn(
+                f"labels: {len(without_events)} labelled patient(s) have no usable events and "
+                f"were left out, e.g. {sorted(without_events)[:_SHOWN_ROWS]}",
+                EventTableWarning,
+                stacklevel=2,
+            )
+    if not samples:
+        raise ValueError("event table: no usable rows for the features in input_schema")
+    return samples
+
+
+def _visit_keys(visit: Any, times: np.ndarray) -> np.ndarray:
+    """Each row's visit: its ``visit_id``, or its time where the id is absent or empty."""
+    by_time = np.array([f"@{t!r}" for t in times], dtype=object)
+    if visit is None:
+        return by_time
+    return np.where(_missing(visit), by_time, visit.to_numpy(dtype=object))
+
+
+def _measurement_names(
+    frame: Any, input_schema: Mapping[str, str], columns: Mapping[str, Sequence[str]] | None
+) -> dict[str, list[str]]:
+    names = {}
+    for key, schema in input_schema.items():
+        if schema not in NUMERIC_SCHEMAS:
+            continue
+        seen = sorted(set(frame.loc[frame["feature"] == key, "code"]))
+        given = None if columns is None else columns.get(key)
+        if given is None:
+            names[key] = seen
+            continue
+        unknown = sorted(set(seen) - set(given))
+        if unknown:
+            raise ValueError(
+                f"feature '{key}': measurement(s) {unknown[:_SHOWN_ROWS]} are not in the given "
+                f"columns {list(given)}"
+            )
+        names[key] = list(given)
+    return names
+
+
+def _build_feature(
+    key: str,
+    schema: str,
+    rows: Any,
+    visit_order: list,
+    visit_time: Any,
+    start: float,
+    names: list[str] | None,
+    pid: str,
+) -> Any:
+    if schema == "sequence":
+        return rows["code"].tolist()
+    if schema in ("nested_sequence", "stagenet"):
+        by_visit: dict[Any, list[str]] = {v: [] for v in visit_order}
+        for v, c in zip(rows["visit"], rows["code"], strict=True):
+            by_visit[v].append(c)
+        visits = [by_visit[v] for v in visit_order]
+        if schema == "nested_sequence":
+            return visits
+        return ([float(visit_time[v] - start) for v in visit_order], visits)
+    assert names is not None
+    column = {name: i for i, name in enumerate(names)}
+    if schema == "tensor":
+        vector = [math.nan] * len(names)
+        for c, x in zip(rows["code"], rows["value"], strict=True):
+            vector[column[c]] = float(x)
+        absent = [n for n, x in zip(names, vector, strict=True) if math.isnan(x)]
+        if absent:
+            raise ValueError(f"patient '{pid}', feature '{key}': no value for {absent}")
+        return vector
+    # timeseries: one step per distinct time; a measurement repeated at one time opens a further
+    # step at that time (nothing is overwritten). A measurement missing at a step carries its
+    # last value forward (0.0 before its first measurement).
+    repeat = rows.groupby(["time", "code"], sort=False).cumcount().to_numpy()
+    keys = list(zip(rows["time"].tolist(), repeat.tolist(), strict=True))
+    step_keys = sorted(set(keys))
+    step = {k: i for i, k in enumerate(step_keys)}
+    step_times = [t for t, _ in step_keys]
+    grid = [[math.nan] * len(names) for _ in step_keys]
+    for k, c, x in zip(keys, rows["code"], rows["value"], strict=True):
+        grid[step[k]][column[c]] = float(x)
+    last = [0.0] * len(names)
+    for row in grid:
+        for j, x in enumerate(row):
+            if math.isnan(x):
+                row[j] = last[j]
+            else:
+                last[j] = x
+    return ([float(t - start) for t in step_times], grid)
+
+
+def _labels(
+    table: Any,
+    patient: Any,
+    keep: np.ndarray,
+    labels: Any,
+    label_key: str,
+    label_column: str | None,
+) -> dict[str, Any] | None:
+    pd = _require_pandas()
+    if labels is not None and label_column is not None:
+        raise ValueError("give labels= or label_column=, not both")
+    if label_column is not None:
+        frame = pd.DataFrame({"patient_id": patient[keep], "label": table[label_column][keep]})
+    elif labels is not None:
+        label_table = read_table(labels)
+        missing = [c for c in ("patient_id", label_key) if c not in label_table.columns]
+        if missing:
+            raise ValueError(
+                f"labels table lacks column(s) {missing}; it has {list(label_table.columns)}"
+            )
+        frame = pd.DataFrame(
+            {"patient_id": _as_text(label_table["patient_id"]), "label": label_table[label_key]}
+        )
+        empty = _missing(frame["patient_id"]) | frame["label"].isna().to_numpy()
+        if empty.any():
+            raise ValueError(
+                f"labels table: {empty.sum()} row(s) without a patient_id or a "
+                f"'{label_key}' ({_row_list(np.flatnonzero(empty))})"
+            )
+    else:
+        return None
+    out: dict[str, Any] = {}
+    for pid, label in zip(frame["patient_id"], frame["label"], strict=True):
+        label = _plain(label)
+        if pid in out and out[pid] != label:
+            raise ValueError(
+                f"patient '{pid}': label '{label_key}' varies ({out[pid]!r} and {label!r})"
+            )
+        out[pid] = label
+    return out
+
+
+def _plain(value: Any) -> Any:
+    """numpy / text scalars -> Python numbers where they are numbers."""
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, str):
+        text = value.strip()
+        try:
+            number = float(text)
+        except ValueError:
+            return text
+        return int(number) if number.is_integer() else number
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+def to_events(
+    samples: Sequence[Mapping[str, Any]],
+    input_schema: Mapping[str, str],
+    *,
+    columns: Mapping[str, Sequence[str]] | None = None,
+) -> Any:
+    """Write samples as a long-format event table (pandas DataFrame); :func:`from_events` reads
+    it back to the same samples.
+
+    Steps without times (``"sequence"``, ``"nested_sequence"``) get their position as time.
+    ``"tensor"`` values get time 0. Measurement names default to ``"0"``, ``"1"``, ...
+
+    Example:
+        >>> table = to_events(cohort.samples, cohort.input_schema)
+        >>> table.to_parquet("events.parquet")
+    """
+    pd = _require_pandas()
+    rows: list[tuple] = []
+    for sample in samples:
+        pid = str(sample["patient_id"])
+        for key, schema in input_schema.items():
+            value = sample[key]
+            names = None if columns is None else columns.get(key)
+            if schema == "sequence":
+                for t, c in enumerate(value):
+                    rows.append((pid, f"{pid}-{t}", float(t), key, str(c), math.nan))
+            elif schema == "nested_sequence":
+                for t, visit in enumerate(value):
+                    for c in visit:
+                        rows.append((pid, f"{pid}-{t}", float(t), key, str(c), math.nan))
+            elif schema == "stagenet":
+                step_times, visits = value
+                for t, visit in enumerate(visits):
+                    time = float(t) if step_times is None else float(step_times[t])
+                    for c in visit if isinstance(visit, (list, tuple)) else [visit]:
+                        rows.append((pid, f"{pid}-{t}", time, key, str(c), math.nan))
+            elif schema == "timeseries":
+                step_times, grid = value
+                for t, row in zip(step_times, grid, strict=True):
+                    for j, x in enumerate(row):
+                        name = str(j) if names is None else names[j]
+                        rows.append((pid, None, float(t), key, name, float(x)))
+            elif schema == "tensor":
+                vector = [value] if isinstance(value, (int, float)) else list(value)
+                for j, x in enumerate(vector):
+                    name = str(j) if names is None else names[j]
+                    rows.append((pid, None, 0.0, key, name, float(x)))
+            else:
+                raise ValueError(f"feature '{key}': schema {schema!r} has no event form")
+    return pd.DataFrame(rows, columns=list(EVENT_COLUMNS))

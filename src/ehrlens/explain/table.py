@@ -1,0 +1,179 @@
+"""Attributions as data: one row per (patient, method, input unit), in long format.
+
+Columns (:data:`ATTRIBUTION_COLUMNS`):
+
+=============  =========  ==============================================================
+patient_id     string     the sample's ``patient_id``
+feature        string     feature key, e.g. ``"diagnoses"``
+visit          int32      visit / time-step index; null for flat sequences and vectors
+position       int32      position in the sequence, in the visit, or measurement column
+code           string     decoded code (``"<unk>"`` for codes unseen in training); for
+                          numeric features the column index as text
+score          float64    the method's score for that unit
+method         string     method name, e.g. ``"rollout"``
+model_id       string     the model's fingerprint (:func:`model_fingerprint`)
+=============  =========  ==============================================================
+
+Padding has no row. Rows come in batch order, then method, then feature, then position.
+
+Example:
+    >>> scores = AttentionRollout(model).attribute(**batch)
+    >>> columns = attribution_columns(scores, batch, model.schema, "rollout", "3f2a9c01d4e5")
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from ..data.dataset import FittedSchema
+from ..data.processors import (
+    PAD_ID,
+    UNK_ID,
+    NestedSequenceProcessor,
+    SequenceProcessor,
+    StageNetProcessor,
+    TensorProcessor,
+    TimeseriesProcessor,
+)
+
+ATTRIBUTION_COLUMNS = (
+    "patient_id",
+    "feature",
+    "visit",
+    "position",
+    "code",
+    "score",
+    "method",
+    "model_id",
+)
+
+
+def arrow_schema():
+    """The pyarrow schema of attribution tables (needs ``ehrlens[parquet]``)."""
+    import pyarrow as pa
+
+    return pa.schema(
+        [
+            ("patient_id", pa.string()),
+            ("feature", pa.string()),
+            ("visit", pa.int32()),
+            ("position", pa.int32()),
+            ("code", pa.string()),
+            ("score", pa.float64()),
+            ("method", pa.string()),
+            ("model_id", pa.string()),
+        ]
+    )
+
+
+def model_fingerprint(model: torch.nn.Module) -> str:
+    """12 hex digits of a SHA-256 over the model's class, hyperparameters and weights.
+
+    Two models with the same fingerprint give the same scores; any change of weights changes it.
+    """
+    digest = hashlib.sha256(type(model).__name__.encode())
+    digest.update(repr(sorted(getattr(model, "hparams", {}).items())).encode())
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()[:12]
+
+
+def _empty_columns() -> dict[str, list]:
+    return {name: [] for name in ATTRIBUTION_COLUMNS}
+
+
+def attribution_columns(
+    attributions: Mapping[str, Tensor],
+    batch: Mapping[str, Any],
+    schema: FittedSchema,
+    method: str,
+    model_id: str,
+) -> dict[str, list]:
+    """Long-format columns for one explained batch (see the module docstring).
+
+    Args:
+        attributions: ``{feature: scores shaped like batch[feature]}``.
+        batch: the explained batch (needs ``patient_id`` and each feature's values).
+        schema: the model's fitted schema, to decode codes and know each feature's layout.
+        method: name written in the ``method`` column.
+        model_id: written in the ``model_id`` column.
+
+    Returns:
+        ``{column: list}`` for :data:`ATTRIBUTION_COLUMNS`; padding has no row.
+    """
+    columns = _empty_columns()
+    patients = list(batch["patient_id"])
+    processors = schema.input_processors
+    for index, pid in enumerate(patients):
+        for key in schema.feature_keys:
+            if key not in attributions:
+                continue
+            scores = attributions[key][index].detach().float().cpu().numpy()
+            values = batch[key][index].detach().cpu()
+            mask = batch.get("masks", {}).get(key)
+            units = _units(processors[key], values, None if mask is None else mask[index])
+            for visit, position, code, unit in units:
+                columns["patient_id"].append(str(pid))
+                columns["feature"].append(key)
+                columns["visit"].append(visit)
+                columns["position"].append(position)
+                columns["code"].append(code)
+                columns["score"].append(float(scores[unit]))
+                columns["method"].append(method)
+                columns["model_id"].append(model_id)
+    return columns
+
+
+def _units(processor: Any, values: Tensor, step_mask: Tensor | None):
+    """Yield ``(visit, position, code, index into the scores)`` for each non-padding unit."""
+    if isinstance(processor, (SequenceProcessor, NestedSequenceProcessor, StageNetProcessor)):
+        ids = values.numpy()
+        decoded = processor.vocabulary.decode(ids.reshape(-1).tolist())
+        codes = np.array(decoded, dtype=object).reshape(ids.shape)
+        if ids.ndim == 1:  # flat: a sequence, or one code per stagenet step
+            visit_of_flat = isinstance(processor, StageNetProcessor)
+            for p in np.flatnonzero(ids != PAD_ID):
+                code = "<unk>" if ids[p] == UNK_ID else codes[p]
+                if visit_of_flat:
+                    yield int(p), 0, code, (p,)
+                else:
+                    yield None, int(p), code, (p,)
+            return
+        for v, p in zip(*np.nonzero(ids != PAD_ID), strict=True):
+            code = "<unk>" if ids[v, p] == UNK_ID else codes[v, p]
+            yield int(v), int(p), code, (v, p)
+        return
+    if isinstance(processor, TimeseriesProcessor):
+        steps = values.shape[0] if step_mask is None else int(step_mask.sum())
+        for t in range(steps):
+            for f in range(values.shape[1]):
+                yield t, f, str(f), (t, f)
+        return
+    if isinstance(processor, TensorProcessor):
+        for f in range(values.shape[0]):
+            yield None, f, str(f), (f,)
+        return
+    raise TypeError(f"no long-format layout for processor {type(processor).__name__}")
+
+
+def columns_to_arrow(columns: Mapping[str, list]):
+    """``{column: list}`` -> a pyarrow Table with :func:`arrow_schema`."""
+    import pyarrow as pa
+
+    return pa.Table.from_pydict(dict(columns), schema=arrow_schema())
+
+
+def concat_columns(parts: list[dict[str, list]]) -> dict[str, list]:
+    """Join several ``{column: list}`` blocks in order."""
+    out = _empty_columns()
+    for part in parts:
+        for name in ATTRIBUTION_COLUMNS:
+            out[name].extend(part[name])
+    return out

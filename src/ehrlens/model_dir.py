@@ -1,0 +1,99 @@
+"""A model directory: weights with processors (``model.pt``) plus a JSON card of the run.
+
+The card says what was trained, on what, how, and how well, so a model found on disk months
+later can be trusted or questioned: model class and hyperparameters, the data file and its
+SHA-256, the split, per-epoch history, validation and test metrics, seed, versions and the
+model's fingerprint (the ``model_id`` written next to every attribution).
+
+Example:
+    >>> save_model_dir(model, "runs/transformer", card={"training": {"epochs": 8}})
+    >>> model, card = load_model_dir("runs/transformer")
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from . import __version__
+from .explain.table import model_fingerprint
+from .io import atomic_write
+from .models import BaseModel
+
+WEIGHTS = "model.pt"
+CARD = "card.json"
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """SHA-256 of a file's bytes, in hex."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def save_model_dir(
+    model: BaseModel, path: str | os.PathLike, card: dict[str, Any] | None = None
+) -> Path:
+    """Write ``model.pt`` and ``card.json`` into ``path`` (created if needed), each atomically.
+
+    The card gets ``model_id``, ``model_class``, ``hparams``, ``schema`` and versions added to
+    what ``card`` holds.
+    """
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    model.save(path / WEIGHTS)
+    record = dict(card or {})
+    record.update(
+        model_id=model_fingerprint(model),
+        model_class=type(model).__name__,
+        hparams=dict(model.hparams),
+        input_schema=model.schema.input_schema,
+        output_schema=model.schema.output_schema,
+        versions={
+            "ehrlens": __version__,
+            "torch": torch.__version__,
+            "python": platform.python_version(),
+        },
+        created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    )
+    with atomic_write(path / CARD) as f:
+        json.dump(record, f, indent=2, sort_keys=True, default=str)
+    return path
+
+
+def load_model_dir(path: str | os.PathLike) -> tuple[BaseModel, dict[str, Any]]:
+    """Load ``(model, card)`` from a model directory; the model is in eval mode.
+
+    Raises:
+        FileNotFoundError: ``path`` is not a model directory (no ``model.pt``).
+        ValueError: the checkpoint or card is unreadable, or the card's ``model_id`` does not
+            match the weights (the files come from different runs).
+    """
+    path = Path(path)
+    weights = path / WEIGHTS
+    if not weights.exists():
+        raise FileNotFoundError(f"{path}: not a model directory (no {WEIGHTS})")
+    model = BaseModel.load(weights)
+    card: dict[str, Any] = {}
+    if (path / CARD).exists():
+        try:
+            card = json.loads((path / CARD).read_text())
+        except json.JSONDecodeError as error:
+            raise ValueError(f"{path / CARD}: not valid JSON ({error})") from error
+        expected = card.get("model_id")
+        actual = model_fingerprint(model)
+        if expected is not None and expected != actual:
+            raise ValueError(
+                f"{path}: {CARD} describes model {expected} but {WEIGHTS} holds model {actual}; "
+                "the two files come from different runs"
+            )
+    return model, card

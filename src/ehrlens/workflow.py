@@ -1,0 +1,203 @@
+"""The steps behind the command line, as functions: write a synthetic cohort, train a model
+directory from samples, choose a split, read a schema file.
+
+Example:
+    >>> files = write_synthetic_cohort("data/", n_patients=500)
+    >>> samples = load_samples(files["samples"])
+    >>> model, card = train_model(samples, read_schema_file(files["schema"]), epochs=3)
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .data import SampleDataset, create_sample_dataset, generate_cohort, get_dataloader
+from .data.dataset import split_by_patient
+from .data.events import to_events
+from .io import atomic_write, write_jsonl
+from .models import BaseModel, StageAttentionNet, Transformer
+from .trainer import Trainer
+
+MODEL_CLASSES: dict[str, type[BaseModel]] = {
+    "transformer": Transformer,
+    "stagenet": StageAttentionNet,
+}
+SPLITS = ("all", "train", "val", "test")
+SPLIT_FRACTIONS = (0.7, 0.15, 0.15)
+
+
+def read_schema_file(path: str | os.PathLike) -> dict[str, Any]:
+    """Read a schema file: JSON with ``input_schema`` and ``output_schema`` (and optionally
+    ``columns`` for numeric features of event tables).
+
+    Example file::
+
+        {"input_schema": {"diagnoses": "nested_sequence"}, "output_schema": {"label": "binary"}}
+
+    Raises:
+        ValueError: not JSON, or either schema missing / not an object of strings.
+    """
+    path = Path(path)
+    try:
+        schema = json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{path}: not valid JSON ({error})") from error
+    for key in ("input_schema", "output_schema"):
+        value = schema.get(key) if isinstance(schema, dict) else None
+        if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
+            raise ValueError(f"{path}: expected '{key}' as an object of schema strings")
+    if len(schema["output_schema"]) != 1:
+        raise ValueError(
+            f"{path}: a model predicts one label; output_schema has {len(schema['output_schema'])}"
+        )
+    return schema
+
+
+def write_synthetic_cohort(
+    out_dir: str | os.PathLike,
+    n_patients: int = 1000,
+    layout: str = "nested",
+    seed: int = 0,
+) -> dict[str, Path]:
+    """Write a synthetic cohort with planted signal in every input format ehrlens reads.
+
+    Files: ``samples.jsonl`` (samples with labels), ``events.parquet`` (long-format events),
+    ``labels.csv``, ``schema.json``, ``codes.csv`` (code descriptions that say which codes are
+    planted) and ``ground_truth.json`` (each patient's planted codes).
+    """
+    out = Path(out_dir)
+    cohort = generate_cohort(n_patients, layout=layout, seed=seed)
+    files = {
+        "samples": out / "samples.jsonl",
+        "events": out / "events.parquet",
+        "labels": out / "labels.csv",
+        "schema": out / "schema.json",
+        "codes": out / "codes.csv",
+        "ground_truth": out / "ground_truth.json",
+    }
+    write_jsonl(cohort.samples, files["samples"])
+    events = to_events(cohort.samples, cohort.input_schema)
+    with atomic_write(files["events"], "wb") as f:
+        events.to_parquet(f, index=False)
+    with atomic_write(files["labels"]) as f:
+        writer = csv.writer(f)
+        writer.writerow(["patient_id", "label"])
+        writer.writerows((s["patient_id"], s["label"]) for s in cohort.samples)
+    with atomic_write(files["schema"]) as f:
+        schema = {"input_schema": cohort.input_schema, "output_schema": cohort.output_schema}
+        json.dump(schema, f, indent=2)
+    with atomic_write(files["codes"]) as f:
+        writer = csv.writer(f)
+        writer.writerow(["code", "description"])
+        writer.writerows(sorted(_code_descriptions(cohort).items()))
+    with atomic_write(files["ground_truth"]) as f:
+        json.dump(cohort.ground_truth, f)
+    return files
+
+
+def _code_descriptions(cohort: Any) -> dict[str, str]:
+    kinds = {"diagnoses": "diagnosis", "procedures": "procedure", "drugs": "drug"}
+    out = {}
+    for sample in cohort.samples:
+        for feature, kind in kinds.items():
+            value = sample.get(feature, [])
+            if cohort.input_schema.get(feature) == "stagenet":
+                value = value[1]
+            for item in value:
+                for code in item if isinstance(item, list) else [item]:
+                    out.setdefault(code, f"synthetic {kind}")
+    for (_, code), weight in cohort.signal_weights.items():
+        out[code] = f"{out.get(code, 'code')}; planted risk factor (weight {weight:+.2f})"
+    if cohort.interaction is not None:
+        (_, a), (_, b), weight = cohort.interaction
+        for code, other in ((a, b), (b, a)):
+            out[code] = f"{out.get(code, 'code')}; planted interaction with {other} ({weight:+.2f})"
+    for (_, signal), (_, distractor) in cohort.distractors.items():
+        out[distractor] = f"{out.get(distractor, 'code')}; distractor correlated with {signal}"
+    return out
+
+
+def select_split(dataset: SampleDataset, split: str, seed: int) -> SampleDataset:
+    """The ``"train"`` / ``"val"`` / ``"test"`` part of a patient-disjoint 70/15/15 split (the
+    one :func:`train_model` uses with the same seed), or ``"all"``."""
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    if split == "all":
+        return dataset
+    parts = split_by_patient(dataset, SPLIT_FRACTIONS, seed=seed)
+    return parts[SPLITS.index(split) - 1]
+
+
+def train_model(
+    samples: Sequence[Mapping[str, Any]],
+    schema: Mapping[str, Any],
+    *,
+    model: str = "transformer",
+    hparams: Mapping[str, Any] | None = None,
+    epochs: int = 8,
+    lr: float = 2e-3,
+    batch_size: int = 64,
+    seed: int = 0,
+    progress: bool = False,
+) -> tuple[BaseModel, dict[str, Any]]:
+    """Fit processors, split 70/15/15 by patient, train with best-epoch restore, test.
+
+    Returns:
+        ``(model, card)`` where the card records the data size, split, settings, per-epoch
+        history and validation/test metrics, for :func:`~ehrlens.model_dir.save_model_dir`.
+    """
+    if model not in MODEL_CLASSES:
+        raise ValueError(f"unknown model {model!r}; choose from {', '.join(MODEL_CLASSES)}")
+    dataset = create_sample_dataset(samples, schema["input_schema"], schema["output_schema"])
+    if len(dataset) < 10:
+        raise ValueError(f"need at least 10 patients to split and train, got {len(dataset)}")
+    train, val, test = (select_split(dataset, s, seed) for s in ("train", "val", "test"))
+    torch.manual_seed(seed)
+    network = MODEL_CLASSES[model](dataset, **dict(hparams or {}))
+    trainer = Trainer(network, seed=seed, progress=progress)
+    monitor = trainer.metrics[0] if trainer.metrics else None
+    start = time.perf_counter()
+    history = trainer.train(
+        get_dataloader(train, batch_size, shuffle=True, seed=seed),
+        get_dataloader(val, 256),
+        epochs=epochs,
+        lr=lr,
+        monitor=monitor,
+    )
+    seconds = time.perf_counter() - start
+    test_metrics = trainer.evaluate(get_dataloader(test, 256))
+    card = {
+        "data": {
+            "n_patients": len(dataset),
+            "split": {"fractions": list(SPLIT_FRACTIONS), "seed": seed},
+            "n_train": len(train),
+            "n_val": len(val),
+            "n_test": len(test),
+        },
+        "training": {
+            "model": model,
+            "epochs": epochs,
+            "lr": lr,
+            "batch_size": batch_size,
+            "seed": seed,
+            "monitor": monitor,
+            "seconds": round(seconds, 2),
+            "history": history,
+        },
+        "test_metrics": {k: _finite(v) for k, v in test_metrics.items()},
+    }
+    return network.eval(), card
+
+
+def _finite(value: float) -> float | None:
+    value = float(value)
+    return value if np.isfinite(value) else None
