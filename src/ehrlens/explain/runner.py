@@ -107,14 +107,14 @@ def dataset_fingerprint(dataset: SampleDataset) -> str:
     return digest.hexdigest()[:16]
 
 
-def _interpreter_settings(interpreter: BaseInterpreter) -> dict[str, Any]:
+def interpreter_settings(interpreter: BaseInterpreter) -> dict[str, Any]:
     plain = (bool, int, float, str, type(None))
     return {
         k: v for k, v in sorted(vars(interpreter).items()) if k != "model" and isinstance(v, plain)
     }
 
 
-def _build_methods(model: Any, methods: MethodSpec) -> dict[str, BaseInterpreter]:
+def build_methods(model: Any, methods: MethodSpec) -> dict[str, BaseInterpreter]:
     if isinstance(methods, str):
         methods = [methods]
     if isinstance(methods, Mapping):
@@ -130,12 +130,35 @@ def _build_methods(model: Any, methods: MethodSpec) -> dict[str, BaseInterpreter
     return {name: make_interpreter(name, model) for name in methods}
 
 
+def run_fingerprint(settings: Mapping[str, Any]) -> str:
+    """16 hex digits of a SHA-256 over a run's settings (model, data, methods, sizes)."""
+    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def method_settings(interpreters: Mapping[str, BaseInterpreter]) -> dict[str, list]:
+    """``{name: [class name, plain settings]}``: what the fingerprint knows of each method."""
+    return {name: [type(i).__name__, interpreter_settings(i)] for name, i in interpreters.items()}
+
+
+def shard_metadata(
+    fingerprint: str, index: int, columns: Mapping[str, list], patient_ids: Sequence[str]
+) -> dict[str, str]:
+    """Parquet metadata that lets a later run verify a shard instead of trusting its name."""
+    return {
+        "ehrlens.run": fingerprint,
+        "ehrlens.shard": str(index),
+        "ehrlens.rows": str(len(columns["patient_id"])),
+        "ehrlens.patients": patient_hash(patient_ids),
+        "ehrlens.version": __version__,
+    }
+
+
 def _gradient_free(name: str, interpreter: BaseInterpreter) -> bool:
     info = METHODS.get(name)
     return info is not None and info.gradient_free and isinstance(interpreter, info.cls)
 
 
-def _patient_hash(patient_ids: Sequence[str]) -> str:
+def patient_hash(patient_ids: Sequence[str]) -> str:
     return hashlib.sha256("\n".join(patient_ids).encode()).hexdigest()[:16]
 
 
@@ -182,26 +205,24 @@ def explain_cohort(
     """
     if batch_size < 1 or shard_size < 1:
         raise ValueError(f"batch_size and shard_size must be >= 1, got {batch_size}, {shard_size}")
-    interpreters = _build_methods(model, methods)
+    interpreters = build_methods(model, methods)
     schema = model.schema
     model_id = model_id or model_fingerprint(model)
     settings = {
         "model_id": model_id,
         "data": dataset_fingerprint(dataset),
-        "methods": {
-            name: [type(i).__name__, _interpreter_settings(i)] for name, i in interpreters.items()
-        },
+        "methods": method_settings(interpreters),
         "batch_size": batch_size,
         "shard_size": shard_size,
         "target_class_idx": target_class_idx,
     }
-    fingerprint = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
+    fingerprint = run_fingerprint(settings)
     n = len(dataset)
     bounds = [(start, min(start + shard_size, n)) for start in range(0, n, shard_size)]
     result = ExplainResult(fingerprint=fingerprint)
     out = None if out_dir is None else Path(out_dir)
     if out is not None:
-        _claim_output(out, fingerprint, settings, len(bounds))
+        claim_output_dir(out, fingerprint, settings, len(bounds))
 
     parts = []
     bar = progress_bar(range(0, n, batch_size), progress, desc="explain", unit="batch")
@@ -211,14 +232,14 @@ def explain_cohort(
         path = None if out is None else out / SHARD_PATTERN.format(index)
         if path is not None:
             result.shards.append(path)
-            rows = _verified_rows(path, fingerprint, index, _patient_hash(patient_ids))
+            rows = verified_shard_rows(path, fingerprint, index, patient_hash(patient_ids))
             if rows is not None:
                 result.reused.append(index)
                 result.num_rows += rows
                 for _ in range(start, stop, batch_size):
                     next(bar_iter, None)
                 continue
-        columns = _explain_rows(
+        columns = explain_rows(
             model, dataset, interpreters, range(start, stop), batch_size, target_class_idx,
             model_id, schema, bar_iter,
         )  # fmt: skip
@@ -227,14 +248,7 @@ def explain_cohort(
         if path is None:
             parts.append(columns)
             continue
-        metadata = {
-            "ehrlens.run": fingerprint,
-            "ehrlens.shard": str(index),
-            "ehrlens.rows": str(len(columns["patient_id"])),
-            "ehrlens.patients": _patient_hash(patient_ids),
-            "ehrlens.version": __version__,
-        }
-        _write_shard(path, columns, metadata)
+        write_shard(path, columns, shard_metadata(fingerprint, index, columns, patient_ids))
         if on_shard is not None:
             on_shard(index, path)
     if hasattr(bar, "close"):
@@ -242,13 +256,23 @@ def explain_cohort(
     if out is None:
         result._columns = concat_columns(parts)
     else:
-        _finish_manifest(out, fingerprint, result.num_rows)
+        finish_manifest(out, fingerprint, result.num_rows)
     return result
 
 
-def _explain_rows(
-    model, dataset, interpreters, indices, batch_size, target, model_id, schema, bar_iter
+def explain_rows(
+    model: Any,
+    dataset: SampleDataset,
+    interpreters: Mapping[str, BaseInterpreter],
+    indices: Sequence[int],
+    batch_size: int,
+    target: int | None,
+    model_id: str,
+    schema: Any,
+    bar_iter: Any = None,
 ) -> dict[str, list]:
+    """Long-format columns for ``dataset[indices]``, explained ``batch_size`` at a time; rows
+    in patient order, then method. ``bar_iter`` is advanced once per batch."""
     from ..interpret.api import eval_mode
 
     indices = list(indices)
@@ -276,11 +300,12 @@ def _explain_rows(
                 for name, scores in per_method.items():
                     one = {k: s[row : row + 1] for k, s in scores.items()}
                     blocks.append(attribution_columns(one, single, schema, name, model_id))
-            next(bar_iter, None)
+            if bar_iter is not None:
+                next(bar_iter, None)
     return concat_columns(blocks)
 
 
-def _claim_output(out: Path, fingerprint: str, settings: dict, n_shards: int) -> None:
+def claim_output_dir(out: Path, fingerprint: str, settings: dict, n_shards: int) -> None:
     """Create ``out`` for this run, or check it holds this run's output; clean stale temps."""
     out.mkdir(parents=True, exist_ok=True)
     manifest = out / MANIFEST
@@ -316,7 +341,7 @@ def _claim_output(out: Path, fingerprint: str, settings: dict, n_shards: int) ->
         stale.unlink(missing_ok=True)
 
 
-def _finish_manifest(out: Path, fingerprint: str, num_rows: int) -> None:
+def finish_manifest(out: Path, fingerprint: str, num_rows: int) -> None:
     manifest = out / MANIFEST
     record = json.loads(manifest.read_text())
     record.update(complete=True, rows=num_rows)
@@ -324,7 +349,7 @@ def _finish_manifest(out: Path, fingerprint: str, num_rows: int) -> None:
         json.dump(record, f, indent=2, sort_keys=True)
 
 
-def _verified_rows(path: Path, fingerprint: str, index: int, patients: str) -> int | None:
+def verified_shard_rows(path: Path, fingerprint: str, index: int, patients: str) -> int | None:
     """Rows of a complete shard of this run, or None when it is absent or does not verify."""
     if not path.exists():
         return None
@@ -346,7 +371,7 @@ def _verified_rows(path: Path, fingerprint: str, index: int, patients: str) -> i
     return metadata.num_rows
 
 
-def _write_shard(path: Path, columns: dict[str, list], metadata: dict[str, str]) -> None:
+def write_shard(path: Path, columns: dict[str, list], metadata: dict[str, str]) -> None:
     import pyarrow.parquet as pq
 
     table = columns_to_arrow(columns)
@@ -363,4 +388,5 @@ __all__ = [
     "OutputConflictError",
     "dataset_fingerprint",
     "explain_cohort",
+    "explain_rows",
 ]

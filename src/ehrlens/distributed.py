@@ -1,0 +1,353 @@
+"""Explain a cohort with Ray Data across the cores of one machine or the nodes of a cluster.
+
+Extra ``ehrlens[ray]``; Ray is imported only when a function here is called.
+
+How it runs:
+
+1. Patients are read with Ray Data (JSON Lines samples with ``read_text``; an event table is
+   turned into samples first with :func:`~ehrlens.data.events.from_events`; in-memory samples
+   with ``from_items``). The driver reads only the patient ids, in input order, and assigns
+   patient ``i`` to shard ``i // shard_size``: the same shards as the single-process
+   :func:`~ehrlens.explain.explain_cohort`, so the rows are the same.
+2. Shards whose output file already verifies (run fingerprint, shard index, row count and a
+   hash of the shard's patient ids, read from the Parquet metadata) are filtered out; nothing
+   is assumed from a file's existence.
+3. ``groupby("shard")`` packs each shard into one row; ``map_batches`` then runs a callable
+   class in an actor pool, one shard per call: each worker loads the model directory once,
+   explains its shards with the single-process code path (one thread per worker) and writes
+   one Parquet file per shard atomically (temporary file + rename).
+
+A re-run after an interruption therefore recomputes only the missing shards and never
+duplicates a row. Output folder, file names, columns and metadata are those of
+:func:`~ehrlens.explain.explain_cohort`, except that the fingerprint covers the input file's
+bytes instead of the processed tensors, so a folder written by one engine is refused by the
+other instead of being mixed.
+
+Example:
+    >>> result = explain_cohort_ray("model/", "patients.jsonl", ["rollout", "flow"],
+    ...                             out_dir="attr/", num_workers=8)
+    >>> result.to_frame()
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from .explain.runner import (
+    SHARD_PATTERN,
+    ExplainResult,
+    MethodSpec,
+    build_methods,
+    claim_output_dir,
+    explain_rows,
+    finish_manifest,
+    method_settings,
+    patient_hash,
+    run_fingerprint,
+    shard_metadata,
+    verified_shard_rows,
+    write_shard,
+)
+
+
+def _ray():
+    try:
+        import ray
+        import ray.data
+    except ImportError as error:
+        raise ImportError("the Ray engine needs Ray Data: pip install 'ehrlens[ray]'") from error
+    return ray
+
+
+def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
+    """Connect to the Ray cluster at ``address``, or start a local runtime on ``num_cpus``
+    cores (default: all). Does nothing when Ray is already initialised."""
+    ray = _ray()
+    if ray.is_initialized():
+        return
+    if address is not None:
+        ray.init(address=address, log_to_driver=False)
+    else:
+        ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
+
+
+class ShardExplainer:
+    """Ray Data callable class: loads the model once per worker, explains one shard per call.
+
+    Each call gets one row: a shard index and its samples (JSON, in input order); it writes
+    ``part-<shard>.parquet`` and returns ``{"shard", "rows"}``.
+    """
+
+    def __init__(
+        self,
+        model_dir: str,
+        methods: Mapping[str, Mapping[str, Any]],
+        out_dir: str,
+        fingerprint: str,
+        batch_size: int,
+        target_class_idx: int | None,
+        model_id: str,
+        threads: int = 1,
+    ) -> None:
+        import torch
+
+        from .model_dir import load_model_dir
+
+        torch.set_num_threads(max(1, int(threads)))
+        self.model, _ = load_model_dir(model_dir)
+        self.interpreters = build_methods(self.model, methods)
+        self.out_dir = Path(out_dir)
+        self.fingerprint = fingerprint
+        self.batch_size = batch_size
+        self.target = target_class_idx
+        self.model_id = model_id
+
+    def __call__(self, batch: Any) -> Any:
+        import pandas as pd
+
+        from .data import create_sample_dataset
+
+        if len(batch) != 1:
+            raise RuntimeError(f"expected one shard per call, got {len(batch)}")
+        index = int(batch["shard"].iloc[0])
+        samples = [json.loads(text) for text in json.loads(batch["samples"].iloc[0])]
+        dataset = create_sample_dataset(samples, schema=self.model.schema)
+        columns = explain_rows(
+            self.model, dataset, self.interpreters, range(len(dataset)), self.batch_size,
+            self.target, self.model_id, self.model.schema,
+        )  # fmt: skip
+        patient_ids = [str(s["patient_id"]) for s in samples]
+        path = self.out_dir / SHARD_PATTERN.format(index)
+        write_shard(path, columns, shard_metadata(self.fingerprint, index, columns, patient_ids))
+        return pd.DataFrame({"shard": [index], "rows": [len(columns["patient_id"])]})
+
+
+def _samples_dataset(data: Any, input_schema: Mapping[str, str], columns: Any) -> tuple[Any, str]:
+    """A Ray Dataset with one row per patient (``patient_id``, ``sample`` as JSON), and a
+    fingerprint of the input."""
+    ray = _ray()
+    from .data.events import from_events
+    from .data.sources import JSONL_SUFFIXES, TABLE_SUFFIXES
+    from .io import _plain
+
+    def as_rows(samples: Sequence[Mapping[str, Any]]) -> list[dict[str, str]]:
+        return [
+            {"patient_id": str(s["patient_id"]), "sample": json.dumps(_plain(s))} for s in samples
+        ]
+
+    if isinstance(data, (str, os.PathLike)):
+        path = Path(data)
+        if not path.exists():
+            raise FileNotFoundError(f"{path}: no such file")
+        digest = _file_digest(path)
+        if path.name.lower().endswith(JSONL_SUFFIXES):
+            lines = ray.data.read_text(str(path)).filter(lambda row: bool(row["text"].strip()))
+            return lines.map(_parse_line), digest
+        if path.name.lower().endswith(TABLE_SUFFIXES):
+            samples = from_events(path, input_schema, columns=columns)
+            return ray.data.from_items(as_rows(samples)), digest
+        raise ValueError(f"{path}: expected JSON Lines or an event table (.parquet, .csv)")
+    samples = list(data)
+    text = "\n".join(json.dumps(_plain(s), sort_keys=True) for s in samples)
+    digest = hashlib.sha256(text.encode()).hexdigest()[:16]
+    return ray.data.from_items(as_rows(samples)), digest
+
+
+def _parse_line(row: dict[str, Any]) -> dict[str, Any]:
+    sample = json.loads(row["text"])
+    if not isinstance(sample, dict) or "patient_id" not in sample:
+        raise ValueError(
+            f"expected one JSON object with a patient_id per line, got {row['text'][:80]!r}"
+        )
+    return {"patient_id": str(sample["patient_id"]), "sample": row["text"]}
+
+
+def _file_digest(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()[:16]
+
+
+def explain_cohort_ray(
+    model_dir: str | os.PathLike,
+    data: Any,
+    methods: MethodSpec = ("rollout",),
+    *,
+    out_dir: str | os.PathLike,
+    batch_size: int = 64,
+    shard_size: int = 1000,
+    target_class_idx: int | None = None,
+    address: str | None = None,
+    num_workers: int | None = None,
+    num_gpus_per_worker: float | None = None,
+    columns: Mapping[str, Sequence[str]] | None = None,
+    progress: bool = False,
+) -> ExplainResult:
+    """Explain every patient with Ray Data; write the same shards as
+    :func:`~ehrlens.explain.explain_cohort`.
+
+    Args:
+        model_dir: model directory (``ehrlens train`` / :func:`~ehrlens.model_dir.save_model_dir`)
+            readable from every worker (a shared file system on a cluster).
+        data: JSON Lines path, event-table path (``.parquet`` / ``.csv``), or a list of samples.
+        methods: as in :func:`~ehrlens.explain.explain_cohort`: names or ``{name: options}``.
+        out_dir: output folder, writable from every worker.
+        batch_size / shard_size / target_class_idx: as in the single-process run.
+        address: Ray cluster address; ``None`` starts a local runtime on this machine's cores.
+        num_workers: actors (default: the cluster's CPUs, or GPUs when ``num_gpus_per_worker``).
+        num_gpus_per_worker: GPUs per actor; default 1 when the cluster has GPUs, else 0.
+        columns: measurement names of numeric features, for event tables.
+        progress: Ray Data's progress bars.
+
+    Returns:
+        :class:`~ehrlens.explain.ExplainResult` over the shard files.
+
+    Raises:
+        OutputConflictError: ``out_dir`` holds another run's output.
+        ValueError: duplicate patient ids, or bad input (from the readers and processors).
+    """
+    ray = _ray()
+    from .model_dir import load_model_dir
+
+    if batch_size < 1 or shard_size < 1:
+        raise ValueError(f"batch_size and shard_size must be >= 1, got {batch_size}, {shard_size}")
+    model, card = load_model_dir(model_dir)
+    interpreters = build_methods(model, methods)
+    options = _method_options(methods)
+    init_ray(address, num_cpus=None if address is not None else num_workers)
+    context = ray.data.DataContext.get_current()
+    context.execution_options.preserve_order = True
+    context.enable_progress_bars = bool(progress)
+
+    rows, data_digest = _samples_dataset(data, model.schema.input_schema, columns)
+    order = rows.select_columns(["patient_id"]).to_pandas()["patient_id"].tolist()
+    duplicates = len(order) - len(set(order))
+    if duplicates:
+        raise ValueError(f"{duplicates} duplicate patient id(s) in the input; ids must be unique")
+    model_id = card.get("model_id") or ""
+    settings = {
+        "engine": "ray",
+        "model_id": model_id,
+        "data": data_digest,
+        "methods": method_settings(interpreters),
+        "batch_size": batch_size,
+        "shard_size": shard_size,
+        "target_class_idx": target_class_idx,
+    }
+    fingerprint = run_fingerprint(settings)
+    out = Path(out_dir)
+    n_shards = math.ceil(len(order) / shard_size)
+    claim_output_dir(out, fingerprint, settings, n_shards)
+
+    result = ExplainResult(fingerprint=fingerprint)
+    todo = []
+    for index in range(n_shards):
+        ids = order[index * shard_size : (index + 1) * shard_size]
+        path = out / SHARD_PATTERN.format(index)
+        result.shards.append(path)
+        done = verified_shard_rows(path, fingerprint, index, patient_hash(ids))
+        if done is None:
+            todo.append(index)
+        else:
+            result.reused.append(index)
+            result.num_rows += done
+    if todo:
+        position = ray.put({pid: i for i, pid in enumerate(order)})
+        wanted = set(todo)
+        gpus = _gpus_per_worker(ray, num_gpus_per_worker)
+        workers = num_workers or _default_workers(ray, gpus)
+        workers = max(1, min(workers, len(todo)))
+        # Group each shard's patients into one row first (plain tasks, materialised), so the
+        # actor pool below never waits on a shuffle that needs the CPUs the actors hold.
+        shards = (
+            rows.map_batches(
+                _assign_shards,
+                batch_format="pandas",
+                fn_kwargs={"positions": position, "shard_size": shard_size, "wanted": wanted},
+            )
+            .groupby("shard")
+            .map_groups(_pack_shard, batch_format="pandas")
+            .materialize()
+        )
+        summary = shards.map_batches(
+            ShardExplainer,
+            batch_size=1,
+            batch_format="pandas",
+            concurrency=workers,
+            num_cpus=1,
+            num_gpus=gpus,
+            fn_constructor_kwargs={
+                "model_dir": str(model_dir),
+                "methods": options,
+                "out_dir": str(out),
+                "fingerprint": fingerprint,
+                "batch_size": batch_size,
+                "target_class_idx": target_class_idx,
+                "model_id": model_id,
+            },
+        ).to_pandas()
+        written = dict(zip(summary["shard"].tolist(), summary["rows"].tolist(), strict=True))
+        missing = wanted - set(written)
+        if missing:
+            raise RuntimeError(f"shards {sorted(missing)} produced no output")
+        result.computed.extend(sorted(written))
+        result.num_rows += int(sum(written.values()))
+    finish_manifest(out, fingerprint, result.num_rows)
+    return result
+
+
+def _assign_shards(batch: Any, positions: Any, shard_size: int, wanted: set[int]) -> Any:
+    if not isinstance(positions, dict):  # an ObjectRef: fetched once per task
+        positions = _ray().get(positions)
+    batch = batch.copy()
+    batch["position"] = [positions[pid] for pid in batch["patient_id"]]
+    batch["shard"] = [p // shard_size for p in batch["position"]]
+    return batch[batch["shard"].isin(wanted)]
+
+
+def _pack_shard(group: Any) -> Any:
+    """One shard's rows -> one row: the shard index and its samples in input order."""
+    import pandas as pd
+
+    group = group.sort_values("position", kind="stable")
+    return pd.DataFrame(
+        {"shard": [int(group["shard"].iloc[0])], "samples": [json.dumps(list(group["sample"]))]}
+    )
+
+
+def _method_options(methods: MethodSpec) -> dict[str, dict[str, Any]]:
+    """``{name: options}`` to rebuild the methods on each worker (instances cannot travel)."""
+    if isinstance(methods, str):
+        return {methods: {}}
+    if isinstance(methods, Mapping):
+        out = {}
+        for name, spec in methods.items():
+            if not isinstance(spec, Mapping):
+                raise TypeError(
+                    f"method {name!r}: the Ray engine rebuilds methods on each worker; give "
+                    "{name: constructor options}, not an interpreter instance"
+                )
+            out[name] = dict(spec)
+        return out
+    return {name: {} for name in methods}
+
+
+def _gpus_per_worker(ray: Any, requested: float | None) -> float:
+    if requested is not None:
+        return float(requested)
+    return 1.0 if ray.cluster_resources().get("GPU", 0) > 0 else 0.0
+
+
+def _default_workers(ray: Any, gpus: float) -> int:
+    resources = ray.cluster_resources()
+    if gpus > 0:
+        return max(1, int(resources.get("GPU", 1) // gpus))
+    return max(1, int(resources.get("CPU", 1)))
