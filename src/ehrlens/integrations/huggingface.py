@@ -1,0 +1,542 @@
+"""Explain Hugging Face encoders (BERT family) with ehrlens' methods (extra ``ehrlens[hf]``).
+
+:class:`HuggingFaceEncoder` wraps a ``transformers`` encoder, with or without a
+sequence-classification head, as a :class:`~ehrlens.interpret.GradientInterpretable` model, so
+:class:`~ehrlens.interpret.AttentionRollout`, :class:`~ehrlens.interpret.AttentionFlow` and
+:class:`~ehrlens.interpret.CheferRelevance` explain it with the same call as ehrlens' own
+models, keyed by ``"input_ids"``::
+
+    AttentionRollout(encoder).attribute(input_ids=..., attention_mask=...)
+    # -> {"input_ids": Tensor [batch, tokens]}
+
+How the adapter works:
+
+- Attention maps come from the model's own ``output_attentions=True``. Only the eager attention
+  implementation returns them, so the wrapped model is switched to ``"eager"`` (logged at INFO
+  level on the ``ehrlens.integrations.huggingface`` logger; the switch stays on the model).
+- Gradients, when an interpreter asks for them, are captured by tensor hooks on the returned
+  maps (post-softmax, in eval mode identical to the maps the values are mixed with).
+- The readout is the [CLS] position (0), as BERT-family classification heads read out
+  (``readout="mean"``: the average over real tokens, for mean-pooled outputs).
+- Each captured forward checks the maps: ``[batch, heads, tokens, tokens]``, post-softmax
+  (rows sum to 1) and bidirectional; architectures that break this (decoders, pooled, windowed
+  or sparse attention, raw scores) are refused with an error naming the model class.
+- Scores stay aligned with ``input_ids``: every real token, the special tokens [CLS] and [SEP]
+  included, gets a score; padding (``attention_mask == 0``) gets exactly 0. Pass the
+  tokenizer's ``special_tokens_mask`` in the batch to give special tokens 0 as well.
+- :func:`token_scores_to_words` sums token scores into words with their character spans.
+
+Importing this module needs ``transformers``; ``import ehrlens`` does not.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from functools import partial
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.utils.hooks import RemovableHandle
+
+try:
+    import transformers
+except ImportError as error:  # pragma: no cover - exercised by a test with transformers hidden
+    raise ImportError(
+        "ehrlens.integrations.huggingface needs the transformers library: pip install 'ehrlens[hf]'"
+    ) from error
+
+from ..interpret.api import GradientInterpretable
+from .hf_outputs import OutputFn, cls_projection, last_hidden_state, pool, similarity_to
+from .hf_words import WordScore, token_scores_to_words
+
+__all__ = [
+    "FEATURE_KEY",
+    "HuggingFaceEncoder",
+    "OutputFn",
+    "WordScore",
+    "cls_projection",
+    "last_hidden_state",
+    "pool",
+    "sentence_embedding",
+    "similarity_to",
+    "token_scores_to_words",
+]
+
+logger = logging.getLogger(__name__)
+
+#: The feature key of the token positions in batches and explanations.
+FEATURE_KEY = "input_ids"
+#: What a tokenizer may return that the model's forward does not take; dropped before it.
+TOKENIZER_ONLY_KEYS = frozenset(
+    {"offset_mapping", "special_tokens_mask", "overflow_to_sample_mapping", "length"}
+)
+MODES = ("binary", "multiclass", "multilabel", "regression")
+READOUTS = ("cls", "mean")
+_PROBLEM_TYPES = {"regression": "regression", "multi_label_classification": "multilabel"}
+
+
+class HuggingFaceEncoder(nn.Module, GradientInterpretable):
+    """A ``transformers`` encoder as an ehrlens :class:`~ehrlens.interpret.GradientInterpretable`.
+
+    ``forward(input_ids, attention_mask=None, **inputs)`` runs the wrapped model and returns
+    ``{"logit": [batch, outputs], "y_prob": [batch, outputs], "model_output": ...}`` (plus
+    ``"loss"`` when the model computed one). The logit is the classification head's
+    ``logits`` by default, or what ``output_fn(model_outputs, batch)`` returns (``[batch]``
+    becomes ``[batch, 1]``). Tokenizer-only keys (``offset_mapping``,
+    ``special_tokens_mask``, ...) are accepted and not passed to the model, so
+    ``encoder(**tokenizer(...))`` works.
+
+    Explanations are keyed by ``"input_ids"`` and shaped ``[batch, tokens]``: all real tokens
+    ([CLS] and [SEP] included) are scored, padding gets exactly 0, and so do special tokens
+    when the batch carries the tokenizer's ``special_tokens_mask``. The readout is [CLS]
+    (position 0), as BERT-family classification heads read out; ``readout="mean"`` reads
+    out the average over real tokens instead, matching a mean-pooled output such as
+    ``similarity_to(reference, pooling="mean")``.
+
+    Construction switches the model to eager attention (the only implementation that returns
+    attention maps), in place, and logs it at INFO level.
+
+    Args:
+        model: a ``transformers.PreTrainedModel`` encoder (BERT, RoBERTa, DistilBERT, ELECTRA,
+            ...): a base model (``AutoModel``, with ``output_fn``) or one with a
+            sequence-classification head (``AutoModelForSequenceClassification``).
+        output_fn: ``output_fn(model_outputs, batch) -> Tensor [batch] or [batch, outputs]``,
+            the scalar(s) to explain; required without a classification head. See
+            :func:`similarity_to` and :func:`cls_projection`.
+        mode: how logits are explained (as ehrlens models' ``mode``): ``"binary"``,
+            ``"multiclass"``, ``"multilabel"`` or ``"regression"``. Default: from the head's
+            ``config.problem_type`` and ``num_labels`` (``"multiclass"`` for several labels,
+            ``"binary"`` for one); ``"regression"`` (explain output 0) with ``output_fn``.
+        readout: attention positions the explained output reads: ``"cls"`` (one-hot at
+            position 0) or ``"mean"`` (uniform over real tokens, ``attention_mask``).
+
+    Attributes:
+        model: the wrapped ``transformers`` model (eager attention).
+        feature_keys: ``["input_ids"]``.
+        mode: the explained mode (see ``mode`` above).
+        pad_ids: ``{"input_ids": config.pad_token_id}``, the padding id of the vocabulary
+            (RoBERTa: 1), for code that must tell padding from real tokens by id.
+
+    Raises:
+        TypeError: ``model`` is not a ``transformers`` model, or returns no attention maps.
+        ValueError: the model is a decoder or encoder-decoder, has no classification head and
+            no ``output_fn`` was given, or (at the first explanation) its maps are not
+            post-softmax ``[batch, heads, tokens, tokens]`` self-attention.
+
+    Example:
+        >>> model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=2)
+        >>> encoder = HuggingFaceEncoder(model)
+        >>> batch = tokenizer(["chest pain", "no complaints"], padding=True, return_tensors="pt")
+        >>> with torch.inference_mode():
+        ...     scores = AttentionRollout(encoder).attribute(**batch)  # {"input_ids": [2, t]}
+    """
+
+    def __init__(
+        self,
+        model: Any,
+        output_fn: OutputFn | None = None,
+        mode: str | None = None,
+        readout: str = "cls",
+    ) -> None:
+        super().__init__()
+        check_encoder(model)
+        if readout not in READOUTS:
+            raise ValueError(f"readout must be one of {READOUTS}, got {readout!r}")
+        if output_fn is None and not has_classification_head(model):
+            raise ValueError(
+                f"{type(model).__name__} has no sequence-classification head, so there is no "
+                "logit to explain: pass output_fn=... (e.g. similarity_to(reference) or "
+                "cls_projection(weight)), or load AutoModelForSequenceClassification"
+            )
+        if output_fn is not None and not callable(output_fn):
+            raise TypeError(
+                "output_fn must be callable as output_fn(model_outputs, batch) -> Tensor, got "
+                f"{type(output_fn).__name__}"
+            )
+        self.model = model
+        self.output_fn = output_fn
+        self.mode = resolve_mode(model, output_fn, mode)
+        self.readout = readout
+        self.feature_keys = [FEATURE_KEY]
+        self.pad_ids: dict[str, int | None] = {
+            FEATURE_KEY: getattr(model.config, "pad_token_id", None)
+        }
+        use_eager_attention(model)
+        self._capture = _AttentionStore()
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    # ------------------------------------------------------------------ forward
+    def forward(
+        self, input_ids: Tensor, attention_mask: Tensor | None = None, **inputs: Any
+    ) -> dict[str, Any]:
+        """Run the model; ``{"logit": [batch, outputs], "y_prob": ..., "model_output": ...}``.
+
+        Args:
+            input_ids: ``[batch, tokens]`` token ids.
+            attention_mask: ``[batch, tokens]``, 1 at real tokens, 0 at padding.
+            inputs: further model inputs (``token_type_ids``, ...); tokenizer-only keys are
+                dropped.
+        """
+        if not isinstance(input_ids, Tensor) or input_ids.dim() != 2:
+            got = tuple(input_ids.shape) if isinstance(input_ids, Tensor) else type(input_ids)
+            raise ValueError(
+                f"feature '{FEATURE_KEY}': expected token ids [batch, tokens], got {got}"
+            )
+        model_inputs = {k: v for k, v in inputs.items() if k not in TOKENIZER_ONLY_KEYS}
+        if attention_mask is not None:
+            model_inputs["attention_mask"] = attention_mask
+        store = self._capture
+        if store.enabled:
+            store.clear()
+            model_inputs["output_attentions"] = True
+        outputs = self.model(input_ids=input_ids, **model_inputs)
+        if store.enabled:
+            store.record(checked_attentions(self.model, outputs, input_ids, attention_mask))
+        batch = {FEATURE_KEY: input_ids, "attention_mask": attention_mask, **inputs}
+        logit = self._logit(outputs, batch)
+        out: dict[str, Any] = {
+            "logit": logit,
+            "y_prob": probabilities(logit, self.mode),
+            "model_output": outputs,
+        }
+        loss = getattr(outputs, "loss", None)
+        if loss is not None:
+            out["loss"] = loss
+        return out
+
+    def _logit(self, outputs: Any, batch: Mapping[str, Any]) -> Tensor:
+        batch_size = batch[FEATURE_KEY].shape[0]
+        if self.output_fn is not None:
+            value = self.output_fn(outputs, batch)
+            source = "output_fn"
+        else:
+            value = getattr(outputs, "logits", None)
+            source = f"{type(self.model).__name__}.logits"
+        if not isinstance(value, Tensor):
+            raise TypeError(
+                f"{source} must be a tensor [batch] or [batch, outputs], got {type(value).__name__}"
+            )
+        if value.dim() == 1:
+            value = value[:, None]
+        if value.dim() != 2 or value.shape[0] != batch_size:
+            raise ValueError(
+                f"{source} must be [batch] or [batch, outputs] with batch={batch_size}, got "
+                f"shape {tuple(value.shape)} (token-level outputs need an output_fn that "
+                "reduces them to one value per sample)"
+            )
+        return value
+
+    # ------------------------------------------------------------------ capture
+    def set_attention_hooks(self, enabled: bool, capture_gradients: bool = True) -> None:
+        """Start (or stop) storing every layer's attention map [and its gradient].
+
+        While enabled, each forward runs the model with ``output_attentions=True`` and stores
+        the maps ``[batch, heads, tokens, tokens]`` (detached unless ``capture_gradients``;
+        with it, a tensor hook stores each map's gradient when a backward pass reaches it).
+        Each forward clears what the previous one stored; disabling removes every hook.
+        """
+        self._capture.clear()
+        self._capture.enabled = bool(enabled)
+        self._capture.gradients = bool(enabled and capture_gradients)
+
+    def get_attention_layers(self) -> dict[str, list[tuple[Tensor, Tensor | None]]]:
+        """``{"input_ids": [(attn_map, attn_grad), ...]}``, one pair per layer, input first.
+
+        Maps are ``[batch, heads, tokens, tokens]``; ``attn_grad`` (same shape) is ``None``
+        until a backward pass reaches the map, or when gradients are not captured.
+        """
+        store = self._capture
+        if not store.enabled:
+            raise RuntimeError(
+                "attention capture is off: call set_attention_hooks(True) and run a forward"
+            )
+        if store.maps is None:
+            raise RuntimeError(
+                "no attention captured yet: run a forward after set_attention_hooks(True)"
+            )
+        return {FEATURE_KEY: list(zip(store.maps, store.grads, strict=True))}
+
+    # ------------------------------------------------------------------ readout
+    def get_readout_weights(self, **data: Any) -> dict[str, Tensor]:
+        """Readout weights ``[batch, tokens]``: one-hot at [CLS] (position 0) with
+        ``readout="cls"``, ``attention_mask / n_real_tokens`` with ``readout="mean"``."""
+        input_ids = data[FEATURE_KEY]
+        if self.readout == "mean":
+            real = real_tokens(data).to(torch.get_default_dtype())
+            weights = real / real.sum(dim=1, keepdim=True).clamp(min=1.0)
+        else:
+            weights = torch.zeros(input_ids.shape, device=input_ids.device)
+            weights[:, 0] = 1.0
+        return {FEATURE_KEY: weights}
+
+    def get_relevance_tensor(self, R: Mapping[str, Tensor], **data: Any) -> dict[str, Tensor]:
+        """The readout row of each ``[batch, tokens, tokens]`` matrix: ``[batch, tokens]``.
+
+        ``readout="cls"``: the [CLS] row; ``"mean"``: the average of the real tokens' rows.
+        Every token keeps its position; padding (and special tokens, when the batch has
+        ``special_tokens_mask``) get exactly 0.
+        """
+        weights = self.get_readout_weights(**data)[FEATURE_KEY]
+        rows = {
+            key: torch.bmm(weights.to(r.device, r.dtype)[:, None, :], r)[:, 0]
+            for key, r in R.items()
+        }
+        return self.select_input_positions(rows, **data)
+
+    def select_input_positions(
+        self, relevance: Mapping[str, Tensor], **data: Any
+    ) -> dict[str, Tensor]:
+        """Rows ``[batch, tokens]`` over attention positions, with non-scored positions 0."""
+        scored = scored_positions(data)
+        return {key: row.masked_fill(~scored.to(row.device), 0.0) for key, row in relevance.items()}
+
+    def get_embedding_layers(self) -> dict[str, nn.Module]:
+        """``{"input_ids": word embedding module}``, output ``[batch, tokens, hidden]``.
+
+        For the gradient baselines (:class:`~ehrlens.interpret.InputXGradient`, ...);
+        :class:`~ehrlens.interpret.IntegratedGradients` uses token id 0 as its baseline (BERT's
+        [PAD]).
+        """
+        return {FEATURE_KEY: self.model.get_input_embeddings()}
+
+
+class _AttentionStore:
+    """The maps (and gradients) of the latest captured forward, and the gradient hooks."""
+
+    def __init__(self) -> None:
+        self.enabled = False
+        self.gradients = False
+        self.maps: list[Tensor] | None = None
+        self.grads: list[Tensor | None] = []
+        self.handles: list[RemovableHandle] = []
+
+    def record(self, maps: list[Tensor]) -> None:
+        self.grads = [None] * len(maps)
+        if not self.gradients:
+            self.maps = [m.detach() for m in maps]
+            return
+        self.maps = []
+        for layer, attention in enumerate(maps):
+            if attention.requires_grad:
+                self.handles.append(attention.register_hook(partial(self._on_gradient, layer)))
+                self.maps.append(attention)
+            else:  # e.g. under torch.no_grad(): nothing to differentiate
+                self.maps.append(attention.detach())
+
+    def _on_gradient(self, layer: int, gradient: Tensor) -> None:
+        self.grads[layer] = gradient.detach()
+
+    def clear(self) -> None:
+        for handle in self.handles:
+            handle.remove()
+        self.handles.clear()
+        self.maps = None
+        self.grads = []
+
+
+# ---------------------------------------------------------------------- checks and helpers
+def check_encoder(model: Any) -> None:
+    """Refuse what the adapter cannot explain, naming the model class.
+
+    Raises:
+        TypeError: not a ``transformers.PreTrainedModel``.
+        ValueError: an encoder-decoder, or a decoder (causal self-attention).
+    """
+    if not isinstance(model, transformers.PreTrainedModel):
+        raise TypeError(
+            "HuggingFaceEncoder wraps a transformers PreTrainedModel encoder (e.g. "
+            f"AutoModel.from_pretrained(...)); got {type(model).__name__}"
+        )
+    name = type(model).__name__
+    config = model.config
+    if getattr(config, "is_encoder_decoder", False):
+        raise ValueError(
+            f"{name} is an encoder-decoder model; HuggingFaceEncoder explains encoders with "
+            "bidirectional self-attention read out at [CLS] (BERT family)"
+        )
+    causal = getattr(config, "is_decoder", False) or any(
+        getattr(module, "is_causal", False) is True for module in model.modules()
+    )
+    if causal:
+        raise ValueError(
+            f"{name} has causal (decoder) self-attention; HuggingFaceEncoder explains encoders "
+            "with bidirectional self-attention read out at [CLS] (BERT family), not "
+            "decoder-only models"
+        )
+
+
+def has_classification_head(model: Any) -> bool:
+    """Whether ``model`` is a sequence-classification model (its ``logits`` are explained)."""
+    from transformers.models.auto.modeling_auto import (
+        MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES,
+    )
+
+    names = set()
+    for value in MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES.values():
+        names.update((value,) if isinstance(value, str) else value)
+    cls_name = type(model).__name__
+    return cls_name in names or cls_name.endswith("ForSequenceClassification")
+
+
+def resolve_mode(model: Any, output_fn: OutputFn | None, mode: str | None) -> str:
+    """The ehrlens ``mode`` explained: given, or from the head's config (see the class)."""
+    if mode is not None:
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        return mode
+    if output_fn is not None:
+        return "regression"
+    problem_type = getattr(model.config, "problem_type", None)
+    if problem_type in _PROBLEM_TYPES:
+        return _PROBLEM_TYPES[problem_type]
+    return "multiclass" if int(getattr(model.config, "num_labels", 1)) > 1 else "binary"
+
+
+def use_eager_attention(model: Any) -> None:
+    """Switch ``model`` (in place) to eager attention, which returns attention maps."""
+    current = getattr(model.config, "_attn_implementation", None)
+    if current == "eager":
+        return
+    if hasattr(model, "set_attn_implementation"):
+        model.set_attn_implementation("eager")
+    else:  # transformers releases before set_attn_implementation
+        model.config._attn_implementation = "eager"
+    logger.info(
+        "%s: attention implementation switched from %r to 'eager' so that output_attentions "
+        "returns the attention maps ehrlens explains; the model keeps eager attention",
+        type(model).__name__,
+        current,
+    )
+
+
+def checked_attentions(
+    model: Any, outputs: Any, input_ids: Tensor, attention_mask: Tensor | None
+) -> list[Tensor]:
+    """The ``outputs.attentions`` maps, checked to be bidirectional self-attention per token.
+
+    Each map must be ``[batch, heads, tokens, tokens]``; the rows of real tokens must be
+    probabilities (non-negative, summing to 1: post-softmax weights, not raw scores); some real
+    token must attend to a later one (not causal).
+
+    Raises:
+        TypeError: the model returned no maps with ``output_attentions=True``.
+        ValueError: a map breaks one of the rules above.
+    """
+    name = type(model).__name__
+    maps = getattr(outputs, "attentions", None)
+    if not maps or any(m is None for m in maps):
+        implementation = getattr(model.config, "_attn_implementation", None)
+        raise TypeError(
+            f"{name} returned no attention maps with output_attentions=True (attention "
+            f"implementation {implementation!r}); HuggingFaceEncoder needs a model that "
+            "exposes its self-attention maps [batch, heads, tokens, tokens]"
+        )
+    tokens = input_ids.shape[1]
+    real = real_tokens({FEATURE_KEY: input_ids, "attention_mask": attention_mask})
+    with torch.no_grad():
+        for layer, attention in enumerate(maps):
+            _check_map(name, layer, attention, real)
+        if tokens > 1:
+            later = torch.ones(tokens, tokens, dtype=torch.bool, device=real.device).triu(1)
+            pairs = real[:, :, None] & real[:, None, :] & later  # [batch, query, later key]
+            first = maps[0].detach()
+            if bool(pairs.any()) and not bool((first * pairs[:, None].to(first.dtype)).any()):
+                raise ValueError(
+                    f"{name}: no token attends to a later token (causal attention); "
+                    "HuggingFaceEncoder explains encoders with bidirectional self-attention"
+                )
+    return list(maps)
+
+
+def _check_map(name: str, layer: int, attention: Any, real: Tensor) -> None:
+    batch, tokens = real.shape
+    if (
+        not isinstance(attention, Tensor)
+        or attention.dim() != 4
+        or attention.shape[0] != batch
+        or tuple(attention.shape[-2:]) != (tokens, tokens)
+    ):
+        shape = tuple(attention.shape) if isinstance(attention, Tensor) else type(attention)
+        raise ValueError(
+            f"{name}: attention of layer {layer} is {shape}, expected [batch={batch}, heads, "
+            f"tokens={tokens}, tokens={tokens}] (self-attention over every input token); "
+            "architectures whose attention pools, chunks or windows tokens are not supported"
+        )
+    rows = attention.detach()[real[:, None, :, None].expand(-1, attention.shape[1], -1, tokens)]
+    rows = rows.reshape(-1, tokens)
+    tolerance = 1e-3 if rows.dtype in (torch.float32, torch.float64) else 1e-2
+    sums = rows.sum(dim=-1)
+    if rows.numel() and (bool((rows < 0).any()) or bool(((sums - 1).abs() > tolerance).any())):
+        raise ValueError(
+            f"{name}: attention of layer {layer} is not post-softmax weights (the rows of real "
+            "tokens must be non-negative and sum to 1; got row sums from "
+            f"{float(sums.min()):.3g} to {float(sums.max()):.3g} and minimum "
+            f"{float(rows.min()):.3g}); its output_attentions are not attention probabilities"
+        )
+
+
+def real_tokens(data: Mapping[str, Any]) -> Tensor:
+    """``bool [batch, tokens]``: True where ``attention_mask`` is nonzero (all without one)."""
+    input_ids = data[FEATURE_KEY]
+    attention_mask = data.get("attention_mask")
+    if attention_mask is None:
+        return torch.ones(input_ids.shape, dtype=torch.bool, device=input_ids.device)
+    if tuple(attention_mask.shape) != tuple(input_ids.shape):
+        raise ValueError(
+            f"attention_mask has shape {tuple(attention_mask.shape)}, expected the shape of "
+            f"{FEATURE_KEY} {tuple(input_ids.shape)}"
+        )
+    return attention_mask.to(input_ids.device) != 0
+
+
+def scored_positions(data: Mapping[str, Any]) -> Tensor:
+    """``bool [batch, tokens]``: real tokens (``attention_mask``), minus special tokens when
+    the batch has the tokenizer's ``special_tokens_mask``."""
+    input_ids = data[FEATURE_KEY]
+    scored = real_tokens(data)
+    special = data.get("special_tokens_mask")
+    if special is not None:
+        scored = scored & (special.to(input_ids.device) == 0)
+    return scored
+
+
+def probabilities(logit: Tensor, mode: str) -> Tensor:
+    """sigmoid (binary, multilabel), softmax (multiclass), identity (regression)."""
+    if mode in ("binary", "multilabel"):
+        return torch.sigmoid(logit)
+    if mode == "multiclass":
+        return torch.softmax(logit, dim=-1)
+    return logit
+
+
+def sentence_embedding(
+    model: Any,
+    input_ids: Tensor,
+    attention_mask: Tensor | None = None,
+    pooling: str = "mean",
+    **inputs: Any,
+) -> Tensor:
+    """Pooled embeddings ``[batch, hidden]`` of a base encoder (e.g. a reference for
+    :func:`similarity_to`).
+
+    Args:
+        model: a ``transformers`` base encoder, or a :class:`HuggingFaceEncoder` wrapping one.
+        input_ids / attention_mask: ``[batch, tokens]`` from the tokenizer.
+        pooling: ``"mean"`` over real tokens or ``"cls"`` (see :func:`pool`).
+        inputs: further model inputs; tokenizer-only keys are dropped.
+
+    Example:
+        >>> with torch.no_grad():
+        ...     reference = sentence_embedding(model, **tokenizer(["chest pain"],
+        ...                                    return_tensors="pt"))[0]          # [hidden]
+    """
+    if isinstance(model, HuggingFaceEncoder):
+        model = model.model
+    model_inputs = {k: v for k, v in inputs.items() if k not in TOKENIZER_ONLY_KEYS}
+    outputs = model(input_ids=input_ids, attention_mask=attention_mask, **model_inputs)
+    return pool(last_hidden_state(outputs), attention_mask, pooling)
