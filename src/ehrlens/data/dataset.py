@@ -21,6 +21,7 @@ Example:
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -30,9 +31,15 @@ from torch.utils.data import DataLoader, Dataset
 from .processors import (
     FeatureProcessor,
     LabelProcessor,
+    TruncationWarning,
+    _check_max_length,
     make_feature_processor,
     make_label_processor,
 )
+
+#: ``max_length`` of :func:`create_sample_dataset`: one limit for every time-ordered feature,
+#: or a limit per feature key.
+MaxLength = int | Mapping[str, int] | None
 
 #: Batch keys with a fixed meaning; no feature or label may use them.
 RESERVED_KEYS = frozenset({"patient_id", "visit_id", "masks", "times"})
@@ -80,10 +87,15 @@ class FittedSchema:
         samples: Sequence[Mapping[str, Any]],
         input_schema: Mapping[str, str],
         output_schema: Mapping[str, str],
+        max_length: MaxLength = None,
     ) -> FittedSchema:
-        """Create one processor per key and fit it on every sample's value."""
+        """Create one processor per key and fit it on every sample's value.
+
+        ``max_length`` as in :func:`create_sample_dataset`.
+        """
         _check_schema_keys(input_schema, output_schema)
-        inputs = {k: make_feature_processor(s, k) for k, s in input_schema.items()}
+        limits = _max_lengths(max_length, input_schema)
+        inputs = {k: make_feature_processor(s, k, limits.get(k)) for k, s in input_schema.items()}
         outputs = {k: make_label_processor(s, k) for k, s in output_schema.items()}
         for key, processor in [*inputs.items(), *outputs.items()]:
             processor.fit([_field(sample, key, i) for i, sample in enumerate(samples)], key)
@@ -104,21 +116,34 @@ class FittedSchema:
     @classmethod
     def from_state_dict(cls, state: Mapping[str, Any]) -> FittedSchema:
         """Rebuild fitted processors saved with :meth:`state_dict`."""
+        if not isinstance(state, Mapping):
+            raise ValueError(f"schema state must be a dict, got {type(state).__name__}")
         version = state.get("format_version")
         if version != SCHEMA_FORMAT_VERSION:
             raise ValueError(
                 f"schema format version {version!r} is not supported "
                 f"(this ehrlens reads version {SCHEMA_FORMAT_VERSION})"
             )
-        inputs = {}
-        for key, entry in state["inputs"].items():
-            inputs[key] = make_feature_processor(entry["schema"], key)
-            inputs[key].load_state_dict(entry["state"])
-        outputs = {}
-        for key, entry in state["outputs"].items():
-            outputs[key] = make_label_processor(entry["schema"], key)
-            outputs[key].load_state_dict(entry["state"])
-        return cls(inputs, outputs)
+        processors: dict[str, dict[str, Any]] = {"inputs": {}, "outputs": {}}
+        for group, kind, make in (
+            ("inputs", "feature", make_feature_processor),
+            ("outputs", "label", make_label_processor),
+        ):
+            entries = state.get(group)
+            if not isinstance(entries, Mapping):
+                raise ValueError(f"schema state: '{group}' must be a dict, got {entries!r:.80}")
+            for key, entry in entries.items():
+                if not isinstance(entry, Mapping) or "schema" not in entry:
+                    raise ValueError(f"{kind} '{key}': saved entry has no schema string")
+                processor = make(entry["schema"], key)
+                try:
+                    processor.load_state_dict(entry.get("state") or {})
+                except (KeyError, TypeError, ValueError) as error:
+                    raise ValueError(
+                        f"{kind} '{key}': saved processor state is invalid ({error!r:.200})"
+                    ) from error
+                processors[group][key] = processor
+        return cls(processors["inputs"], processors["outputs"])
 
 
 def _check_schema_keys(input_schema: Mapping[str, str], output_schema: Mapping[str, str]) -> None:
@@ -133,6 +158,22 @@ def _check_schema_keys(input_schema: Mapping[str, str], output_schema: Mapping[s
     both = set(input_schema) & set(output_schema)
     if both:
         raise ValueError(f"keys {sorted(both)} are in both input_schema and output_schema")
+
+
+def _max_lengths(max_length: MaxLength, input_schema: Mapping[str, str]) -> dict[str, int]:
+    """Per feature key, the ``max_length`` to fit its processor with."""
+    if max_length is None:
+        return {}
+    if isinstance(max_length, Mapping):
+        unknown = sorted(str(k) for k in max_length if k not in input_schema)
+        if unknown:
+            raise ValueError(
+                f"max_length names {unknown}, which are not input features {sorted(input_schema)}"
+            )
+        return {k: v for k, v in max_length.items() if v is not None}
+    # One limit for every feature that is ordered in time; fixed-size vectors are left alone.
+    limit = _check_max_length(max_length)
+    return {k: limit for k, schema in input_schema.items() if schema != "tensor"}
 
 
 def _field(sample: Any, key: str, index: int) -> Any:
@@ -151,6 +192,10 @@ class SampleDataset(Dataset):
 
     Items are dicts of processed fields; :meth:`collate` pads a list of them into a batch.
     Create one with :func:`create_sample_dataset`.
+
+    Attributes:
+        truncated: ``{feature_key: number of samples cut to max_length}`` when the dataset was
+            created, for every feature with a ``max_length`` (empty for subsets).
     """
 
     def __init__(
@@ -159,11 +204,13 @@ class SampleDataset(Dataset):
         schema: FittedSchema,
         dataset_name: str | None = None,
         has_labels: bool = True,
+        truncated: Mapping[str, int] | None = None,
     ) -> None:
         self.items = items
         self.schema = schema
         self.dataset_name = dataset_name
         self.has_labels = has_labels
+        self.truncated: dict[str, int] = dict(truncated or {})
 
     # Convenience views of the schema --------------------------------------------------
     @property
@@ -236,6 +283,7 @@ def create_sample_dataset(
     dataset_name: str | None = None,
     *,
     schema: FittedSchema | None = None,
+    max_length: MaxLength = None,
 ) -> SampleDataset:
     """Validate, fit processors on, and convert a list of patient samples.
 
@@ -249,12 +297,26 @@ def create_sample_dataset(
         schema: an already fitted schema (e.g. ``model.schema``) to convert new patients with
             the training vocabulary; then the two schema dicts may be omitted, and label keys
             may be absent from every sample (scoring without labels).
+        max_length: keep at most this many steps per sample (codes of a ``"sequence"``, visits
+            of a ``"nested_sequence"``, steps of a ``"stagenet"`` or ``"timeseries"``): an int
+            for every such feature, or ``{feature_key: int}``. Longer samples keep their
+            **last** steps, the most recent when steps are listed in time order. Truncation
+            is reported: one :class:`~ehrlens.data.processors.TruncationWarning` per feature
+            naming the key and how many samples were cut, and ``dataset.truncated``. The
+            limit is part of the fitted schema (saved with a model), so new patients
+            converted with ``schema=`` are cut the same way. ``None`` keeps everything.
 
     Returns:
         A :class:`SampleDataset`.
 
     Raises:
         ValueError / TypeError naming the sample index, the key and what was expected.
+
+    Example:
+        >>> ds = create_sample_dataset(samples, {"codes": "sequence"}, {"y": "binary"},
+        ...                            max_length=128)   # TruncationWarning if any is cut
+        >>> ds.truncated
+        {'codes': 3}
     """
     if isinstance(samples, (str, bytes, Mapping)) or not isinstance(samples, Sequence):
         raise TypeError(f"samples must be a list of dicts, got {type(samples).__name__}")
@@ -263,13 +325,20 @@ def create_sample_dataset(
     if schema is None:
         if input_schema is None or output_schema is None:
             raise ValueError("give input_schema and output_schema, or a fitted schema=")
-        schema = FittedSchema.fit(samples, input_schema, output_schema)
+        schema = FittedSchema.fit(samples, input_schema, output_schema, max_length)
+    elif max_length is not None:
+        raise ValueError(
+            "max_length is part of a fitted schema (set when it was fitted); it cannot be "
+            "changed for schema="
+        )
     elif input_schema is not None and dict(input_schema) != schema.input_schema:
         raise ValueError(
             f"input_schema {dict(input_schema)} differs from the fitted schema's "
             f"{schema.input_schema}"
         )
     has_labels = _labels_present(samples, schema.label_keys)
+    limited = {k: p for k, p in schema.input_processors.items() if p.max_length is not None}
+    before = {k: p.truncated_samples for k, p in limited.items()}
     items = []
     for index, sample in enumerate(samples):
         pid = _field(sample, "patient_id", index)
@@ -280,7 +349,18 @@ def create_sample_dataset(
             for key, processor in schema.output_processors.items():
                 item[key] = processor.process(_field(sample, key, index), key, index)
         items.append(item)
-    return SampleDataset(items, schema, dataset_name, has_labels)
+    truncated = {k: p.truncated_samples - before[k] for k, p in limited.items()}
+    for key, count in truncated.items():
+        if count:
+            limit = limited[key].max_length
+            warnings.warn(
+                TruncationWarning(
+                    f"feature '{key}': {count} of {len(samples)} samples had more than "
+                    f"max_length={limit} steps and were cut to their last {limit}"
+                ),
+                stacklevel=2,
+            )
+    return SampleDataset(items, schema, dataset_name, has_labels, truncated)
 
 
 def _labels_present(samples: Sequence[Mapping[str, Any]], label_keys: list[str]) -> bool:

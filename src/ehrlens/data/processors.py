@@ -45,9 +45,18 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
-def _check_finite(number: float, key: str, index: int | None, what: str) -> None:
-    if not math.isfinite(number):
-        raise ValueError(f"{_where(key, index)}: {what} must be finite, got {number!r}")
+def _finite_float(number: int | float, key: str, index: int | None, what: str) -> float:
+    """``float(number)``, or a ValueError naming the sample and key when it is NaN, infinite
+    or an integer too large for a float (which would otherwise raise ``OverflowError``)."""
+    try:
+        value = float(number)
+    except OverflowError:
+        raise ValueError(
+            f"{_where(key, index)}: {what} must be finite, got an integer too large for a float"
+        ) from None
+    if not math.isfinite(value):
+        raise ValueError(f"{_where(key, index)}: {what} must be finite, got {value!r}")
+    return value
 
 
 def _code_list(
@@ -92,8 +101,7 @@ def _time_list(value: Any, length: int, key: str, index: int | None) -> list[flo
                 f"{_where(key, index)}: time at position {position} must be a number, "
                 f"got {_type_name(t)}"
             )
-        _check_finite(float(t), key, index, f"time at position {position}")
-        times.append(float(t))
+        times.append(_finite_float(t, key, index, f"time at position {position}"))
     if any(b < a for a, b in itertools.pairwise(times)):
         raise ValueError(
             f"{_where(key, index)}: times must be non-decreasing (time of each step, "
@@ -157,15 +165,46 @@ class Processor(ABC):
             raise ValueError(f"{type(self).__name__} has no state, got keys {sorted(state)}")
 
 
+class TruncationWarning(UserWarning):
+    """Samples longer than a processor's ``max_length`` were cut to their last steps.
+
+    Issued by :func:`~ehrlens.data.create_sample_dataset` once per feature key, with the
+    number of samples truncated; the counts are also in ``SampleDataset.truncated``.
+    """
+
+
+def _check_max_length(max_length: Any, key: str | None = None) -> int | None:
+    if max_length is None:
+        return None
+    if isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 1:
+        where = "max_length" if key is None else f"feature '{key}': max_length"
+        raise ValueError(f"{where} must be None or an int >= 1, got {max_length!r}")
+    return max_length
+
+
 class FeatureProcessor(Processor):
     """Processor of an input feature; also pads converted values into a batch."""
 
     #: True when the padded values are integer code ids (pad id 0).
     is_token_feature: ClassVar[bool] = False
+    #: True for features ordered in time, which ``max_length`` can truncate.
+    supports_max_length: ClassVar[bool] = False
+    #: Longest number of steps (codes, visits, time steps) kept per sample; ``None`` keeps all.
+    max_length: int | None = None
+    #: Samples this processor has truncated in :meth:`process` since it was created.
+    truncated_samples: int = 0
 
     @abstractmethod
     def collate(self, items: Sequence[Any]) -> CollatedFeature:
         """Pad a list of processed values to the longest item."""
+
+    def _keep_last(self, steps: list, count: bool = True) -> list:
+        """The last ``max_length`` steps (the most recent ones); counts a truncated sample."""
+        if self.max_length is None or len(steps) <= self.max_length:
+            return steps
+        if count:
+            self.truncated_samples += 1
+        return steps[len(steps) - self.max_length :]
 
 
 class _Vocabulary:
@@ -195,9 +234,11 @@ class _CodeProcessor(FeatureProcessor):
     """Shared vocabulary handling of the code-valued processors."""
 
     is_token_feature = True
+    supports_max_length = True
 
-    def __init__(self) -> None:
+    def __init__(self, max_length: int | None = None) -> None:
         self.vocabulary = _Vocabulary()
+        self.max_length = _check_max_length(max_length)
 
     @property
     def vocab_size(self) -> int:
@@ -209,50 +250,72 @@ class _CodeProcessor(FeatureProcessor):
             raise RuntimeError(f"feature '{key}': processor used before fit()")
 
     def state_dict(self) -> dict[str, Any]:
-        return {"vocabulary": list(self.vocabulary.code_to_id)}
+        return {"vocabulary": list(self.vocabulary.code_to_id), "max_length": self.max_length}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        codes = list(state["vocabulary"])
+        codes = state["vocabulary"]
+        if isinstance(codes, (str, bytes)) or not isinstance(codes, Sequence):
+            raise TypeError(f"vocabulary must be a list of codes, got {_type_name(codes)}")
+        codes = list(codes)
         if tuple(codes[:2]) != _SPECIAL_TOKENS:
             raise ValueError(f"vocabulary must start with {_SPECIAL_TOKENS}, got {codes[:2]}")
+        if not all(isinstance(code, str) for code in codes):
+            raise TypeError("vocabulary entries must all be strings")
+        if len(set(codes)) != len(codes):
+            # A repeated code would shift every later id onto another code's embedding.
+            repeated = sorted({c for c in codes if codes.count(c) > 1})[:5]
+            raise ValueError(f"vocabulary has repeated codes {repeated}")
         self.vocabulary.code_to_id = {code: i for i, code in enumerate(codes)}
+        self.max_length = _check_max_length(state.get("max_length"))
 
 
 class SequenceProcessor(_CodeProcessor):
-    """``"sequence"``: a list of codes -> ``LongTensor [seq]`` (pad 0, unknown 1)."""
+    """``"sequence"``: a list of codes -> ``LongTensor [seq]`` (pad 0, unknown 1).
+
+    Args:
+        max_length: keep only the last ``max_length`` codes of a longer sample (the most
+            recent, for codes listed in time order); ``None`` keeps every code.
+    """
 
     schema = "sequence"
 
     def fit(self, values: Sequence[Any], key: str) -> None:
         codes: set[str] = set()
         for index, value in enumerate(values):
-            codes.update(str(c) for c in _code_list(value, key, index))
+            kept = self._keep_last(_code_list(value, key, index), count=False)
+            codes.update(str(c) for c in kept)
         self.vocabulary.fit(codes)
 
     def process(self, value: Any, key: str, index: int | None = None) -> Tensor:
         self._require_fitted(key)
-        return torch.tensor(self.vocabulary.ids(_code_list(value, key, index)), dtype=torch.long)
+        codes = self._keep_last(_code_list(value, key, index))
+        return torch.tensor(self.vocabulary.ids(codes), dtype=torch.long)
 
     def collate(self, items: Sequence[Tensor]) -> CollatedFeature:
         return CollatedFeature(values=_pad_stack(items, torch.long, PAD_ID))
 
 
 class NestedSequenceProcessor(_CodeProcessor):
-    """``"nested_sequence"``: a list of visits of codes -> ``LongTensor [visits, codes]``."""
+    """``"nested_sequence"``: a list of visits of codes -> ``LongTensor [visits, codes]``.
+
+    Args:
+        max_length: keep only the last ``max_length`` visits (every code of a kept visit);
+            ``None`` keeps every visit.
+    """
 
     schema = "nested_sequence"
 
     def fit(self, values: Sequence[Any], key: str) -> None:
         codes: set[str] = set()
         for index, value in enumerate(values):
-            for visit in _visit_list(value, key, index):
+            for visit in self._keep_last(_visit_list(value, key, index), count=False):
                 codes.update(str(c) for c in visit)
         self.vocabulary.fit(codes)
 
     def process(self, value: Any, key: str, index: int | None = None) -> Tensor:
         self._require_fitted(key)
-        visits = [self.vocabulary.ids(v) for v in _visit_list(value, key, index)]
-        return _visits_tensor(visits)
+        visits = self._keep_last(_visit_list(value, key, index))
+        return _visits_tensor([self.vocabulary.ids(v) for v in visits])
 
     def collate(self, items: Sequence[Tensor]) -> CollatedFeature:
         return CollatedFeature(values=_pad_stack(items, torch.long, PAD_ID))
@@ -271,12 +334,17 @@ class TimeseriesProcessor(FeatureProcessor):
 
     The batch carries a step mask ``[batch, T]`` (zero is a valid measurement, so padding
     cannot be read off the values) and the step times ``[batch, T]``.
+
+    Args:
+        max_length: keep only the last ``max_length`` steps; ``None`` keeps every step.
     """
 
     schema = "timeseries"
+    supports_max_length = True
 
-    def __init__(self) -> None:
+    def __init__(self, max_length: int | None = None) -> None:
         self.num_features: int | None = None
+        self.max_length = _check_max_length(max_length)
 
     def _parse(self, value: Any, key: str, index: int | None) -> tuple[list[float], list[list]]:
         times, rows = _pair(value, key, index, "(times, values) with values [T, F]")
@@ -294,14 +362,17 @@ class TimeseriesProcessor(FeatureProcessor):
                     f"{_where(key, index)}: row {t} must be a list of numbers, "
                     f"got {_type_name(row)}"
                 )
+            floats = []
             for f, x in enumerate(row):
                 if not _is_number(x):
                     raise TypeError(
                         f"{_where(key, index)}: value [{t}, {f}] must be a number, "
                         f"got {_type_name(x)}"
                     )
-                _check_finite(float(x), key, index, f"value [{t}, {f}] (NaN/inf not allowed)")
-            parsed.append([float(x) for x in row])
+                floats.append(
+                    _finite_float(x, key, index, f"value [{t}, {f}] (NaN/inf not allowed)")
+                )
+            parsed.append(floats)
         widths = {len(r) for r in parsed}
         if len(widths) > 1:
             raise ValueError(
@@ -336,6 +407,9 @@ class TimeseriesProcessor(FeatureProcessor):
                 f"{_where(key, index)}: expected {self.num_features} features per step, "
                 f"got {len(rows[0])}"
             )
+        if self.max_length is not None and len(rows) > self.max_length:
+            rows = self._keep_last(rows)
+            times = times[len(times) - self.max_length :]
         values = torch.tensor(rows, dtype=torch.float32).reshape(len(rows), self.num_features)
         return torch.tensor(times, dtype=torch.float32), values
 
@@ -352,10 +426,11 @@ class TimeseriesProcessor(FeatureProcessor):
         )
 
     def state_dict(self) -> dict[str, Any]:
-        return {"num_features": self.num_features}
+        return {"num_features": self.num_features, "max_length": self.max_length}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.num_features = int(state["num_features"])
+        self.max_length = _check_max_length(state.get("max_length"))
 
 
 class StageNetProcessor(_CodeProcessor):
@@ -363,12 +438,16 @@ class StageNetProcessor(_CodeProcessor):
 
     ``codes`` is either one code per step (flat) or a list of codes per step (nested); the
     layout is fixed at fit time. ``times`` may be ``None`` (steps one time unit apart).
+
+    Args:
+        max_length: keep only the last ``max_length`` steps (and their times); ``None``
+            keeps every step.
     """
 
     schema = "stagenet"
 
-    def __init__(self) -> None:
-        super().__init__()
+    def __init__(self, max_length: int | None = None) -> None:
+        super().__init__(max_length)
         self.nested: bool | None = None
 
     def _parse(
@@ -406,7 +485,7 @@ class StageNetProcessor(_CodeProcessor):
             _, codes, nested = self._parse(value, key, index)
             if codes:
                 layouts.setdefault(nested, index)
-            for step in codes:
+            for step in self._keep_last(codes, count=False):
                 vocab.update(str(c) for c in step) if nested else vocab.add(str(step))
         if len(layouts) > 1:
             raise TypeError(
@@ -422,6 +501,9 @@ class StageNetProcessor(_CodeProcessor):
         if codes and nested != self.nested:
             expected = "a list of codes per step" if self.nested else "one code per step"
             raise TypeError(f"{_where(key, index)}: expected {expected} (as at fit time)")
+        if self.max_length is not None and len(codes) > self.max_length:
+            codes = self._keep_last(codes)
+            times = None if times is None else times[len(times) - self.max_length :]
         if self.nested:
             ids = _visits_tensor([self.vocabulary.ids(step) for step in codes])
         else:
@@ -468,8 +550,7 @@ class TensorProcessor(FeatureProcessor):
                     f"{_where(key, index)}: element {position} must be a number, "
                     f"got {_type_name(x)}"
                 )
-            _check_finite(float(x), key, index, f"element {position} (NaN/inf not allowed)")
-            out.append(float(x))
+            out.append(_finite_float(x, key, index, f"element {position} (NaN/inf not allowed)"))
         return out
 
     def fit(self, values: Sequence[Any], key: str) -> None:
@@ -681,7 +762,13 @@ class RegressionLabelProcessor(LabelProcessor):
             raise TypeError(
                 f"{_where(key, index, 'label')}: regression label must be a number, got {value!r}"
             )
-        return torch.tensor([float(scalar)])
+        try:
+            return torch.tensor([float(scalar)])
+        except OverflowError:
+            raise ValueError(
+                f"{_where(key, index, 'label')}: regression label must be finite, got an "
+                "integer too large for a float"
+            ) from None
 
 
 FEATURE_PROCESSORS: dict[str, type[FeatureProcessor]] = {
@@ -705,14 +792,28 @@ LABEL_PROCESSORS: dict[str, type[LabelProcessor]] = {
 }
 
 
-def make_feature_processor(schema: str, key: str) -> FeatureProcessor:
-    """Return a new processor for an input schema string; unknown strings raise ValueError."""
+def make_feature_processor(
+    schema: str, key: str, max_length: int | None = None
+) -> FeatureProcessor:
+    """Return a new processor for an input schema string; unknown strings raise ValueError.
+
+    ``max_length`` (time-ordered schemas only: ``"sequence"``, ``"nested_sequence"``,
+    ``"stagenet"``, ``"timeseries"``) keeps the last ``max_length`` steps of longer samples.
+    """
     if not isinstance(schema, str) or schema not in FEATURE_PROCESSORS:
         raise ValueError(
             f"feature '{key}': unknown input schema {schema!r}; "
             f"expected one of {sorted(FEATURE_PROCESSORS)}"
         )
-    return FEATURE_PROCESSORS[schema]()
+    cls = FEATURE_PROCESSORS[schema]
+    if max_length is None:
+        return cls()
+    if not cls.supports_max_length:
+        raise ValueError(
+            f"feature '{key}': max_length does not apply to schema {schema!r} "
+            "(only to time-ordered features)"
+        )
+    return cls(max_length=_check_max_length(max_length, key))  # type: ignore[call-arg]
 
 
 def make_label_processor(schema: str, key: str) -> LabelProcessor:

@@ -12,10 +12,17 @@ methods opts in with ``AttentionInterpretable.register(cls)`` (or ``GradientInte
 Every interpreter runs the model through :func:`capture_attention`, which enables capture at
 the level asked for, runs the forward in eval mode, and always disables capture and restores
 the caller's train/eval mode.
+
+Threads: capture state lives on the model, so explanations of one model are serialised by a
+per-model lock (:func:`model_lock`, taken by :func:`eval_mode` and so by
+:func:`capture_attention`): two threads explaining the same model, with one interpreter each,
+take turns and both get the results they would get alone. Different models run in parallel.
 """
 
 from __future__ import annotations
 
+import threading
+import weakref
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -24,6 +31,31 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+
+_MODEL_LOCKS: weakref.WeakKeyDictionary[Any, threading.RLock] = weakref.WeakKeyDictionary()
+_MODEL_LOCKS_GUARD = threading.Lock()
+#: Shared by objects that cannot be weakly referenced (rare): correct, only less parallel.
+_FALLBACK_LOCK = threading.RLock()
+
+
+def model_lock(model: Any) -> threading.RLock:
+    """The re-entrant lock that serialises explanations (and :func:`eval_mode`) of ``model``.
+
+    One lock per model object, created on first use and dropped with the model. Re-entrant,
+    so a method may nest :func:`eval_mode` and :func:`capture_attention` in one thread.
+
+    Example:
+        >>> with model_lock(model):   # e.g. to change hooks by hand without racing ehrlens
+        ...     model.set_attention_hooks(True)
+    """
+    with _MODEL_LOCKS_GUARD:
+        try:
+            lock = _MODEL_LOCKS.get(model)
+            if lock is None:
+                lock = _MODEL_LOCKS[model] = threading.RLock()
+        except TypeError:  # not weakly referenceable, or not hashable
+            lock = _FALLBACK_LOCK
+    return lock
 
 
 class AttentionInterpretable(ABC):
@@ -113,22 +145,25 @@ def eval_mode(model: Any) -> Iterator[None]:
     """Run the block with ``model`` in eval mode; restore every submodule's own flag after.
 
     A caller may keep parts of a training model in eval mode, so each module's ``training``
-    flag is saved and restored, not just the top module's.
+    flag is saved and restored, not just the top module's. The block holds
+    :func:`model_lock`, so another thread's ``eval_mode`` on the same model waits: it can
+    neither save the eval flags set here nor restore its own in the middle of this block.
 
     Example:
         >>> with eval_mode(model):
         ...     probabilities = model(**batch)["y_prob"]   # dropout off
         >>> model.training   # as before the block
     """
-    modules = list(model.modules()) if isinstance(model, nn.Module) else []
-    modes = [(module, module.training) for module in modules]
-    if modules:
-        model.eval()
-    try:
-        yield
-    finally:
-        for module, training in modes:
-            module.training = training
+    with model_lock(model):
+        modules = list(model.modules()) if isinstance(model, nn.Module) else []
+        modes = [(module, module.training) for module in modules]
+        if modules:
+            model.eval()
+        try:
+            yield
+        finally:
+            for module, training in modes:
+                module.training = training
 
 
 @contextmanager
@@ -144,7 +179,9 @@ def capture_attention(
     Inside the block, ``model.get_attention_layers()`` returns the captured maps (and, with
     ``gradients=True``, their gradients once a backward pass has run). On exit - also on an
     exception - capture is disabled (every hook handle removed) and the model is put back in
-    the train/eval mode the caller had (every submodule's own flag).
+    the train/eval mode the caller had (every submodule's own flag). The whole block holds
+    the model's lock (:func:`model_lock`): captures of one model in several threads take
+    turns instead of overwriting each other's hooks and maps.
 
     Args:
         model: an :class:`AttentionInterpretable` (a :class:`GradientInterpretable` when

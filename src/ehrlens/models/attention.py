@@ -11,6 +11,7 @@ gradient. :class:`AttentionCaptureMixin` gives a model ``set_attention_hooks`` a
 from __future__ import annotations
 
 import math
+import threading
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -172,6 +173,10 @@ class AttentionCapture:
     per-head map is freed with the layer's other temporaries. With gradients, the map is kept
     in the graph and a tensor hook stores its gradient when a backward pass reaches it. Each
     forward clears what the previous one stored.
+
+    Only forwards run by the thread that created the capture are stored: a forward of the
+    same model in another thread (e.g. plain inference while an explanation runs) can
+    neither overwrite nor mix into the captured maps.
     """
 
     def __init__(
@@ -189,16 +194,21 @@ class AttentionCapture:
         self.gradient: Tensor | None = None
         self.keys: CapturedKeys | None = None
         self._gradient_handle: RemovableHandle | None = None
+        self._thread = threading.get_ident()
         if keys_only:
             self._handle = module.register_query_key_hook(self._on_query_key)
         else:
             self._handle = module.register_attention_hook(self._on_attention)
 
     def _on_query_key(self, module: MultiHeadAttention, q: Tensor, k: Tensor, mask: Tensor):
+        if threading.get_ident() != self._thread:
+            return
         self._clear()
         self.keys = CapturedKeys(module, q.detach(), k.detach(), mask.detach())
 
     def _on_attention(self, module: MultiHeadAttention, attention: Tensor) -> None:
+        if threading.get_ident() != self._thread:
+            return
         self._clear()
         if self.capture_gradients and attention.requires_grad:
             self.attention = attention

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import tempfile
 from collections.abc import Mapping
@@ -17,6 +19,55 @@ from ..data.dataset import RESERVED_KEYS, FittedSchema, SampleDataset
 
 CHECKPOINT_FORMAT = "ehrlens-model"
 CHECKPOINT_VERSION = 1
+
+
+def checkpoint_checksum(
+    model_class: str,
+    hparams: Mapping[str, Any],
+    schema: Mapping[str, Any],
+    state_dict: Mapping[str, Tensor],
+) -> str:
+    """SHA-256 of what a checkpoint holds: class, hyperparameters, schema and every weight.
+
+    ``torch.load`` does not verify the archive's CRCs, so a flipped bit in a weight would
+    otherwise load silently as a different model.
+    """
+    digest = hashlib.sha256()
+    header = {"model_class": model_class, "hparams": dict(hparams), "schema": dict(schema)}
+    digest.update(json.dumps(header, sort_keys=True, default=repr).encode())
+    for name in sorted(state_dict):
+        tensor = state_dict[name].detach().to("cpu").contiguous()
+        digest.update(f"|{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy())
+    return digest.hexdigest()
+
+
+#: Fields every checkpoint holds, with their types (checked at load).
+_CHECKPOINT_FIELDS = {
+    "model_class": str,
+    "hparams": dict,
+    "schema": dict,
+    "state_dict": dict,
+    "checksum": str,
+}
+
+
+def _check_vocabulary_sizes(model: BaseModel, state_dict: Mapping[str, Any], path: Path) -> None:
+    """Each code feature's saved vocabulary must have one embedding row per id."""
+    try:
+        units = model.get_embedding_layers()
+    except NotImplementedError:
+        return
+    names = {id(module): name for name, module in model.named_modules()}
+    for key, unit in units.items():
+        weight = state_dict.get(f"{names.get(id(unit))}.weight")
+        if isinstance(unit, nn.Embedding) and isinstance(weight, Tensor) and weight.dim() == 2:
+            if weight.shape[0] != unit.num_embeddings:
+                raise ValueError(
+                    f"{path}: feature '{key}': the saved vocabulary has {unit.num_embeddings} "
+                    f"ids but the saved embedding has {weight.shape[0]} rows; the schema and "
+                    "the weights do not belong together"
+                )
 
 
 def feature_values(batch: Mapping[str, Any], key: str) -> Tensor:
@@ -87,8 +138,11 @@ class BaseModel(nn.Module):
         """Refuse a batch the model cannot read correctly, naming the key and the sample.
 
         Checks: every feature key present and a tensor; no unexpected keys (a typo would
-        otherwise be ignored); one batch size for all features; tensors on the model's
-        device; numeric features finite. Called at the start of every ``forward``.
+        otherwise be ignored); one batch size for all features and labels; tensors on the
+        model's device; numeric features, times and labels finite; ``masks`` / ``times``
+        entries only for known features, shaped ``[batch, steps]`` like their feature; a
+        step mask for every ``"timeseries"`` feature (without it padded steps would count
+        as real). Called at the start of every ``forward``.
         """
         allowed = {*self.feature_keys, *self.label_keys, *RESERVED_KEYS}
         unexpected = sorted(k for k in batch if k not in allowed)
@@ -125,6 +179,73 @@ class BaseModel(nn.Module):
                     )
         if len(set(sizes.values())) > 1:
             raise ValueError(f"features disagree on the batch size: {sizes}")
+        self._check_masks_and_times(batch, device)
+        self._check_labels(batch, next(iter(sizes.values()), None))
+
+    def _check_masks_and_times(self, batch: Mapping[str, Any], device: torch.device) -> None:
+        for group in ("masks", "times"):
+            entries = batch.get(group)
+            if entries is None:
+                continue
+            if not isinstance(entries, Mapping):
+                raise TypeError(
+                    f"batch['{group}'] must be a dict of feature key -> [batch, steps] tensor, "
+                    f"got {type(entries).__name__}"
+                )
+            for key, tensor in entries.items():
+                where = f"feature '{key}': batch['{group}']['{key}']"
+                if key not in self.feature_keys:
+                    raise ValueError(
+                        f"batch['{group}'] has key '{key}', which is not a feature of this "
+                        f"model ({self.feature_keys})"
+                    )
+                if not isinstance(tensor, Tensor):
+                    raise TypeError(f"{where} must be a tensor, got {type(tensor).__name__}")
+                if tensor.device != device:
+                    raise ValueError(
+                        f"{where} is on {tensor.device} but the model is on {device}; move the "
+                        "batch with ehrlens.data.move_to_device(batch, model.device)"
+                    )
+                expected = tuple(batch[key].shape[:2])
+                if tuple(tensor.shape) != expected:
+                    raise ValueError(
+                        f"{where} has shape {tuple(tensor.shape)}, expected {expected} "
+                        "([batch, steps] of the feature's tensor)"
+                    )
+                if group == "times" and tensor.is_floating_point():
+                    finite = torch.isfinite(tensor).all(dim=1)
+                    if not bool(finite.all()):
+                        index = int((~finite).nonzero()[0, 0])
+                        raise ValueError(f"{where}: sample {index} has NaN or infinite times")
+                if group == "masks" and tensor.dtype != torch.bool:
+                    if not bool(((tensor == 0) | (tensor == 1)).all()):
+                        raise ValueError(f"{where} must hold only True/False (or 0/1)")
+        masks = batch.get("masks") or {}
+        for key, processor in self.schema.input_processors.items():
+            if processor.schema == "timeseries" and key not in masks:
+                raise ValueError(
+                    f"feature '{key}': batch['masks'] has no step mask for this timeseries "
+                    "feature; without it padded steps would count as measurements. Build "
+                    "batches with ehrlens.data.get_dataloader (or dataset.collate)"
+                )
+
+    def _check_labels(self, batch: Mapping[str, Any], size: int | None) -> None:
+        for key in self.label_keys:
+            if key not in batch:
+                continue
+            y = batch[key]
+            if not isinstance(y, Tensor):
+                raise TypeError(f"label '{key}': expected a tensor, got {type(y).__name__}")
+            if y.dim() == 0 or (size is not None and y.shape[0] != size):
+                raise ValueError(
+                    f"label '{key}': shape {tuple(y.shape)} does not match the batch size "
+                    f"{size} of the features"
+                )
+            if y.is_floating_point():
+                finite = torch.isfinite(y.reshape(y.shape[0], -1)).all(dim=1)
+                if not bool(finite.all()):
+                    index = int((~finite).nonzero()[0, 0])
+                    raise ValueError(f"label '{key}': sample {index} has a NaN or infinite label")
 
     def prepare_outputs(self, logit: Tensor, batch: dict[str, Any]) -> dict[str, Tensor]:
         """Probabilities, and loss/targets when ``batch`` holds the label.
@@ -165,14 +286,18 @@ class BaseModel(nn.Module):
         """
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
+        state_dict = {k: v.detach().cpu() for k, v in self.state_dict().items()}
+        schema = self.schema.state_dict()
+        name = type(self).__name__
         checkpoint = {
             "format": CHECKPOINT_FORMAT,
             "format_version": CHECKPOINT_VERSION,
             "ehrlens_version": __version__,
-            "model_class": type(self).__name__,
+            "model_class": name,
             "hparams": dict(self.hparams),
-            "schema": self.schema.state_dict(),
-            "state_dict": {k: v.detach().cpu() for k, v in self.state_dict().items()},
+            "schema": schema,
+            "state_dict": state_dict,
+            "checksum": checkpoint_checksum(name, self.hparams, schema, state_dict),
         }
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         try:
@@ -190,7 +315,10 @@ class BaseModel(nn.Module):
 
         Raises:
             ValueError: the file is not an ehrlens checkpoint, has an unsupported version,
-                names an unknown model class, or its weights do not fit the architecture.
+                lacks a field, names an unknown model class, holds an invalid schema (e.g. a
+                vocabulary with repeated codes) or hyperparameters, its weights do not fit
+                the architecture built from the saved schema (vocabulary size), or its
+                checksum does not match its contents (a corrupt or edited file).
         """
         path = Path(path)
         try:
@@ -205,14 +333,30 @@ class BaseModel(nn.Module):
                 f"{path}: checkpoint format version {version!r} is not supported "
                 f"(this ehrlens {__version__} reads version {CHECKPOINT_VERSION})"
             )
+        for field, kind in _CHECKPOINT_FIELDS.items():
+            if not isinstance(checkpoint.get(field), kind):
+                raise ValueError(
+                    f"{path}: checkpoint field '{field}' is missing or not a {kind.__name__} "
+                    "(a corrupt file, or one not written by BaseModel.save)"
+                )
         name = checkpoint["model_class"]
         model_class = BaseModel._registry.get(name)
         if model_class is None:
             raise ValueError(f"{path}: unknown model class {name!r}")
         if not issubclass(model_class, cls):
             raise ValueError(f"{path}: holds a {name}, not a {cls.__name__}")
-        schema = FittedSchema.from_state_dict(checkpoint["schema"])
-        model = model_class(schema, **checkpoint["hparams"])
+        try:
+            schema = FittedSchema.from_state_dict(checkpoint["schema"])
+        except ValueError as error:
+            raise ValueError(f"{path}: the saved schema is invalid: {error}") from error
+        try:
+            model = model_class(schema, **checkpoint["hparams"])
+        except (TypeError, ValueError) as error:
+            raise ValueError(
+                f"{path}: cannot build a {name} from the saved hyperparameters "
+                f"{checkpoint['hparams']}: {error}"
+            ) from error
+        _check_vocabulary_sizes(model, checkpoint["state_dict"], path)
         try:
             model.load_state_dict(checkpoint["state_dict"])
         except RuntimeError as error:
@@ -220,4 +364,12 @@ class BaseModel(nn.Module):
                 f"{path}: weights do not match a {name} built from the saved schema "
                 f"(vocabulary or size mismatch): {error}"
             ) from error
+        expected = checkpoint_checksum(
+            name, checkpoint["hparams"], checkpoint["schema"], checkpoint["state_dict"]
+        )
+        if expected != checkpoint["checksum"]:
+            raise ValueError(
+                f"{path}: checksum mismatch: the weights, schema or hyperparameters are not "
+                "those that were saved (a corrupt or edited file); refusing to load it"
+            )
         return model.to(map_location).eval()

@@ -103,9 +103,27 @@ class FeatureEmbedding(nn.Module):
                 f"feature '{self.key}': expected a tensor of rank {self.input_rank} "
                 f"([batch, ...]) for schema '{self.schema}', got shape {tuple(values.shape)}"
             )
-        if self.is_token_feature and values.is_floating_point():
+        if self.is_token_feature and (
+            values.is_floating_point() or values.is_complex() or values.dtype == torch.bool
+        ):
             raise TypeError(
                 f"feature '{self.key}': code ids must be an integer tensor, got {values.dtype}"
+            )
+
+    def _check_ids(self, values: Tensor) -> None:
+        """Code ids must index this feature's vocabulary (e.g. not ids of another schema)."""
+        size = self.unit.num_embeddings
+        if values.numel() == 0 or values.device.type == "meta":
+            return
+        bad = ((values < 0) | (values >= size)).reshape(values.shape[0], -1).any(dim=1)
+        if bool(bad.any()):
+            index = int(bad.nonzero()[0, 0])
+            row = values[index]
+            wrong = int(row[(row < 0) | (row >= size)][0])
+            raise ValueError(
+                f"feature '{self.key}': sample {index} has code id {wrong}, outside this "
+                f"model's vocabulary of {size} ids (0..{size - 1}); convert new patients with "
+                "the model's own vocabulary: create_sample_dataset(samples, schema=model.schema)"
             )
 
     def position_mask(self, values: Tensor, step_mask: Tensor | None = None) -> Tensor:
@@ -125,6 +143,7 @@ class FeatureEmbedding(nn.Module):
     ) -> Tokens:
         mask = self.position_mask(values, step_mask)
         if self.is_token_feature:
+            self._check_ids(values)
             embedded = self.unit(values)  # [batch, seq(, codes), D]; pad embeds to 0
             if self.nested:
                 counts = (values != PAD_ID).sum(-1, keepdim=True).clamp(min=1)

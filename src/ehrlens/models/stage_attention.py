@@ -205,7 +205,9 @@ class StageAttentionNet(AttentionCaptureMixin, BaseModel, GradientInterpretable)
                 x = block(x, tokens.mask)
             x = self.norms[key](x)
             if x.shape[1] == 0:  # no step at all in this batch: nothing to attend over
-                pooled.append(x.new_zeros(x.shape[0], x.shape[2]))
+                # Zeros, but summed from the (empty) embeddings so that they stay in the
+                # autograd graph: gradient methods then score the feature 0 instead of failing.
+                pooled.append(emb.sum(dim=1).to(x.dtype))
             else:
                 # A patient with no step in this feature reads out zeros, as when scored alone.
                 last = last_valid_index(tokens.mask)

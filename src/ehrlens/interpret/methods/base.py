@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from abc import ABC, abstractmethod
+from abc import ABC, ABCMeta, abstractmethod
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
@@ -28,12 +28,24 @@ class BaseInterpreter(ABC):
     requirement_reason: ClassVar[str] = "it reads attention maps captured in the forward pass"
 
     def __init__(self, model: Any) -> None:
-        if not isinstance(model, self.required_interface):
+        if isinstance(model, type):
+            raise TypeError(
+                f"{type(self).__name__} got the class {model.__name__} itself, not a model: "
+                f"build (or load) one first, e.g. {model.__name__}(dataset, ...) or "
+                "BaseModel.load(path)"
+            )
+        interface = self.required_interface
+        if not isinstance(model, interface):
+            how = (
+                f"Subclass it, or declare a class that has the methods with "
+                f"{interface.__name__}.register(cls)."
+                if isinstance(interface, ABCMeta)
+                else f"Subclass {interface.__module__}.{interface.__qualname__}."
+            )
             raise TypeError(
                 f"{type(self).__name__} needs a model implementing "
-                f"{self.required_interface.__name__} ({self.requirement_reason}); "
-                f"{type(model).__name__} does not. Subclass it, or declare a class that has "
-                f"the methods with {self.required_interface.__name__}.register(cls)."
+                f"{interface.__name__} ({self.requirement_reason}); "
+                f"{type(model).__name__} does not. {how}"
             )
         self.model = model
 
@@ -44,18 +56,43 @@ class BaseInterpreter(ABC):
     def __call__(self, target_class_idx: TargetIndex = None, **batch: Any) -> dict[str, Tensor]:
         return self.attribute(target_class_idx, **batch)
 
+    def _check_unused_target(self, target_class_idx: TargetIndex, batch: Mapping[str, Any]) -> None:
+        """Class-agnostic methods ignore the target, but still refuse an invalid one."""
+        size = batch_size_of(self.model, batch)
+        if size is not None:
+            check_target(self.model, target_class_idx, size)
 
-def input_unit_mask(values: Tensor, step_mask: Tensor | None = None) -> Tensor:
+
+def model_pad_ids(model: Any) -> Mapping[str, int | None]:
+    """``{feature: pad id}`` a model declares as ``pad_ids`` (e.g. a tokenizer's pad token);
+    features it does not name use :data:`~ehrlens.data.PAD_ID` (0)."""
+    return getattr(model, "pad_ids", None) or {}
+
+
+def input_unit_mask(
+    values: Tensor, step_mask: Tensor | None = None, pad_id: int | None = PAD_ID
+) -> Tensor:
     """``bool`` shaped like ``values``: True at real input units (not padding).
 
-    Codes are real where the id is not the pad id; time-series values where their step is in
-    ``step_mask`` ``[batch, steps]``; vector elements always.
+    Codes are real where the id is not ``pad_id`` (``None``: every id is real); time-series
+    values where their step is in ``step_mask`` ``[batch, steps]``; vector elements always.
     """
     if not values.is_floating_point():
-        return values != PAD_ID
+        if pad_id is None:
+            return torch.ones(values.shape, dtype=torch.bool, device=values.device)
+        return values != pad_id
     if values.dim() == 3 and step_mask is not None:
         return step_mask.to(torch.bool)[..., None].expand(values.shape)
     return torch.ones(values.shape, dtype=torch.bool, device=values.device)
+
+
+def working_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype relevance is propagated and returned in: at least float32.
+
+    A float16/bfloat16 model's maps are combined in float32, so low precision costs only
+    the rounding of the maps themselves, not of every product over the layers.
+    """
+    return torch.promote_types(dtype, torch.float32)
 
 
 def plain_tensors(batch: Mapping[str, Any]) -> dict[str, Any]:
@@ -82,7 +119,11 @@ def require_autograd(method: str) -> None:
 
 
 def scores_to_inputs(
-    key: str, scores: Tensor, values: Tensor, step_mask: Tensor | None = None
+    key: str,
+    scores: Tensor,
+    values: Tensor,
+    step_mask: Tensor | None = None,
+    pad_id: int | None = PAD_ID,
 ) -> Tensor:
     """Spread per-position scores ``[batch, n_inputs]`` over the raw input ``values``.
 
@@ -91,7 +132,7 @@ def scores_to_inputs(
     - time series ``[batch, steps, features]``: each step's score on each of its values;
     - vectors ``[batch, features]``: one score per element.
 
-    Padding (code id 0, or steps outside ``step_mask``) gets exactly 0.
+    Padding (code id ``pad_id``, or steps outside ``step_mask``) gets exactly 0.
     """
     if tuple(scores.shape) != tuple(values.shape[:2]):
         raise ValueError(
@@ -99,7 +140,7 @@ def scores_to_inputs(
             f"positions {tuple(values.shape[:2])} of the batch tensor {tuple(values.shape)}"
         )
     if not values.is_floating_point():
-        real = values != PAD_ID
+        real = input_unit_mask(values, pad_id=pad_id)
         if values.dim() == 3:
             return scores[..., None] * real
         return scores * real
@@ -111,14 +152,74 @@ def scores_to_inputs(
 
 
 def map_to_input_shapes(
-    token_scores: Mapping[str, Tensor], batch: Mapping[str, Any]
+    token_scores: Mapping[str, Tensor],
+    batch: Mapping[str, Any],
+    pad_ids: Mapping[str, int | None] | None = None,
 ) -> dict[str, Tensor]:
-    """Apply :func:`scores_to_inputs` to every feature key of ``token_scores``."""
+    """Apply :func:`scores_to_inputs` to every feature key of ``token_scores``, with each
+    feature's pad id from ``pad_ids`` (default :data:`~ehrlens.data.PAD_ID`).
+
+    Raises a ``ValueError`` naming the feature and sample if any score is NaN or infinite.
+    """
     masks = batch.get("masks") or {}
-    return {
-        key: scores_to_inputs(key, scores, batch[key], masks.get(key))
+    out = {
+        key: scores_to_inputs(
+            key, scores, batch[key], masks.get(key), (pad_ids or {}).get(key, PAD_ID)
+        )
         for key, scores in token_scores.items()
     }
+    check_finite_scores(out, batch)
+    return out
+
+
+def check_finite_scores(
+    scores: Mapping[str, Tensor], batch: Mapping[str, Any], what: str = "scores"
+) -> None:
+    """Refuse NaN or infinite ``scores`` (``{key: [batch, ...]}``), naming key and sample.
+
+    Inputs are checked at the model boundary, so a non-finite score means the model itself
+    produced NaN/inf (weights that diverged in training, overflow in low precision): an
+    explanation of it would be meaningless, so it is an error rather than a number.
+    """
+    ids = batch.get("patient_id")
+    for key, tensor in scores.items():
+        if tensor.numel() == 0 or tensor.device.type == "meta":
+            continue
+        finite = torch.isfinite(tensor.reshape(tensor.shape[0], -1)).all(dim=1)
+        if not bool(finite.all()):
+            index = int((~finite).nonzero()[0, 0])
+            who = f" (patient_id={ids[index]!r})" if isinstance(ids, list) else ""
+            raise ValueError(
+                f"feature '{key}': sample {index}{who} has NaN or infinite {what}; the "
+                "model's outputs are not finite for it (weights with NaN/inf, e.g. diverged "
+                "training, or overflow in low precision)"
+            )
+
+
+def check_target(model: Any, target_class_idx: TargetIndex, batch_size: int) -> None:
+    """Validate ``target_class_idx`` for a class-agnostic method, which otherwise ignores it.
+
+    A target that no class of the model matches (out of range, wrong type or shape) is an
+    error everywhere, so a typo is not silently explained as something else. Models that do
+    not state ``mode`` and ``output_size`` are not checked.
+    """
+    if target_class_idx is None:
+        return
+    mode = getattr(model, "mode", None)
+    outputs = getattr(model, "output_size", None)
+    if mode is None or not isinstance(outputs, int):
+        return
+    classes = {"binary": 2, "regression": 1}.get(mode, outputs)
+    _as_index(target_class_idx, batch_size, classes, mode)
+
+
+def batch_size_of(model: Any, batch: Mapping[str, Any]) -> int | None:
+    """The batch size read off the first feature tensor of ``batch`` (``None`` if none)."""
+    for key in getattr(model, "feature_keys", None) or list(batch):
+        value = batch.get(key)
+        if isinstance(value, Tensor) and value.dim() > 0:
+            return int(value.shape[0])
+    return None
 
 
 def explained_logits(logit: Tensor, mode: str | None) -> Tensor:

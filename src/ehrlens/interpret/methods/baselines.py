@@ -7,8 +7,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ...data.processors import PAD_ID
 from ..fusion import check_head_fusion
-from .base import BaseInterpreter, TargetIndex, input_unit_mask, map_to_input_shapes
+from .base import BaseInterpreter, TargetIndex, input_unit_mask, map_to_input_shapes, model_pad_ids
 from .propagation import readout_relevance
 from .rollout import fused_attention_layers
 
@@ -42,13 +43,15 @@ class RandomBaseline(BaseInterpreter):
 
     def attribute(self, target_class_idx: TargetIndex = None, **batch: Any) -> dict[str, Tensor]:
         """Random scores shaped like each feature's batch tensor (``target_class_idx`` unused)."""
+        self._check_unused_target(target_class_idx, batch)
         generator = torch.Generator().manual_seed(self.seed)
         masks = batch.get("masks") or {}
         out = {}
         for key in self.feature_keys:
             values = batch[key]
             noise = torch.rand(values.shape, generator=generator).to(values.device)
-            out[key] = noise * input_unit_mask(values, masks.get(key))
+            pad_id = model_pad_ids(self.model).get(key, PAD_ID)
+            out[key] = noise * input_unit_mask(values, masks.get(key), pad_id)
         return out
 
 
@@ -79,6 +82,7 @@ class RawAttention(BaseInterpreter):
 
     def attribute(self, target_class_idx: TargetIndex = None, **batch: Any) -> dict[str, Tensor]:
         """The chosen layer's readout row over the inputs (``target_class_idx`` unused)."""
+        self._check_unused_target(target_class_idx, batch)
         layers = fused_attention_layers(self.model, batch, self.head_fusion)
         chosen = {}
         for key, maps in layers.items():
@@ -89,4 +93,4 @@ class RawAttention(BaseInterpreter):
                 )
             chosen[key] = [maps[self.layer]]
         relevance = readout_relevance(self.model, chosen, _attention_step, batch)
-        return map_to_input_shapes(relevance, batch)
+        return map_to_input_shapes(relevance, batch, model_pad_ids(self.model))

@@ -14,9 +14,11 @@ from .base import (
     BaseInterpreter,
     TargetIndex,
     map_to_input_shapes,
+    model_pad_ids,
     plain_tensors,
     require_autograd,
     select_target,
+    working_dtype,
 )
 from .propagation import readout_relevance
 
@@ -27,10 +29,14 @@ def chefer_step(rows: Tensor, cam: Tensor) -> Tensor:
 
 
 def gradient_weighted_attention(attention: Tensor, gradient: Tensor | None) -> Tensor:
-    """``mean_heads(clamp(grad * A, min=0))``: ``[batch, heads, s, s]`` -> ``[batch, s, s]``."""
+    """``mean_heads(clamp(grad * A, min=0))``: ``[batch, heads, s, s]`` -> ``[batch, s, s]``.
+
+    Computed in at least float32 (:func:`~.base.working_dtype`).
+    """
+    dtype = working_dtype(attention.dtype)
     if gradient is None:  # the target does not depend on this map
-        return torch.zeros_like(attention[:, 0])
-    return (gradient * attention).clamp(min=0).mean(dim=1)
+        return torch.zeros_like(attention[:, 0], dtype=dtype)
+    return (gradient.to(dtype) * attention.to(dtype)).clamp(min=0).mean(dim=1)
 
 
 def _logit(outputs: Any) -> Tensor:
@@ -92,4 +98,4 @@ class CheferRelevance(BaseInterpreter):
                 for key, per_key in self.model.get_attention_layers().items()
             }
         relevance = readout_relevance(self.model, cams, chefer_step, batch)
-        return map_to_input_shapes(relevance, batch)
+        return map_to_input_shapes(relevance, batch, model_pad_ids(self.model))

@@ -11,7 +11,14 @@ import torch
 from torch import Tensor
 
 from ..fusion import check_head_fusion
-from .base import BaseInterpreter, TargetIndex, map_to_input_shapes
+from .base import (
+    BaseInterpreter,
+    TargetIndex,
+    check_finite_scores,
+    map_to_input_shapes,
+    model_pad_ids,
+    working_dtype,
+)
 from .maxflow import flow_values
 from .propagation import readout_weights, select_input_positions
 from .rollout import fused_attention_layers
@@ -103,7 +110,9 @@ class AttentionFlow(BaseInterpreter):
 
         With ``normalize=True`` each sample's scores over its real input positions sum to 1
         (all zeros when no flow reaches the readout, e.g. an empty feature).
+        ``target_class_idx`` is ignored (flow is class-agnostic) but must be valid.
         """
+        self._check_unused_target(target_class_idx, batch)
         weights = readout_weights(self.model, batch)
         if weights is None:
             raise TypeError(
@@ -119,18 +128,22 @@ class AttentionFlow(BaseInterpreter):
                     "raise max_seq_len knowingly"
                 )
         layers = fused_attention_layers(self.model, batch, self.head_fusion)
+        stacked_maps = {key: torch.stack(maps, dim=1).detach() for key, maps in layers.items()}
+        # Max-flow of NaN capacities is a finite number, not NaN: check the maps themselves.
+        check_finite_scores(stacked_maps, batch, "attention")
         flows = {}
         for key, maps in layers.items():
-            stacked = torch.stack(maps, dim=1).detach().to("cpu", torch.float64)  # [b, L, s, s]
+            stacked = stacked_maps[key].to("cpu", torch.float64)  # [b, L, s, s]
             eye = torch.eye(stacked.shape[-1], dtype=torch.float64)
             a_hat = (0.5 * (stacked + eye)).numpy()
             readout = weights[key].detach().to("cpu", torch.float64).numpy()
             values = self._map(list(a_hat), list(readout))
-            flows[key] = torch.from_numpy(np.stack(values)).to(maps[0].device, maps[0].dtype)
+            dtype = working_dtype(maps[0].dtype)
+            flows[key] = torch.from_numpy(np.stack(values)).to(maps[0].device, dtype)
         scores = select_input_positions(self.model, flows, batch)
         if self.normalize:
             scores = {key: _normalized(s) for key, s in scores.items()}
-        return map_to_input_shapes(scores, batch)
+        return map_to_input_shapes(scores, batch, model_pad_ids(self.model))
 
 
 def _normalized(scores: Tensor) -> Tensor:

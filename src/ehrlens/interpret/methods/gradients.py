@@ -16,12 +16,15 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ...data.processors import PAD_ID
 from ..api import eval_mode
 from .base import (
     BaseInterpreter,
     TargetIndex,
+    check_finite_scores,
     explained_logits,
     input_unit_mask,
+    model_pad_ids,
     plain_tensors,
     require_autograd,
     target_index,
@@ -123,7 +126,10 @@ class _LayerGradientMethod(BaseInterpreter):
             scores = attribution.detach().sum(dim=-1)  # [batch, *input_positions]
             if values.is_floating_point() and values.dim() == scores.dim() + 1:
                 scores = scores[..., None].expand(values.shape)  # a step's score on its values
-            out[key] = (scores * input_unit_mask(values, masks.get(key))).to(torch.float32)
+            pad_id = model_pad_ids(self.model).get(key, PAD_ID)
+            real = input_unit_mask(values, masks.get(key), pad_id)
+            out[key] = (scores * real).to(torch.float32)
+        check_finite_scores(out, batch)
         return out
 
 

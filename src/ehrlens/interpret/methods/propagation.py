@@ -16,6 +16,7 @@ import torch
 from torch import Tensor
 
 from ..api import AttentionInterpretable
+from .base import working_dtype
 
 LayerStep = Callable[[Tensor, Tensor], Tensor]
 
@@ -29,12 +30,13 @@ def propagate_rows(rows: Tensor, layers: Sequence[Tensor], step: LayerStep) -> T
         step: ``(rows, map) -> rows @ M(map)`` for the method's per-layer matrix ``M``.
 
     Returns:
-        ``rows @ M(layers[-1]) @ ... @ M(layers[0])``: ``[batch, rows, seq]``.
+        ``rows @ M(layers[-1]) @ ... @ M(layers[0])``: ``[batch, rows, seq]``, in at least
+        float32 (:func:`~.base.working_dtype`), also for float16/bfloat16 maps.
     """
     if layers:
-        rows = rows.to(layers[0].dtype)
+        rows = rows.to(working_dtype(layers[0].dtype))
     for layer in reversed(layers):
-        rows = step(rows, layer)
+        rows = step(rows, layer.to(rows.dtype))
     return rows
 
 
@@ -79,6 +81,6 @@ def readout_relevance(
     matrices = {}
     for key, maps in layers.items():
         batch_size, seq = maps[0].shape[0], maps[0].shape[-1]
-        eye = torch.eye(seq, dtype=maps[0].dtype, device=maps[0].device)
+        eye = torch.eye(seq, dtype=working_dtype(maps[0].dtype), device=maps[0].device)
         matrices[key] = propagate_rows(eye.expand(batch_size, seq, seq), maps, step)
     return model.get_relevance_tensor(matrices, **batch)

@@ -10,7 +10,7 @@ from torch import Tensor
 
 from ..api import capture_attention
 from ..fusion import check_head_fusion, fuse_heads
-from .base import BaseInterpreter, TargetIndex, map_to_input_shapes
+from .base import BaseInterpreter, TargetIndex, map_to_input_shapes, model_pad_ids, working_dtype
 from .propagation import (
     readout_relevance,
     readout_weights,
@@ -96,7 +96,7 @@ def low_memory_rollout_rows(
         >>> readout = model.get_readout_weights(**batch)["diagnoses"]   # one-hot at [CLS]
         >>> rows = low_memory_rollout_rows(readout, layers, "mean")     # [batch, 1 + seq]
     """
-    rows = readout.to(layers[0].query.dtype) if layers else readout
+    rows = readout.to(working_dtype(layers[0].query.dtype)) if layers else readout
     for layer in reversed(layers):
         mixed = torch.zeros_like(rows)
         for start in range(0, layer.seq_len, block_rows):
@@ -105,7 +105,7 @@ def low_memory_rollout_rows(
                 continue
             block = slice(start, start + part.shape[1])
             attention = fuse_heads(layer.weights(block), head_fusion)
-            attention = discard_lowest(attention, discard_ratio, row_offset=start)
+            attention = discard_lowest(attention, discard_ratio, row_offset=start).to(rows.dtype)
             mixed += torch.bmm(part[:, None, :], attention)[:, 0]
         rows = 0.5 * (mixed + rows)
     return rows
@@ -169,12 +169,18 @@ class AttentionRollout(BaseInterpreter):
         self.block_rows = int(block_rows)
 
     def attribute(self, target_class_idx: TargetIndex = None, **batch: Any) -> dict[str, Tensor]:
-        """Rollout scores for each feature (see the class docstring); no gradients needed."""
+        """Rollout scores for each feature (see the class docstring); no gradients needed.
+
+        ``target_class_idx`` is ignored (rollout is class-agnostic) but must be valid for the
+        model, as for every method.
+        """
+        self._check_unused_target(target_class_idx, batch)
         if self.low_memory:
-            return map_to_input_shapes(self._low_memory_relevance(batch), batch)
+            relevance = self._low_memory_relevance(batch)
+            return map_to_input_shapes(relevance, batch, model_pad_ids(self.model))
         layers = fused_attention_layers(self.model, batch, self.head_fusion, self.discard_ratio)
         relevance = readout_relevance(self.model, layers, rollout_step, batch)
-        return map_to_input_shapes(relevance, batch)
+        return map_to_input_shapes(relevance, batch, model_pad_ids(self.model))
 
     def _low_memory_relevance(self, batch: Mapping[str, Any]) -> dict[str, Tensor]:
         weights = readout_weights(self.model, batch)
