@@ -135,12 +135,8 @@ def test_refused_architecture(model_type):
     assert type(model).__name__ in str(raised.value)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="ehrlens.interpret.methods.base.scores_to_inputs zeroes every token id equal to "
-    "PAD_ID (0), which is RoBERTa's <s> ([CLS]); needs the model's pad id (see the report)",
-)
 def test_roberta_cls_with_token_id_0_keeps_its_score(refs):
+    """RoBERTa's <s> is token 0 and its pad token 1: the model's pad id decides padding."""
     model = build("roberta", SUPPORTED["roberta"])
     batch = token_batch(model)
     batch["input_ids"][:, 0] = 0  # RoBERTa's <s>
