@@ -44,7 +44,9 @@ def handle_errors(command: Callable[..., Any]) -> Callable[..., Any]:
             return command(*args, **kwargs)
         except OutputConflictError as error:
             _fail(str(error), EXIT_OUTPUT_CONFLICT)
-        except (ValueError, TypeError, KeyError, FileNotFoundError, ImportError) as error:
+        except KeyError as error:
+            _fail(f"missing key {error}", EXIT_BAD_INPUT)
+        except (ValueError, TypeError, OSError, ImportError) as error:
             _fail(str(error), EXIT_BAD_INPUT)
         except KeyboardInterrupt:
             _fail("interrupted; run the same command again to resume", EXIT_INTERRUPTED)
@@ -63,6 +65,7 @@ def _methods(values: tuple[str, ...]) -> list[str]:
 
 
 def _model_and_data(model_dir: Path, data: Path, labels: Path | None, split: str):
+    """``(model, card, dataset, samples)`` for the chosen split of the patients in ``data``."""
     from ..data import create_sample_dataset
     from ..data.sources import load_samples
     from ..model_dir import load_model_dir
@@ -70,10 +73,20 @@ def _model_and_data(model_dir: Path, data: Path, labels: Path | None, split: str
 
     model, card = load_model_dir(model_dir)
     label_key = model.schema.label_keys[0]
-    samples = load_samples(data, model.schema.input_schema, labels=labels, label_key=label_key)
+    samples = load_samples(
+        data,
+        model.schema.input_schema,
+        labels=labels,
+        label_key=label_key,
+        columns=card.get("columns"),
+    )
     dataset = create_sample_dataset(samples, schema=model.schema)
     seed = card.get("data", {}).get("split", {}).get("seed", 0)
-    return model, card, select_split(dataset, split, seed)
+    chosen = select_split(dataset, split, seed)
+    if chosen is not dataset:
+        keep = set(chosen.patient_ids)
+        samples = [s for s in samples if str(s["patient_id"]) in keep]
+    return model, card, chosen, samples
 
 
 _data_option = click.option(
@@ -128,9 +141,23 @@ def main() -> None:
 
 
 @main.command()
-@click.option("--patients", default=3000, show_default=True, help="Cohort size.")
-@click.option("--epochs", default=8, show_default=True, help="Training epochs per model.")
-@click.option("--explain", default=4, show_default=True, help="Test patients to explain.")
+@click.option(
+    "--patients", default=3000, type=click.IntRange(min=1), show_default=True, help="Cohort size."
+)
+@click.option(
+    "--epochs",
+    default=8,
+    type=click.IntRange(min=1),
+    show_default=True,
+    help="Training epochs per model.",
+)
+@click.option(
+    "--explain",
+    default=4,
+    type=click.IntRange(min=1),
+    show_default=True,
+    help="Test patients to explain.",
+)
 @click.option("--seed", default=0, show_default=True)
 @handle_errors
 def demo(patients: int, epochs: int, explain: int, seed: int) -> None:
@@ -147,7 +174,9 @@ def demo(patients: int, epochs: int, explain: int, seed: int) -> None:
 
 @main.command()
 @click.argument("out_dir", type=click.Path(file_okay=False, path_type=Path))
-@click.option("--patients", default=1000, show_default=True, help="Cohort size.")
+@click.option(
+    "--patients", default=1000, type=click.IntRange(min=1), show_default=True, help="Cohort size."
+)
 @click.option(
     "--layout",
     type=click.Choice(["sequence", "nested", "stagenet"]),
@@ -193,9 +222,9 @@ def synthetic(out_dir: Path, patients: int, layout: str, seed: int) -> None:
     default="transformer",
     show_default=True,
 )
-@click.option("--epochs", default=8, show_default=True)
+@click.option("--epochs", default=8, type=click.IntRange(min=1), show_default=True)
 @click.option("--lr", default=2e-3, show_default=True, help="Learning rate.")
-@click.option("--batch-size", default=64, show_default=True)
+@click.option("--batch-size", default=64, type=click.IntRange(min=1), show_default=True)
 @click.option("--embedding-dim", default=64, show_default=True)
 @click.option("--layers", default=2, show_default=True, help="Encoder layers (transformer).")
 @click.option("--heads", default=4, show_default=True, help="Attention heads.")
@@ -243,6 +272,8 @@ def train(
         batch_size=batch_size, seed=seed, progress=not quiet,
     )  # fmt: skip
     card["data"].update(path=str(data), sha256=file_sha256(data))
+    if schema.get("columns"):  # measurement order of numeric event features, kept for scoring
+        card["columns"] = schema["columns"]
     if labels is not None:
         card["data"].update(labels=str(labels), labels_sha256=file_sha256(labels))
     save_model_dir(model, out, card)
@@ -263,8 +294,14 @@ def train(
     help="Folder of Parquet shards (created; an interrupted run resumes there).",
 )
 @_split_option
-@click.option("--batch-size", default=64, show_default=True)
-@click.option("--shard-size", default=1000, show_default=True, help="Patients per shard.")
+@click.option("--batch-size", default=64, type=click.IntRange(min=1), show_default=True)
+@click.option(
+    "--shard-size",
+    default=1000,
+    type=click.IntRange(min=1),
+    show_default=True,
+    help="Patients per shard.",
+)
 @click.option(
     "--target",
     type=int,
@@ -307,13 +344,15 @@ def explain(
 
     torch.manual_seed(seed)
     names = _methods(methods)
-    model, card, dataset = _model_and_data(model_dir, data, labels, split)
+    model, card, dataset, samples = _model_and_data(model_dir, data, labels, split)
     options = {name: ({"seed": seed} if name == "random" else {}) for name in names}
     if engine == "ray":
         from ..distributed import explain_cohort_ray
 
+        # JSON Lines are read by Ray Data itself; other inputs go as the parsed samples
+        source = data if split == "all" and data.suffix.lower() == ".jsonl" else samples
         result = explain_cohort_ray(
-            model_dir, dataset, options, out_dir=out, batch_size=batch_size,
+            model_dir, source, options, out_dir=out, batch_size=batch_size,
             shard_size=shard_size, target_class_idx=target, address=address,
             num_workers=workers, progress=not quiet,
         )  # fmt: skip
@@ -336,7 +375,7 @@ def explain(
 @_labels_option
 @_method_option
 @_split_option
-@click.option("--batch-size", default=64, show_default=True)
+@click.option("--batch-size", default=64, type=click.IntRange(min=1), show_default=True)
 @click.option(
     "--ablation",
     type=click.Choice(["zero", "mean"]),
@@ -344,7 +383,13 @@ def explain(
     show_default=True,
     help="What removed numeric inputs become (codes always become padding).",
 )
-@click.option("--bootstrap", default=1000, show_default=True, help="Bootstrap draws for CIs.")
+@click.option(
+    "--bootstrap",
+    type=click.IntRange(min=1),
+    default=1000,
+    show_default=True,
+    help="Bootstrap draws for CIs.",
+)
 @click.option(
     "--out",
     type=click.Path(dir_okay=False, path_type=Path),
@@ -384,7 +429,7 @@ def evaluate(
 
     torch.manual_seed(seed)
     names = _methods(methods)
-    model, _, dataset = _model_and_data(model_dir, data, labels, split)
+    model, _, dataset, _ = _model_and_data(model_dir, data, labels, split)
     evaluator = Evaluator(
         model, ablation=ablation, n_bootstrap=bootstrap, seed=seed, progress=not quiet
     )
@@ -411,6 +456,29 @@ def evaluate(
 
         plot_faithfulness_curves(results, plot)
         click.echo(f"wrote {plot}")
+
+
+def _read_attributions(folder: Path) -> Any:
+    """The complete attribution table of an `explain` folder, refusing an unfinished run."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from ..explain.runner import MANIFEST
+
+    manifest = folder / MANIFEST
+    if not manifest.exists():
+        raise FileNotFoundError(f"{folder}: no {MANIFEST}; is it a folder written by `explain`?")
+    record = json.loads(manifest.read_text())
+    if not record.get("complete"):
+        raise ValueError(
+            f"{folder}: the explain run is unfinished; run the same `ehrlens explain` command "
+            "again to complete it"
+        )
+    shards = [folder / f"part-{i:05d}.parquet" for i in range(int(record["shards"]))]
+    absent = [p.name for p in shards if not p.exists()]
+    if absent:
+        raise ValueError(f"{folder}: shard file(s) {absent[:3]} are missing; re-run explain")
+    return pa.concat_tables([pq.read_table(p) for p in shards]).to_pandas()
 
 
 def _evaluation_table(rows: list[dict[str, Any]]) -> str:
@@ -449,9 +517,16 @@ def _evaluation_table(rows: list[dict[str, Any]]) -> str:
     default=None,
     help="CSV with header code,description.",
 )
-@click.option("--top-k", default=10, show_default=True, help="Codes listed per patient.")
+@click.option(
+    "--top-k",
+    type=click.IntRange(min=1),
+    default=10,
+    show_default=True,
+    help="Codes listed per patient.",
+)
 @click.option(
     "--max-patients",
+    type=click.IntRange(min=0),
     default=50,
     show_default=True,
     help="Patient sections: the highest-risk patients first (0 = all).",
@@ -478,23 +553,16 @@ def report(
 ) -> None:
     """Write an HTML report: per patient the prediction, a timeline of visits with codes shaded
     by score, the top codes, methods side by side; and the cohort's most influential codes."""
-    import pyarrow.parquet as pq
-
     from ..report import patient_predictions, read_descriptions, write_report
 
     if out.exists() and not overwrite:
         raise OutputConflictError(f"{out} exists; pass --overwrite to replace it")
-    model, card, dataset = _model_and_data(model_dir, data, labels, "all")
-    shards = sorted(attributions.glob("part-*.parquet"))
-    if not shards:
-        raise FileNotFoundError(f"{attributions}: no part-*.parquet shards; run `ehrlens explain`")
-    import pyarrow as pa
-
-    frame = pa.concat_tables([pq.read_table(p) for p in shards]).to_pandas()
-    ids = set(frame["model_id"])
-    if card.get("model_id") not in ids:
+    model, card, dataset, _ = _model_and_data(model_dir, data, labels, "all")
+    frame = _read_attributions(attributions)
+    ids = sorted(set(frame["model_id"]))
+    if ids != [card.get("model_id")]:
         raise ValueError(
-            f"{attributions} holds attributions of model(s) {sorted(ids)}, not of "
+            f"{attributions} holds attributions of model(s) {ids}, not only of "
             f"{model_dir} (model {card.get('model_id')})"
         )
     predictions = patient_predictions(model, dataset)

@@ -93,7 +93,7 @@ def read_table(source: Any):
             import pyarrow.parquet as pq
 
             return pq.read_table(path).to_pandas()
-        if suffixes.endswith((".csv", ".csv.gz", ".tsv")):
+        if suffixes.endswith((".csv", ".csv.gz", ".tsv", ".tsv.gz")):
             import pyarrow.csv as pacsv
 
             delimiter = "\t" if ".tsv" in suffixes else ","
@@ -107,7 +107,7 @@ def read_table(source: Any):
                 ),
             )
             return table.to_pandas()
-    except (pa.ArrowInvalid, pa.ArrowTypeError, OSError) as error:
+    except (pa.ArrowInvalid, pa.ArrowTypeError, OSError, UnicodeDecodeError) as error:
         raise ValueError(f"{path}: not a readable table ({error})") from error
     raise ValueError(f"{path}: unknown table format; expected .parquet, .pq, .csv or .tsv")
 
@@ -117,7 +117,7 @@ def _csv_header(path: Path, delimiter: str) -> list[str]:
     import gzip
 
     opener = gzip.open if path.suffix.lower() == ".gz" else open
-    with opener(path, "rt", newline="", encoding="utf-8") as f:
+    with opener(path, "rt", newline="", encoding="utf-8-sig") as f:  # the names pyarrow sees
         return next(csv.reader(f, delimiter=delimiter), [])
 
 
@@ -155,13 +155,22 @@ def _parse_times(series: Any, time_unit: str) -> tuple[np.ndarray, np.ndarray, b
         text = _as_text(series)
         numbers = pd.to_numeric(text, errors="coerce")
         present = text.notna().to_numpy()
-        if present.any() and numbers[present].notna().all():
+        not_numbers = present & numbers.isna().to_numpy()
+        # Numeric times when some are numbers and none of the others is a date: the others are
+        # then bad rows (one malformed cell must not turn every numeric time into a date).
+        if numbers[present].notna().any() and _no_dates(text[not_numbers]):
             values = numbers.to_numpy(dtype=np.float64, na_value=np.nan)
             return values, ~np.isfinite(values), False
         stamps = pd.to_datetime(text, errors="coerce", utc=True, format="ISO8601")
     seconds = (stamps - pd.Timestamp(0, tz="UTC")).dt.total_seconds().to_numpy(dtype=np.float64)
     seconds = seconds / TIME_UNITS[time_unit]
     return seconds, ~np.isfinite(seconds), True
+
+
+def _no_dates(text: Any) -> bool:
+    pd = _require_pandas()
+    stamps = pd.to_datetime(text, errors="coerce", utc=True, format="ISO8601")
+    return bool(stamps.isna().all())
 
 
 def _parse_values(series: Any) -> np.ndarray:
@@ -213,7 +222,8 @@ def from_events(
     Raises:
         ValueError: missing columns, bad rows (with ``on_bad_rows="error"``), a patient without
             a label, a label that varies within a patient, or a ``"tensor"`` feature missing a
-            measurement for a patient. Messages give row numbers or patient ids.
+            measurement for a patient or giving one twice. Messages give row numbers or
+            patient ids.
 
     Example:
         >>> samples = from_events(table, {"diagnoses": "sequence", "labs": "timeseries"},
@@ -390,6 +400,13 @@ def _build_feature(
     if schema == "tensor":
         vector = [math.nan] * len(names)
         for c, x in zip(rows["code"], rows["value"], strict=True):
+            if not math.isnan(vector[column[c]]):  # a vector holds one value per measurement
+                repeats = int((rows["code"] == c).sum())
+                raise ValueError(
+                    f"patient '{pid}', feature '{key}': {repeats} values for {c!r} (rows "
+                    f"{', '.join(str(int(r) + 1) for r in rows.loc[rows['code'] == c, 'row'])}); "
+                    "a tensor feature takes one value per measurement"
+                )
             vector[column[c]] = float(x)
         absent = [n for n, x in zip(names, vector, strict=True) if math.isnan(x)]
         if absent:

@@ -315,10 +315,11 @@ def claim_output_dir(out: Path, fingerprint: str, settings: dict, n_shards: int)
         except (OSError, json.JSONDecodeError) as error:
             raise OutputConflictError(f"{manifest}: unreadable run manifest ({error})") from error
         if previous.get("fingerprint") != fingerprint:
+            old = previous.get("settings", {})
             raise OutputConflictError(
-                f"{out} holds attributions of a different run (model "
-                f"{previous.get('settings', {}).get('model_id')}, methods "
-                f"{sorted(previous.get('settings', {}).get('methods', {}))}); "
+                f"{out} holds attributions of a different run (model {old.get('model_id')}, "
+                f"methods {sorted(old.get('methods', {}))}) than this one (model "
+                f"{settings.get('model_id')}, methods {sorted(settings.get('methods', {}))}); "
                 "nothing was changed. Write to a new folder, or delete that one yourself."
             )
     else:

@@ -41,7 +41,7 @@ def patient_predictions(
     probability (multiclass), the largest label probability (multilabel), or the value
     (regression); the label when the dataset has one."""
     out: dict[str, Prediction] = {}
-    label_key = model.label_key if dataset.label_keys else None
+    label_key = model.label_key if dataset.has_labels else None
     with eval_mode(model), torch.inference_mode():
         for batch in get_dataloader(dataset, batch_size):
             batch = move_to_device(batch, model.device)
@@ -71,7 +71,8 @@ border-bottom:1px solid #eef0f3}th{color:#5a6478;font-weight:600}
 td.num{text-align:right;font-variant-numeric:tabular-nums}
 .methods{display:flex;gap:18px;flex-wrap:wrap}.method{flex:1 1 420px;min-width:360px}
 .timeline{overflow-x:auto;padding-bottom:6px}
-.feature{display:flex;align-items:flex-start;gap:6px;margin:4px 0}
+.feature{display:flex;align-items:flex-start;gap:6px;margin:6px 0}
+.visits{display:flex;flex-wrap:wrap;gap:4px 2px;align-items:flex-start}
 .fname{width:92px;flex:none;font-size:12px;color:#5a6478;padding-top:3px}
 .visit{flex:none;border-left:2px solid #dde1e7;padding:0 4px;min-width:22px}
 .vlabel{font-size:10px;color:#8a93a6}
@@ -133,7 +134,8 @@ def render_report(
         raise ValueError("no attributions to report (the table is empty)")
     methods = list(dict.fromkeys(frame["method"]))
     order = list(dict.fromkeys(frame["patient_id"])) if patients is None else list(patients)
-    missing = [p for p in order if p not in set(frame["patient_id"])]
+    known = set(frame["patient_id"])
+    missing = [p for p in order if p not in known]
     if missing:
         raise ValueError(f"patients {missing[:5]} have no attributions in the table")
     features = list(dict.fromkeys(frame["feature"]))
@@ -198,7 +200,10 @@ def _patient_section(
 ) -> str:
     header = f"<h2>Patient {_esc(pid)}</h2>"
     if prediction is not None:
-        label = "unknown" if prediction.label is None else prediction.label
+        label = prediction.label
+        if isinstance(label, float) and label.is_integer():
+            label = int(label)
+        label = "unknown" if label is None else label
         header += (
             f"<span class='pill'>predicted risk {prediction.probability:.3f}</span>"
             f"<span class='pill'>label {_esc(label)}</span>"
@@ -252,7 +257,10 @@ def _feature_row(
         )
         label = "" if visit is None else f"<div class='vlabel'>v{int(visit)}</div>"
         cells.append(f"<div class='visit'>{label}{chips}</div>")
-    return f"<div class='feature'><div class='fname'>{_esc(feature)}</div>{''.join(cells)}</div>"
+    return (
+        f"<div class='feature'><div class='fname'>{_esc(feature)}</div>"
+        f"<div class='visits'>{''.join(cells)}</div></div>"
+    )
 
 
 def write_report(path: str | os.PathLike, frame: Any, *args: Any, **kwargs: Any) -> Path:
@@ -273,7 +281,7 @@ def read_descriptions(path: str | os.PathLike) -> dict[str, str]:
     import csv
 
     path = Path(path)
-    with path.open(newline="", encoding="utf-8") as f:
+    with path.open(newline="", encoding="utf-8-sig") as f:  # spreadsheet exports add a BOM
         reader = csv.DictReader(f)
         if not reader.fieldnames or not {"code", "description"} <= set(reader.fieldnames):
             raise ValueError(

@@ -55,8 +55,8 @@ def patient_grid(frame: Any, patient_id: str, method: str) -> tuple[np.ndarray, 
         labels.append("all")
     grid = np.zeros((len(features), len(labels)))
     column = {v: i for i, v in enumerate(visits)}
-    for f, v, s in zip(rows["feature"], rows["visit"], rows["score"], strict=True):
-        j = len(labels) - 1 if v != v else column[int(v)]  # v != v: null visit
+    for f, null, v, s in zip(rows["feature"], flat, rows["visit"], rows["score"], strict=True):
+        j = len(labels) - 1 if null else column[int(v)]  # null: NaN, None or pd.NA
         grid[features.index(f), j] += s
     return grid, features, labels
 

@@ -1,0 +1,397 @@
+"""The self-contained HTML report (ehrlens.report.html), read back with html.parser."""
+
+from __future__ import annotations
+
+from collections import Counter
+from html.parser import HTMLParser
+
+import pandas as pd
+import pytest
+import torch
+
+from ehrlens.data import create_sample_dataset, generate_cohort
+from ehrlens.explain import ATTRIBUTION_COLUMNS, explain_cohort
+from ehrlens.models import Transformer
+from ehrlens.report import (
+    Prediction,
+    patient_predictions,
+    read_descriptions,
+    render_report,
+    write_report,
+)
+
+VOID = {"meta", "br", "img", "link", "input", "hr", "source", "wbr", "area", "base", "col"}
+
+
+class Node:
+    def __init__(self, tag, attrs, parent=None):
+        self.tag, self.attrs, self.parent = tag, dict(attrs), parent
+        self.children: list[Node] = []
+        self.text_parts: list[str] = []
+
+    @property
+    def classes(self):
+        return (self.attrs.get("class") or "").split()
+
+    def text(self):
+        return "".join(self.text_parts) + "".join(c.text() for c in self.children)
+
+    def iter(self):
+        yield self
+        for child in self.children:
+            yield from child.iter()
+
+    def find_all(self, tag=None, cls=None):
+        return [
+            n
+            for n in self.iter()
+            if (tag is None or n.tag == tag) and (cls is None or cls in n.classes)
+        ]
+
+    def child(self, tag=None, cls=None):
+        found = [
+            c
+            for c in self.children
+            if (tag is None or c.tag == tag) and (cls is None or cls in c.classes)
+        ]
+        assert len(found) == 1, (tag, cls, len(found))
+        return found[0]
+
+
+class TreeBuilder(HTMLParser):
+    def __init__(self):
+        super().__init__(convert_charrefs=True)
+        self.root = Node("#root", [])
+        self.current = self.root
+        self.styles: list[str] = []
+
+    def handle_starttag(self, tag, attrs):
+        node = Node(tag, attrs, self.current)
+        self.current.children.append(node)
+        if tag not in VOID:
+            self.current = node
+
+    def handle_endtag(self, tag):
+        assert self.current.tag == tag, f"</{tag}> closes <{self.current.tag}>"
+        self.current = self.current.parent
+
+    def handle_data(self, data):
+        self.current.text_parts.append(data)
+        if self.current.tag == "style":
+            self.styles.append(data)
+
+
+def parse(text: str) -> TreeBuilder:
+    builder = TreeBuilder()
+    builder.feed(text)
+    builder.close()
+    assert builder.current is builder.root, "unclosed elements"
+    return builder
+
+
+def assert_self_contained(tree: TreeBuilder) -> None:
+    """Nothing is fetched at view time: no remote src/href, no script files, no CSS links."""
+    for node in tree.root.iter():
+        for name in ("src", "href", "srcset", "data", "action", "poster"):
+            value = (node.attrs.get(name) or "").strip().lower()
+            assert not value.startswith(("http://", "https://", "//")), (node.tag, value)
+        assert not (node.tag == "script" and "src" in node.attrs)
+        assert node.tag not in ("link", "iframe", "object", "embed", "img")
+    css = "".join(tree.styles).lower()
+    assert "@import" not in css and "url(" not in css
+
+
+def patient_sections(tree: TreeBuilder) -> dict[str, Node]:
+    return {
+        s.attrs["id"][len("p-") :]: s
+        for s in tree.root.find_all("section", "patient")
+        if s.attrs.get("id", "").startswith("p-")
+    }
+
+
+def method_name(method_div: Node) -> str:
+    """A method column's name: its first heading."""
+    assert method_div.children[0].tag == "h3"
+    return method_div.children[0].text()
+
+
+def timeline_chips(section: Node) -> list[tuple]:
+    """``(method, feature, visit or None, code, data-score, title)`` of every shaded code."""
+    chips = []
+    for method_div in section.find_all("div", "method"):
+        method = method_name(method_div)
+        for feature_div in method_div.child("div", "timeline").find_all("div", "feature"):
+            feature = feature_div.child("div", "fname").text()
+            for visit_div in feature_div.find_all("div", "visit"):
+                labels = visit_div.find_all("div", "vlabel")
+                visit = int(labels[0].text()[1:]) if labels else None
+                for chip in visit_div.find_all("span", "code"):
+                    assert chip.text() == chip.attrs["data-code"]
+                    chips.append(
+                        (
+                            method,
+                            feature,
+                            visit,
+                            chip.attrs["data-code"],
+                            chip.attrs["data-score"],
+                            chip.attrs["title"],
+                        )
+                    )
+    return chips
+
+
+def expected_chips(frame: pd.DataFrame, pid: str, descriptions=None) -> list[tuple]:
+    out = []
+    for row in frame[frame["patient_id"] == pid].itertuples():
+        visit = None if pd.isna(row.visit) else int(row.visit)
+        name = row.code
+        if descriptions and row.code in descriptions:
+            name = f"{row.code} — {descriptions[row.code]}"
+        out.append(
+            (
+                row.method,
+                row.feature,
+                visit,
+                row.code,
+                f"{row.score:.6g}",
+                f"{name}: score {row.score:.6g}",
+            )
+        )
+    return out
+
+
+# ----------------------------------------------------------------------------- hand-built
+def _frame(rows) -> pd.DataFrame:
+    frame = pd.DataFrame(rows, columns=ATTRIBUTION_COLUMNS)
+    frame["visit"] = frame["visit"].astype("float64")  # as Parquet gives it back: NaN for null
+    return frame
+
+
+P1 = [
+    ("p1", "dx", 0, 0, "A", 0.5, "rollout", "m"),
+    ("p1", "dx", 0, 1, "B", 0.25, "rollout", "m"),
+    ("p1", "dx", 1, 0, "A", 0.125, "rollout", "m"),
+    ("p1", "demo", None, 0, "0", -0.5, "rollout", "m"),
+    ("p1", "demo", None, 1, "1", 0.0, "rollout", "m"),
+    ("p1", "dx", 0, 0, "A", 1.0, "chefer", "m"),
+    ("p1", "dx", 0, 1, "B", 2.0, "chefer", "m"),
+    ("p1", "dx", 1, 0, "A", 0.0, "chefer", "m"),
+    ("p1", "demo", None, 0, "0", 0.1, "chefer", "m"),
+    ("p1", "demo", None, 1, "1", 0.2, "chefer", "m"),
+]
+P2 = [
+    ("P&<2>", "dx", 0, 0, "x<y>", 0.75, "rollout", "m"),
+    ("P&<2>", "dx", 0, 1, "B", 0.0625, "rollout", "m"),
+    ("P&<2>", "demo", None, 0, "0", 0.0, "rollout", "m"),
+    ("P&<2>", "demo", None, 1, "1", 0.25, "rollout", "m"),
+    ("P&<2>", "dx", 0, 0, "x<y>", 0.5, "chefer", "m"),
+    ("P&<2>", "dx", 0, 1, "B", 0.5, "chefer", "m"),
+    ("P&<2>", "demo", None, 0, "0", 0.0, "chefer", "m"),
+    ("P&<2>", "demo", None, 1, "1", 0.0, "chefer", "m"),
+]
+FRAME = _frame(P1 + P2)
+DESCRIPTIONS = {"A": "Hypertension", "x<y>": "odd 'quoted' & <tagged>"}
+
+
+@pytest.fixture(scope="module")
+def hand_report():
+    predictions = {"p1": Prediction(0.87654, 1), "P&<2>": Prediction(0.1, None)}
+    text = render_report(
+        FRAME,
+        predictions,
+        descriptions=DESCRIPTIONS,
+        top_k=3,
+        title="T <1>",
+        subtitle="model X",
+    )
+    return text, parse(text)
+
+
+def test_report_is_one_self_contained_document(hand_report):
+    text, tree = hand_report
+    assert text.startswith("<!DOCTYPE html>")
+    assert_self_contained(tree)
+    assert tree.root.find_all("title")[0].text() == "T <1>"
+    assert "2 patients · methods: rollout, chefer" in tree.root.find_all("header")[0].text()
+    index = tree.root.find_all("section", "index")[0]
+    assert [a.attrs["href"] for a in index.find_all("a")] == ["#p-p1", "#p-P&<2>"]
+
+
+def test_every_code_of_every_patient_has_its_score_on_hover(hand_report):
+    _, tree = hand_report
+    sections = patient_sections(tree)
+    assert list(sections) == ["p1", "P&<2>"]
+    for pid, section in sections.items():
+        assert section.child("h2").text() == f"Patient {pid}"
+        assert Counter(timeline_chips(section)) == Counter(expected_chips(FRAME, pid, DESCRIPTIONS))
+    # methods side by side: one column per method, in table order
+    methods = sections["p1"].child("div", "methods").children
+    assert [method_name(m) for m in methods] == ["rollout", "chefer"]
+
+
+def test_prediction_label_and_shading(hand_report):
+    _, tree = hand_report
+    sections = patient_sections(tree)
+    pills = [p.text() for p in sections["p1"].find_all("span", "pill")]
+    assert pills == ["predicted risk 0.877", "label 1"]
+    assert [p.text() for p in sections["P&<2>"].find_all("span", "pill")] == [
+        "predicted risk 0.100",
+        "label unknown",
+    ]
+    rollout = sections["p1"].find_all("div", "method")[0]
+    styles = {
+        (c.attrs["data-code"], c.attrs["data-score"]): c.attrs["style"]
+        for c in rollout.find_all("span", "code")
+    }
+    # scale = the patient's largest |score| for the method (0.5): full red, half, white, blue
+    assert styles[("A", "0.5")] == "background:#c81e2d;color:#ffffff"
+    assert styles[("B", "0.25")] == "background:#e48e96;color:#1d2330"
+    assert styles[("1", "0")] == "background:#ffffff;color:#1d2330"
+    assert styles[("0", "-0.5")] == "background:#285ac8;color:#ffffff"
+    # visits of a nested feature are labelled; flat features have none
+    dx = [f for f in rollout.find_all("div", "feature") if f.child("div", "fname").text() == "dx"]
+    assert [v.text() for v in dx[0].find_all("div", "vlabel")] == ["v0", "v1"]
+
+
+def test_top_k_codes_per_patient_and_method(hand_report):
+    _, tree = hand_report
+    section = patient_sections(tree)["p1"]
+    tables = [m.find_all("table")[0] for m in section.find_all("div", "method")]
+    assert [m.find_all("h3")[1].text() for m in section.find_all("div", "method")] == [
+        "top 3 codes",
+        "top 3 codes",
+    ]
+
+    def rows(table):
+        return [[td.text() for td in tr.find_all("td")] for tr in table.find_all("tr")[1:]]
+
+    # summed per (feature, code): rollout A 0.5 + 0.125, B 0.25, demo/1 0.0, demo/0 -0.5
+    assert rows(tables[0]) == [
+        ["dx", "A — Hypertension", "0.6250"],
+        ["dx", "B", "0.2500"],
+        ["demo", "1", "0.0000"],
+    ]
+    assert rows(tables[1]) == [
+        ["dx", "B", "2.0000"],
+        ["dx", "A — Hypertension", "1.0000"],
+        ["demo", "1", "0.2000"],
+    ]
+
+
+def test_cohort_section_ranks_codes_by_mean_score_per_patient(hand_report):
+    _, tree = hand_report
+    cohort = tree.root.find_all("section")[0]
+    assert cohort.attrs["id"] == "cohort"
+    assert cohort.child("h2").text() == "Cohort: most influential codes"
+    tables = {m.child("h3").text(): m.child("table") for m in cohort.find_all("div", "method")}
+    assert list(tables) == ["rollout", "chefer"]
+
+    def rows(table):
+        return [[td.text() for td in tr.find_all("td")] for tr in table.find_all("tr")[1:]]
+
+    # rollout: A (0.625 + 0) / 2, x<y> 0.75 / 2, B (0.25 + 0.0625) / 2, demo/1 (0 + 0.25) / 2
+    assert rows(tables["rollout"]) == [
+        ["dx", "x<y> — odd 'quoted' & <tagged>", "0.3750", "1"],
+        ["dx", "A — Hypertension", "0.3125", "1"],
+        ["dx", "B", "0.1562", "2"],
+    ]
+    # chefer: B (2 + 0.5) / 2, A 1 / 2, x<y> 0.5 / 2, demo/1 0.2 / 2
+    assert rows(tables["chefer"]) == [
+        ["dx", "B", "1.2500", "2"],
+        ["dx", "A — Hypertension", "0.5000", "1"],
+        ["dx", "x<y> — odd 'quoted' & <tagged>", "0.2500", "1"],
+    ]
+    first = tables["rollout"].find_all("td")[1]
+    assert first.attrs["title"] == "x<y> — odd 'quoted' & <tagged>"
+
+
+def test_patients_argument_selects_and_orders_sections():
+    text = render_report(FRAME, patients=["P&<2>"])
+    sections = patient_sections(parse(text))
+    assert list(sections) == ["P&<2>"]
+    assert sections["P&<2>"].find_all("span", "pill") == []  # no predictions given
+    with pytest.raises(ValueError, match=r"patients \['nobody'\] have no attributions"):
+        render_report(FRAME, patients=["p1", "nobody"])
+    with pytest.raises(ValueError, match="the table is empty"):
+        render_report(FRAME.iloc[:0])
+
+
+def test_write_report_writes_the_rendered_text_atomically(tmp_path):
+    path = write_report(tmp_path / "out" / "r.html", FRAME, top_k=2)
+    assert path == tmp_path / "out" / "r.html"
+    assert path.read_text(encoding="utf-8") == render_report(FRAME, top_k=2)
+    assert sorted(p.name for p in path.parent.iterdir()) == ["r.html"]
+
+
+def test_read_descriptions(tmp_path):
+    path = tmp_path / "codes.csv"
+    path.write_text('code,description,extra\nA, Hypertension ,x\n"B,1","with, comma",\n')
+    assert read_descriptions(path) == {"A": "Hypertension", "B,1": "with, comma"}
+    path.write_bytes(b"\xef\xbb\xbfcode,description\nI10,Essential hypertension\n")
+    assert read_descriptions(path) == {"I10": "Essential hypertension"}  # spreadsheet BOM
+    path.write_text("name,text\nA,b\n")
+    with pytest.raises(ValueError, match=r"expected a CSV header 'code,description', got \["):
+        read_descriptions(path)
+    path.write_text("code,description\nA,a\n ,b\n")
+    with pytest.raises(ValueError, match="row 2 has no code"):
+        read_descriptions(path)
+    path.write_text("")
+    with pytest.raises(ValueError, match="got None"):
+        read_descriptions(path)
+
+
+# ----------------------------------------------------------------------------- real output
+@pytest.fixture(scope="module")
+def explained():
+    cohort = generate_cohort(16, layout="nested", seed=8, include_labs=True)
+    dataset = create_sample_dataset(cohort.samples, cohort.input_schema, cohort.output_schema)
+    torch.manual_seed(0)
+    model = Transformer(dataset, embedding_dim=16, heads=2, num_layers=1, dropout=0.0).eval()
+    frame = explain_cohort(model, dataset, ["rollout", "chefer"], batch_size=8).to_frame()
+    return cohort, dataset, model, frame
+
+
+def test_patient_predictions_are_the_models_probabilities(explained):
+    cohort, dataset, model, _ = explained
+    predictions = patient_predictions(model, dataset, batch_size=5)
+    batch = dataset.collate([dataset[i] for i in range(len(dataset))])
+    with torch.inference_mode():
+        y_prob = model(**batch)["y_prob"][:, 0]
+    assert list(predictions) == [s["patient_id"] for s in cohort.samples]
+    for i, sample in enumerate(cohort.samples):
+        prediction = predictions[sample["patient_id"]]
+        assert prediction.probability == pytest.approx(float(y_prob[i]), abs=1e-6)
+        assert prediction.label == sample["label"]
+    unlabelled = create_sample_dataset(
+        [{k: v for k, v in s.items() if k != "label"} for s in cohort.samples],
+        schema=dataset.schema,
+    )
+    assert all(p.label is None for p in patient_predictions(model, unlabelled).values())
+
+
+def test_report_of_explained_patients_shows_every_code_with_its_score(explained, tmp_path):
+    cohort, dataset, model, frame = explained
+    predictions = patient_predictions(model, dataset)
+    descriptions = {"I10": "never seen here"}
+    chosen = sorted(predictions, key=lambda p: -predictions[p].probability)[:5]
+    path = write_report(
+        tmp_path / "r.html", frame, predictions, descriptions=descriptions, patients=chosen
+    )
+    tree = parse(path.read_text(encoding="utf-8"))
+    assert_self_contained(tree)
+    sections = patient_sections(tree)
+    assert list(sections) == chosen
+    labels = {s["patient_id"]: s["label"] for s in cohort.samples}
+    for pid, section in sections.items():
+        pills = [p.text() for p in section.find_all("span", "pill")]
+        assert len(pills) == 2
+        assert pills[0] == f"predicted risk {predictions[pid].probability:.3f}"
+        assert pills[1] in (f"label {labels[pid]}", f"label {float(labels[pid])}")  # 0/1
+        chips = timeline_chips(section)
+        assert Counter(chips) == Counter(expected_chips(frame, pid, descriptions))
+        n_rows = int((frame["patient_id"] == pid).sum())
+        assert len(chips) == n_rows
+        assert {c[0] for c in chips} == {"rollout", "chefer"}
+        assert {c[1] for c in chips} == {"diagnoses", "procedures", "drugs", "labs"} & set(
+            frame.loc[frame["patient_id"] == pid, "feature"]
+        )
