@@ -18,7 +18,7 @@ from .. import __version__
 from ..data.dataset import RESERVED_KEYS, FittedSchema, SampleDataset
 
 CHECKPOINT_FORMAT = "ehrlens-model"
-CHECKPOINT_VERSION = 1
+CHECKPOINT_VERSION = 2  # 2: adds a SHA-256 checksum
 
 
 def checkpoint_checksum(
