@@ -117,7 +117,14 @@ class ShardExplainer:
             raise RuntimeError(f"expected one shard per call, got {len(batch)}")
         index = int(batch["shard"].iloc[0])
         samples = [json.loads(text) for text in json.loads(batch["samples"].iloc[0])]
-        dataset = create_sample_dataset(samples, schema=self.model.schema)
+        try:
+            dataset = create_sample_dataset(samples, schema=self.model.schema)
+        except (ValueError, TypeError) as error:
+            first, last = samples[0].get("patient_id"), samples[-1].get("patient_id")
+            raise type(error)(
+                f"shard {index} (patients {first} to {last}; sample numbers count from "
+                f"{first}): {error}"
+            ) from error
         columns = explain_rows(
             self.model, dataset, self.interpreters, range(len(dataset)), self.batch_size,
             self.target, self.model_id, self.model.schema,
@@ -226,9 +233,12 @@ def explain_cohort_ray(
     context = ray.data.DataContext.get_current()
     context.execution_options.preserve_order = True
     context.enable_progress_bars = bool(progress)
+    context.raise_original_map_exception = True  # a worker's ValueError stays a ValueError
 
     rows, data_digest = _samples_dataset(data, model.schema.input_schema, columns)
-    order = rows.select_columns(["patient_id"]).to_pandas()["patient_id"].tolist()
+    order = _run_unwrapped(
+        lambda: rows.select_columns(["patient_id"]).to_pandas()["patient_id"].tolist()
+    )
     duplicates = len(order) - len(set(order))
     if duplicates:
         raise ValueError(f"{duplicates} duplicate patient id(s) in the input; ids must be unique")
@@ -267,33 +277,37 @@ def explain_cohort_ray(
         workers = max(1, min(workers, len(todo)))
         # Group each shard's patients into one row first (plain tasks, materialised), so the
         # actor pool below never waits on a shuffle that needs the CPUs the actors hold.
-        shards = (
-            rows.map_batches(
-                _assign_shards,
-                batch_format="pandas",
-                fn_kwargs={"positions": position, "shard_size": shard_size, "wanted": wanted},
+        shards = _run_unwrapped(
+            lambda: (
+                rows.map_batches(
+                    _assign_shards,
+                    batch_format="pandas",
+                    fn_kwargs={"positions": position, "shard_size": shard_size, "wanted": wanted},
+                )
+                .groupby("shard")
+                .map_groups(_pack_shard, batch_format="pandas")
+                .materialize()
             )
-            .groupby("shard")
-            .map_groups(_pack_shard, batch_format="pandas")
-            .materialize()
         )
-        summary = shards.map_batches(
-            ShardExplainer,
-            batch_size=1,
-            batch_format="pandas",
-            concurrency=workers,
-            num_cpus=1,
-            num_gpus=gpus,
-            fn_constructor_kwargs={
-                "model_dir": str(model_dir),
-                "methods": options,
-                "out_dir": str(out),
-                "fingerprint": fingerprint,
-                "batch_size": batch_size,
-                "target_class_idx": target_class_idx,
-                "model_id": model_id,
-            },
-        ).to_pandas()
+        summary = _run_unwrapped(
+            lambda: shards.map_batches(
+                ShardExplainer,
+                batch_size=1,
+                batch_format="pandas",
+                concurrency=workers,
+                num_cpus=1,
+                num_gpus=gpus,
+                fn_constructor_kwargs={
+                    "model_dir": str(model_dir),
+                    "methods": options,
+                    "out_dir": str(out),
+                    "fingerprint": fingerprint,
+                    "batch_size": batch_size,
+                    "target_class_idx": target_class_idx,
+                    "model_id": model_id,
+                },
+            ).to_pandas()
+        )
         written = dict(zip(summary["shard"].tolist(), summary["rows"].tolist(), strict=True))
         missing = wanted - set(written)
         if missing:
@@ -302,6 +316,22 @@ def explain_cohort_ray(
         result.num_rows += int(sum(written.values()))
     finish_manifest(out, fingerprint, result.num_rows)
     return result
+
+
+def _run_unwrapped(step: Any) -> Any:
+    """Run a Ray Data step; re-raise a worker's ValueError / TypeError / KeyError as itself, so
+    callers see the same error as in a single process, not Ray's wrapper."""
+    try:
+        return step()
+    except Exception as error:
+        cause: BaseException | None = error
+        while cause is not None:
+            if isinstance(cause, (ValueError, TypeError, KeyError)) and type(cause).__module__ in (
+                "builtins",
+            ):
+                raise type(cause)(*cause.args) from error
+            cause = getattr(cause, "cause", None) or cause.__cause__
+        raise
 
 
 def _assign_shards(batch: Any, positions: Any, shard_size: int, wanted: set[int]) -> Any:
