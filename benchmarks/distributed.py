@@ -72,9 +72,7 @@ def run(args: argparse.Namespace) -> dict:
         base = next(
             r for r in rows if r["method"] == row["method"] and r["engine"] == "single process"
         )
-        one = next(
-            (r for r in rows if r["method"] == row["method"] and r["workers"] == 1), None
-        )
+        one = next((r for r in rows if r["method"] == row["method"] and r["workers"] == 1), None)
         row["vs_single_process"] = row["patients_per_s"] / base["patients_per_s"]
         row["vs_1_worker"] = (
             row["patients_per_s"] / one["patients_per_s"] if one and row["workers"] else math.nan
