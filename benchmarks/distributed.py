@@ -1,8 +1,12 @@
 """Patients per second: single-process `explain_cohort` against the Ray Data engine with 1 and 2
-workers, for rollout and flow, on one synthetic cohort and one model.
+workers, for rollout and flow, on one cohort and one model.
 
-    python benchmarks/distributed.py                 # 2000 patients, prints a table
+    python benchmarks/distributed.py                 # 1000 patients x 64 codes, 6 layers
     python benchmarks/distributed.py --quick         # a few patients: checks the script runs
+
+Patients have ``--seq`` random codes each (flow's cost grows with sequence length and layers, so
+short synthetic histories would measure only Ray's fixed overhead); the model is an untrained
+``Transformer`` (scores are not judged here, only time and equality of rows).
 
 Each setting explains the whole cohort into a fresh folder; the time includes reading the
 input and writing Parquet. Ray's start-up (once per run of this script) is reported apart and
@@ -14,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import random
 import tempfile
 import time
 from collections.abc import Sequence
@@ -21,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-from ehrlens.data import create_sample_dataset, generate_cohort
+from ehrlens.data import create_sample_dataset
 from ehrlens.distributed import explain_cohort_ray, init_ray
 from ehrlens.explain import explain_cohort
 from ehrlens.io import write_jsonl
@@ -29,12 +34,17 @@ from ehrlens.model_dir import load_model_dir, save_model_dir
 from ehrlens.models import Transformer
 
 
-def build(root: Path, n_patients: int, seed: int) -> tuple[Path, Path, object]:
-    cohort = generate_cohort(n_patients, layout="nested", seed=seed)
-    data = write_jsonl(cohort.samples, root / "samples.jsonl")
-    dataset = create_sample_dataset(cohort.samples, cohort.input_schema, cohort.output_schema)
-    torch.manual_seed(seed)
-    model = Transformer(dataset, embedding_dim=64, heads=4, num_layers=2).eval()
+def build(root: Path, args: argparse.Namespace) -> tuple[Path, Path, object]:
+    rng = random.Random(args.seed)
+    vocabulary = [f"C{i:04d}" for i in range(500)]
+    samples = [
+        {"patient_id": f"P{i:06d}", "codes": rng.choices(vocabulary, k=args.seq), "label": i % 2}
+        for i in range(args.patients)
+    ]
+    data = write_jsonl(samples, root / "samples.jsonl")
+    dataset = create_sample_dataset(samples, {"codes": "sequence"}, {"label": "binary"})
+    torch.manual_seed(args.seed)
+    model = Transformer(dataset, embedding_dim=64, heads=4, num_layers=args.layers).eval()
     save_model_dir(model, root / "model")
     return root / "model", data, dataset
 
@@ -43,7 +53,7 @@ def run(args: argparse.Namespace) -> dict:
     import ray
 
     root = Path(tempfile.mkdtemp(prefix="ehrlens-dist-"))
-    model_dir, data, dataset = build(root, args.patients, args.seed)
+    model_dir, data, dataset = build(root, args)
     model, card = load_model_dir(model_dir)
     start = time.perf_counter()
     init_ray(num_cpus=2)
@@ -82,7 +92,8 @@ def run(args: argparse.Namespace) -> dict:
             "patients": args.patients,
             "shard_size": args.shard_size,
             "batch_size": args.batch_size,
-            "model": "Transformer(embedding_dim=64, heads=4, num_layers=2)",
+            "codes_per_patient": args.seq,
+            "model": f"Transformer(embedding_dim=64, heads=4, num_layers={args.layers})",
             "torch_threads_single_process": torch.get_num_threads(),
             "ray_start_seconds": ray_start,
             "ray": ray.__version__,
@@ -120,7 +131,9 @@ def table(report: dict) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--patients", type=int, default=2000)
+    parser.add_argument("--patients", type=int, default=1000)
+    parser.add_argument("--seq", type=int, default=64, help="codes per patient")
+    parser.add_argument("--layers", type=int, default=6)
     parser.add_argument("--shard-size", type=int, default=100)
     parser.add_argument("--batch-size", type=int, default=50)
     parser.add_argument("--methods", nargs="+", default=["rollout", "flow"])
@@ -129,7 +142,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("benchmarks/out/distributed.json"))
     args = parser.parse_args(argv)
     if args.quick:
-        args.patients, args.shard_size, args.batch_size = 40, 10, 10
+        args.patients, args.shard_size, args.batch_size, args.seq, args.layers = 40, 10, 10, 8, 2
     report = run(args)
     print(table(report))
     print(f"Ray start-up (not counted): {report['meta']['ray_start_seconds']:.1f} s")

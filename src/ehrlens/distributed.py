@@ -47,9 +47,9 @@ from .explain.runner import (
     claim_output_dir,
     explain_rows,
     finish_manifest,
-    method_settings,
     patient_hash,
     run_fingerprint,
+    run_settings,
     shard_metadata,
     verified_shard_rows,
     write_shard,
@@ -154,8 +154,7 @@ def _samples_dataset(data: Any, input_schema: Mapping[str, str], columns: Any) -
             raise FileNotFoundError(f"{path}: no such file")
         digest = _file_digest(path)
         if path.name.lower().endswith(JSONL_SUFFIXES):
-            lines = ray.data.read_text(str(path)).filter(lambda row: bool(row["text"].strip()))
-            return lines.map(_parse_line), digest
+            return ray.data.read_text(str(path)).flat_map(_parse_line), digest
         if path.name.lower().endswith(TABLE_SUFFIXES):
             samples = from_events(path, input_schema, columns=columns)
             return ray.data.from_items(as_rows(samples)), digest
@@ -166,13 +165,16 @@ def _samples_dataset(data: Any, input_schema: Mapping[str, str], columns: Any) -
     return ray.data.from_items(as_rows(samples)), digest
 
 
-def _parse_line(row: dict[str, Any]) -> dict[str, Any]:
+def _parse_line(row: dict[str, Any]) -> list[dict[str, Any]]:
+    """One JSON Lines row -> ``[{"patient_id", "sample"}]`` (``[]`` for a blank line)."""
+    if not row["text"].strip():
+        return []
     sample = json.loads(row["text"])
     if not isinstance(sample, dict) or "patient_id" not in sample:
         raise ValueError(
             f"expected one JSON object with a patient_id per line, got {row['text'][:80]!r}"
         )
-    return {"patient_id": str(sample["patient_id"]), "sample": row["text"]}
+    return [{"patient_id": str(sample["patient_id"]), "sample": row["text"]}]
 
 
 def _file_digest(path: Path) -> str:
@@ -243,15 +245,10 @@ def explain_cohort_ray(
     if duplicates:
         raise ValueError(f"{duplicates} duplicate patient id(s) in the input; ids must be unique")
     model_id = card.get("model_id") or ""
-    settings = {
-        "engine": "ray",
-        "model_id": model_id,
-        "data": data_digest,
-        "methods": method_settings(interpreters),
-        "batch_size": batch_size,
-        "shard_size": shard_size,
-        "target_class_idx": target_class_idx,
-    }
+    settings = run_settings(
+        model_id, data_digest, interpreters, batch_size, shard_size, target_class_idx,
+        engine="ray",
+    )  # fmt: skip
     fingerprint = run_fingerprint(settings)
     out = Path(out_dir)
     n_shards = math.ceil(len(order) / shard_size)

@@ -3,7 +3,6 @@ an untrained model on random code sequences of any length (for speed and memory 
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -15,12 +14,10 @@ from .data import (
     SyntheticCohort,
     create_sample_dataset,
     generate_cohort,
-    get_dataloader,
-    split_by_patient,
 )
 from .models import BaseModel, Transformer
 from .prediction_metrics import compute_metrics
-from .trainer import Trainer
+from .workflow import fit_on_splits
 
 
 @dataclass
@@ -67,35 +64,26 @@ def train_on_cohort(
     """
     cohort = generate_cohort(n_patients, layout=layout, seed=seed)
     dataset = create_sample_dataset(cohort.samples, cohort.input_schema, cohort.output_schema)
-    train, val, test = split_by_patient(dataset, (0.7, 0.15, 0.15), seed=seed)
-    torch.manual_seed(seed)
-    model = model_class(dataset, **hparams)
-    trainer = Trainer(model, metrics=["roc_auc", "pr_auc"], seed=seed, progress=False)
-    start = time.perf_counter()
-    history = trainer.train(
-        get_dataloader(train, batch_size, shuffle=True, seed=seed),
-        get_dataloader(val, 256),
-        epochs=epochs,
-        lr=lr,
-        monitor="roc_auc",
-    )
-    seconds = time.perf_counter() - start
-    test_metrics = trainer.evaluate(get_dataloader(test, 256))
+    fit = fit_on_splits(
+        dataset, model_class, hparams, epochs=epochs, lr=lr, batch_size=batch_size, seed=seed,
+        metrics=["roc_auc", "pr_auc"],
+    )  # fmt: skip
+    test = fit.test
     in_test = set(test.patient_ids)
     rows = [s for s in cohort.samples if s["patient_id"] in in_test]
     labels = np.array([s["label"] for s in rows])
     risks = np.array([cohort.risk[s["patient_id"]] for s in rows])
     oracle = compute_metrics("binary", labels, risks, ["roc_auc"])["roc_auc"]
     return CohortRun(
-        model=model.eval(),
+        model=fit.model,
         cohort=cohort,
-        train=train,
-        val=val,
+        train=fit.train,
+        val=fit.val,
         test=test,
-        history=history,
-        test_metrics=test_metrics,
+        history=fit.history,
+        test_metrics=fit.test_metrics,
         oracle_roc_auc=oracle,
-        train_seconds=seconds,
+        train_seconds=fit.seconds,
     )
 
 

@@ -14,6 +14,7 @@ import json
 import os
 import time
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -137,6 +138,57 @@ def select_split(dataset: SampleDataset, split: str, seed: int) -> SampleDataset
     return parts[SPLITS.index(split) - 1]
 
 
+@dataclass
+class FitResult:
+    """A model trained on the train split with best-epoch restore on val, scored on test."""
+
+    model: BaseModel
+    train: SampleDataset
+    val: SampleDataset
+    test: SampleDataset
+    history: list[dict[str, float]]
+    test_metrics: dict[str, float]
+    monitor: str | None
+    seconds: float
+
+
+def fit_on_splits(
+    dataset: SampleDataset,
+    model_class: type[BaseModel],
+    hparams: Mapping[str, Any],
+    *,
+    epochs: int = 8,
+    lr: float = 2e-3,
+    batch_size: int = 64,
+    seed: int = 0,
+    metrics: Sequence[str] | None = None,
+    progress: bool = False,
+) -> FitResult:
+    """Split ``dataset`` 70/15/15 by patient (:func:`select_split`), train a ``model_class``
+    with ``hparams`` (monitoring the first metric on val, best epoch restored), score on test.
+
+    Example:
+        >>> fit = fit_on_splits(dataset, Transformer, {"embedding_dim": 32}, epochs=2)
+        >>> fit.test_metrics["roc_auc"]
+    """
+    train, val, test = (select_split(dataset, s, seed) for s in ("train", "val", "test"))
+    torch.manual_seed(seed)
+    network = model_class(dataset, **dict(hparams))
+    trainer = Trainer(network, metrics=metrics, seed=seed, progress=progress)
+    monitor = trainer.metrics[0] if trainer.metrics else None
+    start = time.perf_counter()
+    history = trainer.train(
+        get_dataloader(train, batch_size, shuffle=True, seed=seed),
+        get_dataloader(val, 256),
+        epochs=epochs,
+        lr=lr,
+        monitor=monitor,
+    )
+    seconds = time.perf_counter() - start
+    test_metrics = trainer.evaluate(get_dataloader(test, 256))
+    return FitResult(network.eval(), train, val, test, history, test_metrics, monitor, seconds)
+
+
 def train_model(
     samples: Sequence[Mapping[str, Any]],
     schema: Mapping[str, Any],
@@ -160,28 +212,17 @@ def train_model(
     dataset = create_sample_dataset(samples, schema["input_schema"], schema["output_schema"])
     if len(dataset) < 10:
         raise ValueError(f"need at least 10 patients to split and train, got {len(dataset)}")
-    train, val, test = (select_split(dataset, s, seed) for s in ("train", "val", "test"))
-    torch.manual_seed(seed)
-    network = MODEL_CLASSES[model](dataset, **dict(hparams or {}))
-    trainer = Trainer(network, seed=seed, progress=progress)
-    monitor = trainer.metrics[0] if trainer.metrics else None
-    start = time.perf_counter()
-    history = trainer.train(
-        get_dataloader(train, batch_size, shuffle=True, seed=seed),
-        get_dataloader(val, 256),
-        epochs=epochs,
-        lr=lr,
-        monitor=monitor,
-    )
-    seconds = time.perf_counter() - start
-    test_metrics = trainer.evaluate(get_dataloader(test, 256))
+    fit = fit_on_splits(
+        dataset, MODEL_CLASSES[model], hparams or {}, epochs=epochs, lr=lr,
+        batch_size=batch_size, seed=seed, progress=progress,
+    )  # fmt: skip
     card = {
         "data": {
             "n_patients": len(dataset),
             "split": {"fractions": list(SPLIT_FRACTIONS), "seed": seed},
-            "n_train": len(train),
-            "n_val": len(val),
-            "n_test": len(test),
+            "n_train": len(fit.train),
+            "n_val": len(fit.val),
+            "n_test": len(fit.test),
         },
         "training": {
             "model": model,
@@ -189,13 +230,13 @@ def train_model(
             "lr": lr,
             "batch_size": batch_size,
             "seed": seed,
-            "monitor": monitor,
-            "seconds": round(seconds, 2),
-            "history": history,
+            "monitor": fit.monitor,
+            "seconds": round(fit.seconds, 2),
+            "history": fit.history,
         },
-        "test_metrics": {k: _finite(v) for k, v in test_metrics.items()},
+        "test_metrics": {k: _finite(v) for k, v in fit.test_metrics.items()},
     }
-    return network.eval(), card
+    return fit.model, card
 
 
 def _finite(value: float) -> float | None:

@@ -130,6 +130,28 @@ def build_methods(model: Any, methods: MethodSpec) -> dict[str, BaseInterpreter]
     return {name: make_interpreter(name, model) for name in methods}
 
 
+def run_settings(
+    model_id: str,
+    data: str,
+    interpreters: Mapping[str, BaseInterpreter],
+    batch_size: int,
+    shard_size: int,
+    target_class_idx: int | None,
+    **extra: Any,
+) -> dict[str, Any]:
+    """Everything that decides a run's rows, as plain data: hashed into its fingerprint and
+    kept in its manifest. ``extra`` adds engine-specific entries."""
+    return {
+        **extra,
+        "model_id": model_id,
+        "data": data,
+        "methods": method_settings(interpreters),
+        "batch_size": batch_size,
+        "shard_size": shard_size,
+        "target_class_idx": target_class_idx,
+    }
+
+
 def run_fingerprint(settings: Mapping[str, Any]) -> str:
     """16 hex digits of a SHA-256 over a run's settings (model, data, methods, sizes)."""
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
@@ -208,14 +230,10 @@ def explain_cohort(
     interpreters = build_methods(model, methods)
     schema = model.schema
     model_id = model_id or model_fingerprint(model)
-    settings = {
-        "model_id": model_id,
-        "data": dataset_fingerprint(dataset),
-        "methods": method_settings(interpreters),
-        "batch_size": batch_size,
-        "shard_size": shard_size,
-        "target_class_idx": target_class_idx,
-    }
+    settings = run_settings(
+        model_id, dataset_fingerprint(dataset), interpreters, batch_size, shard_size,
+        target_class_idx,
+    )  # fmt: skip
     fingerprint = run_fingerprint(settings)
     n = len(dataset)
     bounds = [(start, min(start + shard_size, n)) for start in range(0, n, shard_size)]
