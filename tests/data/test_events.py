@@ -172,6 +172,27 @@ def test_round_trip_of_synthetic_layouts(layout):
     assert without_labels == [{k: v for k, v in s.items() if k != "label"} for s in cohort.samples]
 
 
+def test_round_trip_keeps_the_order_of_more_than_ten_unnamed_columns():
+    """Default names "0".."11" come back in numeric order, not text order ("10" < "2")."""
+    vector = [float(i) for i in range(12)]
+    samples = [
+        {"patient_id": "a", "vitals": vector},
+        {"patient_id": "b", "vitals": vector[::-1]},
+    ]
+    table = to_events(samples, {"vitals": "tensor"})
+    assert from_events(table, {"vitals": "tensor"}) == samples
+    mixed = pd.DataFrame(
+        {
+            "patient_id": ["a"] * 4,
+            "time": [0.0] * 4,
+            "feature": ["v"] * 4,
+            "code": ["10", "2", "hr", "1"],
+            "value": [10.0, 2.0, 60.0, 1.0],
+        }
+    )
+    assert from_events(mixed, {"v": "tensor"})[0]["v"] == [1.0, 2.0, 10.0, 60.0]
+
+
 def test_to_events_rows_and_measurement_names():
     samples = [
         {

@@ -212,8 +212,8 @@ def from_events(
         time_unit: unit for times given as dates: ``"days"``, ``"hours"``, ``"minutes"`` or
             ``"seconds"`` since the patient's first event. Numeric times are kept as given.
         columns: for ``"timeseries"`` and ``"tensor"`` features, the measurement names in
-            column order, e.g. ``{"labs": ["glucose", "sodium"]}``; by default the sorted names
-            seen in the table.
+            column order, e.g. ``{"labs": ["glucose", "sodium"]}``; by default the names seen
+            in the table, sorted (numeric names by value: ``"2"`` before ``"10"``).
         on_bad_rows: ``"error"`` or ``"skip"`` (drop them, with a warning that counts them).
 
     Returns:
@@ -345,6 +345,14 @@ def from_events(
     return samples
 
 
+def _name_order(name: str) -> tuple:
+    """Sort key for measurement names: numbers by value ("2" before "10"), then text."""
+    try:
+        return (0, float(name), "")
+    except ValueError:
+        return (1, 0.0, name)
+
+
 def _visit_keys(visit: Any, times: np.ndarray) -> np.ndarray:
     """Each row's visit: its ``visit_id``, or its time where the id is absent or empty."""
     by_time = np.array([f"@{t!r}" for t in times], dtype=object)
@@ -360,7 +368,7 @@ def _measurement_names(
     for key, schema in input_schema.items():
         if schema not in NUMERIC_SCHEMAS:
             continue
-        seen = sorted(set(frame.loc[frame["feature"] == key, "code"]))
+        seen = sorted(set(frame.loc[frame["feature"] == key, "code"]), key=_name_order)
         given = None if columns is None else columns.get(key)
         if given is None:
             names[key] = seen
