@@ -4,9 +4,10 @@ Extra ``ehrlens[ray]``; Ray is imported only when a function here is called.
 
 How it runs:
 
-1. Patients are read with Ray Data (JSON Lines samples with ``read_text``; an event table is
-   turned into samples first with :func:`~ehrlens.data.events.from_events`; in-memory samples
-   with ``from_items``). The driver reads only the patient ids, in input order, and assigns
+1. Patients are read with Ray Data, once (JSON Lines samples with ``read_text``; an event
+   table is turned into samples on the driver with :func:`~ehrlens.data.events.from_events`,
+   since building a patient needs the table's row order; in-memory samples with
+   ``from_items``). The driver takes only the patient ids, in input order, and assigns
    patient ``i`` to shard ``i // shard_size``: the same shards as the single-process
    :func:`~ehrlens.explain.explain_cohort`, so the rows are the same.
 2. Shards whose output file already verifies (run fingerprint, shard index, row count and a
@@ -238,9 +239,8 @@ def explain_cohort_ray(
     context.raise_original_map_exception = True  # a worker's ValueError stays a ValueError
 
     rows, data_digest = _samples_dataset(data, model.schema.input_schema, columns)
-    order = _run_unwrapped(
-        lambda: rows.select_columns(["patient_id"]).to_pandas()["patient_id"].tolist()
-    )
+    rows = _run_unwrapped(rows.materialize)  # read once: for the ids here and the shards below
+    order = rows.select_columns(["patient_id"]).to_pandas()["patient_id"].tolist()
     duplicates = len(order) - len(set(order))
     if duplicates:
         raise ValueError(f"{duplicates} duplicate patient id(s) in the input; ids must be unique")
