@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from _robustness_kit import LABELS, SCHEMA
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -38,14 +39,6 @@ FUZZ = settings(
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
 )
 
-SCHEMA = {
-    "codes": "sequence",
-    "visits": "nested_sequence",
-    "steps": "stagenet",
-    "labs": "timeseries",
-    "demo": "tensor",
-}
-LABELS = {"y": "binary"}
 KEYS = [*SCHEMA, *LABELS]
 
 #: Where a dataset error may point: a schema key (quoted), a sample, or the schemas.

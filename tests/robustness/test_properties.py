@@ -17,7 +17,7 @@ from __future__ import annotations
 import random
 
 import torch
-from _robustness_kit import ATTENTION_METHODS, METHODS, SCHEMA, VOCAB, make_model
+from _robustness_kit import ATTENTION_METHODS, METHODS, SCHEMA, VOCAB, make_model, real_mask
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -92,16 +92,6 @@ def _full(keys: list[str]) -> dict:
     return {k: values[k] for k in keys}
 
 
-def _real(batch: dict, key: str) -> torch.Tensor:
-    values = batch[key]
-    if not values.is_floating_point():
-        return values != 0
-    mask = batch["masks"].get(key)
-    if mask is not None:
-        return mask[..., None].expand(values.shape)
-    return torch.ones(values.shape, dtype=torch.bool)
-
-
 def _positions(scores: torch.Tensor, real: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Per input position (code, visit, step, element): its score and whether it is real."""
     if scores.dim() == 2:
@@ -126,7 +116,7 @@ def test_every_method_on_random_models_and_batches(case):
         again = build(twin).attribute(**batch)
         for key, value in scores.items():
             where = f"{method}, feature '{key}'"
-            real = _real(batch, key)
+            real = real_mask(batch, key)
             assert value.shape == batch[key].shape, where
             assert bool(torch.isfinite(value).all()), where
             assert not value[~real].any(), f"{where}: padding must score exactly 0"
