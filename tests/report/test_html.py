@@ -253,6 +253,29 @@ def test_prediction_label_and_shading(hand_report):
     assert [v.text() for v in dx[0].find_all("div", "vlabel")] == ["v0", "v1"]
 
 
+def test_visits_line_up_across_features():
+    """Every visited feature shows one column per visit of the patient, empty where it has no
+    code, so column i is the same visit in every row."""
+    frame = _frame(
+        [
+            ("p", "dx", 0, 0, "A", 0.5, "rollout", "m"),
+            ("p", "dx", 2, 0, "B", 0.25, "rollout", "m"),
+            ("p", "px", 1, 0, "P1", 0.125, "rollout", "m"),
+            ("p", "px", 2, 0, "P2", 0.125, "rollout", "m"),
+            ("p", "px", 2, 1, "P3", 0.0625, "rollout", "m"),
+            ("p", "age", None, 0, "0", 0.1, "rollout", "m"),
+        ]
+    )
+    section = patient_sections(parse(render_report(frame)))["p"]
+    rows = {f.child("div", "fname").text(): f for f in section.find_all("div", "feature")}
+    for feature, expected in {"dx": [["A"], [], ["B"]], "px": [[], ["P1"], ["P2", "P3"]]}.items():
+        cells = rows[feature].find_all("div", "visit")
+        assert [c.find_all("div", "vlabel")[0].text() for c in cells] == ["v0", "v1", "v2"]
+        assert [[chip.text() for chip in c.find_all("span", "code")] for c in cells] == expected
+    flat = rows["age"].find_all("div", "visit")
+    assert len(flat) == 1 and not flat[0].find_all("div", "vlabel")
+
+
 def test_top_k_codes_per_patient_and_method(hand_report):
     _, tree = hand_report
     section = patient_sections(tree)["p1"]

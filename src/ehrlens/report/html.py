@@ -74,10 +74,13 @@ td.num{text-align:right;font-variant-numeric:tabular-nums}
 .feature{display:flex;align-items:flex-start;gap:6px;margin:6px 0}
 .visits{display:flex;flex-wrap:wrap;gap:4px 2px;align-items:flex-start}
 .fname{width:92px;flex:none;font-size:12px;color:#5a6478;padding-top:3px}
-.visit{flex:none;border-left:2px solid #dde1e7;padding:0 4px;min-width:22px}
+.visit{flex:none;border-left:2px solid #dde1e7;padding:0 3px;width:74px;box-sizing:border-box}
+.visit.flat{width:auto;max-width:100%;display:flex;flex-wrap:wrap;gap:2px}
 .vlabel{font-size:10px;color:#8a93a6}
 .code{display:block;font:11.5px ui-monospace,Menlo,Consolas,monospace;padding:1px 4px;
-margin:1px 0;border-radius:3px;white-space:nowrap;border:1px solid #e3e6eb}
+margin:1px 0;border-radius:3px;white-space:nowrap;border:1px solid #e3e6eb;overflow:hidden;
+text-overflow:ellipsis}
+.visit.flat .code{display:inline-block}
 .pill{display:inline-block;padding:2px 8px;border-radius:10px;background:#eef2f8;
 font-size:12.5px;margin-right:6px}
 .index a{margin-right:10px;font-size:12.5px}.legend{font-size:12px;color:#5a6478}
@@ -214,8 +217,9 @@ def _patient_section(
         if len(sub) == 0:
             continue
         scale = float(sub["score"].abs().max())
+        visits = sorted({int(v) for v in sub["visit"].dropna()})  # the patient's visits
         timeline = "".join(
-            _feature_row(feature, sub[sub["feature"] == feature], scale, descriptions)
+            _feature_row(feature, sub[sub["feature"] == feature], scale, descriptions, visits)
             for feature in features
             if (sub["feature"] == feature).any()
         )
@@ -238,25 +242,36 @@ def _patient_section(
 
 
 def _feature_row(
-    feature: str, rows: Any, scale: float, descriptions: Mapping[str, str] | None
+    feature: str,
+    rows: Any,
+    scale: float,
+    descriptions: Mapping[str, str] | None,
+    visits: Sequence[int],
 ) -> str:
+    """One feature's line of the timeline. A visited feature gets one fixed-width column per
+    visit of the patient (empty where it has no code then), so visits line up across features;
+    a flat feature is one cell."""
+    if rows["visit"].isna().all():
+        groups = [(None, rows)]
+    else:
+        by_visit = {int(v): r for v, r in rows.groupby("visit", sort=True)}
+        groups = [(v, by_visit.get(v)) for v in visits]
     cells = []
-    flat = rows["visit"].isna().all()
-    groups = [(None, rows)] if flat else list(rows.groupby("visit", sort=True))
     for visit, visit_rows in groups:
-        chips = "".join(
-            f"<span class='code' data-code='{_esc(code)}' data-score='{score:.6g}' "
-            f"title='{_esc(_describe(code, descriptions))}: score {score:.6g}' "
-            f"style='background:{_shade(score, scale)};color:{_text_colour(score, scale)}'>"
-            f"{_esc(code)}</span>"
-            for code, score in zip(
-                visit_rows.sort_values("position")["code"],
-                visit_rows.sort_values("position")["score"],
-                strict=True,
+        chips = ""
+        if visit_rows is not None:
+            ordered = visit_rows.sort_values("position")
+            chips = "".join(
+                f"<span class='code' data-code='{_esc(code)}' data-score='{score:.6g}' "
+                f"title='{_esc(_describe(code, descriptions))}: score {score:.6g}' "
+                f"style='background:{_shade(score, scale)};color:{_text_colour(score, scale)}'>"
+                f"{_esc(code)}</span>"
+                for code, score in zip(ordered["code"], ordered["score"], strict=True)
             )
-        )
-        label = "" if visit is None else f"<div class='vlabel'>v{int(visit)}</div>"
-        cells.append(f"<div class='visit'>{label}{chips}</div>")
+        if visit is None:
+            cells.append(f"<div class='visit flat'>{chips}</div>")
+        else:
+            cells.append(f"<div class='visit'><div class='vlabel'>v{visit}</div>{chips}</div>")
     return (
         f"<div class='feature'><div class='fname'>{_esc(feature)}</div>"
         f"<div class='visits'>{''.join(cells)}</div></div>"
