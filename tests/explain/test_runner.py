@@ -18,6 +18,7 @@ from ehrlens.explain import (
     dataset_fingerprint,
     explain_cohort,
     model_fingerprint,
+    read_attributions,
 )
 from ehrlens.explain.table import arrow_schema
 from ehrlens.interpret import AttentionRollout
@@ -193,6 +194,26 @@ def test_interrupted_run_resumes_after_the_last_complete_shard(tmp_path, dataset
     assert resumed.num_rows == full.num_rows == len(frame)
     assert resumed.fingerprint == full.fingerprint
     assert json.loads((folder / "_ehrlens_run.json").read_text())["complete"] is True
+
+
+def test_read_attributions_reads_only_a_finished_run(tmp_path, dataset, model, reference):
+    folder, _, expected = reference
+    pd.testing.assert_frame_equal(read_attributions(folder), expected, check_exact=True)
+    with pytest.raises(FileNotFoundError, match=r"no _ehrlens_run\.json"):
+        read_attributions(tmp_path)
+    unfinished = tmp_path / "unfinished"
+
+    def stop(index, path):
+        raise Interrupt
+
+    with pytest.raises(Interrupt):
+        run(model, dataset, unfinished, on_shard=stop)
+    with pytest.raises(ValueError, match="the explain run is unfinished"):
+        read_attributions(unfinished)
+    run(model, dataset, unfinished)
+    (unfinished / "part-00003.parquet").unlink()
+    with pytest.raises(ValueError, match=r"shard file\(s\) \['part-00003.parquet'\] are missing"):
+        read_attributions(unfinished)
 
 
 def test_rerun_of_a_complete_output_computes_nothing(tmp_path, dataset, model, reference):

@@ -458,29 +458,6 @@ def evaluate(
         click.echo(f"wrote {plot}")
 
 
-def _read_attributions(folder: Path) -> Any:
-    """The complete attribution table of an `explain` folder, refusing an unfinished run."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    from ..explain.runner import MANIFEST
-
-    manifest = folder / MANIFEST
-    if not manifest.exists():
-        raise FileNotFoundError(f"{folder}: no {MANIFEST}; is it a folder written by `explain`?")
-    record = json.loads(manifest.read_text())
-    if not record.get("complete"):
-        raise ValueError(
-            f"{folder}: the explain run is unfinished; run the same `ehrlens explain` command "
-            "again to complete it"
-        )
-    shards = [folder / f"part-{i:05d}.parquet" for i in range(int(record["shards"]))]
-    absent = [p.name for p in shards if not p.exists()]
-    if absent:
-        raise ValueError(f"{folder}: shard file(s) {absent[:3]} are missing; re-run explain")
-    return pa.concat_tables([pq.read_table(p) for p in shards]).to_pandas()
-
-
 def _evaluation_table(rows: list[dict[str, Any]]) -> str:
     def cell(row: dict[str, Any], metric: str) -> str:
         return f"{row[metric]:.3f} [{row[metric + '_low']:.3f}, {row[metric + '_high']:.3f}]"
@@ -553,12 +530,13 @@ def report(
 ) -> None:
     """Write an HTML report: per patient the prediction, a timeline of visits with codes shaded
     by score, the top codes, methods side by side; and the cohort's most influential codes."""
+    from ..explain import read_attributions
     from ..report import patient_predictions, read_descriptions, write_report
 
     if out.exists() and not overwrite:
         raise OutputConflictError(f"{out} exists; pass --overwrite to replace it")
     model, card, dataset, _ = _model_and_data(model_dir, data, labels, "all")
-    frame = _read_attributions(attributions)
+    frame = read_attributions(attributions)
     ids = sorted(set(frame["model_id"]))
     if ids != [card.get("model_id")]:
         raise ValueError(

@@ -33,9 +33,9 @@ from ..io import atomic_write
 from ..trainer import progress_bar
 from .table import (
     ATTRIBUTION_COLUMNS,
-    attribution_columns,
     columns_to_arrow,
     concat_columns,
+    method_columns,
     model_fingerprint,
 )
 
@@ -108,6 +108,7 @@ def dataset_fingerprint(dataset: SampleDataset) -> str:
 
 
 def interpreter_settings(interpreter: BaseInterpreter) -> dict[str, Any]:
+    """An interpreter's plain-valued settings (``head_fusion``, ``seed``, ...), sorted."""
     plain = (bool, int, float, str, type(None))
     return {
         k: v for k, v in sorted(vars(interpreter).items()) if k != "model" and isinstance(v, plain)
@@ -115,6 +116,7 @@ def interpreter_settings(interpreter: BaseInterpreter) -> dict[str, Any]:
 
 
 def build_methods(model: Any, methods: MethodSpec) -> dict[str, BaseInterpreter]:
+    """``{name: interpreter}`` from names, ``{name: options}`` or ``{name: interpreter}``."""
     if isinstance(methods, str):
         methods = [methods]
     if isinstance(methods, Mapping):
@@ -181,6 +183,7 @@ def _gradient_free(name: str, interpreter: BaseInterpreter) -> bool:
 
 
 def patient_hash(patient_ids: Sequence[str]) -> str:
+    """16 hex digits of a SHA-256 over a shard's patient ids, in order."""
     return hashlib.sha256("\n".join(patient_ids).encode()).hexdigest()[:16]
 
 
@@ -307,20 +310,42 @@ def explain_rows(
                         per_method[name] = interpreter.attribute(target, **batch)
                 else:
                     per_method[name] = interpreter.attribute(target, **batch)
-            # rows in patient order, then method: one block per patient and method
-            for row in range(len(chunk)):
-                single = {
-                    k: (v[row : row + 1] if isinstance(v, (torch.Tensor, list)) else v)
-                    for k, v in batch.items()
-                    if k not in ("masks", "times")
-                }
-                single["masks"] = {k: m[row : row + 1] for k, m in batch["masks"].items()}
-                for name, scores in per_method.items():
-                    one = {k: s[row : row + 1] for k, s in scores.items()}
-                    blocks.append(attribution_columns(one, single, schema, name, model_id))
+            blocks.append(method_columns(per_method, batch, schema, model_id))
             if bar_iter is not None:
                 next(bar_iter, None)
     return concat_columns(blocks)
+
+
+def read_attributions(folder: str | os.PathLike) -> Any:
+    """The attribution table of a finished run's folder, as a pandas DataFrame.
+
+    Raises:
+        FileNotFoundError: ``folder`` has no run manifest (not written by an explain run).
+        ValueError: the run is unfinished, or a shard it lists is missing; re-running the same
+            explain call completes it.
+
+    Example:
+        >>> explain_cohort(model, dataset, ["rollout"], out_dir="attr/")
+        >>> frame = read_attributions("attr/")     # columns ATTRIBUTION_COLUMNS
+    """
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    folder = Path(folder)
+    manifest = folder / MANIFEST
+    if not manifest.exists():
+        raise FileNotFoundError(f"{folder}: no {MANIFEST}; is it a folder written by `explain`?")
+    record = json.loads(manifest.read_text())
+    if not record.get("complete"):
+        raise ValueError(
+            f"{folder}: the explain run is unfinished; run the same `ehrlens explain` command "
+            "again to complete it"
+        )
+    shards = [folder / SHARD_PATTERN.format(i) for i in range(int(record["shards"]))]
+    absent = [p.name for p in shards if not p.exists()]
+    if absent:
+        raise ValueError(f"{folder}: shard file(s) {absent[:3]} are missing; re-run explain")
+    return pa.concat_tables([pq.read_table(p) for p in shards]).to_pandas()
 
 
 def claim_output_dir(out: Path, fingerprint: str, settings: dict, n_shards: int) -> None:
@@ -361,6 +386,7 @@ def claim_output_dir(out: Path, fingerprint: str, settings: dict, n_shards: int)
 
 
 def finish_manifest(out: Path, fingerprint: str, num_rows: int) -> None:
+    """Mark the run in ``out`` complete, with its total row count."""
     manifest = out / MANIFEST
     record = json.loads(manifest.read_text())
     record.update(complete=True, rows=num_rows)
@@ -391,6 +417,7 @@ def verified_shard_rows(path: Path, fingerprint: str, index: int, patients: str)
 
 
 def write_shard(path: Path, columns: dict[str, list], metadata: dict[str, str]) -> None:
+    """Write one shard's columns as Parquet with ``metadata``, atomically."""
     import pyarrow.parquet as pq
 
     table = columns_to_arrow(columns)
@@ -408,4 +435,5 @@ __all__ = [
     "dataset_fingerprint",
     "explain_cohort",
     "explain_rows",
+    "read_attributions",
 ]

@@ -76,6 +76,10 @@ def model_fingerprint(model: torch.nn.Module) -> str:
     """12 hex digits of a SHA-256 over the model's class, hyperparameters and weights.
 
     Two models with the same fingerprint give the same scores; any change of weights changes it.
+
+    Example:
+        >>> model_fingerprint(model)
+        '3f2a9c01d4e5'
     """
     digest = hashlib.sha256(type(model).__name__.encode())
     digest.update(repr(sorted(getattr(model, "hparams", {}).items())).encode())
@@ -96,7 +100,7 @@ def attribution_columns(
     method: str,
     model_id: str,
 ) -> dict[str, list]:
-    """Long-format columns for one explained batch (see the module docstring).
+    """Long-format columns for one batch explained by one method (see the module docstring).
 
     Args:
         attributions: ``{feature: scores shaped like batch[feature]}``.
@@ -107,28 +111,71 @@ def attribution_columns(
 
     Returns:
         ``{column: list}`` for :data:`ATTRIBUTION_COLUMNS`; padding has no row.
+
+    Example:
+        >>> scores = AttentionRollout(model).attribute(**batch)   # {"diagnoses": [batch, seq]}
+        >>> columns = attribution_columns(scores, batch, model.schema, "rollout", "3f2a9c01d4e5")
+        >>> pd.DataFrame(columns)                                 # one row per real code
+    """
+    return method_columns({method: attributions}, batch, schema, model_id)
+
+
+def method_columns(
+    per_method: Mapping[str, Mapping[str, Tensor]],
+    batch: Mapping[str, Any],
+    schema: FittedSchema,
+    model_id: str,
+) -> dict[str, list]:
+    """Long-format columns for one batch explained by several methods: rows in patient order,
+    then method, then feature, then position.
+
+    Each feature's units (decoded codes, padding left out) are found once per patient and
+    shared by every method; tensors move to the CPU once per batch.
+
+    Args:
+        per_method: ``{method: {feature: scores shaped like batch[feature]}}``.
+        batch: the explained batch (needs ``patient_id`` and each feature's values).
+        schema: the model's fitted schema.
+        model_id: written in the ``model_id`` column.
+
+    Example:
+        >>> per_method = {"rollout": rollout(**batch), "chefer": chefer(**batch)}
+        >>> columns = method_columns(per_method, batch, model.schema, model_fingerprint(model))
     """
     columns = _empty_columns()
-    patients = list(batch["patient_id"])
     processors = schema.input_processors
-    for index, pid in enumerate(patients):
-        for key in schema.feature_keys:
-            if key not in attributions:
-                continue
-            scores = attributions[key][index].detach().float().cpu().numpy()
-            values = batch[key][index].detach().cpu()
-            mask = batch.get("masks", {}).get(key)
-            units = _units(processors[key], values, None if mask is None else mask[index])
-            for visit, position, code, unit in units:
-                columns["patient_id"].append(str(pid))
-                columns["feature"].append(key)
-                columns["visit"].append(visit)
-                columns["position"].append(position)
-                columns["code"].append(code)
-                columns["score"].append(float(scores[unit]))
-                columns["method"].append(method)
-                columns["model_id"].append(model_id)
+    masks = batch.get("masks") or {}
+    scores = {
+        method: {k: t.detach().double().cpu().numpy() for k, t in attributions.items()}
+        for method, attributions in per_method.items()
+    }
+    keys = [k for k in schema.feature_keys if any(k in s for s in scores.values())]
+    values = {k: batch[k].detach().cpu() for k in keys}
+    step_masks = {k: masks[k].detach().cpu() for k in keys if k in masks}
+    for index, pid in enumerate(batch["patient_id"]):
+        units = {
+            k: list(_units(processors[k], values[k][index], _row(step_masks.get(k), index)))
+            for k in keys
+        }
+        for method, method_scores in scores.items():
+            for key in keys:
+                if key not in method_scores:
+                    continue
+                feature_scores = method_scores[key][index]
+                for visit, position, code, unit in units[key]:
+                    columns["patient_id"].append(str(pid))
+                    columns["feature"].append(key)
+                    columns["visit"].append(visit)
+                    columns["position"].append(position)
+                    columns["code"].append(code)
+                    columns["score"].append(float(feature_scores[unit]))
+                    columns["method"].append(method)
+                    columns["model_id"].append(model_id)
     return columns
+
+
+def _row(tensor: Tensor | None, index: int) -> Tensor | None:
+    return None if tensor is None else tensor[index]
 
 
 def _units(processor: Any, values: Tensor, step_mask: Tensor | None):
