@@ -68,7 +68,11 @@ def _ray():
 
 def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
     """Connect to the Ray cluster at ``address``, or start a local runtime on ``num_cpus``
-    cores (default: all). Does nothing when Ray is already initialised."""
+    cores (default: all). Does nothing when Ray is already initialised.
+
+    Example:
+        >>> init_ray("ray://head:10001")   # or init_ray() for this machine's cores
+    """
     ray = _ray()
     if ray.is_initialized():
         return
@@ -223,6 +227,10 @@ def explain_cohort_ray(
     Raises:
         OutputConflictError: ``out_dir`` holds another run's output.
         ValueError: duplicate patient ids, or bad input (from the readers and processors).
+
+    Example:
+        >>> result = explain_cohort_ray("model/", "patients.jsonl", ["flow"], out_dir="attr/")
+        >>> result.computed, result.reused
     """
     ray = _ray()
     from .model_dir import load_model_dir

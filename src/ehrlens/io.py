@@ -67,7 +67,11 @@ def _plain(value: Any) -> Any:
 
 
 def write_jsonl(samples: Sequence[Mapping[str, Any]], path: str | os.PathLike) -> Path:
-    """Write one JSON object per sample, atomically. Tuples become lists; tensors, lists."""
+    """Write one JSON object per sample, atomically. Tuples become lists; tensors, lists.
+
+    Example:
+        >>> write_jsonl(cohort.samples, "patients.jsonl")
+    """
     path = Path(path)
     with atomic_write(path) as f:
         for sample in samples:
@@ -82,6 +86,9 @@ def read_jsonl(path: str | os.PathLike) -> list[dict[str, Any]]:
         FileNotFoundError: no such file.
         ValueError: a line is not valid JSON, not an object, or holds NaN/Infinity; the
             message gives the file and line number.
+
+    Example:
+        >>> samples = read_jsonl("patients.jsonl")   # [{"patient_id": ..., ...}, ...]
     """
     path = Path(path)
     if not path.exists():

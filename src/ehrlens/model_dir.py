@@ -47,6 +47,9 @@ def save_model_dir(
 
     The card gets ``model_id``, ``model_class``, ``hparams``, ``schema`` and versions added to
     what ``card`` holds.
+
+    Example:
+        >>> save_model_dir(model, "runs/transformer", card={"note": "first try"})
     """
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
@@ -77,6 +80,10 @@ def load_model_dir(path: str | os.PathLike) -> tuple[BaseModel, dict[str, Any]]:
         FileNotFoundError: ``path`` is not a model directory (no ``model.pt``).
         ValueError: the checkpoint or card is unreadable, or the card's ``model_id`` does not
             match the weights (the files come from different runs).
+
+    Example:
+        >>> model, card = load_model_dir("runs/transformer")
+        >>> card["model_id"], card["test_metrics"]
     """
     path = Path(path)
     weights = path / WEIGHTS

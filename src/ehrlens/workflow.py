@@ -74,6 +74,11 @@ def write_synthetic_cohort(
     Files: ``samples.jsonl`` (samples with labels), ``events.parquet`` (long-format events),
     ``labels.csv``, ``schema.json``, ``codes.csv`` (code descriptions that say which codes are
     planted) and ``ground_truth.json`` (each patient's planted codes).
+
+    Example:
+        >>> files = write_synthetic_cohort("data/", n_patients=500)
+        >>> files["events"]
+        PosixPath('data/events.parquet')
     """
     out = Path(out_dir)
     cohort = generate_cohort(n_patients, layout=layout, seed=seed)
@@ -129,7 +134,11 @@ def _code_descriptions(cohort: Any) -> dict[str, str]:
 
 def select_split(dataset: SampleDataset, split: str, seed: int) -> SampleDataset:
     """The ``"train"`` / ``"val"`` / ``"test"`` part of a patient-disjoint 70/15/15 split (the
-    one :func:`train_model` uses with the same seed), or ``"all"``."""
+    one :func:`train_model` uses with the same seed), or ``"all"``.
+
+    Example:
+        >>> test = select_split(dataset, "test", seed=card["data"]["split"]["seed"])
+    """
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
     if split == "all":
@@ -206,6 +215,10 @@ def train_model(
     Returns:
         ``(model, card)`` where the card records the data size, split, settings, per-epoch
         history and validation/test metrics, for :func:`~ehrlens.model_dir.save_model_dir`.
+
+    Example:
+        >>> model, card = train_model(samples, read_schema_file("schema.json"), epochs=3)
+        >>> save_model_dir(model, "model/", card)
     """
     if model not in MODEL_CLASSES:
         raise ValueError(f"unknown model {model!r}; choose from {', '.join(MODEL_CLASSES)}")

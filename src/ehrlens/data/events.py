@@ -71,6 +71,9 @@ def read_table(source: Any):
 
     CSV columns are read as text and parsed afterwards, so one malformed cell becomes a
     numbered bad row instead of a failed read.
+
+    Example:
+        >>> frame = read_table("events.csv")   # every column as text, parsed later
     """
     pd = _require_pandas()
     import pyarrow as pa

@@ -38,6 +38,10 @@ def load_samples(
     Raises:
         FileNotFoundError: no such file.
         ValueError: unknown extension, unreadable file, or bad rows (with their numbers).
+
+    Example:
+        >>> samples = load_samples("events.parquet", {"diagnoses": "nested_sequence"},
+        ...                        labels="labels.csv")
     """
     path = Path(path)
     name = path.name.lower()

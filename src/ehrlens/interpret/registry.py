@@ -51,6 +51,9 @@ def make_interpreter(name: str, model: Any, **options: Any) -> BaseInterpreter:
     Raises:
         ValueError: ``name`` is not one of :data:`METHODS`.
         TypeError: the model lacks the interface the method needs, or an option is unknown.
+
+    Example:
+        >>> flow = make_interpreter("flow", model, max_seq_len=512)
     """
     info = METHODS.get(name)
     if info is None:

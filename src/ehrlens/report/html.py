@@ -39,7 +39,12 @@ def patient_predictions(
 ) -> dict[str, Prediction]:
     """``{patient_id: Prediction}``: the positive-class probability (binary), the top class's
     probability (multiclass), the largest label probability (multilabel), or the value
-    (regression); the label when the dataset has one."""
+    (regression); the label when the dataset has one.
+
+    Example:
+        >>> predictions = patient_predictions(model, test_dataset)
+        >>> predictions["P000123"].probability, predictions["P000123"].label
+    """
     out: dict[str, Prediction] = {}
     label_key = model.label_key if dataset.has_labels else None
     with eval_mode(model), torch.inference_mode():
@@ -132,6 +137,9 @@ def render_report(
         top_k: codes listed per patient and method, and in the cohort table.
         title / subtitle: page heading.
         patients: which patients get a section, in order (default: all, in table order).
+
+    Example:
+        >>> text = render_report(frame, predictions, top_k=5, title="ICU mortality")
     """
     if len(frame) == 0:
         raise ValueError("no attributions to report (the table is empty)")
@@ -279,7 +287,11 @@ def _feature_row(
 
 
 def write_report(path: str | os.PathLike, frame: Any, *args: Any, **kwargs: Any) -> Path:
-    """Render with :func:`render_report` and write the file atomically; returns the path."""
+    """Render with :func:`render_report` and write the file atomically; returns the path.
+
+    Example:
+        >>> write_report("report.html", frame, predictions, descriptions=codes)
+    """
     text = render_report(frame, *args, **kwargs)
     path = Path(path)
     with atomic_write(path) as f:
@@ -292,6 +304,9 @@ def read_descriptions(path: str | os.PathLike) -> dict[str, str]:
 
     Raises:
         ValueError: the header lacks ``code`` or ``description``, or a row has no code.
+
+    Example:
+        >>> codes = read_descriptions("codes.csv")   # {"I10": "Hypertension", ...}
     """
     import csv
 

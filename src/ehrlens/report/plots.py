@@ -43,7 +43,12 @@ def _save(figure: Any, path: str | os.PathLike) -> Path:
 def patient_grid(frame: Any, patient_id: str, method: str) -> tuple[np.ndarray, list, list]:
     """Scores of one patient and method summed per ``(feature, visit)``:
     ``([features, visits] array, feature names, visit labels)``. Flat features (no visits)
-    fill one column labelled ``"all"``."""
+    fill one column labelled ``"all"``.
+
+    Example:
+        >>> grid, features, visits = patient_grid(frame, "P000123", "rollout")
+        >>> grid.shape   # [features, visits]
+    """
     rows = frame[(frame["patient_id"] == patient_id) & (frame["method"] == method)]
     if len(rows) == 0:
         raise ValueError(f"no attributions for patient {patient_id!r} and method {method!r}")
@@ -64,7 +69,11 @@ def patient_grid(frame: Any, patient_id: str, method: str) -> tuple[np.ndarray, 
 def plot_patient_heatmap(
     frame: Any, patient_id: str, path: str | os.PathLike, methods: list[str] | None = None
 ) -> Path:
-    """Heatmap of one patient's scores, features × visits, one panel per method."""
+    """Heatmap of one patient's scores, features × visits, one panel per method.
+
+    Example:
+        >>> plot_patient_heatmap(frame, "P000123", "P000123.png")
+    """
     plt = _pyplot()
     methods = methods or list(dict.fromkeys(frame["method"]))
     figure, axes = plt.subplots(
@@ -83,7 +92,12 @@ def plot_patient_heatmap(
 
 def plot_faithfulness_curves(results: Mapping[str, Any], path: str | os.PathLike) -> Path:
     """Probability drop against percent removed, per method: comprehensiveness (top codes
-    removed) and sufficiency (only top codes kept), from ``EvaluationResult.curve``."""
+    removed) and sufficiency (only top codes kept), from ``EvaluationResult.curve``.
+
+    Example:
+        >>> results = {"rollout": evaluator.evaluate(loader, rollout, "rollout")}
+        >>> plot_faithfulness_curves(results, "faithfulness.png")
+    """
     plt = _pyplot()
     figure, (left, right) = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
     for name, result in results.items():
@@ -107,7 +121,12 @@ def plot_faithfulness_curves(results: Mapping[str, Any], path: str | os.PathLike
 def plot_layer_correlations(correlations: Mapping[str, Any], path: str | os.PathLike) -> Path:
     """The paper table as lines: mean Spearman correlation per layer, per method, one panel per
     reference (``benchmarks/paper_table.py``'s ``correlations``:
-    ``{reference: {method: [{"layer", "mean", "std"}, ...]}}``)."""
+    ``{reference: {method: [{"layer", "mean", "std"}, ...]}}``).
+
+    Example:
+        >>> report = json.loads(Path("benchmarks/out/paper_table.json").read_text())
+        >>> plot_layer_correlations(report["correlations"], "layers.png")
+    """
     plt = _pyplot()
     references = list(correlations)
     figure, axes = plt.subplots(1, len(references), figsize=(5 * len(references), 4), squeeze=False)
