@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml | $(PY)
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(PY) -m ehrlens.demo
+	$(PY) -m ehrlens.app.demo
 
 test: $(STAMP)
 	$(PY) -m pytest

@@ -26,12 +26,12 @@ from pathlib import Path
 
 import torch
 
+from ehrlens.core.jsonl import write_jsonl
 from ehrlens.data import create_sample_dataset
-from ehrlens.distributed import explain_cohort_ray, init_ray
 from ehrlens.explain import explain_cohort
-from ehrlens.io import write_jsonl
-from ehrlens.model_dir import load_model_dir, save_model_dir
+from ehrlens.explain.ray_engine import explain_cohort_ray, init_ray
 from ehrlens.models import Transformer
+from ehrlens.models.directory import load_model_dir, save_model_dir
 
 
 def build(root: Path, args: argparse.Namespace) -> tuple[Path, Path, object]:

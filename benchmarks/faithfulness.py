@@ -47,8 +47,8 @@ import numpy as np
 import torch
 
 import ehrlens
+from ehrlens.app.workflow import train_on_cohort
 from ehrlens.data import get_dataloader
-from ehrlens.experiment import train_on_cohort
 from ehrlens.interpret import (
     AttentionFlow,
     AttentionRollout,

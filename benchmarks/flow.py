@@ -42,7 +42,7 @@ import networkx as nx
 import numpy as np
 import torch
 
-from ehrlens.experiment import random_code_batch, random_code_transformer
+from ehrlens.app.random_models import random_code_batch, random_code_transformer
 from ehrlens.interpret import AttentionFlow, AttentionRollout
 from ehrlens.models import Transformer
 

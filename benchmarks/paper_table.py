@@ -53,9 +53,9 @@ import torch
 from scipy import stats
 
 import ehrlens
+from ehrlens.app.workflow import train_on_cohort
 from ehrlens.data import get_dataloader
 from ehrlens.data.processors import PAD_ID
-from ehrlens.experiment import train_on_cohort
 from ehrlens.interpret import AttentionFlow, AttentionRollout
 from ehrlens.interpret.methods.maxflow import flow_values
 from ehrlens.models import Transformer

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from ehrlens.experiment import random_code_batch, random_code_transformer
+from ehrlens.app.random_models import random_code_batch, random_code_transformer
 from ehrlens.interpret import AttentionRollout, CheferRelevance
 from ehrlens.models import Transformer
 

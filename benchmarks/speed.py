@@ -53,8 +53,8 @@ from typing import Any
 
 import torch
 
+from ehrlens.app.random_models import random_code_batch, random_code_transformer
 from ehrlens.data import create_sample_dataset, generate_cohort, get_dataloader, move_to_device
-from ehrlens.experiment import random_code_batch, random_code_transformer
 from ehrlens.interpret import (
     AttentionFlow,
     AttentionRollout,

@@ -23,8 +23,11 @@ TINY_MODEL_KWARGS = {
 
 
 @pytest.fixture(scope="session", autouse=True)
-def _single_torch_thread():
-    """Tiny test models only pay for intra-op threads (and thrash on a shared machine)."""
+def _one_torch_thread():
+    """The whole session runs with one intra-op thread (set before any fixture builds a
+    model, so results do not depend on fixture order): the test models are tiny, and on a
+    shared 2-core machine extra threads only add contention (up to 100x slower). The one
+    torch-threads fixture of the suite; code that changes the count restores it itself."""
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     yield

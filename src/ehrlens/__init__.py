@@ -1,7 +1,6 @@
 """ehrlens: explain the predictions of attention-based clinical models."""
 
-__version__ = "0.1.0"
-
-from .trainer import Trainer
+from .app.trainer import Trainer
+from .core import __version__
 
 __all__ = ["Trainer", "__version__"]

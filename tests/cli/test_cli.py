@@ -22,12 +22,13 @@ import pytest
 from click.testing import CliRunner
 
 from ehrlens.cli.app import main
+from ehrlens.core.files import file_sha256
+from ehrlens.core.jsonl import read_jsonl, write_jsonl
 from ehrlens.data import create_sample_dataset, generate_cohort
 from ehrlens.data.events import to_events
 from ehrlens.explain import explain_cohort
 from ehrlens.explain.table import arrow_schema
-from ehrlens.io import read_jsonl, write_jsonl
-from ehrlens.model_dir import file_sha256, load_model_dir
+from ehrlens.models.directory import load_model_dir
 from ehrlens.report import patient_predictions
 
 N_PATIENTS = 120
@@ -318,7 +319,7 @@ def test_report_is_a_self_contained_page_of_the_riskiest_patients(pipeline):
 
 @pytest.mark.slow
 def test_explain_split_explains_only_that_part(pipeline, tmp_path):
-    from ehrlens.workflow import select_split
+    from ehrlens.app.workflow import select_split
 
     model, card = load_model_dir(pipeline["model"])
     samples = read_jsonl(pipeline["data"] / "samples.jsonl")

@@ -7,10 +7,10 @@ import json
 import pandas as pd
 import pytest
 
+from ehrlens.core.jsonl import write_jsonl
 from ehrlens.data import generate_cohort
 from ehrlens.data.events import EventTableWarning, to_events
 from ehrlens.data.sources import load_samples
-from ehrlens.io import write_jsonl
 
 
 @pytest.fixture(scope="module")

@@ -24,15 +24,6 @@ from torch import Tensor
 SENTENCES = ["Chest pain radiating to the left arm.", "Fever resolved."]
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread() -> Iterator[None]:
-    """Small models on a shared 2-core machine: intra-op threads only add contention."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="session")
 def minilm_path() -> Iterator[str]:
     """Local path of all-MiniLM-L6-v2; the hub is off while the session's models load."""

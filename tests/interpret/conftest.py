@@ -24,17 +24,6 @@ from ehrlens.data.synthetic import generate_cohort
 from ehrlens.interpret import AttentionInterpretable, GradientInterpretable
 from ehrlens.models import StageAttentionNet, Transformer
 
-
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """Tiny tensors: intra-op threads only add contention (100x slower on a loaded 2-core
-    machine). Restored after every test so that no other test directory is affected."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 # ----------------------------------------------------------------------------- real models
 
 #: (model class name, cohort layout) pairs the real-model tests run on.

@@ -26,10 +26,10 @@ from _robustness_kit import LABELS, SCHEMA
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from ehrlens.core.jsonl import read_jsonl, write_jsonl
 from ehrlens.data import FittedSchema, create_sample_dataset
 from ehrlens.data.events import EventTableWarning, from_events
 from ehrlens.data.sources import load_samples
-from ehrlens.io import read_jsonl, write_jsonl
 
 FUZZ = settings(
     max_examples=60,

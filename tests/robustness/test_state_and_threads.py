@@ -14,7 +14,8 @@ import pytest
 import torch
 from _robustness_kit import METHODS, MODEL_METHODS, MODELS, make_dataset, make_model, no_hooks
 
-from ehrlens.interpret.api import capture_attention, eval_mode, model_lock
+from ehrlens.core.modes import eval_mode, model_lock
+from ehrlens.interpret.api import capture_attention
 from ehrlens.models import Transformer
 from ehrlens.models.attention import AttentionCapture
 

@@ -11,7 +11,7 @@ from typing import Any
 
 import click
 
-from ..explain.runner import OutputConflictError
+from ..explain.shards import OutputConflictError
 
 #: Exit codes, also listed in ``ehrlens --help``.
 EXIT_OK = 0
@@ -66,10 +66,10 @@ def _methods(values: tuple[str, ...]) -> list[str]:
 
 def _model_and_data(model_dir: Path, data: Path, labels: Path | None, split: str):
     """``(model, card, dataset, samples)`` for the chosen split of the patients in ``data``."""
+    from ..app.workflow import select_split
     from ..data import create_sample_dataset
     from ..data.sources import load_samples
-    from ..model_dir import load_model_dir
-    from ..workflow import select_split
+    from ..models.directory import load_model_dir
 
     model, card = load_model_dir(model_dir)
     label_key = model.schema.label_keys[0]
@@ -162,7 +162,7 @@ def main() -> None:
 @handle_errors
 def demo(patients: int, epochs: int, explain: int, seed: int) -> None:
     """Train two models on built-in synthetic data and explain a few patients."""
-    from ..demo import main as run_demo
+    from ..app.demo import main as run_demo
 
     run_demo(
         [
@@ -192,7 +192,7 @@ def synthetic(out_dir: Path, patients: int, layout: str, seed: int) -> None:
     Files: samples.jsonl, events.parquet + labels.csv (the same patients as an event table),
     schema.json, codes.csv (descriptions naming the planted codes), ground_truth.json.
     """
-    from ..workflow import write_synthetic_cohort
+    from ..app.workflow import write_synthetic_cohort
 
     files = write_synthetic_cohort(out_dir, n_patients=patients, layout=layout, seed=seed)
     for name, path in files.items():
@@ -250,9 +250,10 @@ def train(
 ) -> None:
     """Train a model on patients; write a model directory with weights, processors and a
     JSON card of the run (data hash, split, settings, history, test metrics)."""
+    from ..app.workflow import read_schema_file, train_model
+    from ..core.files import file_sha256
     from ..data.sources import load_samples
-    from ..model_dir import CARD, WEIGHTS, file_sha256, save_model_dir
-    from ..workflow import read_schema_file, train_model
+    from ..models.directory import CARD, WEIGHTS, save_model_dir
 
     if (out / WEIGHTS).exists() and not overwrite:
         raise OutputConflictError(
@@ -347,7 +348,7 @@ def explain(
     model, card, dataset, samples = _model_and_data(model_dir, data, labels, split)
     options = {name: ({"seed": seed} if name == "random" else {}) for name in names}
     if engine == "ray":
-        from ..distributed import explain_cohort_ray
+        from ..explain.ray_engine import explain_cohort_ray
 
         # JSON Lines are read by Ray Data itself; other inputs go as the parsed samples
         source = data if split == "all" and data.suffix.lower() == ".jsonl" else samples
@@ -422,9 +423,9 @@ def evaluate(
     """Faithfulness of each method: comprehensiveness and sufficiency with 95% CIs."""
     import torch
 
+    from ..core.files import atomic_write
     from ..data import get_dataloader
     from ..interpret.registry import make_interpreter
-    from ..io import atomic_write
     from ..metrics import Evaluator
 
     torch.manual_seed(seed)

@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from ..io import read_jsonl
+from ..core.jsonl import read_jsonl
 from .events import from_events
 
 JSONL_SUFFIXES = (".jsonl", ".ndjson")

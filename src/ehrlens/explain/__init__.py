@@ -1,13 +1,16 @@
-"""Cohort explanations as data: long-format tables, Parquet shards, resumable runs."""
+"""Cohort explanations as data: long-format tables, Parquet shards, resumable runs.
 
-from .runner import (
-    ExplainResult,
-    OutputConflictError,
-    dataset_fingerprint,
-    explain_cohort,
-    read_attributions,
-)
-from .table import ATTRIBUTION_COLUMNS, attribution_columns, method_columns, model_fingerprint
+- :mod:`~ehrlens.explain.table`: the long-format attribution columns.
+- :mod:`~ehrlens.explain.rows`: batches explained by several methods into rows (both engines).
+- :mod:`~ehrlens.explain.shards`: run fingerprints, the manifest, verified shards.
+- :mod:`~ehrlens.explain.local_engine`: :func:`explain_cohort`, in this process.
+- :mod:`~ehrlens.explain.ray_engine`: :func:`explain_cohort_ray`, on Ray Data (extra ``ray``).
+"""
+
+from ..models.directory import model_fingerprint
+from .local_engine import dataset_fingerprint, explain_cohort
+from .shards import ExplainResult, OutputConflictError, read_attributions
+from .table import ATTRIBUTION_COLUMNS, attribution_columns, method_columns
 
 __all__ = [
     "ATTRIBUTION_COLUMNS",

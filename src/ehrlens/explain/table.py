@@ -23,12 +23,10 @@ Example:
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
-import torch
 from torch import Tensor
 
 from ..data.dataset import FittedSchema
@@ -70,23 +68,6 @@ def arrow_schema():
             ("model_id", pa.string()),
         ]
     )
-
-
-def model_fingerprint(model: torch.nn.Module) -> str:
-    """12 hex digits of a SHA-256 over the model's class, hyperparameters and weights.
-
-    Two models with the same fingerprint give the same scores; any change of weights changes it.
-
-    Example:
-        >>> model_fingerprint(model)
-        '3f2a9c01d4e5'
-    """
-    digest = hashlib.sha256(type(model).__name__.encode())
-    digest.update(repr(sorted(getattr(model, "hparams", {}).items())).encode())
-    for name, tensor in sorted(model.state_dict().items()):
-        digest.update(name.encode())
-        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-    return digest.hexdigest()[:12]
 
 
 def _empty_columns() -> dict[str, list]:

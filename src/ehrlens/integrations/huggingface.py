@@ -47,6 +47,7 @@ except ImportError as error:  # pragma: no cover - exercised by a test with tran
         "ehrlens.integrations.huggingface needs the transformers library: pip install 'ehrlens[hf]'"
     ) from error
 
+from ..core.outputs import probabilities
 from ..interpret.api import GradientInterpretable
 from .hf_outputs import OutputFn, cls_projection, last_hidden_state, pool, similarity_to
 from .hf_words import WordScore, token_scores_to_words
@@ -503,15 +504,6 @@ def scored_positions(data: Mapping[str, Any]) -> Tensor:
     if special is not None:
         scored = scored & (special.to(input_ids.device) == 0)
     return scored
-
-
-def probabilities(logit: Tensor, mode: str) -> Tensor:
-    """sigmoid (binary, multilabel), softmax (multiclass), identity (regression)."""
-    if mode in ("binary", "multilabel"):
-        return torch.sigmoid(logit)
-    if mode == "multiclass":
-        return torch.softmax(logit, dim=-1)
-    return logit
 
 
 def sentence_embedding(

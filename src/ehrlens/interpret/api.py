@@ -21,116 +21,17 @@ take turns and both get the results they would get alone. Different models run i
 
 from __future__ import annotations
 
-import threading
-import weakref
-from abc import ABC, abstractmethod
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-import torch
-from torch import Tensor, nn
-
-_MODEL_LOCKS: weakref.WeakKeyDictionary[Any, threading.RLock] = weakref.WeakKeyDictionary()
-_MODEL_LOCKS_GUARD = threading.Lock()
-#: Shared by objects that cannot be weakly referenced (rare): correct, only less parallel.
-_FALLBACK_LOCK = threading.RLock()
-
-
-def model_lock(model: Any) -> threading.RLock:
-    """The re-entrant lock that serialises explanations (and :func:`eval_mode`) of ``model``.
-
-    One lock per model object, created on first use and dropped with the model. Re-entrant,
-    so a method may nest :func:`eval_mode` and :func:`capture_attention` in one thread.
-
-    Example:
-        >>> with model_lock(model):   # e.g. to change hooks by hand without racing ehrlens
-        ...     model.set_attention_hooks(True)
-    """
-    with _MODEL_LOCKS_GUARD:
-        try:
-            lock = _MODEL_LOCKS.get(model)
-            if lock is None:
-                lock = _MODEL_LOCKS[model] = threading.RLock()
-        except TypeError:  # not weakly referenceable, or not hashable
-            lock = _FALLBACK_LOCK
-    return lock
-
-
-class AttentionInterpretable(ABC):
-    """A model whose attention maps can be captured during the forward pass.
-
-    Attention positions are what a layer attends over (e.g. ``[CLS]`` plus one token per
-    input position); input positions are the entries of the raw feature tensor's second
-    dimension (codes, visits, time steps).
-    """
-
-    @abstractmethod
-    def set_attention_hooks(self, enabled: bool) -> None:
-        """While enabled, each forward stores every layer's post-softmax map, detached."""
-
-    @abstractmethod
-    def get_attention_layers(self) -> dict[str, list[tuple[Tensor, Tensor | None]]]:
-        """``{feature_key: [(attn_map, attn_grad), ...]}``, input side first.
-
-        ``attn_map`` is ``[batch, heads, seq, seq]``; ``attn_grad`` is ``None`` when gradients
-        were not captured.
-        """
-
-    @abstractmethod
-    def get_relevance_tensor(self, R: Mapping[str, Tensor], **data: Any) -> dict[str, Tensor]:
-        """Reduce each ``[batch, seq, seq]`` relevance matrix to the readout row over inputs.
-
-        Returns ``{feature_key: [batch, n_inputs]}`` aligned with the input positions.
-        """
-
-    def get_readout_weights(self, **data: Any) -> dict[str, Tensor] | None:
-        """Weights ``[batch, seq]`` over attention positions with which the model reads out.
-
-        ``get_relevance_tensor(R)`` must equal ``(weights @ R)`` restricted to the input
-        positions, for every ``R``. Knowing the weights up front lets an interpreter
-        propagate one row vector through the layers (``O(layers * seq^2)``) instead of
-        multiplying full matrices (``O(layers * seq^3)``). ``None`` (the default) means the
-        model does not state them; interpreters then fall back to full products read out by
-        :meth:`get_relevance_tensor`.
-        """
-        return None
-
-    def select_input_positions(
-        self, relevance: Mapping[str, Tensor], **data: Any
-    ) -> dict[str, Tensor]:
-        """Map a relevance row ``[batch, seq]`` over attention positions to ``[batch, n_inputs]``.
-
-        The default derives the answer from :meth:`get_relevance_tensor` by linearity (it
-        builds ``[batch, seq, seq]`` matrices); models override it with a cheap selection.
-        """
-        weights = self.get_readout_weights(**data)
-        if weights is None:
-            raise NotImplementedError("select_input_positions needs get_readout_weights")
-        matrices = {}
-        for key, row in relevance.items():
-            w = weights[key].to(row.dtype)
-            scale = (w * w).sum(dim=-1).clamp(min=torch.finfo(row.dtype).tiny)
-            # weights @ (w row^T / |w|^2) == row, so the model's own readout recovers `row`.
-            matrices[key] = (w[:, :, None] * row[:, None, :]) / scale[:, None, None]
-        return self.get_relevance_tensor(matrices, **data)
-
-
-class GradientInterpretable(AttentionInterpretable):
-    """An :class:`AttentionInterpretable` that also captures attention gradients."""
-
-    @abstractmethod
-    def set_attention_hooks(self, enabled: bool, capture_gradients: bool = True) -> None:
-        """Capture maps; with ``capture_gradients``, also their gradients after backward.
-
-        ``capture_gradients=False`` is the forward-only mode of
-        :class:`AttentionInterpretable`.
-        """
-
-
-#: The earlier name of :class:`GradientInterpretable` (same object).
-CheferInterpretable = GradientInterpretable
+from ..core.interpretable import (
+    AttentionInterpretable,
+    CheferInterpretable,
+    GradientInterpretable,
+)
+from ..core.modes import eval_mode, model_lock
 
 
 @dataclass
@@ -138,32 +39,6 @@ class CapturedForward:
     """What :func:`capture_attention` yields: the model's outputs of the captured forward."""
 
     outputs: Any
-
-
-@contextmanager
-def eval_mode(model: Any) -> Iterator[None]:
-    """Run the block with ``model`` in eval mode; restore every submodule's own flag after.
-
-    A caller may keep parts of a training model in eval mode, so each module's ``training``
-    flag is saved and restored, not just the top module's. The block holds
-    :func:`model_lock`, so another thread's ``eval_mode`` on the same model waits: it can
-    neither save the eval flags set here nor restore its own in the middle of this block.
-
-    Example:
-        >>> with eval_mode(model):
-        ...     probabilities = model(**batch)["y_prob"]   # dropout off
-        >>> model.training   # as before the block
-    """
-    with model_lock(model):
-        modules = list(model.modules()) if isinstance(model, nn.Module) else []
-        modes = [(module, module.training) for module in modules]
-        if modules:
-            model.eval()
-        try:
-            yield
-        finally:
-            for module, training in modes:
-                module.training = training
 
 
 @contextmanager
@@ -227,3 +102,14 @@ def capture_attention(
             yield CapturedForward(outputs=outputs)
         finally:
             model.set_attention_hooks(False)
+
+
+__all__ = [
+    "AttentionInterpretable",
+    "CapturedForward",
+    "CheferInterpretable",
+    "GradientInterpretable",
+    "capture_attention",
+    "eval_mode",
+    "model_lock",
+]

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..trainer import progress_bar
+from ..core.progress import progress_bar
 from .faithfulness import DEFAULT_PERCENTAGES, RemovalFaithfulness, SampleFilter, Target
 from .recovery import signal_recovery
 from .removal import Ablation

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..interpret.api import eval_mode
+from ..core.modes import eval_mode
 from .removal import Ablation, rank_units, remove_units, top_fraction_mask
 
 DEFAULT_PERCENTAGES = (1, 5, 10, 20, 50)

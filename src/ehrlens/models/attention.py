@@ -20,7 +20,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
-from ..interpret.fusion import check_head_fusion, fuse_heads
+from ..core.fusion import check_head_fusion, fuse_heads
 
 AttentionHook = Callable[["MultiHeadAttention", Tensor], None]
 QueryKeyHook = Callable[["MultiHeadAttention", Tensor, Tensor, Tensor], None]

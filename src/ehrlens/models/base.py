@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, ClassVar
@@ -14,7 +13,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .. import __version__
+from ..core import __version__
+from ..core.files import atomic_write
+from ..core.outputs import probabilities
 from ..data.dataset import RESERVED_KEYS, FittedSchema, SampleDataset
 
 CHECKPOINT_FORMAT = "ehrlens-model"
@@ -263,11 +264,7 @@ class BaseModel(nn.Module):
 
     def probabilities(self, logit: Tensor) -> Tensor:
         """sigmoid (binary, multilabel), softmax (multiclass), identity (regression)."""
-        if self.mode in ("binary", "multilabel"):
-            return torch.sigmoid(logit)
-        if self.mode == "multiclass":
-            return torch.softmax(logit, dim=-1)
-        return logit
+        return probabilities(logit, self.mode)
 
     def loss(self, logit: Tensor, y_true: Tensor) -> Tensor:
         """BCE (binary, multilabel), cross-entropy (multiclass), MSE (regression)."""
@@ -299,14 +296,8 @@ class BaseModel(nn.Module):
             "state_dict": state_dict,
             "checksum": checkpoint_checksum(name, self.hparams, schema, state_dict),
         }
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                torch.save(checkpoint, f)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        with atomic_write(path, "wb") as f:
+            torch.save(checkpoint, f)
         return path
 
     @classmethod

@@ -8,8 +8,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ..core.interpretable import GradientInterpretable
 from ..data.dataset import FittedSchema, SampleDataset
-from ..interpret.api import GradientInterpretable
 from .attention import AttentionCaptureMixin, EncoderBlock, MultiHeadAttention
 from .base import BaseModel, feature_values
 from .embedding import FeatureEmbedding, Tokens, sinusoidal_positions

@@ -21,9 +21,9 @@ from typing import Any
 
 import torch
 
+from ..core.files import atomic_write
+from ..core.modes import eval_mode
 from ..data.dataset import SampleDataset, get_dataloader, move_to_device
-from ..interpret.api import eval_mode
-from ..io import atomic_write
 
 
 @dataclass(frozen=True)

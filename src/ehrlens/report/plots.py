@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from ..io import atomic_write
+from ..core.files import atomic_write
 
 
 def _pyplot():

@@ -7,8 +7,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ...core.fusion import check_head_fusion
 from ...data.processors import PAD_ID
-from ..fusion import check_head_fusion
 from .base import BaseInterpreter, TargetIndex, input_unit_mask, map_to_input_shapes, model_pad_ids
 from .propagation import readout_relevance
 from .rollout import fused_attention_layers

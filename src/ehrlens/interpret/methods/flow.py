@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..fusion import check_head_fusion
+from ...core.fusion import check_head_fusion
 from .base import (
     BaseInterpreter,
     TargetIndex,

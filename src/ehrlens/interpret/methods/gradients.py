@@ -16,8 +16,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ...core.modes import eval_mode
 from ...data.processors import PAD_ID
-from ..api import eval_mode
 from .base import (
     BaseInterpreter,
     TargetIndex,

@@ -8,8 +8,8 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor
 
+from ...core.fusion import check_head_fusion, fuse_heads
 from ..api import capture_attention
-from ..fusion import check_head_fusion, fuse_heads
 from .base import BaseInterpreter, TargetIndex, map_to_input_shapes, model_pad_ids, working_dtype
 from .propagation import (
     readout_relevance,
@@ -17,7 +17,7 @@ from .propagation import (
     select_input_positions,
 )
 
-if TYPE_CHECKING:  # models import interpret.fusion; a runtime import would be circular
+if TYPE_CHECKING:  # only for annotations: interpreters do not depend on concrete models
     from ...models.attention import CapturedKeys
 
 

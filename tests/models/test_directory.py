@@ -10,10 +10,11 @@ import pytest
 import torch
 
 import ehrlens
+from ehrlens.core.files import file_sha256
 from ehrlens.data import create_sample_dataset, generate_cohort
 from ehrlens.explain import model_fingerprint
-from ehrlens.model_dir import CARD, WEIGHTS, file_sha256, load_model_dir, save_model_dir
 from ehrlens.models import StageAttentionNet, Transformer
+from ehrlens.models.directory import CARD, WEIGHTS, load_model_dir, save_model_dir
 
 
 @pytest.fixture(scope="module")

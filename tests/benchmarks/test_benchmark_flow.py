@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "flow.py"
+SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "flow.py"
 
 ROW_KEYS = {
     "seq",

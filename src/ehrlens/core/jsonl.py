@@ -1,8 +1,4 @@
-"""Files: atomic writes and JSON Lines samples.
-
-Every file ehrlens writes goes through :func:`atomic_write`: the content is written to a
-temporary file in the same folder and renamed into place, so an interrupted run never leaves a
-half-written file where a complete one (or the user's previous one) was.
+"""JSON Lines samples: one JSON object per patient and line.
 
 Example:
     >>> write_jsonl(cohort.samples, "patients.jsonl")
@@ -14,51 +10,27 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
+
+from .files import atomic_write
 
 
-@contextmanager
-def atomic_write(path: str | os.PathLike, mode: str = "w") -> Iterator[IO]:
-    """Open a temporary file next to ``path``; rename it to ``path`` only if the block succeeds.
+def plain_json(value: Any) -> Any:
+    """``value`` as plain JSON types: mappings with string keys, lists, numbers, strings.
+
+    Tuples become lists; numpy arrays and scalars and torch tensors, their ``tolist()``.
+    NaN and infinity are refused (JSON has neither).
 
     Example:
-        >>> with atomic_write("card.json") as f:
-        ...     json.dump(card, f)
+        >>> plain_json({"times": (0.0, 1.5), 1: torch.tensor([2, 3])})
+        {'times': [0.0, 1.5], '1': [2, 3]}
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        encoding = None if "b" in mode else "utf-8"
-        with os.fdopen(fd, mode, encoding=encoding) as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the usual permissions
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _read_umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-_UMASK = _read_umask()
-
-
-def _plain(value: Any) -> Any:
     if isinstance(value, Mapping):
-        return {str(k): _plain(v) for k, v in value.items()}
+        return {str(k): plain_json(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
+        return [plain_json(v) for v in value]
     if hasattr(value, "tolist"):  # numpy arrays and scalars, torch tensors
         return value.tolist()
     if isinstance(value, float) and not math.isfinite(value):
@@ -75,7 +47,7 @@ def write_jsonl(samples: Sequence[Mapping[str, Any]], path: str | os.PathLike) -
     path = Path(path)
     with atomic_write(path) as f:
         for sample in samples:
-            f.write(json.dumps(_plain(sample), allow_nan=False) + "\n")
+            f.write(json.dumps(plain_json(sample), allow_nan=False) + "\n")
     return path
 
 

@@ -40,13 +40,12 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from .explain.runner import (
+from ..core.files import file_sha256
+from .rows import MethodSpec, build_methods, explain_rows
+from .shards import (
     SHARD_PATTERN,
     ExplainResult,
-    MethodSpec,
-    build_methods,
     claim_output_dir,
-    explain_rows,
     finish_manifest,
     patient_hash,
     run_fingerprint,
@@ -102,7 +101,7 @@ class ShardExplainer:
     ) -> None:
         import torch
 
-        from .model_dir import load_model_dir
+        from ..models.directory import load_model_dir
 
         torch.set_num_threads(max(1, int(threads)))
         self.model, _ = load_model_dir(model_dir)
@@ -116,7 +115,7 @@ class ShardExplainer:
     def __call__(self, batch: Any) -> Any:
         import pandas as pd
 
-        from .data import create_sample_dataset
+        from ..data import create_sample_dataset
 
         if len(batch) != 1:
             raise RuntimeError(f"expected one shard per call, got {len(batch)}")
@@ -144,20 +143,21 @@ def _samples_dataset(data: Any, input_schema: Mapping[str, str], columns: Any) -
     """A Ray Dataset with one row per patient (``patient_id``, ``sample`` as JSON), and a
     fingerprint of the input."""
     ray = _ray()
-    from .data.events import from_events
-    from .data.sources import JSONL_SUFFIXES, TABLE_SUFFIXES
-    from .io import _plain
+    from ..core.jsonl import plain_json
+    from ..data.events import from_events
+    from ..data.sources import JSONL_SUFFIXES, TABLE_SUFFIXES
 
     def as_rows(samples: Sequence[Mapping[str, Any]]) -> list[dict[str, str]]:
         return [
-            {"patient_id": str(s["patient_id"]), "sample": json.dumps(_plain(s))} for s in samples
+            {"patient_id": str(s["patient_id"]), "sample": json.dumps(plain_json(s))}
+            for s in samples
         ]
 
     if isinstance(data, (str, os.PathLike)):
         path = Path(data)
         if not path.exists():
             raise FileNotFoundError(f"{path}: no such file")
-        digest = _file_digest(path)
+        digest = file_sha256(path)[:16]
         if path.name.lower().endswith(JSONL_SUFFIXES):
             return ray.data.read_text(str(path)).flat_map(_parse_line), digest
         if path.name.lower().endswith(TABLE_SUFFIXES):
@@ -165,7 +165,7 @@ def _samples_dataset(data: Any, input_schema: Mapping[str, str], columns: Any) -
             return ray.data.from_items(as_rows(samples)), digest
         raise ValueError(f"{path}: expected JSON Lines or an event table (.parquet, .csv)")
     samples = list(data)
-    text = "\n".join(json.dumps(_plain(s), sort_keys=True) for s in samples)
+    text = "\n".join(json.dumps(plain_json(s), sort_keys=True) for s in samples)
     digest = hashlib.sha256(text.encode()).hexdigest()[:16]
     return ray.data.from_items(as_rows(samples)), digest
 
@@ -180,14 +180,6 @@ def _parse_line(row: dict[str, Any]) -> list[dict[str, Any]]:
             f"expected one JSON object with a patient_id per line, got {row['text'][:80]!r}"
         )
     return [{"patient_id": str(sample["patient_id"]), "sample": row["text"]}]
-
-
-def _file_digest(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()[:16]
 
 
 def explain_cohort_ray(
@@ -209,7 +201,8 @@ def explain_cohort_ray(
     :func:`~ehrlens.explain.explain_cohort`.
 
     Args:
-        model_dir: model directory (``ehrlens train`` / :func:`~ehrlens.model_dir.save_model_dir`)
+        model_dir: model directory (``ehrlens train`` /
+            :func:`~ehrlens.models.directory.save_model_dir`)
             readable from every worker (a shared file system on a cluster).
         data: JSON Lines path, event-table path (``.parquet`` / ``.csv``), or a list of samples.
         methods: as in :func:`~ehrlens.explain.explain_cohort`: names or ``{name: options}``.
@@ -233,7 +226,7 @@ def explain_cohort_ray(
         >>> result.computed, result.reused
     """
     ray = _ray()
-    from .model_dir import load_model_dir
+    from ..models.directory import load_model_dir
 
     if batch_size < 1 or shard_size < 1:
         raise ValueError(f"batch_size and shard_size must be >= 1, got {batch_size}, {shard_size}")

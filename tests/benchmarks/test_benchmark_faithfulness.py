@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "faithfulness.py"
+SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "faithfulness.py"
 MODELS = {"Transformer", "StageAttentionNet"}
 METHODS = {
     "RandomBaseline",

@@ -1,4 +1,4 @@
-"""ehrlens.io: atomic writes and JSON Lines samples."""
+"""ehrlens.core.files and ehrlens.core.jsonl: atomic writes and JSON Lines samples."""
 
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from ehrlens.io import atomic_write, read_jsonl, write_jsonl
+from ehrlens.core.files import atomic_write
+from ehrlens.core.jsonl import read_jsonl, write_jsonl
 
 
 def _names(folder):

@@ -17,12 +17,12 @@ import torch
 from click.testing import CliRunner
 
 from ehrlens.cli.app import main
+from ehrlens.core.jsonl import write_jsonl
 from ehrlens.data import create_sample_dataset, generate_cohort
-from ehrlens.distributed import explain_cohort_ray
 from ehrlens.explain import OutputConflictError, explain_cohort
-from ehrlens.io import write_jsonl
-from ehrlens.model_dir import load_model_dir, save_model_dir
+from ehrlens.explain.ray_engine import explain_cohort_ray
 from ehrlens.models import Transformer
+from ehrlens.models.directory import load_model_dir, save_model_dir
 
 pytestmark = pytest.mark.slow
 
@@ -135,7 +135,7 @@ def test_killed_driver_then_rerun_gives_the_same_rows(cohort_files, ray_runtime,
     out = root / "ray_killed"
     script = (
         "import sys\n"
-        "from ehrlens.distributed import explain_cohort_ray\n"
+        "from ehrlens.explain.ray_engine import explain_cohort_ray\n"
         "explain_cohort_ray(sys.argv[1], sys.argv[2], ['rollout', 'flow'], out_dir=sys.argv[3],"
         f" shard_size={SHARD // 5}, batch_size={BATCH}, address=sys.argv[4], num_workers=1)\n"
     )
@@ -203,7 +203,7 @@ def test_ehrlens_works_without_ray():
     code = (
         "import sys\n"
         "sys.modules['ray'] = None\n"
-        "import ehrlens, ehrlens.explain, ehrlens.cli.app, ehrlens.distributed as d\n"
+        "import ehrlens, ehrlens.explain, ehrlens.cli.app, ehrlens.explain.ray_engine as d\n"
         "try:\n"
         "    d.explain_cohort_ray('m', [], out_dir='o')\n"
         "except ImportError as e:\n"

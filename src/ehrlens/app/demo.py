@@ -1,6 +1,6 @@
 """End-to-end demo on built-in synthetic data: train two models, explain a few patients.
 
-Run with ``python -m ehrlens.demo`` (``make demo``). It generates a cohort with planted
+Run with ``python -m ehrlens.app.demo`` (``make demo``). It generates a cohort with planted
 signal codes, trains a :class:`~ehrlens.models.Transformer` and a
 :class:`~ehrlens.models.StageAttentionNet`, prints each one's test AUROC next to the
 best achievable (the cohort's noise-free risk), then explains the highest-risk test patients
@@ -16,10 +16,10 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from .data import get_dataloader
-from .experiment import train_on_cohort
-from .interpret import AttentionFlow, AttentionRollout, CheferRelevance, top_codes
-from .models import StageAttentionNet, Transformer
+from ..data import get_dataloader
+from ..interpret import AttentionFlow, AttentionRollout, CheferRelevance, top_codes
+from ..models import StageAttentionNet, Transformer
+from .workflow import train_on_cohort
 
 MODELS = {
     "Transformer": ("sequence", Transformer, {"embedding_dim": 64, "heads": 4, "num_layers": 2}),
@@ -57,7 +57,7 @@ def _codes(pairs: Sequence[tuple[str, str]]) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m ehrlens.demo", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m ehrlens.app.demo", description=__doc__)
     parser.add_argument("--patients", type=int, default=3000, help="cohort size")
     parser.add_argument("--epochs", type=int, default=8, help="training epochs per model")
     parser.add_argument("--explain", type=int, default=4, help="test patients to explain")

@@ -12,7 +12,7 @@ from sklearn import metrics as skm
 
 from ehrlens import Trainer
 from ehrlens.data import create_sample_dataset, generate_cohort, get_dataloader, split_by_patient
-from ehrlens.prediction_metrics import DEFAULT_METRICS, compute_metrics
+from ehrlens.metrics.prediction import DEFAULT_METRICS, compute_metrics
 
 BINARY_METRICS = ["roc_auc", "pr_auc", "f1", "accuracy"]
 

@@ -1,8 +1,8 @@
-"""`python -m ehrlens.demo` runs end to end (a small cohort, to keep the suite fast)."""
+"""`python -m ehrlens.app.demo` runs end to end (a small cohort, to keep the suite fast)."""
 
 import pytest
 
-from ehrlens import demo
+from ehrlens.app import demo
 
 
 @pytest.mark.slow

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "propagation.py"
+SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "propagation.py"
 
 
 @pytest.mark.slow

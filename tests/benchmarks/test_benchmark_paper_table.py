@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "paper_table.py"
+SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "paper_table.py"
 METHODS = {"raw_attention", "rollout", "flow"}
 REFERENCES = {"blank_out", "input_gradient"}
 

@@ -6,30 +6,20 @@ import copy
 import logging
 import math
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from .data.dataset import move_to_device
-from .interpret.api import eval_mode
-from .models.base import BaseModel
-from .prediction_metrics import DEFAULT_METRICS, LOWER_IS_BETTER, compute_metrics
+from ..core.modes import eval_mode
+from ..core.progress import progress_bar
+from ..data.dataset import move_to_device
+from ..metrics.prediction import DEFAULT_METRICS, LOWER_IS_BETTER, compute_metrics
+from ..models.base import BaseModel
 
 logger = logging.getLogger(__name__)
-
-
-def progress_bar(iterable: Iterable, enabled: bool, **kwargs: Any) -> Iterable:
-    """``iterable`` wrapped in a tqdm progress bar when ``enabled`` and tqdm is installed."""
-    if not enabled:
-        return iterable
-    try:
-        from tqdm.auto import tqdm
-    except ImportError:  # the progress bar is a nicety; training works without it
-        return iterable
-    return tqdm(iterable, leave=False, **kwargs)
 
 
 class Trainer:

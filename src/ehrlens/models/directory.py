@@ -22,22 +22,30 @@ from typing import Any
 
 import torch
 
-from . import __version__
-from .explain.table import model_fingerprint
-from .io import atomic_write
-from .models import BaseModel
+from ..core import __version__
+from ..core.files import atomic_write
+from .base import BaseModel
+
+
+def model_fingerprint(model: torch.nn.Module) -> str:
+    """12 hex digits of a SHA-256 over the model's class, hyperparameters and weights.
+
+    Two models with the same fingerprint give the same scores; any change of weights changes it.
+
+    Example:
+        >>> model_fingerprint(model)
+        '3f2a9c01d4e5'
+    """
+    digest = hashlib.sha256(type(model).__name__.encode())
+    digest.update(repr(sorted(getattr(model, "hparams", {}).items())).encode())
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()[:12]
+
 
 WEIGHTS = "model.pt"
 CARD = "card.json"
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    """SHA-256 of a file's bytes, in hex."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def save_model_dir(

@@ -1,4 +1,4 @@
-"""The steps behind the CLI as functions (ehrlens.workflow)."""
+"""The steps behind the CLI as functions (ehrlens.app.workflow)."""
 
 from __future__ import annotations
 
@@ -8,12 +8,18 @@ import math
 
 import pytest
 
+from ehrlens.app.workflow import (
+    read_schema_file,
+    select_split,
+    train_model,
+    train_on_cohort,
+    write_synthetic_cohort,
+)
+from ehrlens.core.jsonl import read_jsonl
 from ehrlens.data import create_sample_dataset, generate_cohort
 from ehrlens.data.sources import load_samples
 from ehrlens.explain import model_fingerprint
-from ehrlens.io import read_jsonl
 from ehrlens.models import StageAttentionNet, Transformer
-from ehrlens.workflow import read_schema_file, select_split, train_model, write_synthetic_cohort
 
 TINY = {"embedding_dim": 16, "heads": 2, "num_layers": 1}
 
@@ -187,3 +193,15 @@ def test_train_model_stagenet_and_errors():
         train_model(cohort.samples, schema, model="gru")
     with pytest.raises(ValueError, match="need at least 10 patients to split and train, got 9"):
         train_model(cohort.samples[:9], schema, epochs=1)
+
+
+def test_train_on_cohort_returns_disjoint_splits_scores_and_an_eval_model():
+    run = train_on_cohort(
+        Transformer, {"embedding_dim": 16, "heads": 2, "num_layers": 1}, n_patients=200, epochs=1
+    )
+    ids = [set(split.patient_ids) for split in (run.train, run.val, run.test)]
+    assert not (ids[0] & ids[1]) and not (ids[0] & ids[2]) and not (ids[1] & ids[2])
+    assert sum(len(i) for i in ids) == 200
+    assert {"roc_auc", "pr_auc", "loss"} <= set(run.test_metrics)
+    assert 0.5 < run.oracle_roc_auc <= 1.0 and len(run.history) == 1
+    assert not run.model.training and run.train_seconds > 0

@@ -1,0 +1,12 @@
+"""The leaf layer: small tools every other layer may use; it imports nothing of ehrlens.
+
+- :mod:`~ehrlens.core.fusion`: head fusion of attention maps.
+- :mod:`~ehrlens.core.modes`: eval mode with every submodule's flag restored, and the
+  per-model lock that serialises explanations of one model.
+- :mod:`~ehrlens.core.progress`: optional progress bars.
+- :mod:`~ehrlens.core.files`: atomic writes and file hashing.
+- :mod:`~ehrlens.core.jsonl`: JSON Lines samples.
+- :mod:`~ehrlens.core.outputs`: model outputs from logits (probabilities by task mode).
+"""
+
+__version__ = "0.1.0"

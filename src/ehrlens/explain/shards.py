@@ -1,0 +1,238 @@
+"""Shard bookkeeping shared by both explain engines: run fingerprints, the run manifest,
+verified Parquet shards, and reading a finished folder back.
+
+An output folder holds ``_ehrlens_run.json`` (the run's fingerprint, settings and shard count,
+``complete`` once every shard is written) and ``part-00000.parquet``, ... Each shard carries in
+its Parquet metadata the run's fingerprint, its index, its row count and a hash of its patient
+ids, so a re-run verifies a shard instead of trusting its name.
+
+Example:
+    >>> claim_output_dir(out, fingerprint, settings, n_shards=3)
+    >>> write_shard(out / SHARD_PATTERN.format(0), columns, shard_metadata(fp, 0, columns, ids))
+    >>> frame = read_attributions(out)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..core import __version__
+from ..core.files import atomic_write
+from ..interpret.methods import BaseInterpreter
+from .table import columns_to_arrow
+
+MANIFEST = "_ehrlens_run.json"
+SHARD_PATTERN = "part-{:05d}.parquet"
+
+
+class OutputConflictError(FileExistsError):
+    """``out_dir`` holds output that this run did not make; nothing was changed."""
+
+
+@dataclass
+class ExplainResult:
+    """What :func:`explain_cohort` produced.
+
+    Attributes:
+        shards: shard files, in order (empty when nothing was written to disk).
+        computed: indices of shards computed in this call.
+        reused: indices of shards found complete and verified, so not recomputed.
+        num_rows: rows in the whole table.
+        fingerprint: the run's fingerprint (model, data, methods, settings).
+    """
+
+    shards: list[Path] = field(default_factory=list)
+    computed: list[int] = field(default_factory=list)
+    reused: list[int] = field(default_factory=list)
+    num_rows: int = 0
+    fingerprint: str = ""
+    _columns: dict[str, list] | None = None
+
+    def to_arrow(self):
+        """The whole table as a pyarrow Table (read back from the shards when on disk)."""
+        if self._columns is not None:
+            return columns_to_arrow(self._columns)
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        return pa.concat_tables([pq.read_table(path) for path in self.shards])
+
+    def to_frame(self):
+        """The whole table as a pandas DataFrame, columns :data:`ATTRIBUTION_COLUMNS`."""
+        return self.to_arrow().to_pandas()
+
+
+def interpreter_settings(interpreter: BaseInterpreter) -> dict[str, Any]:
+    """An interpreter's plain-valued settings (``head_fusion``, ``seed``, ...), sorted."""
+    plain = (bool, int, float, str, type(None))
+    return {
+        k: v for k, v in sorted(vars(interpreter).items()) if k != "model" and isinstance(v, plain)
+    }
+
+
+def run_settings(
+    model_id: str,
+    data: str,
+    interpreters: Mapping[str, BaseInterpreter],
+    batch_size: int,
+    shard_size: int,
+    target_class_idx: int | None,
+    **extra: Any,
+) -> dict[str, Any]:
+    """Everything that decides a run's rows, as plain data: hashed into its fingerprint and
+    kept in its manifest. ``extra`` adds engine-specific entries."""
+    return {
+        **extra,
+        "model_id": model_id,
+        "data": data,
+        "methods": method_settings(interpreters),
+        "batch_size": batch_size,
+        "shard_size": shard_size,
+        "target_class_idx": target_class_idx,
+    }
+
+
+def run_fingerprint(settings: Mapping[str, Any]) -> str:
+    """16 hex digits of a SHA-256 over a run's settings (model, data, methods, sizes)."""
+    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def method_settings(interpreters: Mapping[str, BaseInterpreter]) -> dict[str, list]:
+    """``{name: [class name, plain settings]}``: what the fingerprint knows of each method."""
+    return {name: [type(i).__name__, interpreter_settings(i)] for name, i in interpreters.items()}
+
+
+def shard_metadata(
+    fingerprint: str, index: int, columns: Mapping[str, list], patient_ids: Sequence[str]
+) -> dict[str, str]:
+    """Parquet metadata that lets a later run verify a shard instead of trusting its name."""
+    return {
+        "ehrlens.run": fingerprint,
+        "ehrlens.shard": str(index),
+        "ehrlens.rows": str(len(columns["patient_id"])),
+        "ehrlens.patients": patient_hash(patient_ids),
+        "ehrlens.version": __version__,
+    }
+
+
+def patient_hash(patient_ids: Sequence[str]) -> str:
+    """16 hex digits of a SHA-256 over a shard's patient ids, in order."""
+    return hashlib.sha256("\n".join(patient_ids).encode()).hexdigest()[:16]
+
+
+def claim_output_dir(out: Path, fingerprint: str, settings: dict, n_shards: int) -> None:
+    """Create ``out`` for this run, or check it holds this run's output; clean stale temps."""
+    out.mkdir(parents=True, exist_ok=True)
+    manifest = out / MANIFEST
+    if manifest.exists():
+        try:
+            previous = json.loads(manifest.read_text())
+        except (OSError, json.JSONDecodeError) as error:
+            raise OutputConflictError(f"{manifest}: unreadable run manifest ({error})") from error
+        if previous.get("fingerprint") != fingerprint:
+            old = previous.get("settings", {})
+            raise OutputConflictError(
+                f"{out} holds attributions of a different run (model {old.get('model_id')}, "
+                f"methods {sorted(old.get('methods', {}))}) than this one (model "
+                f"{settings.get('model_id')}, methods {sorted(settings.get('methods', {}))}); "
+                "nothing was changed. Write to a new folder, or delete that one yourself."
+            )
+    else:
+        foreign = sorted(p.name for p in out.glob("part-*.parquet"))
+        if foreign:
+            raise OutputConflictError(
+                f"{out} already holds shard files ({foreign[:3]}...) but no {MANIFEST}; "
+                "nothing was changed. Write to a new folder."
+            )
+        record = {
+            "fingerprint": fingerprint,
+            "settings": settings,
+            "shards": n_shards,
+            "ehrlens_version": __version__,
+            "complete": False,
+        }
+        with atomic_write(manifest) as f:
+            json.dump(record, f, indent=2, sort_keys=True)
+    for stale in out.glob(".part-*.tmp"):  # left by a killed run of ours
+        stale.unlink(missing_ok=True)
+
+
+def finish_manifest(out: Path, fingerprint: str, num_rows: int) -> None:
+    """Mark the run in ``out`` complete, with its total row count."""
+    manifest = out / MANIFEST
+    record = json.loads(manifest.read_text())
+    record.update(complete=True, rows=num_rows)
+    with atomic_write(manifest) as f:
+        json.dump(record, f, indent=2, sort_keys=True)
+
+
+def verified_shard_rows(path: Path, fingerprint: str, index: int, patients: str) -> int | None:
+    """Rows of a complete shard of this run, or None when it is absent or does not verify."""
+    if not path.exists():
+        return None
+    import pyarrow.parquet as pq
+
+    try:
+        metadata = pq.read_metadata(path)
+    except Exception:  # damaged file: recompute it
+        return None
+    kv = {k.decode(): v.decode() for k, v in (metadata.metadata or {}).items()}
+    expected = {
+        "ehrlens.run": fingerprint,
+        "ehrlens.shard": str(index),
+        "ehrlens.patients": patients,
+        "ehrlens.rows": str(metadata.num_rows),
+    }
+    if any(kv.get(k) != v for k, v in expected.items()):
+        return None
+    return metadata.num_rows
+
+
+def write_shard(path: Path, columns: dict[str, list], metadata: dict[str, str]) -> None:
+    """Write one shard's columns as Parquet with ``metadata``, atomically."""
+    import pyarrow.parquet as pq
+
+    table = columns_to_arrow(columns)
+    schema_metadata = dict(table.schema.metadata or {})
+    schema_metadata.update({k.encode(): v.encode() for k, v in metadata.items()})
+    table = table.replace_schema_metadata(schema_metadata)
+    with atomic_write(path, "wb") as f:
+        pq.write_table(table, f)
+
+
+def read_attributions(folder: str | os.PathLike) -> Any:
+    """The attribution table of a finished run's folder, as a pandas DataFrame.
+
+    Raises:
+        FileNotFoundError: ``folder`` has no run manifest (not written by an explain run).
+        ValueError: the run is unfinished, or a shard it lists is missing; re-running the same
+            explain call completes it.
+
+    Example:
+        >>> explain_cohort(model, dataset, ["rollout"], out_dir="attr/")
+        >>> frame = read_attributions("attr/")     # columns ATTRIBUTION_COLUMNS
+    """
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    folder = Path(folder)
+    manifest = folder / MANIFEST
+    if not manifest.exists():
+        raise FileNotFoundError(f"{folder}: no {MANIFEST}; is it a folder written by `explain`?")
+    record = json.loads(manifest.read_text())
+    if not record.get("complete"):
+        raise ValueError(
+            f"{folder}: the explain run is unfinished; run the same `ehrlens explain` command "
+            "again to complete it"
+        )
+    shards = [folder / SHARD_PATTERN.format(i) for i in range(int(record["shards"]))]
+    absent = [p.name for p in shards if not p.exists()]
+    if absent:
+        raise ValueError(f"{folder}: shard file(s) {absent[:3]} are missing; re-run explain")
+    return pa.concat_tables([pq.read_table(p) for p in shards]).to_pandas()
