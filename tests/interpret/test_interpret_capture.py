@@ -62,7 +62,7 @@ def test_forward_only_capture_has_no_grads_and_no_tensor_hook(model_case):
                 assert not attention.requires_grad and attention.grad_fn is None
         for captures in model._attention_captures.values():
             for capture in captures:
-                assert capture._gradient_handle is None
+                assert capture.slot._gradient_handle is None
         out["logit"].sum().backward()  # the logit is still differentiable in the params
         for layers in captured(model).values():
             assert all(grad is None for _, grad in layers)

@@ -70,7 +70,7 @@ def test_models_without_key_capture_are_refused():
             return {}
 
     AttentionInterpretable.register(MapsOnly)
-    with pytest.raises(TypeError, match="supports_key_capture"):
+    with pytest.raises(TypeError, match="key_capture"):
         AttentionRollout(MapsOnly(), low_memory=True)
     model, _ = make("sequence", Transformer, num_layers=1)
     with pytest.raises(ValueError, match="block_rows"):

@@ -17,7 +17,7 @@ from _robustness_kit import METHODS, MODEL_METHODS, MODELS, make_dataset, make_m
 from ehrlens.core.modes import eval_mode, model_lock
 from ehrlens.interpret.api import capture_attention
 from ehrlens.models import Transformer
-from ehrlens.models.attention import AttentionCapture
+from ehrlens.models.capture import AttentionSlot
 
 
 class Boom(Exception):
@@ -109,7 +109,7 @@ def test_a_failure_inside_the_backward_leaves_no_trace(dataset, monkeypatch, nam
     def fail(self, gradient):
         raise Boom("injected failure inside backward")
 
-    monkeypatch.setattr(AttentionCapture, "_on_gradient", fail)
+    monkeypatch.setattr(AttentionSlot, "_on_gradient", fail)
     with pytest.raises(Boom):
         METHODS["chefer"](model).attribute(**batch)
     _assert_clean(model, modes)

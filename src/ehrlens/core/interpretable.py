@@ -1,20 +1,67 @@
-"""The two interface levels a model implements to be explained (re-exported, and documented
-for users, by :mod:`ehrlens.interpret.api`).
+"""The contract a model implements to be explained: two interface levels and the optional
+capabilities (re-exported, with the capture context manager, by :mod:`ehrlens.interpret.api`).
 
-They live in the leaf layer so that models (``ehrlens.models``), adapters
+It lives in the leaf layer so that models (``ehrlens.models``), adapters
 (``ehrlens.integrations``) and interpreters (``ehrlens.interpret``) all depend on the contract
 and none of them on another: a model subclasses these classes without importing any
 interpreter.
+
+Required (:class:`AttentionInterpretable`): ``set_attention_hooks(enabled)``,
+``get_attention_layers()``, ``get_relevance_tensor(R, **data)``. Gradient capture
+(:class:`GradientInterpretable`) adds gradients after ``.backward()``.
+
+Optional, each declared by one flag of :class:`Capabilities` in the class attribute
+``interpret_capabilities`` (a class that declares nothing is inspected once, see
+:func:`ehrlens.interpret.api.capabilities`):
+
+- ``forward_only``: ``set_attention_hooks(True, capture_gradients=False)`` stores detached
+  maps and registers no autograd hook (capture under ``torch.inference_mode()``).
+- ``fusion_at_capture``: ``set_attention_hooks(True, capture_gradients=False,
+  head_fusion="mean")`` stores maps already fused over heads, ``[batch, 1, seq, seq]``.
+- ``key_capture``: ``set_attention_hooks(True, capture_gradients=False, keys_only=True)``
+  stores queries and keys, read with ``get_attention_keys()``.
+- ``stated_readout``: ``get_readout_weights(**data)`` and ``select_input_positions(...)``
+  state the readout over attention positions up front (row propagation, flow's sink).
+- ``embedding_layers``: ``get_embedding_layers()`` gives each feature's per-unit embedding
+  module (gradient baselines attribute to its output).
+- ``clear_capture``: ``clear_attention_capture()`` drops the maps kept after capture is
+  switched off (the capture context manager calls it, so explanations keep no memory).
+
+Optional attributes (read by interpreters where present): ``feature_keys`` (list of feature
+names), ``mode`` (``"binary"``, ``"multiclass"``, ``"multilabel"``, ``"regression"``),
+``output_size`` (logit columns), ``pad_ids`` (``{feature: pad id | None}``, default 0).
+
+Capture semantics every implementation follows: switching capture off keeps the last
+forward's maps (and the gradient hooks an outstanding backward needs); the next enabled
+forward replaces them.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """The optional parts of the contract a model offers (see the module docstring).
+
+    Example:
+        >>> class MyModel(nn.Module, GradientInterpretable):
+        ...     interpret_capabilities = Capabilities(forward_only=True, stated_readout=True)
+    """
+
+    forward_only: bool = False
+    fusion_at_capture: bool = False
+    key_capture: bool = False
+    stated_readout: bool = False
+    embedding_layers: bool = False
+    clear_capture: bool = False
 
 
 class AttentionInterpretable(ABC):
@@ -25,16 +72,24 @@ class AttentionInterpretable(ABC):
     dimension (codes, visits, time steps).
     """
 
+    #: What the class offers beyond the required methods; ``None``: not declared (then
+    #: :func:`ehrlens.interpret.api.capabilities` inspects the class once).
+    interpret_capabilities: ClassVar[Capabilities | None] = None
+
     @abstractmethod
     def set_attention_hooks(self, enabled: bool) -> None:
-        """While enabled, each forward stores every layer's post-softmax map, detached."""
+        """While enabled, each forward stores every layer's post-softmax map.
+
+        Disabling stops capture but keeps the last forward's maps; the next enabled forward
+        replaces them.
+        """
 
     @abstractmethod
     def get_attention_layers(self) -> dict[str, list[tuple[Tensor, Tensor | None]]]:
         """``{feature_key: [(attn_map, attn_grad), ...]}``, input side first.
 
-        ``attn_map`` is ``[batch, heads, seq, seq]``; ``attn_grad`` is ``None`` when gradients
-        were not captured.
+        ``attn_map`` is ``[batch, heads, seq, seq]`` (or head-averaged ``[batch, seq, seq]``);
+        ``attn_grad`` has the same shape, or is ``None`` when gradients were not captured.
         """
 
     @abstractmethod

@@ -32,13 +32,12 @@ Importing this module needs ``transformers``; ``import ehrlens`` does not.
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Mapping
-from functools import partial
 from typing import Any
 
 import torch
 from torch import Tensor, nn
-from torch.utils.hooks import RemovableHandle
 
 try:
     import transformers
@@ -47,8 +46,10 @@ except ImportError as error:  # pragma: no cover - exercised by a test with tran
         "ehrlens.integrations.huggingface needs the transformers library: pip install 'ehrlens[hf]'"
     ) from error
 
+from ..core.interpretable import Capabilities
 from ..core.outputs import probabilities
 from ..interpret.api import GradientInterpretable
+from ..models.capture import AttentionSlot
 from .hf_outputs import OutputFn, cls_projection, last_hidden_state, pool, similarity_to
 from .hf_words import WordScore, token_scores_to_words
 
@@ -134,6 +135,10 @@ class HuggingFaceEncoder(nn.Module, GradientInterpretable):
         ...     scores = AttentionRollout(encoder).attribute(**batch)  # {"input_ids": [2, t]}
     """
 
+    interpret_capabilities = Capabilities(
+        forward_only=True, stated_readout=True, embedding_layers=True, clear_capture=True
+    )
+
     def __init__(
         self,
         model: Any,
@@ -192,11 +197,11 @@ class HuggingFaceEncoder(nn.Module, GradientInterpretable):
         if attention_mask is not None:
             model_inputs["attention_mask"] = attention_mask
         store = self._capture
-        if store.enabled:
-            store.clear()
+        capturing = store.records_this_thread()
+        if capturing:
             model_inputs["output_attentions"] = True
         outputs = self.model(input_ids=input_ids, **model_inputs)
-        if store.enabled:
+        if capturing:
             store.record(checked_attentions(self.model, outputs, input_ids, attention_mask))
         batch = {FEATURE_KEY: input_ids, "attention_mask": attention_mask, **inputs}
         logit = self._logit(outputs, batch)
@@ -239,11 +244,18 @@ class HuggingFaceEncoder(nn.Module, GradientInterpretable):
         While enabled, each forward runs the model with ``output_attentions=True`` and stores
         the maps ``[batch, heads, tokens, tokens]`` (detached unless ``capture_gradients``;
         with it, a tensor hook stores each map's gradient when a backward pass reaches it).
-        Each forward clears what the previous one stored; disabling removes every hook.
+        Each captured forward replaces what the previous one stored. Disabling stops capture
+        and keeps the last forward's maps (and gradients, also those of a later backward)
+        until the next enabled forward or :meth:`clear_attention_capture`.
         """
+        if enabled:
+            self._capture.enable(bool(capture_gradients))
+        else:
+            self._capture.enabled = False
+
+    def clear_attention_capture(self) -> None:
+        """Drop the maps and gradient hooks the last capture kept."""
         self._capture.clear()
-        self._capture.enabled = bool(enabled)
-        self._capture.gradients = bool(enabled and capture_gradients)
 
     def get_attention_layers(self) -> dict[str, list[tuple[Tensor, Tensor | None]]]:
         """``{"input_ids": [(attn_map, attn_grad), ...]}``, one pair per layer, input first.
@@ -252,15 +264,25 @@ class HuggingFaceEncoder(nn.Module, GradientInterpretable):
         until a backward pass reaches the map, or when gradients are not captured.
         """
         store = self._capture
-        if not store.enabled:
+        if not store.used:
             raise RuntimeError(
-                "attention capture is off: call set_attention_hooks(True) and run a forward"
+                "attention capture was never enabled: call set_attention_hooks(True) and run a "
+                "forward"
             )
-        if store.maps is None:
+        if not store.slots and not store.enabled:
+            raise RuntimeError(
+                "attention capture is off and its last result was cleared: call "
+                "set_attention_hooks(True) and run a forward"
+            )
+        if not store.slots or any(slot.attention is None for slot in store.slots):
             raise RuntimeError(
                 "no attention captured yet: run a forward after set_attention_hooks(True)"
             )
-        return {FEATURE_KEY: list(zip(store.maps, store.grads, strict=True))}
+        pairs: list[tuple[Tensor, Tensor | None]] = []
+        for slot in store.slots:
+            if slot.attention is not None:
+                pairs.append((slot.attention, slot.gradient))
+        return {FEATURE_KEY: pairs}
 
     # ------------------------------------------------------------------ readout
     def get_readout_weights(self, **data: Any) -> dict[str, Tensor]:
@@ -307,37 +329,41 @@ class HuggingFaceEncoder(nn.Module, GradientInterpretable):
 
 
 class _AttentionStore:
-    """The maps (and gradients) of the latest captured forward, and the gradient hooks."""
+    """The adapter's capture state: one :class:`~ehrlens.models.capture.AttentionSlot` per
+    layer (the store every ehrlens model uses), created when capture is enabled and fed with
+    the maps of each captured forward."""
 
     def __init__(self) -> None:
         self.enabled = False
         self.gradients = False
-        self.maps: list[Tensor] | None = None
-        self.grads: list[Tensor | None] = []
-        self.handles: list[RemovableHandle] = []
+        self.used = False
+        self.slots: list[AttentionSlot] | None = None
+        self.thread = threading.get_ident()
+
+    def enable(self, gradients: bool) -> None:
+        self.clear()
+        self.enabled, self.gradients, self.used = True, gradients, True
+        self.thread = threading.get_ident()
+
+    def records_this_thread(self) -> bool:
+        """Only forwards of the thread that enabled capture are recorded."""
+        return self.enabled and threading.get_ident() == self.thread
 
     def record(self, maps: list[Tensor]) -> None:
-        self.grads = [None] * len(maps)
-        if not self.gradients:
-            self.maps = [m.detach() for m in maps]
-            return
-        self.maps = []
-        for layer, attention in enumerate(maps):
-            if attention.requires_grad:
-                self.handles.append(attention.register_hook(partial(self._on_gradient, layer)))
-                self.maps.append(attention)
-            else:  # e.g. under torch.no_grad(): nothing to differentiate
-                self.maps.append(attention.detach())
+        if self.slots is None or len(self.slots) != len(maps):
+            self.clear_slots()
+            self.slots = [AttentionSlot(self.gradients) for _ in maps]
+        for slot, attention in zip(self.slots, maps, strict=True):
+            slot.record(attention)
 
-    def _on_gradient(self, layer: int, gradient: Tensor) -> None:
-        self.grads[layer] = gradient.detach()
+    def clear_slots(self) -> None:
+        for slot in self.slots or []:
+            slot.clear()
+        self.slots = None
 
     def clear(self) -> None:
-        for handle in self.handles:
-            handle.remove()
-        self.handles.clear()
-        self.maps = None
-        self.grads = []
+        self.clear_slots()
+        self.enabled = False
 
 
 # ---------------------------------------------------------------------- checks and helpers

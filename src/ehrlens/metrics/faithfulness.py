@@ -21,6 +21,7 @@ import torch
 from torch import Tensor
 
 from ..core.modes import eval_mode
+from ..interpret.api import describe
 from .removal import Ablation, rank_units, remove_units, top_fraction_mask
 
 DEFAULT_PERCENTAGES = (1, 5, 10, 20, 50)
@@ -81,14 +82,14 @@ class FaithfulnessResult:
 def _class_probability(model: Any, batch: Mapping[str, Any], target: Tensor) -> Tensor:
     """Probability ``[batch]`` of ``target`` under the model (binary: 1 - p for class 0)."""
     probabilities = model(**batch)["y_prob"]
-    if getattr(model, "mode", None) == "binary" or probabilities.shape[1] == 1:
+    if describe(model).mode == "binary" or probabilities.shape[1] == 1:
         p = probabilities[:, 0]
         return torch.where(target == 1, p, 1 - p)
     return probabilities.gather(1, target[:, None])[:, 0]
 
 
 def _predicted_class(model: Any, probabilities: Tensor) -> Tensor:
-    if getattr(model, "mode", None) == "regression":
+    if describe(model).mode == "regression":
         raise ValueError("faithfulness metrics need a classification model, not regression")
     if probabilities.shape[1] == 1:
         return (probabilities[:, 0] >= 0.5).long()

@@ -1,26 +1,20 @@
-"""The one multi-head attention module of ehrlens, its encoder block, and attention capture.
+"""The one multi-head attention module of ehrlens and its encoder block.
 
 Every model computes attention here, so capture is written once: :class:`MultiHeadAttention`
 passes each post-softmax, pre-dropout map ``[batch, heads, seq, seq]`` to its attention hooks
 (registered with :meth:`MultiHeadAttention.register_attention_hook`, removable handles as in
-PyTorch), and :class:`AttentionCapture` is the hook that stores a map and, on request, its
-gradient. :class:`AttentionCaptureMixin` gives a model ``set_attention_hooks`` and
-``get_attention_layers`` from a single method listing its attention modules per feature key.
+PyTorch); :mod:`ehrlens.models.capture` holds the hooks that store maps and gradients.
 """
 
 from __future__ import annotations
 
 import math
-import threading
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
-
-from ..core.fusion import check_head_fusion, fuse_heads
 
 AttentionHook = Callable[["MultiHeadAttention", Tensor], None]
 QueryKeyHook = Callable[["MultiHeadAttention", Tensor, Tensor, Tensor], None]
@@ -132,186 +126,3 @@ class EncoderBlock(nn.Module):
     def forward(self, x: Tensor, mask: Tensor) -> Tensor:
         x = x + self.dropout(self.attention(self.norm1(x), mask))
         return x + self.dropout(self.ffn(self.norm2(x)))
-
-
-@dataclass
-class CapturedKeys:
-    """One layer's queries and keys: enough to recompute its attention map in row blocks.
-
-    Attributes:
-        module: the attention module (its :meth:`~MultiHeadAttention.attention_weights`).
-        query / key: ``[batch, heads, seq, head_dim]``, detached.
-        mask: ``[batch, seq]`` key mask.
-
-    Example:
-        >>> model.set_attention_hooks(True, capture_gradients=False, keys_only=True)
-        >>> _ = model(**batch)
-        >>> layer = model.get_attention_keys()["diagnoses"][0]
-        >>> layer.weights(slice(0, 1)).shape        # [batch, heads, 1, seq]: the [CLS] rows
-        >>> model.set_attention_hooks(False)
-    """
-
-    module: MultiHeadAttention
-    query: Tensor
-    key: Tensor
-    mask: Tensor
-
-    @property
-    def seq_len(self) -> int:
-        return self.key.shape[2]
-
-    def weights(self, rows: slice = slice(None)) -> Tensor:
-        """Attention weights of the query ``rows``: ``[batch, heads, len(rows), seq]``."""
-        return self.module.attention_weights(self.query[:, :, rows], self.key, self.mask)
-
-
-class AttentionCapture:
-    """Attention hook that keeps one module's latest map and, optionally, its gradient.
-
-    Forward-only (``capture_gradients=False``) stores a detached map and registers no autograd
-    hook; with ``head_fusion`` it stores only the fused map ``[batch, 1, seq, seq]``, so the
-    per-head map is freed with the layer's other temporaries. With gradients, the map is kept
-    in the graph and a tensor hook stores its gradient when a backward pass reaches it. Each
-    forward clears what the previous one stored.
-
-    Only forwards run by the thread that created the capture are stored: a forward of the
-    same model in another thread (e.g. plain inference while an explanation runs) can
-    neither overwrite nor mix into the captured maps.
-    """
-
-    def __init__(
-        self,
-        module: MultiHeadAttention,
-        capture_gradients: bool,
-        head_fusion: str | None = None,
-        keys_only: bool = False,
-    ) -> None:
-        if (head_fusion is not None or keys_only) and capture_gradients:
-            raise ValueError("head_fusion and keys_only at capture are for forward-only capture")
-        self.capture_gradients = capture_gradients
-        self.head_fusion = None if head_fusion is None else check_head_fusion(head_fusion)
-        self.attention: Tensor | None = None
-        self.gradient: Tensor | None = None
-        self.keys: CapturedKeys | None = None
-        self._gradient_handle: RemovableHandle | None = None
-        self._thread = threading.get_ident()
-        if keys_only:
-            self._handle = module.register_query_key_hook(self._on_query_key)
-        else:
-            self._handle = module.register_attention_hook(self._on_attention)
-
-    def _on_query_key(self, module: MultiHeadAttention, q: Tensor, k: Tensor, mask: Tensor):
-        if threading.get_ident() != self._thread:
-            return
-        self._clear()
-        self.keys = CapturedKeys(module, q.detach(), k.detach(), mask.detach())
-
-    def _on_attention(self, module: MultiHeadAttention, attention: Tensor) -> None:
-        if threading.get_ident() != self._thread:
-            return
-        self._clear()
-        if self.capture_gradients and attention.requires_grad:
-            self.attention = attention
-            self._gradient_handle = attention.register_hook(self._on_gradient)
-        elif self.head_fusion is not None:
-            self.attention = fuse_heads(attention.detach(), self.head_fusion)[:, None]
-        else:
-            self.attention = attention.detach()
-
-    def _on_gradient(self, gradient: Tensor) -> None:
-        self.gradient = gradient.detach()
-
-    def _clear(self) -> None:
-        if self._gradient_handle is not None:
-            self._gradient_handle.remove()
-            self._gradient_handle = None
-        self.attention = None
-        self.gradient = None
-        self.keys = None
-
-    def remove(self) -> None:
-        """Unregister the attention hook and any gradient hook; drop stored tensors."""
-        self._handle.remove()
-        self._clear()
-
-
-class AttentionCaptureMixin:
-    """``set_attention_hooks`` / ``get_attention_layers`` for models built on this module.
-
-    A model lists its attention modules per feature key, input side first, in
-    :meth:`attention_modules`; everything else is shared.
-    """
-
-    #: ``set_attention_hooks`` takes ``head_fusion`` (see :func:`capture_attention`).
-    supports_capture_head_fusion = True
-    #: ``set_attention_hooks`` takes ``keys_only``; see :meth:`get_attention_keys`.
-    supports_key_capture = True
-
-    def attention_modules(self) -> dict[str, list[MultiHeadAttention]]:
-        """``{feature_key: [MultiHeadAttention per layer, input side first]}``."""
-        raise NotImplementedError
-
-    def _captures(self) -> dict[str, list[AttentionCapture]]:
-        return self.__dict__.setdefault("_attention_captures", {})
-
-    def set_attention_hooks(
-        self,
-        enabled: bool,
-        capture_gradients: bool = True,
-        head_fusion: str | None = None,
-        keys_only: bool = False,
-    ) -> None:
-        """Start (or stop) storing every layer's attention map [and its gradient].
-
-        Args:
-            enabled: True to capture on every following forward; False removes every hook.
-            capture_gradients: keep maps in the autograd graph and store their gradients
-                after ``.backward()``; False stores detached maps only (works under
-                ``torch.no_grad()`` and ``torch.inference_mode()``).
-            head_fusion: forward-only: store each layer's map fused over heads
-                (``"mean"``, ``"max"``, ``"min"``) as ``[batch, 1, seq, seq]`` instead of
-                ``[batch, heads, seq, seq]``, a ``heads``-fold saving.
-            keys_only: forward-only: store each layer's queries and keys instead of its map
-                (:meth:`get_attention_keys`), ``seq / head_dim`` times less again.
-        """
-        captures = self._captures()
-        for layer_captures in captures.values():
-            for capture in layer_captures:
-                capture.remove()
-        captures.clear()
-        if enabled:
-            for key, modules in self.attention_modules().items():
-                captures[key] = [
-                    AttentionCapture(m, capture_gradients, head_fusion, keys_only) for m in modules
-                ]
-
-    def get_attention_keys(self) -> dict[str, list[CapturedKeys]]:
-        """Captured queries and keys per layer and feature key (``keys_only`` capture)."""
-        captures = self._captures()
-        if not captures or any(c.keys is None for cs in captures.values() for c in cs):
-            raise RuntimeError(
-                "no queries/keys captured: call set_attention_hooks(True, "
-                "capture_gradients=False, keys_only=True) and run a forward"
-            )
-        return {key: [c.keys for c in cs] for key, cs in captures.items()}
-
-    def get_attention_layers(self) -> dict[str, list[tuple[Tensor, Tensor | None]]]:
-        """Captured ``(attn_map, attn_grad)`` per layer and feature key, input side first.
-
-        Maps are ``[batch, heads, seq, seq]``; ``attn_grad`` (same shape) is ``None`` until a
-        backward pass reaches the map, or when gradients are not captured.
-        """
-        captures = self._captures()
-        if not captures:
-            raise RuntimeError(
-                "attention capture is off: call set_attention_hooks(True) and run a forward"
-            )
-        layers: dict[str, list[tuple[Tensor, Tensor | None]]] = {}
-        for key, layer_captures in captures.items():
-            if any(c.attention is None for c in layer_captures):
-                raise RuntimeError(
-                    f"feature '{key}': no attention captured yet; run a forward after "
-                    "set_attention_hooks(True)"
-                )
-            layers[key] = [(c.attention, c.gradient) for c in layer_captures]
-        return layers

@@ -18,10 +18,11 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..core.interpretable import GradientInterpretable
+from ..core.interpretable import Capabilities, GradientInterpretable
 from ..data.dataset import FittedSchema, SampleDataset
-from .attention import AttentionCaptureMixin, EncoderBlock, MultiHeadAttention
+from .attention import EncoderBlock, MultiHeadAttention
 from .base import BaseModel, feature_values
+from .capture import AttentionCaptureMixin
 from .embedding import FeatureEmbedding
 
 
@@ -136,6 +137,15 @@ class StageAttentionNet(AttentionCaptureMixin, BaseModel, GradientInterpretable)
         >>> model = StageAttentionNet(dataset, embedding_dim=64, chunk_size=32, levels=3)
         >>> out = model(**batch)
     """
+
+    interpret_capabilities = Capabilities(
+        forward_only=True,
+        fusion_at_capture=True,
+        key_capture=True,
+        stated_readout=True,
+        embedding_layers=True,
+        clear_capture=True,
+    )
 
     def __init__(
         self,

@@ -8,10 +8,11 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..core.interpretable import GradientInterpretable
+from ..core.interpretable import Capabilities, GradientInterpretable
 from ..data.dataset import FittedSchema, SampleDataset
-from .attention import AttentionCaptureMixin, EncoderBlock, MultiHeadAttention
+from .attention import EncoderBlock, MultiHeadAttention
 from .base import BaseModel, feature_values
+from .capture import AttentionCaptureMixin
 from .embedding import FeatureEmbedding, Tokens, sinusoidal_positions
 
 
@@ -57,6 +58,15 @@ class Transformer(AttentionCaptureMixin, BaseModel, GradientInterpretable):
         >>> model = Transformer(dataset, embedding_dim=64, heads=4, num_layers=2)
         >>> out = model(**batch)          # {"logit": [batch, 1], "y_prob": ..., "loss": ...}
     """
+
+    interpret_capabilities = Capabilities(
+        forward_only=True,
+        fusion_at_capture=True,
+        key_capture=True,
+        stated_readout=True,
+        embedding_layers=True,
+        clear_capture=True,
+    )
 
     def __init__(
         self,

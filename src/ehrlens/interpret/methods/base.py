@@ -10,7 +10,14 @@ import torch
 from torch import Tensor
 
 from ...data.processors import PAD_ID
-from ..api import AttentionInterpretable
+from ..api import (
+    AttentionInterpretable,
+    Capabilities,
+    ModelDescription,
+    capabilities,
+    describe,
+    input_view,
+)
 
 TargetIndex = int | Tensor | None
 
@@ -48,6 +55,10 @@ class BaseInterpreter(ABC):
                 f"{type(model).__name__} does not. {how}"
             )
         self.model = model
+        #: What the model says about itself (feature keys, mode, pad ids, tuple layouts).
+        self.description: ModelDescription = describe(model)
+        #: The optional parts of the contract the model offers.
+        self.capabilities: Capabilities = capabilities(model)
 
     @abstractmethod
     def attribute(self, target_class_idx: TargetIndex = None, **batch: Any) -> dict[str, Tensor]:
@@ -62,11 +73,19 @@ class BaseInterpreter(ABC):
         if size is not None:
             check_target(self.model, target_class_idx, size)
 
+    def _input_scores(
+        self, relevance: Mapping[str, Tensor], batch: Mapping[str, Any]
+    ) -> dict[str, Tensor]:
+        """Per-position relevance ``{key: [batch, n_inputs]}`` spread over each feature's
+        raw input (tuple features: over their value tensor), padding exactly 0."""
+        view = input_view(self.description, batch)
+        return map_to_input_shapes(relevance, view, self.description.pad_ids)
+
 
 def model_pad_ids(model: Any) -> Mapping[str, int | None]:
     """``{feature: pad id}`` a model declares as ``pad_ids`` (e.g. a tokenizer's pad token);
     features it does not name use :data:`~ehrlens.data.PAD_ID` (0)."""
-    return getattr(model, "pad_ids", None) or {}
+    return dict(describe(model).pad_ids)
 
 
 def input_unit_mask(
@@ -93,19 +112,6 @@ def working_dtype(dtype: torch.dtype) -> torch.dtype:
     the rounding of the maps themselves, not of every product over the layers.
     """
     return torch.promote_types(dtype, torch.float32)
-
-
-def plain_tensors(batch: Mapping[str, Any]) -> dict[str, Any]:
-    """Copies of inference-mode tensors, which autograd may not save for backward."""
-
-    def plain(value: Any) -> Any:
-        if isinstance(value, Tensor) and value.is_inference():
-            return value.clone()
-        if isinstance(value, Mapping):
-            return {k: plain(v) for k, v in value.items()}
-        return value
-
-    return {k: plain(v) for k, v in batch.items()}
 
 
 def require_autograd(method: str) -> None:
@@ -205,9 +211,9 @@ def check_target(model: Any, target_class_idx: TargetIndex, batch_size: int) -> 
     """
     if target_class_idx is None:
         return
-    mode = getattr(model, "mode", None)
-    outputs = getattr(model, "output_size", None)
-    if mode is None or not isinstance(outputs, int):
+    description = describe(model)
+    mode, outputs = description.mode, description.output_size
+    if mode is None or outputs is None:
         return
     classes = {"binary": 2, "regression": 1}.get(mode, outputs)
     _as_index(target_class_idx, batch_size, classes, mode)
@@ -215,8 +221,10 @@ def check_target(model: Any, target_class_idx: TargetIndex, batch_size: int) -> 
 
 def batch_size_of(model: Any, batch: Mapping[str, Any]) -> int | None:
     """The batch size read off the first feature tensor of ``batch`` (``None`` if none)."""
-    for key in getattr(model, "feature_keys", None) or list(batch):
+    for key in describe(model).feature_keys or list(batch):
         value = batch.get(key)
+        if isinstance(value, (tuple, list)) and value and isinstance(value[0], Tensor):
+            value = value[0]
         if isinstance(value, Tensor) and value.dim() > 0:
             return int(value.shape[0])
     return None

@@ -8,8 +8,8 @@ import torch
 from torch import Tensor
 
 from ...core.fusion import check_head_fusion
-from ...data.processors import PAD_ID
-from .base import BaseInterpreter, TargetIndex, input_unit_mask, map_to_input_shapes, model_pad_ids
+from ..api import input_view
+from .base import BaseInterpreter, TargetIndex, input_unit_mask
 from .propagation import readout_relevance
 from .rollout import fused_attention_layers
 
@@ -33,7 +33,7 @@ class RandomBaseline(BaseInterpreter):
 
     def __init__(self, model: Any, seed: int = 0) -> None:
         super().__init__(model)
-        keys = getattr(model, "feature_keys", None)
+        keys = self.description.feature_keys
         if not keys:
             raise TypeError(
                 f"RandomBaseline needs the model's feature_keys; {type(model).__name__} has none"
@@ -45,12 +45,13 @@ class RandomBaseline(BaseInterpreter):
         """Random scores shaped like each feature's batch tensor (``target_class_idx`` unused)."""
         self._check_unused_target(target_class_idx, batch)
         generator = torch.Generator().manual_seed(self.seed)
-        masks = batch.get("masks") or {}
+        view = input_view(self.description, batch)
+        masks = view["masks"]
         out = {}
         for key in self.feature_keys:
-            values = batch[key]
+            values = view[key]
             noise = torch.rand(values.shape, generator=generator).to(values.device)
-            pad_id = model_pad_ids(self.model).get(key, PAD_ID)
+            pad_id = self.description.pad_id(key)
             out[key] = noise * input_unit_mask(values, masks.get(key), pad_id)
         return out
 
@@ -93,4 +94,4 @@ class RawAttention(BaseInterpreter):
                 )
             chosen[key] = [maps[self.layer]]
         relevance = readout_relevance(self.model, chosen, _attention_step, batch)
-        return map_to_input_shapes(relevance, batch, model_pad_ids(self.model))
+        return self._input_scores(relevance, batch)

@@ -7,15 +7,18 @@ from collections.abc import Mapping
 from typing import Any
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
-from ..api import GradientInterpretable, capture_attention
+from ..api import (
+    GradientInterpretable,
+    attention_layers,
+    capture_attention,
+    check_attention_layers,
+    plain_tensors,
+)
 from .base import (
     BaseInterpreter,
     TargetIndex,
-    map_to_input_shapes,
-    model_pad_ids,
-    plain_tensors,
     require_autograd,
     select_target,
     working_dtype,
@@ -55,10 +58,12 @@ class CheferRelevance(BaseInterpreter):
     the target logit with respect to the post-softmax map ``A``. The result is read out at
     the model's readout row, carried down the layers as one row vector.
 
-    The gradient is taken with :func:`torch.autograd.grad` with respect to the captured maps
-    only, so parameters' ``.grad`` are untouched. Under ``torch.no_grad()`` gradients are
-    enabled for this computation alone (as Captum does); under ``torch.inference_mode()``
-    autograd cannot run and a ``RuntimeError`` says so.
+    The gradient is taken with :func:`torch.autograd.grad` with respect to the captured maps,
+    or, for a model that stores its maps detached and takes their gradients with its own
+    tensor hooks (as PyHealth's models do), with respect to its parameters so that those
+    hooks fire; either way parameters' ``.grad`` are untouched. Under ``torch.no_grad()``
+    gradients are enabled for this computation alone (as Captum does); under
+    ``torch.inference_mode()`` autograd cannot run and a ``RuntimeError`` says so.
 
     Args:
         model: a :class:`~ehrlens.interpret.GradientInterpretable` model.
@@ -82,20 +87,46 @@ class CheferRelevance(BaseInterpreter):
         require_autograd("CheferRelevance")
         batch = plain_tensors(batch)
         with torch.enable_grad(), capture_attention(self.model, batch, gradients=True) as run:
-            target = select_target(
-                _logit(run.outputs), getattr(self.model, "mode", None), target_class_idx
-            )
-            layers = self.model.get_attention_layers()
-            maps = [a for per_key in layers.values() for a, _ in per_key]
-            if not all(a.requires_grad for a in maps):
-                raise RuntimeError(
-                    "captured attention maps are not part of the autograd graph (are all "
-                    "parameters frozen with requires_grad=False?); CheferRelevance needs them"
-                )
-            torch.autograd.grad(target.sum(), maps, allow_unused=True)
+            target = select_target(_logit(run.outputs), self.description.mode, target_class_idx)
+            raw = self.model.get_attention_layers()
+            layers = check_attention_layers(raw, type(self.model).__name__)
+            maps = [a for per_key in raw.values() for a, _ in per_key]
+            if all(a.requires_grad for a in maps):
+                # Maps in the graph: differentiate with respect to them (their hooks fire too).
+                gradients = iter(torch.autograd.grad(target.sum(), maps, allow_unused=True))
+                with_grads = {k: [(a, next(gradients)) for a, _ in v] for k, v in raw.items()}
+                layers = check_attention_layers(with_grads, type(self.model).__name__)
+            else:
+                layers = self._gradients_through_model_hooks(target)
             cams = {
                 key: [gradient_weighted_attention(a.detach(), g) for a, g in per_key]
-                for key, per_key in self.model.get_attention_layers().items()
+                for key, per_key in layers.items()
             }
         relevance = readout_relevance(self.model, cams, chefer_step, batch)
-        return map_to_input_shapes(relevance, batch, model_pad_ids(self.model))
+        return self._input_scores(relevance, batch)
+
+    def _gradients_through_model_hooks(self, target: Tensor) -> dict[str, list]:
+        """Maps stored detached, gradients taken by the model's own tensor hooks: run the
+        backward to the parameters with ``autograd.grad`` (so every hook on the path fires and
+        no ``.grad`` is touched), then read the gradients the model stored."""
+        model = self.model
+        parameters = (
+            [p for p in model.parameters() if p.requires_grad]
+            if isinstance(model, nn.Module)
+            else []
+        )
+        if not parameters:
+            raise RuntimeError(
+                f"{type(model).__name__} stores its attention maps detached from the graph and "
+                "none of its parameters requires grad, so no attention gradient can reach its "
+                "hooks; CheferRelevance needs trainable parameters or maps kept in the graph"
+            )
+        torch.autograd.grad(target.sum(), parameters, allow_unused=True)
+        layers = attention_layers(model)
+        if all(g is None for pairs in layers.values() for _, g in pairs):
+            raise RuntimeError(
+                f"{type(model).__name__} captured no attention gradient after the backward: its "
+                "maps are detached, so set_attention_hooks(True) must register a tensor hook "
+                "that stores each map's gradient (as get_attention_layers()'s second element)"
+            )
+        return layers

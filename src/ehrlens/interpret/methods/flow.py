@@ -11,16 +11,14 @@ import torch
 from torch import Tensor
 
 from ...core.fusion import check_head_fusion
+from ..api import readout_weights, select_input_positions
 from .base import (
     BaseInterpreter,
     TargetIndex,
     check_finite_scores,
-    map_to_input_shapes,
-    model_pad_ids,
     working_dtype,
 )
 from .maxflow import flow_values
-from .propagation import readout_weights, select_input_positions
 from .rollout import fused_attention_layers
 
 
@@ -104,6 +102,16 @@ class AttentionFlow(BaseInterpreter):
         if pool is not None:
             pool.shutdown(wait=False, cancel_futures=True)
 
+    def _check_lengths(self, weights: dict[str, Tensor]) -> None:
+        for key, w in weights.items():
+            if w.shape[-1] > self.max_seq_len:
+                raise ValueError(
+                    f"feature '{key}': attention sequence of {w.shape[-1]} positions exceeds "
+                    f"max_seq_len={self.max_seq_len} for AttentionFlow, whose cost grows "
+                    "about as seq^3 * layers; use AttentionRollout for long sequences, or "
+                    "raise max_seq_len knowingly"
+                )
+
     # ------------------------------------------------------------------ attribution
     def attribute(self, target_class_idx: TargetIndex = None, **batch: Any) -> dict[str, Tensor]:
         """Flow scores shaped like each feature's batch tensor; padding exactly 0.
@@ -114,20 +122,18 @@ class AttentionFlow(BaseInterpreter):
         """
         self._check_unused_target(target_class_idx, batch)
         weights = readout_weights(self.model, batch)
-        if weights is None:
-            raise TypeError(
-                f"AttentionFlow needs the readout weights of {type(self.model).__name__} "
-                "(get_readout_weights returned None): the readout node is the flow's sink"
-            )
-        for key, w in weights.items():
-            if w.shape[-1] > self.max_seq_len:
-                raise ValueError(
-                    f"feature '{key}': attention sequence of {w.shape[-1]} positions exceeds "
-                    f"max_seq_len={self.max_seq_len} for AttentionFlow, whose cost grows "
-                    "about as seq^3 * layers; use AttentionRollout for long sequences, or "
-                    "raise max_seq_len knowingly"
-                )
+        if weights is not None:  # stated: refuse long sequences before any forward
+            self._check_lengths(weights)
         layers = fused_attention_layers(self.model, batch, self.head_fusion)
+        if weights is None:
+            weights = readout_weights(self.model, batch, layers)
+            if weights is None:
+                raise TypeError(
+                    f"AttentionFlow needs the readout of {type(self.model).__name__} over "
+                    "attention positions (the flow's sink): state it with get_readout_weights, "
+                    "or read out with get_relevance_tensor over every attention position"
+                )
+            self._check_lengths(weights)
         stacked_maps = {key: torch.stack(maps, dim=1).detach() for key, maps in layers.items()}
         # Max-flow of NaN capacities is a finite number, not NaN: check the maps themselves.
         check_finite_scores(stacked_maps, batch, "attention")
@@ -143,7 +149,7 @@ class AttentionFlow(BaseInterpreter):
         scores = select_input_positions(self.model, flows, batch)
         if self.normalize:
             scores = {key: _normalized(s) for key, s in scores.items()}
-        return map_to_input_shapes(scores, batch, model_pad_ids(self.model))
+        return self._input_scores(scores, batch)
 
 
 def _normalized(scores: Tensor) -> Tensor:

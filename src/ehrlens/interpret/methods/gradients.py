@@ -17,15 +17,13 @@ import torch
 from torch import Tensor
 
 from ...core.modes import eval_mode
-from ...data.processors import PAD_ID
+from ..api import plain_tensors
 from .base import (
     BaseInterpreter,
     TargetIndex,
     check_finite_scores,
     explained_logits,
     input_unit_mask,
-    model_pad_ids,
-    plain_tensors,
     require_autograd,
     target_index,
 )
@@ -75,7 +73,7 @@ class _LayerGradientMethod(BaseInterpreter):
 
     def __init__(self, model: Any) -> None:
         super().__init__(model)
-        if not callable(getattr(model, "get_embedding_layers", None)):
+        if not self.capabilities.embedding_layers:
             raise TypeError(
                 f"{type(self).__name__} needs model.get_embedding_layers() "
                 f"({type(model).__name__} has none): the per-unit embedding modules whose "
@@ -101,7 +99,7 @@ class _LayerGradientMethod(BaseInterpreter):
         """
         require_autograd(type(self).__name__)
         batch = plain_tensors(batch)
-        mode = getattr(self.model, "mode", None)
+        mode = self.description.mode
         layers = self.model.get_embedding_layers()
         keys = list(layers)
         paths, tensors = _flatten(batch)
@@ -126,7 +124,7 @@ class _LayerGradientMethod(BaseInterpreter):
             scores = attribution.detach().sum(dim=-1)  # [batch, *input_positions]
             if values.is_floating_point() and values.dim() == scores.dim() + 1:
                 scores = scores[..., None].expand(values.shape)  # a step's score on its values
-            pad_id = model_pad_ids(self.model).get(key, PAD_ID)
+            pad_id = self.description.pad_id(key)
             real = input_unit_mask(values, masks.get(key), pad_id)
             out[key] = (scores * real).to(torch.float32)
         check_finite_scores(out, batch)
@@ -175,7 +173,7 @@ class IntegratedGradients(_LayerGradientMethod):
         self.internal_batch_size = internal_batch_size
 
     def _run(self, method, batch, tensors, paths, target):
-        features = set(getattr(self.model, "feature_keys", []))
+        features = set(self.description.feature_keys or ())
         baselines = tuple(
             torch.zeros_like(t) if inner is None and key in features else t
             for (key, inner), t in zip(paths, tensors, strict=True)

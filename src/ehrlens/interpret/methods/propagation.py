@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..api import AttentionInterpretable
+from ..api import AttentionInterpretable, readout_weights, select_input_positions
 from .base import working_dtype
 
 LayerStep = Callable[[Tensor, Tensor], Tensor]
@@ -40,26 +40,6 @@ def propagate_rows(rows: Tensor, layers: Sequence[Tensor], step: LayerStep) -> T
     return rows
 
 
-def readout_weights(model: Any, batch: Mapping[str, Any]) -> dict[str, Tensor] | None:
-    """The model's readout weights, or ``None`` when it does not state them.
-
-    A class opted in with ``AttentionInterpretable.register`` does not inherit the interface's
-    optional methods, so their absence means "not stated".
-    """
-    method = getattr(model, "get_readout_weights", None)
-    return None if method is None else method(**batch)
-
-
-def select_input_positions(
-    model: Any, rows: Mapping[str, Tensor], batch: Mapping[str, Any]
-) -> dict[str, Tensor]:
-    """``model.select_input_positions``, or the interface's default for registered classes."""
-    method = getattr(model, "select_input_positions", None)
-    if method is None:
-        return AttentionInterpretable.select_input_positions(model, rows, **batch)
-    return method(rows, **batch)
-
-
 def readout_relevance(
     model: AttentionInterpretable,
     layers: Mapping[str, Sequence[Tensor]],
@@ -69,7 +49,7 @@ def readout_relevance(
     """Per-feature relevance of the input positions, ``{key: [batch, n_inputs]}``.
 
     Uses the model's readout weights when it states them (one propagated row), otherwise the
-    full matrix read out by ``model.get_relevance_tensor``.
+    full matrix read out by ``model.get_relevance_tensor`` (the generic path; same numbers).
     """
     weights = readout_weights(model, batch)
     if weights is not None:

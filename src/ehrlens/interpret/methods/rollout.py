@@ -9,16 +9,18 @@ import torch
 from torch import Tensor
 
 from ...core.fusion import check_head_fusion, fuse_heads
-from ..api import capture_attention
-from .base import BaseInterpreter, TargetIndex, map_to_input_shapes, model_pad_ids, working_dtype
-from .propagation import (
-    readout_relevance,
+from ..api import (
+    attention_layers,
+    capabilities,
+    capture_attention,
     readout_weights,
     select_input_positions,
 )
+from .base import BaseInterpreter, TargetIndex, working_dtype
+from .propagation import readout_relevance
 
 if TYPE_CHECKING:  # only for annotations: interpreters do not depend on concrete models
-    from ...models.attention import CapturedKeys
+    from ...models.capture import CapturedKeys
 
 
 def discard_lowest(attention: Tensor, discard_ratio: float, row_offset: int = 0) -> Tensor:
@@ -66,7 +68,7 @@ def fused_attention_layers(
     first.
     """
     with capture_attention(model, batch, head_fusion=head_fusion):
-        layers = model.get_attention_layers()
+        layers = attention_layers(model, detach=True)
     return {
         key: [discard_lowest(fuse_heads(a, head_fusion), discard_ratio) for a, _ in maps]
         for key, maps in layers.items()
@@ -125,8 +127,8 @@ class AttentionRollout(BaseInterpreter):
     Memory: by default every layer's fused map ``[batch, seq, seq]`` is kept until the
     top-down pass. ``low_memory=True`` keeps each layer's queries and keys instead and
     recomputes the maps in blocks of ``block_rows`` rows during that pass: peak memory stays
-    near plain inference for about one extra ``QK^T`` and softmax per layer (models declaring
-    ``supports_key_capture``, with readout weights).
+    near plain inference for about one extra ``QK^T`` and softmax per layer (models with
+    ``Capabilities.key_capture`` that state their readout).
 
     Args:
         model: an :class:`~ehrlens.interpret.AttentionInterpretable` model.
@@ -158,10 +160,10 @@ class AttentionRollout(BaseInterpreter):
         if not 0.0 <= float(discard_ratio) < 1.0:
             raise ValueError(f"discard_ratio must be in [0, 1), got {discard_ratio}")
         self.discard_ratio = float(discard_ratio)
-        if low_memory and not getattr(model, "supports_key_capture", False):
+        if low_memory and not capabilities(model).key_capture:
             raise TypeError(
                 f"low_memory rollout recomputes maps from captured queries and keys, which "
-                f"{type(model).__name__} does not offer (supports_key_capture)"
+                f"{type(model).__name__} does not offer (Capabilities.key_capture)"
             )
         if block_rows < 1:
             raise ValueError(f"block_rows must be >= 1, got {block_rows}")
@@ -176,11 +178,10 @@ class AttentionRollout(BaseInterpreter):
         """
         self._check_unused_target(target_class_idx, batch)
         if self.low_memory:
-            relevance = self._low_memory_relevance(batch)
-            return map_to_input_shapes(relevance, batch, model_pad_ids(self.model))
+            return self._input_scores(self._low_memory_relevance(batch), batch)
         layers = fused_attention_layers(self.model, batch, self.head_fusion, self.discard_ratio)
         relevance = readout_relevance(self.model, layers, rollout_step, batch)
-        return map_to_input_shapes(relevance, batch, model_pad_ids(self.model))
+        return self._input_scores(relevance, batch)
 
     def _low_memory_relevance(self, batch: Mapping[str, Any]) -> dict[str, Tensor]:
         weights = readout_weights(self.model, batch)

@@ -1,0 +1,296 @@
+"""Attention capture: the one store of captured maps, gradients and queries/keys.
+
+:class:`AttentionSlot` keeps one layer's latest capture. It is fed by a hook on a
+:class:`~ehrlens.models.attention.MultiHeadAttention` (:class:`AttentionCapture`) for ehrlens's
+own models, and directly with the maps a wrapped model returns (the Hugging Face adapter), so
+both follow the same rules:
+
+- forward-only capture stores a detached map (optionally fused over heads) and registers no
+  autograd hook; gradient capture keeps the map in the graph and a tensor hook stores its
+  gradient when a backward pass reaches it;
+- each recorded forward replaces what the slot held before;
+- switching capture off stops recording but keeps the last capture (and the gradient hook an
+  outstanding backward needs) until the next enabled forward or an explicit clear;
+- only forwards run by the thread that enabled capture are recorded, so plain inference in
+  another thread neither overwrites nor mixes into a capture.
+
+:class:`AttentionCaptureMixin` gives a model ``set_attention_hooks``,
+``get_attention_layers``, ``get_attention_keys`` and ``clear_attention_capture`` from a single
+method listing its attention modules per feature key.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, ClassVar
+
+from torch import Tensor
+from torch.utils.hooks import RemovableHandle
+
+from ..core.fusion import check_head_fusion, fuse_heads
+from ..core.interpretable import Capabilities
+
+if TYPE_CHECKING:
+    from .attention import MultiHeadAttention
+
+
+@dataclass
+class CapturedKeys:
+    """One layer's queries and keys: enough to recompute its attention map in row blocks.
+
+    Attributes:
+        module: the attention module (its :meth:`~MultiHeadAttention.attention_weights`).
+        query / key: ``[batch, heads, seq, head_dim]``, detached.
+        mask: ``[batch, seq]`` key mask.
+
+    Example:
+        >>> model.set_attention_hooks(True, capture_gradients=False, keys_only=True)
+        >>> _ = model(**batch)
+        >>> layer = model.get_attention_keys()["diagnoses"][0]
+        >>> layer.weights(slice(0, 1)).shape        # [batch, heads, 1, seq]: the [CLS] rows
+        >>> model.set_attention_hooks(False)
+    """
+
+    module: MultiHeadAttention
+    query: Tensor
+    key: Tensor
+    mask: Tensor
+
+    @property
+    def seq_len(self) -> int:
+        return self.key.shape[2]
+
+    def weights(self, rows: slice = slice(None)) -> Tensor:
+        """Attention weights of the query ``rows``: ``[batch, heads, len(rows), seq]``."""
+        return self.module.attention_weights(self.query[:, :, rows], self.key, self.mask)
+
+
+class AttentionSlot:
+    """One layer's latest captured map ``[batch, heads, seq, seq]``, gradient or keys.
+
+    Args:
+        capture_gradients: keep the map in the graph and store its gradient after backward.
+        head_fusion: forward-only: store ``fuse_heads(map)`` as ``[batch, 1, seq, seq]``.
+
+    Example:
+        >>> slot = AttentionSlot(capture_gradients=True)
+        >>> slot.record(attention)          # inside the forward
+        >>> logit.sum().backward()
+        >>> slot.attention, slot.gradient   # both [batch, heads, seq, seq]
+    """
+
+    def __init__(self, capture_gradients: bool, head_fusion: str | None = None) -> None:
+        if head_fusion is not None and capture_gradients:
+            raise ValueError("head_fusion at capture is for forward-only capture")
+        self.capture_gradients = capture_gradients
+        self.head_fusion = None if head_fusion is None else check_head_fusion(head_fusion)
+        self.attention: Tensor | None = None
+        self.gradient: Tensor | None = None
+        self.keys: CapturedKeys | None = None
+        self._gradient_handle: RemovableHandle | None = None
+        self._thread = threading.get_ident()
+
+    def records_this_thread(self) -> bool:
+        """Whether a forward running now belongs to the capturing thread."""
+        return threading.get_ident() == self._thread
+
+    def record(self, attention: Tensor) -> None:
+        """Store ``attention`` (replacing the previous capture) as the capture mode says."""
+        if not self.records_this_thread():
+            return
+        self.clear()
+        if self.capture_gradients and attention.requires_grad:
+            self.attention = attention
+            self._gradient_handle = attention.register_hook(self._on_gradient)
+        elif self.head_fusion is not None:
+            self.attention = fuse_heads(attention.detach(), self.head_fusion)[:, None]
+        else:
+            self.attention = attention.detach()
+
+    def record_keys(self, keys: CapturedKeys) -> None:
+        """Store one forward's queries and keys (replacing the previous capture)."""
+        if not self.records_this_thread():
+            return
+        self.clear()
+        self.keys = keys
+
+    def _on_gradient(self, gradient: Tensor) -> None:
+        self.gradient = gradient.detach()
+
+    def clear(self) -> None:
+        """Drop the stored tensors and remove the gradient hook."""
+        if self._gradient_handle is not None:
+            self._gradient_handle.remove()
+            self._gradient_handle = None
+        self.attention = None
+        self.gradient = None
+        self.keys = None
+
+
+class AttentionCapture:
+    """Hooks one :class:`~ehrlens.models.attention.MultiHeadAttention` into an
+    :class:`AttentionSlot` (its map, or with ``keys_only`` its queries and keys).
+
+    :meth:`stop` unregisters the module hook and keeps the slot's contents; :meth:`remove`
+    also clears them.
+    """
+
+    def __init__(
+        self,
+        module: MultiHeadAttention,
+        capture_gradients: bool,
+        head_fusion: str | None = None,
+        keys_only: bool = False,
+    ) -> None:
+        if (head_fusion is not None or keys_only) and capture_gradients:
+            raise ValueError("head_fusion and keys_only at capture are for forward-only capture")
+        self.slot = AttentionSlot(capture_gradients, head_fusion)
+        self._handle: RemovableHandle | None
+        if keys_only:
+            self._handle = module.register_query_key_hook(self._on_query_key)
+        else:
+            self._handle = module.register_attention_hook(self._on_attention)
+
+    @property
+    def attention(self) -> Tensor | None:
+        return self.slot.attention
+
+    @property
+    def gradient(self) -> Tensor | None:
+        return self.slot.gradient
+
+    @property
+    def keys(self) -> CapturedKeys | None:
+        return self.slot.keys
+
+    def _on_query_key(self, module: MultiHeadAttention, q: Tensor, k: Tensor, mask: Tensor) -> None:
+        self.slot.record_keys(CapturedKeys(module, q.detach(), k.detach(), mask.detach()))
+
+    def _on_attention(self, module: MultiHeadAttention, attention: Tensor) -> None:
+        self.slot.record(attention)
+
+    def stop(self) -> None:
+        """Unregister the module hook; keep the last capture."""
+        if self._handle is not None:
+            self._handle.remove()
+            self._handle = None
+
+    def remove(self) -> None:
+        """Unregister the module hook and any gradient hook; drop stored tensors."""
+        self.stop()
+        self.slot.clear()
+
+
+class AttentionCaptureMixin:
+    """``set_attention_hooks`` / ``get_attention_layers`` for models built on this module.
+
+    A model lists its attention modules per feature key, input side first, in
+    :meth:`attention_modules`; everything else is shared.
+    """
+
+    #: Forward-only capture, fusion at capture, key capture and clearing (see
+    #: :class:`~ehrlens.core.interpretable.Capabilities`); models add what else they state.
+    interpret_capabilities: ClassVar[Capabilities | None] = Capabilities(
+        forward_only=True, fusion_at_capture=True, key_capture=True, clear_capture=True
+    )
+
+    def attention_modules(self) -> dict[str, list[MultiHeadAttention]]:
+        """``{feature_key: [MultiHeadAttention per layer, input side first]}``."""
+        raise NotImplementedError
+
+    def _captures(self) -> dict[str, list[AttentionCapture]]:
+        return self.__dict__.setdefault("_attention_captures", {})
+
+    def set_attention_hooks(
+        self,
+        enabled: bool,
+        capture_gradients: bool = True,
+        head_fusion: str | None = None,
+        keys_only: bool = False,
+    ) -> None:
+        """Start (or stop) storing every layer's attention map [and its gradient].
+
+        Args:
+            enabled: True to capture on every following forward (what an earlier capture
+                stored is dropped); False stops capturing and keeps the last forward's maps
+                (and gradients, also those of a backward that runs later) until the next
+                enabled forward or :meth:`clear_attention_capture`.
+            capture_gradients: keep maps in the autograd graph and store their gradients
+                after ``.backward()``; False stores detached maps only (works under
+                ``torch.no_grad()`` and ``torch.inference_mode()``).
+            head_fusion: forward-only: store each layer's map fused over heads
+                (``"mean"``, ``"max"``, ``"min"``) as ``[batch, 1, seq, seq]`` instead of
+                ``[batch, heads, seq, seq]``, a ``heads``-fold saving.
+            keys_only: forward-only: store each layer's queries and keys instead of its map
+                (:meth:`get_attention_keys`), ``seq / head_dim`` times less again.
+        """
+        captures = self._captures()
+        if not enabled:
+            for layer_captures in captures.values():
+                for capture in layer_captures:
+                    capture.stop()
+            return
+        self.clear_attention_capture()
+        self.__dict__["_attention_capture_used"] = True
+        for key, modules in self.attention_modules().items():
+            captures[key] = [
+                AttentionCapture(m, capture_gradients, head_fusion, keys_only) for m in modules
+            ]
+
+    def clear_attention_capture(self) -> None:
+        """Remove every capture hook and drop what the last capture stored."""
+        captures = self._captures()
+        for layer_captures in captures.values():
+            for capture in layer_captures:
+                capture.remove()
+        captures.clear()
+
+    def _require_capture(self) -> dict[str, list[AttentionCapture]]:
+        captures = self._captures()
+        if not captures:
+            if not self.__dict__.get("_attention_capture_used", False):
+                raise RuntimeError(
+                    "attention capture was never enabled: call set_attention_hooks(True) and "
+                    "run a forward"
+                )
+            raise RuntimeError(
+                "attention capture is off and its last result was cleared: call "
+                "set_attention_hooks(True) and run a forward"
+            )
+        return captures
+
+    def get_attention_keys(self) -> dict[str, list[CapturedKeys]]:
+        """Captured queries and keys per layer and feature key (``keys_only`` capture)."""
+        captures = self._require_capture()
+        keys: dict[str, list[CapturedKeys]] = {}
+        for key, layer_captures in captures.items():
+            found = [c.keys for c in layer_captures]
+            if any(k is None for k in found):
+                raise RuntimeError(
+                    "no queries/keys captured: call set_attention_hooks(True, "
+                    "capture_gradients=False, keys_only=True) and run a forward"
+                )
+            keys[key] = [k for k in found if k is not None]
+        return keys
+
+    def get_attention_layers(self) -> dict[str, list[tuple[Tensor, Tensor | None]]]:
+        """Captured ``(attn_map, attn_grad)`` per layer and feature key, input side first.
+
+        Maps are ``[batch, heads, seq, seq]``; ``attn_grad`` (same shape) is ``None`` until a
+        backward pass reaches the map, or when gradients are not captured. Still available
+        after capture is switched off, until the next enabled forward replaces them.
+        """
+        captures = self._require_capture()
+        layers: dict[str, list[tuple[Tensor, Tensor | None]]] = {}
+        for key, layer_captures in captures.items():
+            pairs = []
+            for capture in layer_captures:
+                if capture.attention is None:
+                    raise RuntimeError(
+                        f"feature '{key}': no attention captured yet; run a forward after "
+                        "set_attention_hooks(True)"
+                    )
+                pairs.append((capture.attention, capture.gradient))
+            layers[key] = pairs
+        return layers
