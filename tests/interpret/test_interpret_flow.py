@@ -16,12 +16,12 @@ from __future__ import annotations
 from functools import cache
 from typing import Any
 
-import networkx as nx
 import numpy as np
 import pytest
 import torch
 from torch import nn
 
+from _reference_flow import nx_flow
 from ehrlens.data import create_sample_dataset, generate_cohort, get_dataloader
 from ehrlens.interpret import AttentionFlow, AttentionRollout
 from ehrlens.interpret.methods.maxflow import flow_values
@@ -31,37 +31,6 @@ RTOL = 1e-6
 
 
 # ----------------------------------------------------------------------------- reference
-
-
-def nx_flow(a_hat: np.ndarray, readout: np.ndarray, one_hot: bool) -> np.ndarray:
-    """Max-flow from every ``(0, j)`` to the readout node on the full layered graph.
-
-    Args:
-        a_hat: ``[L, seq, seq]`` residual-augmented maps, input side first (row = query).
-        readout: ``[seq]`` readout weights over top-layer positions.
-        one_hot: the readout is one-hot: its position's top node is the sink; otherwise a
-            super-sink is fed by every top node ``(L, i)`` with capacity ``readout[i]``.
-    """
-    layers, seq, _ = a_hat.shape
-    graph = nx.DiGraph()
-    graph.add_nodes_from((layer, i) for layer in range(layers + 1) for i in range(seq))
-    for layer in range(1, layers + 1):
-        for i in range(seq):
-            for j in range(seq):
-                capacity = float(a_hat[layer - 1, i, j])
-                if capacity > 0:
-                    graph.add_edge((layer - 1, j), (layer, i), capacity=capacity)
-    if one_hot:
-        (positions,) = np.nonzero(readout)
-        assert len(positions) == 1
-        sink: Any = (layers, int(positions[0]))
-    else:
-        sink = "super-sink"
-        graph.add_node(sink)
-        for i in range(seq):
-            if readout[i] > 0:
-                graph.add_edge((layers, i), sink, capacity=float(readout[i]))
-    return np.array([nx.maximum_flow_value(graph, (0, j), sink) for j in range(seq)])
 
 
 def ref_fuse(attention: torch.Tensor, head_fusion: str) -> torch.Tensor:

@@ -428,10 +428,11 @@ def capture_attention(
                 model.set_attention_hooks(True, capture_gradients=False, head_fusion=head_fusion)
             else:
                 model.set_attention_hooks(True, capture_gradients=gradients)
-            if legacy_forward_only and not torch.is_grad_enabled():
-                outputs = _forward_with_autograd(model, batch)
-            else:
+            if caps.forward_only:
                 outputs = model(**batch)
+            else:
+                autograd = legacy_forward_only and not torch.is_grad_enabled()
+                outputs = _legacy_forward(model, batch, autograd)
             yield CapturedForward(outputs=outputs)
         finally:
             model.set_attention_hooks(False)
@@ -439,10 +440,13 @@ def capture_attention(
                 model.clear_attention_capture()
 
 
-def _forward_with_autograd(model: Any, batch: Mapping[str, Any]) -> Any:
-    """The forward of a model whose capture may register gradient hooks, under no_grad or
-    inference mode: autograd on for this forward only, the caller's tensors copied."""
+def _legacy_forward(model: Any, batch: Mapping[str, Any], autograd: bool) -> Any:
+    """The forward of a model whose capture may register gradient hooks; with ``autograd``
+    (the caller is under no_grad or inference mode) autograd is on for this forward only and
+    the caller's tensors are copied. A refused hook becomes an error that says why."""
     try:
+        if not autograd:
+            return model(**batch)
         with torch.inference_mode(False), torch.enable_grad():
             return model(**plain_tensors(batch))
     except RuntimeError as error:
