@@ -16,9 +16,11 @@ from .methods import (
     RandomBaseline,
     RawAttention,
 )
+from .registry import METHODS, make_interpreter, register_method, unregister_method
 from .summary import code_relevance, top_codes
 
 __all__ = [
+    "METHODS",
     "AttentionFlow",
     "AttentionInterpretable",
     "AttentionRollout",
@@ -32,5 +34,8 @@ __all__ = [
     "RawAttention",
     "capture_attention",
     "code_relevance",
+    "make_interpreter",
+    "register_method",
     "top_codes",
+    "unregister_method",
 ]

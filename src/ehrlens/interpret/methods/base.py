@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import inspect
+import re
 from abc import ABC, ABCMeta, abstractmethod
 from collections.abc import Mapping
 from typing import Any, ClassVar
@@ -11,7 +13,6 @@ from torch import Tensor
 
 from ...data.processors import PAD_ID
 from ..api import (
-    AttentionInterpretable,
     Capabilities,
     ModelDescription,
     capabilities,
@@ -23,16 +24,48 @@ TargetIndex = int | Tensor | None
 
 
 class BaseInterpreter(ABC):
-    """Base of every interpreter: checks the interface level and maps scores to inputs.
+    """Base of every interpreter: declares the method, checks the model, maps scores to inputs.
 
-    Subclasses set ``required_interface`` (checked with ``isinstance`` at construction) and
-    implement :meth:`attribute`. Calling the interpreter is the same as calling
-    :meth:`attribute`.
+    A concrete subclass declares, as class attributes:
+
+    - ``name``: the registry and command-line name, e.g. ``"rollout"`` (lower case, digits,
+      ``_``);
+    - ``gradient_free``: ``True`` if :meth:`attribute` needs no autograd, so cohort runs call
+      it under ``torch.inference_mode()``;
+    - ``needs``: what it needs, a tuple of interface levels the model must be an instance of
+      (checked with ``isinstance`` at construction, e.g.
+      :class:`~ehrlens.interpret.GradientInterpretable`) and names of optional extras it
+      imports when attributing (e.g. ``"captum"``);
+    - ``summary``: one line for listings such as ``ehrlens explain --help``;
+
+    and implements :meth:`attribute`. The declaration is checked when the class is defined.
+    Constructor arguments after ``model`` are stored under their own names, so that
+    :meth:`get_params` can rebuild the interpreter elsewhere. Calling the interpreter is the
+    same as calling :meth:`attribute`.
+
+    Example:
+        >>> class Uniform(BaseInterpreter):
+        ...     name, gradient_free, needs = "uniform", True, (AttentionInterpretable,)
+        ...     summary = "the same score everywhere"
+        ...     def attribute(self, target_class_idx=None, **batch):
+        ...         return {k: torch.ones(batch[k].shape) for k in self.model.feature_keys}
     """
 
-    required_interface: ClassVar[type] = AttentionInterpretable
+    #: Registry and command-line name, e.g. ``"rollout"``.
+    name: ClassVar[str]
+    #: Whether :meth:`attribute` runs without autograd (under ``torch.inference_mode()``).
+    gradient_free: ClassVar[bool]
+    #: Interface levels the model must implement (types) and optional extras used (strings).
+    needs: ClassVar[tuple[type | str, ...]]
+    #: One line describing the method.
+    summary: ClassVar[str]
     #: Why the interface is needed, used in the TypeError of the constructor.
     requirement_reason: ClassVar[str] = "it reads attention maps captured in the forward pass"
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if not is_abstract(cls):
+            check_declaration(cls)
 
     def __init__(self, model: Any) -> None:
         if isinstance(model, type):
@@ -41,24 +74,46 @@ class BaseInterpreter(ABC):
                 f"build (or load) one first, e.g. {model.__name__}(dataset, ...) or "
                 "BaseModel.load(path)"
             )
-        interface = self.required_interface
-        if not isinstance(model, interface):
-            how = (
-                f"Subclass it, or declare a class that has the methods with "
-                f"{interface.__name__}.register(cls)."
-                if isinstance(interface, ABCMeta)
-                else f"Subclass {interface.__module__}.{interface.__qualname__}."
-            )
-            raise TypeError(
-                f"{type(self).__name__} needs a model implementing "
-                f"{interface.__name__} ({self.requirement_reason}); "
-                f"{type(model).__name__} does not. {how}"
-            )
+        for interface in required_interfaces(type(self)):
+            if not isinstance(model, interface):
+                how = (
+                    f"Subclass it, or declare a class that has the methods with "
+                    f"{interface.__name__}.register(cls)."
+                    if isinstance(interface, ABCMeta)
+                    else f"Subclass {interface.__module__}.{interface.__qualname__}."
+                )
+                raise TypeError(
+                    f"{type(self).__name__} needs a model implementing "
+                    f"{interface.__name__} ({self.requirement_reason}); "
+                    f"{type(model).__name__} does not. {how}"
+                )
         self.model = model
         #: What the model says about itself (feature keys, mode, pad ids, tuple layouts).
         self.description: ModelDescription = describe(model)
         #: The optional parts of the contract the model offers.
         self.capabilities: Capabilities = capabilities(model)
+
+    def get_params(self) -> dict[str, Any]:
+        """The constructor arguments after ``model``, read from the attributes of the same
+        names: ``type(self)(model, **self.get_params())`` builds an equal interpreter.
+
+        Raises:
+            TypeError: a constructor argument is not stored under its own name.
+
+        Example:
+            >>> AttentionRollout(model, head_fusion="max").get_params()["head_fusion"]
+            'max'
+        """
+        params = {}
+        for name in constructor_params(type(self)):
+            if name not in vars(self):
+                raise TypeError(
+                    f"{type(self).__name__}.get_params: the constructor argument {name!r} is "
+                    f"not stored as self.{name}; store it under its own name, or override "
+                    "get_params"
+                )
+            params[name] = vars(self)[name]
+        return params
 
     @abstractmethod
     def attribute(self, target_class_idx: TargetIndex = None, **batch: Any) -> dict[str, Tensor]:
@@ -80,6 +135,76 @@ class BaseInterpreter(ABC):
         raw input (tuple features: over their value tensor), padding exactly 0."""
         view = input_view(self.description, batch)
         return map_to_input_shapes(relevance, view, self.description.pad_ids)
+
+
+_NAME = re.compile(r"[a-z][a-z0-9_]*")
+
+
+def is_abstract(cls: type) -> bool:
+    """Whether ``cls`` still has abstract methods (``ABCMeta`` records them only after
+    ``__init_subclass__`` has run, so they are looked up here)."""
+    return any(getattr(getattr(cls, n, None), "__isabstractmethod__", False) for n in dir(cls))
+
+
+def check_declaration(cls: type[BaseInterpreter]) -> None:
+    """Refuse an interpreter class whose ``name``, ``gradient_free``, ``needs`` or
+    ``summary`` is missing or malformed, naming the class and the attribute."""
+    where = f"{cls.__module__}.{cls.__qualname__}"
+    missing = [a for a in ("name", "gradient_free", "needs", "summary") if not hasattr(cls, a)]
+    if missing:
+        raise TypeError(
+            f"interpreter class {where} does not declare {', '.join(missing)}: every method "
+            "states name (str), gradient_free (bool), needs (tuple of interface classes and "
+            "extra names) and summary (one line) as class attributes"
+        )
+    if not isinstance(cls.name, str) or not _NAME.fullmatch(cls.name):
+        raise TypeError(
+            f"{where}.name must be lower case letters, digits and '_' starting with a letter "
+            f"(it is a command-line name), got {cls.name!r}"
+        )
+    if not isinstance(cls.gradient_free, bool):
+        raise TypeError(f"{where}.gradient_free must be True or False, got {cls.gradient_free!r}")
+    if not isinstance(cls.needs, tuple) or not all(isinstance(n, (type, str)) for n in cls.needs):
+        raise TypeError(
+            f"{where}.needs must be a tuple of interface classes and extra names, e.g. "
+            f"(AttentionInterpretable,) or (torch.nn.Module, 'captum'), got {cls.needs!r}"
+        )
+    if not isinstance(cls.summary, str) or not cls.summary.strip() or "\n" in cls.summary:
+        raise TypeError(f"{where}.summary must be one non-empty line, got {cls.summary!r}")
+    if "get_params" not in _defined_by(cls, BaseInterpreter):
+        constructor_params(cls)  # refuses *args / **kwargs, which get_params cannot rebuild
+
+
+def _defined_by(cls: type, base: type) -> set[str]:
+    """Names defined by ``cls`` or its ancestors below ``base``."""
+    names: set[str] = set()
+    for klass in cls.__mro__:
+        if klass is base:
+            break
+        names.update(vars(klass))
+    return names
+
+
+def required_interfaces(cls: type[BaseInterpreter]) -> list[type]:
+    """The interface levels of ``cls.needs`` (its types), checked at construction."""
+    return [n for n in cls.needs if isinstance(n, type)]
+
+
+def constructor_params(cls: type[BaseInterpreter]) -> list[str]:
+    """Names of the constructor arguments after ``model``, in order.
+
+    Raises:
+        TypeError: the constructor takes ``*args`` or ``**kwargs``.
+    """
+    parameters = list(inspect.signature(cls.__init__).parameters.values())[2:]  # self, model
+    variadic = [p.name for p in parameters if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+    if variadic:
+        raise TypeError(
+            f"{cls.__qualname__}.__init__ takes *{variadic[0]}: name every constructor argument "
+            "(and store it under its own name) so get_params can rebuild the interpreter, or "
+            "override get_params"
+        )
+    return [p.name for p in parameters]
 
 
 def model_pad_ids(model: Any) -> Mapping[str, int | None]:

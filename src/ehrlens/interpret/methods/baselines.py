@@ -8,7 +8,7 @@ import torch
 from torch import Tensor
 
 from ...core.fusion import check_head_fusion
-from ..api import input_view
+from ..api import AttentionInterpretable, input_view
 from .base import BaseInterpreter, TargetIndex, input_unit_mask
 from .propagation import readout_relevance
 from .rollout import fused_attention_layers
@@ -28,7 +28,10 @@ class RandomBaseline(BaseInterpreter):
         >>> scores = RandomBaseline(model, seed=0).attribute(**batch)
     """
 
-    required_interface = object
+    name = "random"
+    gradient_free = True
+    needs = ()
+    summary = "random scores: the floor any method must beat"
     requirement_reason = "it needs no model interface"
 
     def __init__(self, model: Any, seed: int = 0) -> None:
@@ -75,6 +78,11 @@ class RawAttention(BaseInterpreter):
         >>> with torch.inference_mode():
         ...     scores = RawAttention(model, layer=-1).attribute(**batch)
     """
+
+    name = "raw_attention"
+    gradient_free = True
+    needs = (AttentionInterpretable,)
+    summary = "last layer's attention from the readout"
 
     def __init__(self, model: Any, layer: int = -1, head_fusion: str = "mean") -> None:
         super().__init__(model)

@@ -73,7 +73,10 @@ class CheferRelevance(BaseInterpreter):
         >>> scores = chefer.attribute(target_class_idx=None, **batch)  # {"diagnoses": [b, s]}
     """
 
-    required_interface = GradientInterpretable
+    name = "chefer"
+    gradient_free = False
+    needs = (GradientInterpretable,)
+    summary = "gradient-weighted relevance (Chefer et al.)"
     requirement_reason = (
         "this method needs attention gradients; AttentionRollout needs only forward maps"
     )

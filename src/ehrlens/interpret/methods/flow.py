@@ -11,7 +11,7 @@ import torch
 from torch import Tensor
 
 from ...core.fusion import check_head_fusion
-from ..api import readout_weights, select_input_positions
+from ..api import AttentionInterpretable, readout_weights, select_input_positions
 from .base import (
     BaseInterpreter,
     TargetIndex,
@@ -54,6 +54,11 @@ class AttentionFlow(BaseInterpreter):
         >>> with torch.inference_mode():
         ...     scores = AttentionFlow(model).attribute(**batch)   # {"diagnoses": [b, s]}
     """
+
+    name = "flow"
+    gradient_free = True
+    needs = (AttentionInterpretable, "flow")
+    summary = "attention flow, exact max-flow (Abnar & Zuidema)"
 
     def __init__(
         self,

@@ -10,6 +10,7 @@ times included) for its interpolation steps.
 from __future__ import annotations
 
 import warnings
+from abc import abstractmethod
 from collections.abc import Mapping
 from typing import Any
 
@@ -67,7 +68,8 @@ def _rebuild(
 class _LayerGradientMethod(BaseInterpreter):
     """Shared set-up of the Captum layer methods."""
 
-    required_interface = torch.nn.Module
+    gradient_free = False
+    needs = (torch.nn.Module, "captum")
     requirement_reason = "it differentiates the model's forward"
     captum_name = ""
 
@@ -80,6 +82,7 @@ class _LayerGradientMethod(BaseInterpreter):
                 "outputs are attributed"
             )
 
+    @abstractmethod
     def _run(
         self,
         method: Any,
@@ -89,7 +92,6 @@ class _LayerGradientMethod(BaseInterpreter):
         target: Tensor,
     ) -> list[Tensor]:
         """Call the Captum method; one attribution ``[batch, *positions, dim]`` per layer."""
-        raise NotImplementedError
 
     def attribute(self, target_class_idx: TargetIndex = None, **batch: Any) -> dict[str, Tensor]:
         """Signed scores shaped like each feature's batch tensor; padding exactly 0.
@@ -141,6 +143,8 @@ class InputXGradient(_LayerGradientMethod):
         >>> scores = InputXGradient(model).attribute(**batch)   # {"diagnoses": [b, s]}
     """
 
+    name = "input_x_gradient"
+    summary = "embedding x gradient (Captum)"
     captum_name = "LayerGradientXActivation"
 
     def _run(self, method, batch, tensors, paths, target):
@@ -163,6 +167,8 @@ class IntegratedGradients(_LayerGradientMethod):
         >>> scores = IntegratedGradients(model, n_steps=50).attribute(**batch)
     """
 
+    name = "integrated_gradients"
+    summary = "integrated gradients on embeddings (Captum)"
     captum_name = "LayerIntegratedGradients"
 
     def __init__(self, model: Any, n_steps: int = 50, internal_batch_size: int | None = None):

@@ -10,6 +10,7 @@ from torch import Tensor
 
 from ...core.fusion import check_head_fusion, fuse_heads
 from ..api import (
+    AttentionInterpretable,
     attention_layers,
     capabilities,
     capture_attention,
@@ -146,6 +147,11 @@ class AttentionRollout(BaseInterpreter):
         >>> with torch.inference_mode():
         ...     scores = rollout.attribute(**batch)     # {"diagnoses": [batch, seq], ...}
     """
+
+    name = "rollout"
+    gradient_free = True
+    needs = (AttentionInterpretable,)
+    summary = "attention rollout (Abnar & Zuidema 2020)"
 
     def __init__(
         self,
