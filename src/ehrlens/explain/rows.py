@@ -18,7 +18,7 @@ import torch
 from ..core.modes import eval_mode
 from ..data.dataset import SampleDataset, move_to_device
 from ..interpret.methods import BaseInterpreter
-from ..interpret.registry import METHODS, make_interpreter
+from ..interpret.registry import make_interpreter
 from .table import concat_columns, method_columns
 
 MethodSpec = Sequence[str] | Mapping[str, Mapping[str, Any] | BaseInterpreter]
@@ -41,11 +41,6 @@ def build_methods(model: Any, methods: MethodSpec) -> dict[str, BaseInterpreter]
     return {name: make_interpreter(name, model) for name in methods}
 
 
-def _gradient_free(name: str, interpreter: BaseInterpreter) -> bool:
-    info = METHODS.get(name)
-    return info is not None and info.gradient_free and isinstance(interpreter, info.cls)
-
-
 def explain_rows(
     model: Any,
     dataset: SampleDataset,
@@ -58,7 +53,10 @@ def explain_rows(
     bar_iter: Any = None,
 ) -> dict[str, list]:
     """Long-format columns for ``dataset[indices]``, explained ``batch_size`` at a time; rows
-    in patient order, then method. ``bar_iter`` is advanced once per batch."""
+    in patient order, then method. ``bar_iter`` is advanced once per batch.
+
+    Each interpreter whose class declares ``gradient_free`` runs under
+    ``torch.inference_mode()``, whether it was given by name or as an instance."""
     indices = list(indices)
     blocks = []
     with eval_mode(model):
@@ -68,7 +66,7 @@ def explain_rows(
             batch = move_to_device(batch, getattr(model, "device", "cpu"))
             per_method = {}
             for name, interpreter in interpreters.items():
-                if _gradient_free(name, interpreter):
+                if type(interpreter).gradient_free:
                     with torch.inference_mode():
                         per_method[name] = interpreter.attribute(target, **batch)
                 else:
