@@ -21,6 +21,7 @@ from ehrlens.core.jsonl import write_jsonl
 from ehrlens.data import create_sample_dataset, generate_cohort
 from ehrlens.explain import OutputConflictError, explain_cohort
 from ehrlens.explain.ray_engine import explain_cohort_ray
+from ehrlens.interpret import AttentionRollout, RandomBaseline
 from ehrlens.models import Transformer
 from ehrlens.models.directory import load_model_dir, save_model_dir
 
@@ -196,6 +197,33 @@ def test_bad_sample_raises_the_processor_error_with_its_shard(cohort_files, ray_
         explain_cohort_ray(
             root / "model", samples, ["rollout"], out_dir=tmp_path / "o", shard_size=10
         )
+
+
+def test_instances_are_rebuilt_on_the_workers_as_by_name(cohort_files, ray_runtime, tmp_path):
+    """{name: interpreter} travels as its class and get_params(): the same rows and
+    fingerprint as {name: options}, and as the single-process run of the instance."""
+    root, _, _ = cohort_files
+    samples = generate_cohort(60, layout="nested", seed=3).samples
+    model, card = load_model_dir(root / "model")
+    common = {"shard_size": 25, "batch_size": 5}
+    by_name = explain_cohort_ray(
+        root / "model", samples, {"rollout": {"head_fusion": "max"}, "random": {"seed": 4}},
+        out_dir=tmp_path / "names", **common,
+    )  # fmt: skip
+    instances = {
+        "rollout": AttentionRollout(model, head_fusion="max"),
+        "random": RandomBaseline(model, seed=4),
+    }
+    given = explain_cohort_ray(
+        root / "model", samples, instances, out_dir=tmp_path / "instances", **common
+    )
+    assert given.fingerprint == by_name.fingerprint
+    assert given.to_frame().equals(by_name.to_frame())
+    local = explain_cohort(
+        model, create_sample_dataset(samples, schema=model.schema), instances,
+        model_id=card["model_id"], **common,
+    )  # fmt: skip
+    assert given.to_frame().equals(local.to_frame())
 
 
 def test_ehrlens_works_without_ray():

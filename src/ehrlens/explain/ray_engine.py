@@ -41,6 +41,8 @@ from pathlib import Path
 from typing import Any
 
 from ..core.files import file_sha256
+from ..interpret.methods import BaseInterpreter
+from ..interpret.registry import class_path, load_class
 from .rows import MethodSpec, build_methods, explain_rows
 from .shards import (
     SHARD_PATTERN,
@@ -81,17 +83,23 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
         ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
 
 
+#: How a method travels to the workers: ``(class path "module:qualname", constructor options)``.
+MethodRecipe = tuple[str, dict[str, Any]]
+
+
 class ShardExplainer:
     """Ray Data callable class: loads the model once per worker, explains one shard per call.
 
-    Each call gets one row: a shard index and its samples (JSON, in input order); it writes
-    ``part-<shard>.parquet`` and returns ``{"shard", "rows"}``.
+    ``methods`` is ``{name: (class path, options)}`` (:func:`method_recipes`): each method is
+    rebuilt as ``cls(model, **options)`` on the worker's own model. Each call gets one row: a
+    shard index and its samples (JSON, in input order); it writes ``part-<shard>.parquet``
+    and returns ``{"shard", "rows"}``.
     """
 
     def __init__(
         self,
         model_dir: str,
-        methods: Mapping[str, Mapping[str, Any]],
+        methods: Mapping[str, MethodRecipe],
         out_dir: str,
         fingerprint: str,
         batch_size: int,
@@ -105,7 +113,7 @@ class ShardExplainer:
 
         torch.set_num_threads(max(1, int(threads)))
         self.model, _ = load_model_dir(model_dir)
-        self.interpreters = build_methods(self.model, methods)
+        self.interpreters = rebuild_methods(self.model, methods)
         self.out_dir = Path(out_dir)
         self.fingerprint = fingerprint
         self.batch_size = batch_size
@@ -205,7 +213,10 @@ def explain_cohort_ray(
             :func:`~ehrlens.models.directory.save_model_dir`)
             readable from every worker (a shared file system on a cluster).
         data: JSON Lines path, event-table path (``.parquet`` / ``.csv``), or a list of samples.
-        methods: as in :func:`~ehrlens.explain.explain_cohort`: names or ``{name: options}``.
+        methods: as in :func:`~ehrlens.explain.explain_cohort`: names, ``{name: options}`` or
+            ``{name: interpreter}``. Every worker rebuilds each method on its own copy of the
+            model, an instance ``i`` as ``type(i)(model, **i.get_params())``, so the class must
+            be importable there (defined at the top level of a module, not in ``__main__``).
         out_dir: output folder, writable from every worker.
         batch_size / shard_size / target_class_idx: as in the single-process run.
         address: Ray cluster address; ``None`` starts a local runtime on this machine's cores.
@@ -220,6 +231,7 @@ def explain_cohort_ray(
     Raises:
         OutputConflictError: ``out_dir`` holds another run's output.
         ValueError: duplicate patient ids, or bad input (from the readers and processors).
+        TypeError: a method's class cannot be imported by name on the workers.
 
     Example:
         >>> result = explain_cohort_ray("model/", "patients.jsonl", ["flow"], out_dir="attr/")
@@ -232,7 +244,7 @@ def explain_cohort_ray(
         raise ValueError(f"batch_size and shard_size must be >= 1, got {batch_size}, {shard_size}")
     model, card = load_model_dir(model_dir)
     interpreters = build_methods(model, methods)
-    options = _method_options(methods)
+    options = method_recipes(methods, interpreters)
     init_ray(address, num_cpus=None if address is not None else num_workers)
     context = ray.data.DataContext.get_current()
     context.execution_options.preserve_order = True
@@ -351,21 +363,58 @@ def _pack_shard(group: Any) -> Any:
     )
 
 
-def _method_options(methods: MethodSpec) -> dict[str, dict[str, Any]]:
-    """``{name: options}`` to rebuild the methods on each worker (instances cannot travel)."""
-    if isinstance(methods, str):
-        return {methods: {}}
-    if isinstance(methods, Mapping):
-        out = {}
-        for name, spec in methods.items():
-            if not isinstance(spec, Mapping):
-                raise TypeError(
-                    f"method {name!r}: the Ray engine rebuilds methods on each worker; give "
-                    "{name: constructor options}, not an interpreter instance"
-                )
-            out[name] = dict(spec)
-        return out
-    return {name: {} for name in methods}
+def method_recipes(
+    methods: MethodSpec, interpreters: Mapping[str, BaseInterpreter]
+) -> dict[str, MethodRecipe]:
+    """``{name: (class path, options)}`` to rebuild each of ``interpreters`` on a worker.
+
+    Methods given by name or ``{name: options}`` travel with those options; an interpreter
+    instance with its :meth:`~ehrlens.interpret.BaseInterpreter.get_params`.
+
+    Raises:
+        TypeError: a class cannot be imported by name (e.g. defined in ``__main__`` or inside
+            a function), naming the method.
+
+    Example:
+        >>> method_recipes({"r": {"head_fusion": "max"}}, {"r": AttentionRollout(model, "max")})
+        {'r': ('ehrlens.interpret.methods.rollout:AttentionRollout', {'head_fusion': 'max'})}
+    """
+    specs = methods if isinstance(methods, Mapping) else {}
+    recipes = {}
+    for name, interpreter in interpreters.items():
+        spec = specs.get(name, {})
+        options = spec.get_params() if isinstance(spec, BaseInterpreter) else dict(spec)
+        try:
+            path = class_path(type(interpreter))
+        except TypeError as error:
+            raise TypeError(
+                f"method {name!r}: the Ray engine rebuilds each method on every worker as "
+                f"type(i)(model, **i.get_params()), so its class must be importable there: "
+                f"{error}"
+            ) from error
+        recipes[name] = (path, options)
+    return recipes
+
+
+def rebuild_methods(model: Any, recipes: Mapping[str, MethodRecipe]) -> dict[str, BaseInterpreter]:
+    """``{name: interpreter}`` on ``model`` from :func:`method_recipes` (on a worker).
+
+    Raises:
+        ImportError: a method's class cannot be imported in this process, naming the method
+            and the class.
+    """
+    built = {}
+    for name, (path, options) in recipes.items():
+        try:
+            cls = load_class(path)
+        except ImportError as error:
+            raise ImportError(
+                f"method {name!r}: {error}; the Ray engine imports each method's class on "
+                "every worker, so its module must be importable there (installed, or on the "
+                "workers' PYTHONPATH)"
+            ) from error
+        built[name] = cls(model, **options)
+    return built
 
 
 def _gpus_per_worker(ray: Any, requested: float | None) -> float:
