@@ -5,9 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ehrlens.models import StageAttentionNet, Transformer
+from ehrlens.models import model_classes
 
-MODEL_CLASSES = {"Transformer": Transformer, "StageAttentionNet": StageAttentionNet}
+#: The models of the one table (:func:`ehrlens.models.model_classes`), by class name.
+MODEL_CLASSES = {cls.__name__: cls for cls in model_classes().values()}
 
 TINY_MODEL_KWARGS = {
     "Transformer": {"embedding_dim": 16, "heads": 2, "num_layers": 1, "dropout": 0.0},

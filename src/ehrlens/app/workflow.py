@@ -35,13 +35,9 @@ from ..data import (
 from ..data.dataset import split_by_patient
 from ..data.events import to_events
 from ..metrics.prediction import compute_metrics
-from ..models import BaseModel, StageAttentionNet, Transformer
+from ..models import BaseModel, model_class
 from .trainer import Trainer
 
-MODEL_CLASSES: dict[str, type[BaseModel]] = {
-    "transformer": Transformer,
-    "stagenet": StageAttentionNet,
-}
 SPLITS = ("all", "train", "val", "test")
 SPLIT_FRACTIONS = (0.7, 0.15, 0.15)
 
@@ -230,13 +226,12 @@ def train_model(
         >>> model, card = train_model(samples, read_schema_file("schema.json"), epochs=3)
         >>> save_model_dir(model, "model/", card)
     """
-    if model not in MODEL_CLASSES:
-        raise ValueError(f"unknown model {model!r}; choose from {', '.join(MODEL_CLASSES)}")
+    chosen = model_class(model)  # by short name; a ValueError lists the names
     dataset = create_sample_dataset(samples, schema["input_schema"], schema["output_schema"])
     if len(dataset) < 10:
         raise ValueError(f"need at least 10 patients to split and train, got {len(dataset)}")
     fit = fit_on_splits(
-        dataset, MODEL_CLASSES[model], hparams or {}, epochs=epochs, lr=lr,
+        dataset, chosen, hparams or {}, epochs=epochs, lr=lr,
         batch_size=batch_size, seed=seed, progress=progress,
     )  # fmt: skip
     card = {

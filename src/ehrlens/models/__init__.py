@@ -1,9 +1,12 @@
 """Attention-based clinical models."""
 
 from .attention import EncoderBlock, MultiHeadAttention
-from .base import BaseModel
+from .base import BaseModel, model_class, model_classes
+
+# The order of definition is the order of model_classes() (the default model first).
+from .transformer import Transformer  # isort: split
+
 from .stage_attention import StageAttentionNet, StageNetLayer
-from .transformer import Transformer
 
 __all__ = [
     "BaseModel",
@@ -12,4 +15,6 @@ __all__ = [
     "StageAttentionNet",
     "StageNetLayer",
     "Transformer",
+    "model_class",
+    "model_classes",
 ]

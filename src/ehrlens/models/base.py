@@ -79,6 +79,36 @@ def feature_values(batch: Mapping[str, Any], key: str) -> Tensor:
     return batch[key]
 
 
+def model_classes() -> dict[str, type[BaseModel]]:
+    """``{short name: class}`` of every model class that declares a ``short_name``: the one
+    table of model names (command line, workflows, tests), in order of definition.
+
+    Example:
+        >>> model_classes()["transformer"]
+        <class 'ehrlens.models.transformer.Transformer'>
+    """
+    return {
+        cls.short_name: cls
+        for cls in BaseModel._registry.values()
+        if vars(cls).get("short_name") is not None
+    }
+
+
+def model_class(name: str) -> type[BaseModel]:
+    """The model class whose ``short_name`` is ``name``.
+
+    Raises:
+        ValueError: no model has that name; the message lists the names.
+
+    Example:
+        >>> model = model_class("stagenet")(dataset, embedding_dim=32)
+    """
+    classes = model_classes()
+    if name not in classes:
+        raise ValueError(f"unknown model {name!r}; choose from {', '.join(classes)}")
+    return classes[name]
+
+
 class BaseModel(nn.Module):
     """Base of every ehrlens model.
 
@@ -94,9 +124,20 @@ class BaseModel(nn.Module):
     """
 
     _registry: ClassVar[dict[str, type[BaseModel]]] = {}
+    #: Name on the command line and in :func:`model_classes`, e.g. ``"transformer"``. Each
+    #: class declares its own; a subclass that does not is not listed under its parent's.
+    short_name: ClassVar[str | None] = None
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
+        short = vars(cls).get("short_name")
+        if short is not None:
+            taken = model_classes().get(short)
+            if taken is not None and taken.__name__ != cls.__name__:
+                raise TypeError(
+                    f"model short_name {short!r} of {cls.__qualname__} is already used by "
+                    f"{taken.__qualname__}; choose another"
+                )
         BaseModel._registry[cls.__name__] = cls
 
     def __init__(self, dataset: SampleDataset | FittedSchema) -> None:

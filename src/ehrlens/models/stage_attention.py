@@ -138,6 +138,7 @@ class StageAttentionNet(AttentionCaptureMixin, BaseModel, GradientInterpretable)
         >>> out = model(**batch)
     """
 
+    short_name = "stagenet"
     interpret_capabilities = Capabilities(
         forward_only=True,
         fusion_at_capture=True,

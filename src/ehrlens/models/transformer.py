@@ -59,6 +59,7 @@ class Transformer(AttentionCaptureMixin, BaseModel, GradientInterpretable):
         >>> out = model(**batch)          # {"logit": [batch, 1], "y_prob": ..., "loss": ...}
     """
 
+    short_name = "transformer"
     interpret_capabilities = Capabilities(
         forward_only=True,
         fusion_at_capture=True,
