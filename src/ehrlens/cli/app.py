@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 import sys
 from collections.abc import Callable
@@ -12,6 +13,7 @@ from typing import Any
 import click
 
 from ..explain.shards import OutputConflictError
+from ..models.base import model_classes
 
 #: Exit codes, also listed in ``ehrlens --help``.
 EXIT_OK = 0
@@ -27,7 +29,23 @@ EPILOG = (
     "to resume `explain`)."
 )
 
-METHOD_HELP = "rollout, flow, chefer, raw_attention, input_x_gradient, integrated_gradients, random"
+
+def method_help_text() -> str:
+    """Help of ``--method``: every registered method with its summary, read from the registry
+    when the help is shown (so methods registered after import are listed too)."""
+    from ..interpret.registry import method_help
+
+    width = max((len(name) for name, _ in method_help()), default=0)
+    lines = [f"{name:{width}s}  {summary}" for name, summary in method_help()]
+    return "Method(s), repeated or comma-separated [default: rollout]:\n\n\b\n" + "\n".join(lines)
+
+
+class _MethodOption(click.Option):
+    """``--method``: its help lists the methods registered at the time it is shown."""
+
+    def get_help_record(self, ctx: click.Context) -> tuple[str, str] | None:
+        self.help = method_help_text()
+        return super().get_help_record(ctx)
 
 
 def _fail(message: str, code: int) -> None:
@@ -62,6 +80,13 @@ def _methods(values: tuple[str, ...]) -> list[str]:
     if unknown:
         raise click.BadParameter(f"unknown method(s) {unknown}; choose from {', '.join(METHODS)}")
     return list(dict.fromkeys(names)) or ["rollout"]
+
+
+def _method_options(names: list[str], seed: int) -> dict[str, dict[str, Any]]:
+    """``{name: options}``: ``seed`` goes to every method whose constructor takes one."""
+    from ..interpret.registry import METHODS
+
+    return {name: ({"seed": seed} if "seed" in METHODS[name].params else {}) for name in names}
 
 
 def _model_and_data(model_dir: Path, data: Path, labels: Path | None, split: str):
@@ -119,8 +144,9 @@ _method_option = click.option(
     "--method",
     "-m",
     "methods",
+    cls=_MethodOption,
     multiple=True,
-    help=f"Method(s), repeated or comma-separated: {METHOD_HELP}. [default: rollout]",
+    help="Method(s), repeated or comma-separated [default: rollout].",
 )
 
 
@@ -218,7 +244,7 @@ def synthetic(out_dir: Path, patients: int, layout: str, seed: int) -> None:
 @click.option(
     "--model",
     "model_name",
-    type=click.Choice(["transformer", "stagenet"]),
+    type=click.Choice(list(model_classes())),
     default="transformer",
     show_default=True,
 )
@@ -226,7 +252,9 @@ def synthetic(out_dir: Path, patients: int, layout: str, seed: int) -> None:
 @click.option("--lr", default=2e-3, show_default=True, help="Learning rate.")
 @click.option("--batch-size", default=64, type=click.IntRange(min=1), show_default=True)
 @click.option("--embedding-dim", default=64, show_default=True)
-@click.option("--layers", default=2, show_default=True, help="Encoder layers (transformer).")
+@click.option(
+    "--layers", default=2, show_default=True, help="Encoder layers (models with num_layers)."
+)
 @click.option("--heads", default=4, show_default=True, help="Attention heads.")
 @click.option("--seed", default=0, show_default=True, help="Seed of the split and training.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing model in --out.")
@@ -266,7 +294,7 @@ def train(
         columns=schema.get("columns"),
     )  # fmt: skip
     hparams: dict[str, Any] = {"embedding_dim": embedding_dim, "heads": heads}
-    if model_name == "transformer":
+    if "num_layers" in inspect.signature(model_classes()[model_name]).parameters:
         hparams["num_layers"] = layers
     model, card = train_model(
         samples, schema, model=model_name, hparams=hparams, epochs=epochs, lr=lr,
@@ -318,7 +346,9 @@ def train(
 )
 @click.option("--address", default=None, help="Ray cluster address (default: start locally).")
 @click.option("--workers", default=None, type=int, help="Ray workers (default: all CPUs).")
-@click.option("--seed", default=0, show_default=True, help="Seed (the random method uses it).")
+@click.option(
+    "--seed", default=0, show_default=True, help="Seed of methods that take one (e.g. random)."
+)
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
 @handle_errors
 def explain(
@@ -346,7 +376,7 @@ def explain(
     torch.manual_seed(seed)
     names = _methods(methods)
     model, card, dataset, samples = _model_and_data(model_dir, data, labels, split)
-    options = {name: ({"seed": seed} if name == "random" else {}) for name in names}
+    options = _method_options(names, seed)
     if engine == "ray":
         from ..explain.ray_engine import explain_cohort_ray
 
@@ -435,8 +465,7 @@ def evaluate(
         model, ablation=ablation, n_bootstrap=bootstrap, seed=seed, progress=not quiet
     )
     results = {}
-    for name in names:
-        options = {"seed": seed} if name == "random" else {}
+    for name, options in _method_options(names, seed).items():
         method = make_interpreter(name, model, **options)
         results[name] = evaluator.evaluate(get_dataloader(dataset, batch_size), method, name)
     rows = [r.to_dict() for r in results.values()]
