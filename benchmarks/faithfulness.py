@@ -91,11 +91,12 @@ BASELINE = "RandomBaseline"
 
 class Explainer:
     """What :meth:`Evaluator.evaluate` calls: a method, under ``torch.inference_mode()`` when
-    it is forward-only. The Evaluator passes the class to explain as ``target_class_idx``."""
+    its class declares ``gradient_free``. The Evaluator passes the class to explain as
+    ``target_class_idx``."""
 
-    def __init__(self, method: Any, forward_only: bool) -> None:
+    def __init__(self, method: Any) -> None:
         self.method = method
-        self.forward_only = forward_only
+        self.forward_only = type(method).gradient_free
 
     def attribute(self, target_class_idx: Any = None, **batch: Any) -> dict[str, torch.Tensor]:
         context = torch.inference_mode() if self.forward_only else nullcontext()
@@ -108,16 +109,15 @@ class Explainer:
             close()
 
 
-#: name -> (factory(model, ig_steps), forward-only, class-dependent)
-#: name -> (factory(model, ig_steps), forward-only)
-METHODS: dict[str, tuple[Callable[[Any, int], Any], bool]] = {
-    "RandomBaseline": (lambda m, s: RandomBaseline(m, seed=0), True),
-    "RawAttention (last layer)": (lambda m, s: RawAttention(m, layer=-1), True),
-    "AttentionRollout": (lambda m, s: AttentionRollout(m), True),
-    "AttentionFlow": (lambda m, s: AttentionFlow(m, n_jobs=1), True),
-    "CheferRelevance": (lambda m, s: CheferRelevance(m), False),
-    "InputXGradient": (lambda m, s: InputXGradient(m), False),
-    "IntegratedGradients": (lambda m, s: IntegratedGradients(m, n_steps=s), False),
+#: name -> (method class, options(ig_steps)); forward-only is the class's gradient_free.
+METHODS: dict[str, tuple[type, Callable[[int], dict[str, Any]]]] = {
+    "RandomBaseline": (RandomBaseline, lambda s: {"seed": 0}),
+    "RawAttention (last layer)": (RawAttention, lambda s: {"layer": -1}),
+    "AttentionRollout": (AttentionRollout, lambda s: {}),
+    "AttentionFlow": (AttentionFlow, lambda s: {"n_jobs": 1}),
+    "CheferRelevance": (CheferRelevance, lambda s: {}),
+    "InputXGradient": (InputXGradient, lambda s: {}),
+    "IntegratedGradients": (IntegratedGradients, lambda s: {"n_steps": s}),
 }
 
 
@@ -257,8 +257,8 @@ def evaluate_model(name: str, args: argparse.Namespace) -> dict[str, Any]:
     )
     loader = get_dataloader(test, args.batch_size)
     results: dict[str, EvaluationResult] = {}
-    for method_name, (factory, forward_only) in METHODS.items():
-        explainer = Explainer(factory(model, args.ig_steps), forward_only=forward_only)
+    for method_name, (method_class, options) in METHODS.items():
+        explainer = Explainer(method_class(model, **options(args.ig_steps)))
         start = time.perf_counter()
         try:
             results[method_name] = evaluator.evaluate(loader, explainer, name=method_name)
@@ -434,7 +434,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         "ablation": "zero (codes set to the pad id)",
         "percentages": [1, 5, 10, 20, 50],
         "target": args.target,
-        "forward_only_under_inference_mode": [n for n, m in METHODS.items() if m[1]],
+        "forward_only_under_inference_mode": [
+            n for n, (cls, _) in METHODS.items() if cls.gradient_free
+        ],
         "total_s": total_s,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
