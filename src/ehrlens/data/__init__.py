@@ -8,12 +8,13 @@ from .dataset import (
     move_to_device,
     split_by_patient,
 )
-from .processors import PAD_ID, UNK_ID
+from .processors import PAD_ID, UNK_ID, FeatureProcessor, register_processor
 from .synthetic import SyntheticCohort, generate_cohort
 
 __all__ = [
     "PAD_ID",
     "UNK_ID",
+    "FeatureProcessor",
     "FittedSchema",
     "SampleDataset",
     "SyntheticCohort",
@@ -21,5 +22,6 @@ __all__ = [
     "generate_cohort",
     "get_dataloader",
     "move_to_device",
+    "register_processor",
     "split_by_patient",
 ]

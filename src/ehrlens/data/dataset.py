@@ -4,8 +4,9 @@ A batch is a dict:
 
 - ``"patient_id"``, ``"visit_id"``: lists of strings (``visit_id`` entries may be ``None``);
 - one padded tensor per feature key and per label key;
-- ``"masks"``: ``{key: [batch, steps] bool}`` for float features whose padding the values cannot
-  show (``"timeseries"``); code features are padded with id 0 and need no mask;
+- ``"masks"``: ``{key: [batch, steps] bool}`` for features whose padding the values cannot show
+  (``"timeseries"``: processors with ``needs_step_mask``); code features are padded with id 0
+  and need no mask;
 - ``"times"``: ``{key: [batch, steps] float}`` for ``"timeseries"`` and ``"stagenet"`` features.
 
 Example:
@@ -29,10 +30,11 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from .processors import (
+    FEATURE_PROCESSORS,
     FeatureProcessor,
     LabelProcessor,
     TruncationWarning,
-    _check_max_length,
+    check_max_length,
     make_feature_processor,
     make_label_processor,
 )
@@ -172,8 +174,14 @@ def _max_lengths(max_length: MaxLength, input_schema: Mapping[str, str]) -> dict
             )
         return {k: v for k, v in max_length.items() if v is not None}
     # One limit for every feature that is ordered in time; fixed-size vectors are left alone.
-    limit = _check_max_length(max_length)
-    return {k: limit for k, schema in input_schema.items() if schema != "tensor"}
+    # (An unknown schema string keeps the limit: fitting then names the string.)
+    limit = check_max_length(max_length)
+    return {k: limit for k, schema in input_schema.items() if _time_ordered(schema)}
+
+
+def _time_ordered(schema: Any) -> bool:
+    cls = FEATURE_PROCESSORS.get(schema) if isinstance(schema, str) else None
+    return cls is None or cls.supports_max_length
 
 
 def _field(sample: Any, key: str, index: int) -> Any:
@@ -291,7 +299,8 @@ def create_sample_dataset(
         samples: dicts with ``patient_id``, optional ``visit_id``, every feature key and every
             label key. Keys not in the schemas are ignored.
         input_schema: ``{feature_key: "sequence" | "nested_sequence" | "timeseries" |
-            "stagenet" | "tensor"}``.
+            "stagenet" | "tensor"}``, or any schema string registered with
+            :func:`~ehrlens.data.processors.register_processor`.
         output_schema: ``{label_key: "binary" | "multiclass" | "multilabel" | "regression"}``.
         dataset_name: a name kept for reports.
         schema: an already fitted schema (e.g. ``model.schema``) to convert new patients with

@@ -8,7 +8,9 @@ An event table has one row per event with the columns
 (or, for numeric features, the measurement's name) and ``value`` the number for
 ``"timeseries"`` and ``"tensor"`` features. :func:`from_events` turns such a table into the
 sample dicts that :func:`~ehrlens.data.create_sample_dataset` takes; :func:`to_events` does the
-reverse. Reading uses pyarrow (extra ``ehrlens[parquet]``).
+reverse. Each feature's processor builds its value from its rows and writes them back
+(``event_kind``, ``from_events``, ``to_events``). Reading uses pyarrow (extra
+``ehrlens[parquet]``).
 
 Rules, so that nothing is lost without a count:
 
@@ -34,7 +36,6 @@ Example:
 
 from __future__ import annotations
 
-import math
 import os
 import warnings
 from collections.abc import Mapping, Sequence
@@ -43,10 +44,10 @@ from typing import Any
 
 import numpy as np
 
+from .processors import FEATURE_PROCESSORS, EventRows, FeatureProcessor
+
 EVENT_COLUMNS = ("patient_id", "visit_id", "time", "feature", "code", "value")
 REQUIRED_COLUMNS = ("patient_id", "time", "feature", "code")
-NUMERIC_SCHEMAS = frozenset({"timeseries", "tensor"})
-CODE_SCHEMAS = frozenset({"sequence", "nested_sequence", "stagenet"})
 TIME_UNITS = {"days": 86400.0, "hours": 3600.0, "minutes": 60.0, "seconds": 1.0}
 _SHOWN_ROWS = 10
 
@@ -239,17 +240,13 @@ def from_events(
         raise ValueError(f"on_bad_rows must be 'error' or 'skip', got {on_bad_rows!r}")
     if time_unit not in TIME_UNITS:
         raise ValueError(f"time_unit must be one of {sorted(TIME_UNITS)}, got {time_unit!r}")
-    for feature, schema in input_schema.items():
-        if schema not in CODE_SCHEMAS | NUMERIC_SCHEMAS:
-            raise ValueError(
-                f"feature '{feature}': schema {schema!r} cannot be built from events; expected "
-                f"one of {sorted(CODE_SCHEMAS | NUMERIC_SCHEMAS)}"
-            )
+    processors = {key: _event_processor(key, schema) for key, schema in input_schema.items()}
+    kinds = {key: processor.event_kind for key, processor in processors.items()}
     table = read_table(events)
     missing_columns = [c for c in REQUIRED_COLUMNS if c not in table.columns]
     if label_column is not None and label_column not in table.columns:
         missing_columns.append(label_column)
-    needs_values = any(s in NUMERIC_SCHEMAS for s in input_schema.values())
+    needs_values = "measurements" in kinds.values()
     if needs_values and "value" not in table.columns:
         missing_columns.append("value")
     if missing_columns:
@@ -266,7 +263,7 @@ def from_events(
     visit = _as_text(table["visit_id"]) if has_visits else None
 
     known = feature.isin(list(input_schema)).to_numpy()
-    numeric_row = feature.map(lambda f: input_schema.get(f) in NUMERIC_SCHEMAS).to_numpy(bool)
+    numeric_row = feature.map(lambda f: kinds.get(f) == "measurements").to_numpy(bool)
     values = _parse_values(table["value"]) if "value" in table.columns else np.full(n_rows, np.nan)
     reasons = {
         "no patient_id": _missing(patient),
@@ -310,10 +307,10 @@ def from_events(
         }
     )
     frame = frame.sort_values(["time", "row"], kind="stable")
-    measurement_names = _measurement_names(frame, input_schema, columns)
+    measurement_names = _measurement_names(frame, kinds, columns)
     patient_labels = _labels(table, patient, keep, labels, label_key, label_column)
 
-    code_features = [k for k, schema in input_schema.items() if schema in CODE_SCHEMAS]
+    code_features = [k for k, kind in kinds.items() if kind == "codes"]
     samples = []
     order = pd.unique(frame.sort_values("row")["patient_id"])
     groups = dict(tuple(frame.groupby("patient_id", sort=False)))
@@ -324,10 +321,17 @@ def from_events(
         coded = rows[rows["feature"].isin(code_features)]
         visit_order = list(pd.unique(coded.sort_values(["time", "row"])["visit"]))
         visit_time = coded.groupby("visit", sort=False)["time"].min()
-        for key, schema in input_schema.items():
-            sub = rows[rows["feature"] == key]
-            sample[key] = _build_feature(
-                key, schema, sub, visit_order, visit_time, start, measurement_names.get(key), pid
+        for key, processor in processors.items():
+            sample[key] = processor.from_events(
+                EventRows(
+                    key=key,
+                    patient_id=pid,
+                    rows=rows[rows["feature"] == key],
+                    visits=visit_order,
+                    visit_times=visit_time,
+                    start=start,
+                    names=measurement_names.get(key),
+                )
             )
         if patient_labels is not None:
             if pid not in patient_labels:
@@ -348,6 +352,18 @@ def from_events(
     return samples
 
 
+def _event_processor(key: str, schema: Any) -> FeatureProcessor:
+    """A processor of ``schema`` that builds its feature from event rows, or a ValueError."""
+    cls = FEATURE_PROCESSORS.get(schema) if isinstance(schema, str) else None
+    if cls is None or cls.event_kind is None:
+        buildable = sorted(s for s, c in FEATURE_PROCESSORS.items() if c.event_kind is not None)
+        raise ValueError(
+            f"feature '{key}': schema {schema!r} cannot be built from events; expected "
+            f"one of {buildable}"
+        )
+    return cls()
+
+
 def _name_order(name: str) -> tuple:
     """Sort key for measurement names: numbers by value ("2" before "10"), then text."""
     try:
@@ -365,11 +381,11 @@ def _visit_keys(visit: Any, times: np.ndarray) -> np.ndarray:
 
 
 def _measurement_names(
-    frame: Any, input_schema: Mapping[str, str], columns: Mapping[str, Sequence[str]] | None
+    frame: Any, kinds: Mapping[str, str | None], columns: Mapping[str, Sequence[str]] | None
 ) -> dict[str, list[str]]:
     names = {}
-    for key, schema in input_schema.items():
-        if schema not in NUMERIC_SCHEMAS:
+    for key, kind in kinds.items():
+        if kind != "measurements":
             continue
         seen = sorted(set(frame.loc[frame["feature"] == key, "code"]), key=_name_order)
         given = None if columns is None else columns.get(key)
@@ -384,64 +400,6 @@ def _measurement_names(
             )
         names[key] = list(given)
     return names
-
-
-def _build_feature(
-    key: str,
-    schema: str,
-    rows: Any,
-    visit_order: list,
-    visit_time: Any,
-    start: float,
-    names: list[str] | None,
-    pid: str,
-) -> Any:
-    if schema == "sequence":
-        return rows["code"].tolist()
-    if schema in ("nested_sequence", "stagenet"):
-        by_visit: dict[Any, list[str]] = {v: [] for v in visit_order}
-        for v, c in zip(rows["visit"], rows["code"], strict=True):
-            by_visit[v].append(c)
-        visits = [by_visit[v] for v in visit_order]
-        if schema == "nested_sequence":
-            return visits
-        return ([float(visit_time[v] - start) for v in visit_order], visits)
-    assert names is not None
-    column = {name: i for i, name in enumerate(names)}
-    if schema == "tensor":
-        vector = [math.nan] * len(names)
-        for c, x in zip(rows["code"], rows["value"], strict=True):
-            if not math.isnan(vector[column[c]]):  # a vector holds one value per measurement
-                repeats = int((rows["code"] == c).sum())
-                raise ValueError(
-                    f"patient '{pid}', feature '{key}': {repeats} values for {c!r} (rows "
-                    f"{', '.join(str(int(r) + 1) for r in rows.loc[rows['code'] == c, 'row'])}); "
-                    "a tensor feature takes one value per measurement"
-                )
-            vector[column[c]] = float(x)
-        absent = [n for n, x in zip(names, vector, strict=True) if math.isnan(x)]
-        if absent:
-            raise ValueError(f"patient '{pid}', feature '{key}': no value for {absent}")
-        return vector
-    # timeseries: one step per distinct time; a measurement repeated at one time opens a further
-    # step at that time (nothing is overwritten). A measurement missing at a step carries its
-    # last value forward (0.0 before its first measurement).
-    repeat = rows.groupby(["time", "code"], sort=False).cumcount().to_numpy()
-    keys = list(zip(rows["time"].tolist(), repeat.tolist(), strict=True))
-    step_keys = sorted(set(keys))
-    step = {k: i for i, k in enumerate(step_keys)}
-    step_times = [t for t, _ in step_keys]
-    grid = [[math.nan] * len(names) for _ in step_keys]
-    for k, c, x in zip(keys, rows["code"], rows["value"], strict=True):
-        grid[step[k]][column[c]] = float(x)
-    last = [0.0] * len(names)
-    for row in grid:
-        for j, x in enumerate(row):
-            if math.isnan(x):
-                row[j] = last[j]
-            else:
-                last[j] = x
-    return ([float(t - start) for t in step_times], grid)
 
 
 def _labels(
@@ -519,36 +477,17 @@ def to_events(
         >>> table.to_parquet("events.parquet")
     """
     pd = _require_pandas()
+    processors: dict[str, FeatureProcessor] = {}
+    for key, schema in input_schema.items():
+        cls = FEATURE_PROCESSORS.get(schema) if isinstance(schema, str) else None
+        if cls is None or cls.event_kind is None:
+            raise ValueError(f"feature '{key}': schema {schema!r} has no event form")
+        processors[key] = cls()
     rows: list[tuple] = []
     for sample in samples:
         pid = str(sample["patient_id"])
-        for key, schema in input_schema.items():
-            value = sample[key]
+        for key, processor in processors.items():
             names = None if columns is None else columns.get(key)
-            if schema == "sequence":
-                for t, c in enumerate(value):
-                    rows.append((pid, f"{pid}-{t}", float(t), key, str(c), math.nan))
-            elif schema == "nested_sequence":
-                for t, visit in enumerate(value):
-                    for c in visit:
-                        rows.append((pid, f"{pid}-{t}", float(t), key, str(c), math.nan))
-            elif schema == "stagenet":
-                step_times, visits = value
-                for t, visit in enumerate(visits):
-                    time = float(t) if step_times is None else float(step_times[t])
-                    for c in visit if isinstance(visit, (list, tuple)) else [visit]:
-                        rows.append((pid, f"{pid}-{t}", time, key, str(c), math.nan))
-            elif schema == "timeseries":
-                step_times, grid = value
-                for t, row in zip(step_times, grid, strict=True):
-                    for j, x in enumerate(row):
-                        name = str(j) if names is None else names[j]
-                        rows.append((pid, None, float(t), key, name, float(x)))
-            elif schema == "tensor":
-                vector = [value] if isinstance(value, (int, float)) else list(value)
-                for j, x in enumerate(vector):
-                    name = str(j) if names is None else names[j]
-                    rows.append((pid, None, 0.0, key, name, float(x)))
-            else:
-                raise ValueError(f"feature '{key}': schema {schema!r} has no event form")
+            for visit, time, code, value in processor.to_events(sample[key], key, pid, names):
+                rows.append((pid, visit, time, key, code, value))
     return pd.DataFrame(rows, columns=list(EVENT_COLUMNS))

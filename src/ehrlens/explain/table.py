@@ -15,6 +15,8 @@ model_id       string     the model's fingerprint (:func:`model_fingerprint`)
 =============  =========  ==============================================================
 
 Padding has no row. Rows come in batch order, then method, then feature, then position.
+Each feature's processor says what its units are and how they read
+(:meth:`~ehrlens.data.processors.FeatureProcessor.long_units`).
 
 Example:
     >>> scores = AttentionRollout(model).attribute(**batch)
@@ -26,19 +28,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-import numpy as np
 from torch import Tensor
 
 from ..data.dataset import FittedSchema
-from ..data.processors import (
-    PAD_ID,
-    UNK_ID,
-    NestedSequenceProcessor,
-    SequenceProcessor,
-    StageNetProcessor,
-    TensorProcessor,
-    TimeseriesProcessor,
-)
+from ..data.processors import FeatureProcessor
 
 ATTRIBUTION_COLUMNS = (
     "patient_id",
@@ -160,35 +153,11 @@ def _row(tensor: Tensor | None, index: int) -> Tensor | None:
 
 
 def _units(processor: Any, values: Tensor, step_mask: Tensor | None):
-    """Yield ``(visit, position, code, index into the scores)`` for each non-padding unit."""
-    if isinstance(processor, (SequenceProcessor, NestedSequenceProcessor, StageNetProcessor)):
-        ids = values.numpy()
-        decoded = processor.vocabulary.decode(ids.reshape(-1).tolist())
-        codes = np.array(decoded, dtype=object).reshape(ids.shape)
-        if ids.ndim == 1:  # flat: a sequence, or one code per stagenet step
-            visit_of_flat = isinstance(processor, StageNetProcessor)
-            for p in np.flatnonzero(ids != PAD_ID):
-                code = "<unk>" if ids[p] == UNK_ID else codes[p]
-                if visit_of_flat:
-                    yield int(p), 0, code, (p,)
-                else:
-                    yield None, int(p), code, (p,)
-            return
-        for v, p in zip(*np.nonzero(ids != PAD_ID), strict=True):
-            code = "<unk>" if ids[v, p] == UNK_ID else codes[v, p]
-            yield int(v), int(p), code, (v, p)
-        return
-    if isinstance(processor, TimeseriesProcessor):
-        steps = values.shape[0] if step_mask is None else int(step_mask.sum())
-        for t in range(steps):
-            for f in range(values.shape[1]):
-                yield t, f, str(f), (t, f)
-        return
-    if isinstance(processor, TensorProcessor):
-        for f in range(values.shape[0]):
-            yield None, f, str(f), (f,)
-        return
-    raise TypeError(f"no long-format layout for processor {type(processor).__name__}")
+    """Yield ``(visit, position, code, index into the scores)`` for each non-padding unit:
+    the processor's :meth:`~ehrlens.data.processors.FeatureProcessor.long_units`."""
+    if not isinstance(processor, FeatureProcessor):
+        raise TypeError(f"no long-format layout for processor {type(processor).__name__}")
+    return processor.long_units(values, step_mask)
 
 
 def columns_to_arrow(columns: Mapping[str, list]):

@@ -8,7 +8,6 @@ from typing import Any
 from torch import Tensor
 
 from ..data.dataset import FittedSchema
-from ..data.processors import PAD_ID, UNK_ID, _CodeProcessor
 
 
 def code_relevance(
@@ -35,16 +34,16 @@ def code_relevance(
     totals: dict[tuple[str, str], float] = {}
     for key, scores in attributions.items():
         processor = schema.input_processors.get(key)
-        if not isinstance(processor, _CodeProcessor):
+        if processor is None or not processor.holds_codes:
             continue
-        ids = batch[key][sample].reshape(-1).tolist()
-        values = scores[sample].reshape(-1).tolist()
-        codes = processor.vocabulary.decode(ids)
-        for code_id, code, value in zip(ids, codes, values, strict=True):
-            if code_id == PAD_ID:
-                continue
-            name = "<unk>" if code_id == UNK_ID else code
-            totals[(key, name)] = totals.get((key, name), 0.0) + float(value)
+        values = batch[key][sample : sample + 1]  # [1, ...]: masks are computed per batch
+        step_mask = (batch.get("masks") or {}).get(key)
+        rows = None if step_mask is None else step_mask[sample : sample + 1]
+        real = processor.unit_mask(values, rows).reshape(-1).cpu()
+        ids = values.reshape(-1).cpu()[real].tolist()
+        shares = scores[sample].reshape(-1).cpu()[real].tolist()
+        for code, value in zip(processor.decode(ids), shares, strict=True):
+            totals[(key, code)] = totals.get((key, code), 0.0) + float(value)
     return totals
 
 

@@ -22,6 +22,7 @@ from torch import Tensor
 
 from ..core.modes import eval_mode
 from ..interpret.api import describe
+from ..interpret.methods.base import model_processors
 from .removal import Ablation, rank_units, remove_units, top_fraction_mask
 
 DEFAULT_PERCENTAGES = (1, 5, 10, 20, 50)
@@ -123,7 +124,7 @@ class RemovalFaithfulness:
         model: a model whose ``forward(**batch)`` returns ``{"y_prob": [batch, classes]}``.
         percentages: ``q`` values (percent of each sample's real inputs).
         ablation: numeric inputs are removed by ``"zero"`` or the batch ``"mean"``; codes are
-            always set to the pad id.
+            always set to the pad id (each feature's processor removes its units).
         sample_filter: which samples are scored: ``"all"``, ``"predicted_positive"``,
             ``"predicted_negative"``, or ``fn(y_prob, predicted_class) -> bool [batch]``.
         target: the class whose probability is measured: ``"predicted"`` (each sample's
@@ -190,12 +191,13 @@ class RemovalFaithfulness:
         with eval_mode(self.model):
             base = _class_probability(self.model, batch, target)
             scored = _filter(self.sample_filter, probabilities, target).to(target.device)
-            keys, rank, real = rank_units(attributions, batch)
+            processors = model_processors(self.model)
+            keys, rank, real = rank_units(attributions, batch, processors)
             comprehensive, sufficient = [], []
             for q in self.percentages:
                 top = top_fraction_mask(rank, real, q)
-                without_top = remove_units(batch, keys, top, self.ablation)
-                only_top = remove_units(batch, keys, real & ~top, self.ablation)
+                without_top = remove_units(batch, keys, top, self.ablation, processors)
+                only_top = remove_units(batch, keys, real & ~top, self.ablation, processors)
                 comprehensive.append(base - _class_probability(self.model, without_top, target))
                 sufficient.append(base - _class_probability(self.model, only_top, target))
         return FaithfulnessResult(

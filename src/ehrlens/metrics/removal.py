@@ -5,34 +5,51 @@ An *input unit* is one element of a feature's raw batch tensor that holds real d
 (``[batch, steps, features]``, real steps only) or an element of a vector
 (``[batch, features]``). Padding is never a unit: it is never ranked, counted or changed.
 
-Removal respects the type: codes are set to the pad id (integer tensors stay integer);
-numeric values are set to zero or to the batch mean of their channel.
+Each feature's processor decides (``processor.unit_mask`` and ``processor.remove_units``):
+codes are set to the pad id (integer tensors stay integer); numeric values are set to zero
+or to the batch mean of their channel. Features without a processor (a model not built from
+a schema) are read by dtype and rank
+(:func:`~ehrlens.data.processors.processor_for_tensor`).
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from torch import Tensor
 
-from ..data.processors import PAD_ID
-from ..interpret.methods.base import input_unit_mask
+from ..data.processors import Ablation, FeatureProcessor, processor_for_tensor
 
-Ablation = Literal["zero", "mean"]
+Processors = Mapping[str, FeatureProcessor] | None
 
 
-def unit_mask(key: str, values: Tensor, batch: Mapping[str, Any]) -> Tensor:
-    """``bool`` tensor shaped like ``values``: True where ``values`` holds real data."""
-    return input_unit_mask(values, (batch.get("masks") or {}).get(key))
+def _processor(processors: Processors, key: str, values: Tensor) -> FeatureProcessor:
+    processor = (processors or {}).get(key)
+    return processor_for_tensor(values) if processor is None else processor
+
+
+def unit_mask(
+    key: str, values: Tensor, batch: Mapping[str, Any], processor: FeatureProcessor | None = None
+) -> Tensor:
+    """``bool`` tensor shaped like ``values``: True where ``values`` holds real data.
+
+    Example:
+        >>> unit_mask("labs", batch["labs"], batch)   # [batch, steps, features]: real steps
+    """
+    processor = processor_for_tensor(values) if processor is None else processor
+    return processor.unit_mask(values, (batch.get("masks") or {}).get(key))
 
 
 def rank_units(
-    attributions: Mapping[str, Tensor], batch: Mapping[str, Any]
+    attributions: Mapping[str, Tensor], batch: Mapping[str, Any], processors: Processors = None
 ) -> tuple[list[str], Tensor, Tensor]:
     """Rank every sample's real input units across features, most relevant first.
+
+    ``processors`` (``{key: fitted processor}``, e.g. ``model.schema.input_processors``) say
+    which units are real; features without one are read by dtype and rank.
 
     Returns:
         ``(keys, rank, real)``: feature order; ``rank`` ``[batch, units]`` (0 = most
@@ -49,7 +66,7 @@ def rank_units(
                 f"feature '{key}': attribution shape {tuple(attribution.shape)} does not match "
                 f"the batch tensor {tuple(values.shape)}"
             )
-        mask = unit_mask(key, values, batch)
+        mask = unit_mask(key, values, batch, _processor(processors, key, values))
         real.append(mask.reshape(mask.shape[0], -1))
         scores.append(attribution.detach().reshape(mask.shape[0], -1).to(torch.float64))
     real_all = torch.cat(real, dim=1)
@@ -76,6 +93,7 @@ def remove_units(
     keys: list[str],
     remove: Tensor,
     ablation: Ablation = "zero",
+    processors: Processors = None,
 ) -> dict[str, Any]:
     """A copy of ``batch`` with the flagged units of each feature removed.
 
@@ -85,9 +103,12 @@ def remove_units(
         remove: ``[batch, units]`` True for units to remove.
         ablation: numeric values become ``"zero"`` or the ``"mean"`` of their channel over
             the batch's real values.
+        processors: ``{key: fitted processor}`` that remove each feature's units; features
+            without one are read by dtype and rank.
     """
     if ablation not in ("zero", "mean"):
         raise ValueError(f"ablation must be 'zero' or 'mean', got {ablation!r}")
+    masks = batch.get("masks") or {}
     out = dict(batch)
     start = 0
     for key in keys:
@@ -95,16 +116,6 @@ def remove_units(
         width = values[0].numel() if values.shape[0] else 0
         flags = remove[:, start : start + width].reshape(values.shape)
         start += width
-        if not values.is_floating_point():
-            out[key] = values.masked_fill(flags, PAD_ID)
-            continue
-        if ablation == "zero":
-            replacement = torch.zeros_like(values)
-        else:
-            real = unit_mask(key, values, batch)
-            dims = tuple(range(values.dim() - 1))  # every dim but the channel
-            total = (values * real).sum(dim=dims)
-            count = real.sum(dim=dims).clamp(min=1)
-            replacement = (total / count).expand_as(values)
-        out[key] = torch.where(flags, replacement, values)
+        processor = _processor(processors, key, values)
+        out[key] = processor.remove_units(values, flags, ablation, masks.get(key))
     return out

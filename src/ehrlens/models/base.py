@@ -183,8 +183,9 @@ class BaseModel(nn.Module):
         otherwise be ignored); one batch size for all features and labels; tensors on the
         model's device; numeric features, times and labels finite; ``masks`` / ``times``
         entries only for known features, shaped ``[batch, steps]`` like their feature; a
-        step mask for every ``"timeseries"`` feature (without it padded steps would count
-        as real). Called at the start of every ``forward``.
+        step mask for every feature whose processor ``needs_step_mask`` (``"timeseries"``:
+        without it padded steps would count as real). Called at the start of every
+        ``forward``.
         """
         allowed = {*self.feature_keys, *self.label_keys, *RESERVED_KEYS}
         unexpected = sorted(k for k in batch if k not in allowed)
@@ -264,11 +265,12 @@ class BaseModel(nn.Module):
                         raise ValueError(f"{where} must hold only True/False (or 0/1)")
         masks = batch.get("masks") or {}
         for key, processor in self.schema.input_processors.items():
-            if processor.schema == "timeseries" and key not in masks:
+            if processor.needs_step_mask and key not in masks:
                 raise ValueError(
-                    f"feature '{key}': batch['masks'] has no step mask for this timeseries "
-                    "feature; without it padded steps would count as measurements. Build "
-                    "batches with ehrlens.data.get_dataloader (or dataset.collate)"
+                    f"feature '{key}': batch['masks'] has no step mask for this "
+                    f"{processor.schema} feature; without it padded steps would count as "
+                    "measurements. Build batches with ehrlens.data.get_dataloader (or "
+                    "dataset.collate)"
                 )
 
     def _check_labels(self, batch: Mapping[str, Any], size: int | None) -> None:

@@ -1,4 +1,10 @@
-"""BaseInterpreter and what every method shares: target selection and input-shape mapping."""
+"""BaseInterpreter and what every method shares: target selection and input-shape mapping.
+
+Scores per attention position become scores shaped like each raw input by the feature's
+processor (``processor.scores_to_inputs``): the model's fitted one where it was built from a
+schema (``model.schema``), else one read off the tensor's dtype and rank
+(:func:`~ehrlens.data.processors.processor_for_tensor`, with the model's ``pad_ids``).
+"""
 
 from __future__ import annotations
 
@@ -11,7 +17,8 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor
 
-from ...data.processors import PAD_ID
+from ...data.dataset import FittedSchema
+from ...data.processors import PAD_ID, FeatureProcessor, processor_for_tensor
 from ..api import (
     Capabilities,
     ModelDescription,
@@ -132,9 +139,12 @@ class BaseInterpreter(ABC):
         self, relevance: Mapping[str, Tensor], batch: Mapping[str, Any]
     ) -> dict[str, Tensor]:
         """Per-position relevance ``{key: [batch, n_inputs]}`` spread over each feature's
-        raw input (tuple features: over their value tensor), padding exactly 0."""
+        raw input (tuple features: over their value tensor), padding exactly 0, by each
+        feature's processor (:func:`map_to_input_shapes` with the model's processors)."""
         view = input_view(self.description, batch)
-        return map_to_input_shapes(relevance, view, self.description.pad_ids)
+        return map_to_input_shapes(
+            relevance, view, self.description.pad_ids, model_processors(self.model)
+        )
 
 
 _NAME = re.compile(r"[a-z][a-z0-9_]*")
@@ -209,25 +219,37 @@ def constructor_params(cls: type[BaseInterpreter]) -> list[str]:
 
 def model_pad_ids(model: Any) -> Mapping[str, int | None]:
     """``{feature: pad id}`` a model declares as ``pad_ids`` (e.g. a tokenizer's pad token);
-    features it does not name use :data:`~ehrlens.data.PAD_ID` (0)."""
+    features it does not name use :data:`~ehrlens.data.PAD_ID` (0). Features with a fitted
+    processor (:func:`model_processors`) use the processor's own padding."""
     return dict(describe(model).pad_ids)
+
+
+def model_processors(model: Any) -> Mapping[str, FeatureProcessor]:
+    """``{feature: fitted processor}`` of a model built from a schema (``model.schema``, a
+    :class:`~ehrlens.data.FittedSchema`); ``{}`` for other models (Hugging Face encoders)."""
+    schema = getattr(model, "schema", None)
+    return schema.input_processors if isinstance(schema, FittedSchema) else {}
+
+
+def feature_processor(model: Any, key: str, values: Tensor) -> FeatureProcessor:
+    """The processor that lays out ``values`` (``batch[key]``) for ``model``: its fitted one,
+    or one read off the tensor with the model's pad id for ``key``."""
+    processor = model_processors(model).get(key)
+    if processor is None:
+        processor = processor_for_tensor(values, model_pad_ids(model).get(key, PAD_ID))
+    return processor
 
 
 def input_unit_mask(
     values: Tensor, step_mask: Tensor | None = None, pad_id: int | None = PAD_ID
 ) -> Tensor:
-    """``bool`` shaped like ``values``: True at real input units (not padding).
+    """``bool`` shaped like ``values``: True at real input units (not padding), for a tensor
+    without a fitted processor (:func:`~ehrlens.data.processors.processor_for_tensor`).
 
     Codes are real where the id is not ``pad_id`` (``None``: every id is real); time-series
     values where their step is in ``step_mask`` ``[batch, steps]``; vector elements always.
     """
-    if not values.is_floating_point():
-        if pad_id is None:
-            return torch.ones(values.shape, dtype=torch.bool, device=values.device)
-        return values != pad_id
-    if values.dim() == 3 and step_mask is not None:
-        return step_mask.to(torch.bool)[..., None].expand(values.shape)
-    return torch.ones(values.shape, dtype=torch.bool, device=values.device)
+    return processor_for_tensor(values, pad_id).unit_mask(values, step_mask)
 
 
 def working_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -256,7 +278,8 @@ def scores_to_inputs(
     step_mask: Tensor | None = None,
     pad_id: int | None = PAD_ID,
 ) -> Tensor:
-    """Spread per-position scores ``[batch, n_inputs]`` over the raw input ``values``.
+    """Spread per-position scores ``[batch, n_inputs]`` over the raw input ``values`` of a
+    tensor without a fitted processor (laid out by dtype and rank):
 
     - codes ``[batch, seq]``: one score per code;
     - nested codes ``[batch, visits, codes]``: each visit's score on each of its codes;
@@ -265,40 +288,34 @@ def scores_to_inputs(
 
     Padding (code id ``pad_id``, or steps outside ``step_mask``) gets exactly 0.
     """
-    if tuple(scores.shape) != tuple(values.shape[:2]):
-        raise ValueError(
-            f"feature '{key}': relevance shape {tuple(scores.shape)} does not match the input "
-            f"positions {tuple(values.shape[:2])} of the batch tensor {tuple(values.shape)}"
-        )
-    if not values.is_floating_point():
-        real = input_unit_mask(values, pad_id=pad_id)
-        if values.dim() == 3:
-            return scores[..., None] * real
-        return scores * real
-    if values.dim() == 3:
-        if step_mask is not None:
-            scores = scores * step_mask.to(scores.dtype)
-        return scores[..., None].expand(values.shape).clone()
-    return scores
+    processor = processor_for_tensor(values, pad_id)
+    return processor.scores_to_inputs(key, scores, values, step_mask)
 
 
 def map_to_input_shapes(
     token_scores: Mapping[str, Tensor],
     batch: Mapping[str, Any],
     pad_ids: Mapping[str, int | None] | None = None,
+    processors: Mapping[str, FeatureProcessor] | None = None,
 ) -> dict[str, Tensor]:
-    """Apply :func:`scores_to_inputs` to every feature key of ``token_scores``, with each
+    """Scores shaped like each feature of ``token_scores``: ``processors[key]``'s
+    ``scores_to_inputs``, or for keys without a processor :func:`scores_to_inputs` with the
     feature's pad id from ``pad_ids`` (default :data:`~ehrlens.data.PAD_ID`).
 
     Raises a ``ValueError`` naming the feature and sample if any score is NaN or infinite.
+
+    Example:
+        >>> relevance = {"diagnoses": torch.rand(8, 12)}          # [batch, n_inputs]
+        >>> map_to_input_shapes(relevance, batch, processors=model.schema.input_processors)
     """
     masks = batch.get("masks") or {}
-    out = {
-        key: scores_to_inputs(
-            key, scores, batch[key], masks.get(key), (pad_ids or {}).get(key, PAD_ID)
-        )
-        for key, scores in token_scores.items()
-    }
+    out = {}
+    for key, scores in token_scores.items():
+        values = batch[key]
+        processor = (processors or {}).get(key)
+        if processor is None:
+            processor = processor_for_tensor(values, (pad_ids or {}).get(key, PAD_ID))
+        out[key] = processor.scores_to_inputs(key, scores, values, masks.get(key))
     check_finite_scores(out, batch)
     return out
 

@@ -9,7 +9,7 @@ from torch import Tensor
 
 from ...core.fusion import check_head_fusion
 from ..api import AttentionInterpretable, input_view
-from .base import BaseInterpreter, TargetIndex, input_unit_mask
+from .base import BaseInterpreter, TargetIndex, feature_processor
 from .propagation import readout_relevance
 from .rollout import fused_attention_layers
 
@@ -54,8 +54,8 @@ class RandomBaseline(BaseInterpreter):
         for key in self.feature_keys:
             values = view[key]
             noise = torch.rand(values.shape, generator=generator).to(values.device)
-            pad_id = self.description.pad_id(key)
-            out[key] = noise * input_unit_mask(values, masks.get(key), pad_id)
+            real = feature_processor(self.model, key, values).unit_mask(values, masks.get(key))
+            out[key] = noise * real
         return out
 
 

@@ -24,7 +24,7 @@ from .base import (
     TargetIndex,
     check_finite_scores,
     explained_logits,
-    input_unit_mask,
+    feature_processor,
     require_autograd,
     target_index,
 )
@@ -124,11 +124,10 @@ class _LayerGradientMethod(BaseInterpreter):
         for key, attribution in zip(keys, attributions, strict=True):
             values = batch[key]
             scores = attribution.detach().sum(dim=-1)  # [batch, *input_positions]
-            if values.is_floating_point() and values.dim() == scores.dim() + 1:
-                scores = scores[..., None].expand(values.shape)  # a step's score on its values
-            pad_id = self.description.pad_id(key)
-            real = input_unit_mask(values, masks.get(key), pad_id)
-            out[key] = (scores * real).to(torch.float32)
+            processor = feature_processor(self.model, key, values)
+            # e.g. a time step's score on each of its values; padding 0
+            spread = processor.scores_to_inputs(key, scores, values, masks.get(key))
+            out[key] = spread.to(torch.float32)
         check_finite_scores(out, batch)
         return out
 

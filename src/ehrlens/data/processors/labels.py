@@ -1,0 +1,195 @@
+"""Label processors: one class per output schema string.
+
+``"binary"``, ``"multiclass"``, ``"multilabel"`` and ``"regression"``; each maps a sample's
+label to the target tensor of its loss and says how many logits the model needs.
+
+Example:
+    >>> proc = MulticlassLabelProcessor()
+    >>> proc.fit(["flu", "cold", "flu"], key="diagnosis")
+    >>> proc.process("flu", key="diagnosis"), proc.output_size
+    (tensor(1), 2)
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Hashable, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from .base import LabelProcessor
+from .checks import code_list, is_number, type_name, where
+from .registry import register_processor
+
+
+def _label_scalar(value: Any, key: str, index: int | None) -> Hashable:
+    if isinstance(value, Tensor) and value.numel() == 1:
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError(f"{where(key, index, 'label')}: label must be finite, got {value!r}")
+    if not isinstance(value, (str, int, float, bool)):
+        raise TypeError(
+            f"{where(key, index, 'label')}: expected a single label value, got {type_name(value)}"
+        )
+    return value
+
+
+@register_processor
+class BinaryLabelProcessor(LabelProcessor):
+    """``"binary"``: 0/1 (or False/True, or exactly two distinct values) -> ``[1]`` float."""
+
+    schema = "binary"
+
+    def __init__(self) -> None:
+        self.label_map: dict[str, int] | None = None
+
+    @property
+    def output_size(self) -> int:
+        return 1
+
+    def fit(self, values: Sequence[Any], key: str) -> None:
+        seen: dict[Hashable, int] = {}
+        for index, value in enumerate(values):
+            seen.setdefault(_label_scalar(value, key, index), index)
+        if set(seen) <= {0, 1}:  # True == 1 and False == 0, so bools are covered too
+            self.label_map = {"0": 0, "1": 1}
+            return
+        if len(seen) != 2:
+            values = list(seen)
+            # Name the first sample whose value makes the set impossible.
+            culprit = values[2] if len(values) > 2 else values[0]
+            shown = ", ".join(sorted(map(repr, values))[:6])
+            raise ValueError(
+                f"{where(key, seen[culprit], 'label')}: a binary label needs 0/1 or exactly "
+                f"two distinct values; got {culprit!r}, and {len(seen)} values in all: {shown}"
+            )
+        ordered = sorted(seen, key=str)
+        self.label_map = {str(v): i for i, v in enumerate(ordered)}
+
+    def process(self, value: Any, key: str, index: int | None = None) -> Tensor:
+        if self.label_map is None:
+            raise RuntimeError(f"label '{key}': processor used before fit()")
+        scalar = _label_scalar(value, key, index)
+        zero_one = self.label_map.keys() == {"0", "1"}
+        name = str(int(scalar)) if zero_one and scalar in (0, 1) else str(scalar)
+        if name not in self.label_map:
+            raise ValueError(
+                f"{where(key, index, 'label')}: binary label must be one of "
+                f"{sorted(self.label_map)}, got {value!r}"
+            )
+        return torch.tensor([float(self.label_map[name])])
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"label_map": self.label_map}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.label_map = dict(state["label_map"])
+
+
+@register_processor
+class MulticlassLabelProcessor(LabelProcessor):
+    """``"multiclass"``: one class label -> class index (``LongTensor []``)."""
+
+    schema = "multiclass"
+
+    def __init__(self) -> None:
+        self.classes: list[str] = []
+
+    @property
+    def output_size(self) -> int:
+        return len(self.classes)
+
+    def fit(self, values: Sequence[Any], key: str) -> None:
+        raw = {_label_scalar(v, key, i) for i, v in enumerate(values)}
+        if len(raw) < 2:
+            raise ValueError(f"label '{key}': multiclass needs at least two classes, got {raw}")
+        integers = all(isinstance(v, int) and not isinstance(v, bool) for v in raw)
+        # Integer classes keep numeric order, so column j of y_prob is class j for 0..C-1.
+        self.classes = [str(v) for v in sorted(raw)] if integers else sorted(map(str, raw))
+
+    def process(self, value: Any, key: str, index: int | None = None) -> Tensor:
+        name = str(_label_scalar(value, key, index))
+        try:
+            return torch.tensor(self.classes.index(name))
+        except ValueError:
+            raise ValueError(
+                f"{where(key, index, 'label')}: unknown class {value!r}; "
+                f"known classes: {self.classes}"
+            ) from None
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"classes": self.classes}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.classes = list(state["classes"])
+
+
+@register_processor
+class MultilabelLabelProcessor(LabelProcessor):
+    """``"multilabel"``: a list of labels -> multi-hot ``FloatTensor [num_labels]``."""
+
+    schema = "multilabel"
+
+    def __init__(self) -> None:
+        self.classes: list[str] = []
+
+    @property
+    def output_size(self) -> int:
+        return len(self.classes)
+
+    def _labels(self, value: Any, key: str, index: int | None) -> list[str]:
+        return [str(c) for c in code_list(value, key, index, what="a list of labels", kind="label")]
+
+    def fit(self, values: Sequence[Any], key: str) -> None:
+        seen: set[str] = set()
+        for index, value in enumerate(values):
+            seen.update(self._labels(value, key, index))
+        if not seen:
+            raise ValueError(f"label '{key}': no sample has any label")
+        self.classes = sorted(seen)
+
+    def process(self, value: Any, key: str, index: int | None = None) -> Tensor:
+        out = torch.zeros(len(self.classes))
+        lookup = {c: i for i, c in enumerate(self.classes)}
+        for label in self._labels(value, key, index):
+            if label not in lookup:
+                raise ValueError(f"{where(key, index, 'label')}: unknown label {label!r}")
+            out[lookup[label]] = 1.0
+        return out
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"classes": self.classes}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.classes = list(state["classes"])
+
+
+@register_processor
+class RegressionLabelProcessor(LabelProcessor):
+    """``"regression"``: a number -> ``FloatTensor [1]``."""
+
+    schema = "regression"
+
+    @property
+    def output_size(self) -> int:
+        return 1
+
+    def fit(self, values: Sequence[Any], key: str) -> None:
+        for index, value in enumerate(values):
+            self.process(value, key, index)
+
+    def process(self, value: Any, key: str, index: int | None = None) -> Tensor:
+        scalar = _label_scalar(value, key, index)
+        if not is_number(scalar):
+            raise TypeError(
+                f"{where(key, index, 'label')}: regression label must be a number, got {value!r}"
+            )
+        try:
+            return torch.tensor([float(scalar)])
+        except OverflowError:
+            raise ValueError(
+                f"{where(key, index, 'label')}: regression label must be finite, got an "
+                "integer too large for a float"
+            ) from None

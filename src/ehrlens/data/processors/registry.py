@@ -1,0 +1,117 @@
+"""Schema string -> processor class: the one registry of input and label types.
+
+Adding an input type is writing one :class:`~ehrlens.data.processors.FeatureProcessor`
+subclass with a ``schema`` string and registering it; every part of the library (datasets,
+models, interpreters, metrics, the attribution table, event tables, saved models) then finds
+it by that string.
+
+Example:
+    >>> @register_processor
+    ... class BagOfCodesProcessor(FeatureProcessor):
+    ...     schema = "bag_of_codes"
+    ...     ...
+    >>> make_feature_processor("bag_of_codes", key="diagnoses")
+    <BagOfCodesProcessor object at ...>
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import TypeVar
+
+from .base import FeatureProcessor, LabelProcessor, Processor, check_max_length
+
+#: Input schema string -> processor class (filled by :func:`register_processor`).
+FEATURE_PROCESSORS: dict[str, type[FeatureProcessor]] = {}
+#: Output schema string -> processor class.
+LABEL_PROCESSORS: dict[str, type[LabelProcessor]] = {}
+
+P = TypeVar("P", bound=type[Processor])
+
+
+def _registry(cls: type) -> dict[str, type]:
+    if isinstance(cls, type) and issubclass(cls, FeatureProcessor):
+        return FEATURE_PROCESSORS
+    if isinstance(cls, type) and issubclass(cls, LabelProcessor):
+        return LABEL_PROCESSORS
+    raise TypeError(
+        f"register_processor expects a FeatureProcessor or LabelProcessor subclass, got {cls!r}"
+    )
+
+
+def register_processor(cls: P) -> P:
+    """Register a processor class under its ``schema`` string; usable as a decorator.
+
+    Registering the same class again does nothing.
+
+    Raises:
+        TypeError: ``cls`` is not a processor class, has no ``schema`` string, or leaves
+            abstract methods unimplemented (they are named).
+        ValueError: another class is registered under the same schema string.
+
+    Example:
+        >>> register_processor(BagOfCodesProcessor)
+        >>> create_sample_dataset(samples, {"diagnoses": "bag_of_codes"}, {"y": "binary"})
+    """
+    registry = _registry(cls)
+    schema = getattr(cls, "schema", None)
+    if not isinstance(schema, str) or not schema:
+        raise TypeError(f"{cls.__name__} needs a class attribute schema = '<name>' to register")
+    if inspect.isabstract(cls):
+        missing = sorted(getattr(cls, "__abstractmethods__", ()))
+        raise TypeError(f"{cls.__name__} (schema '{schema}') does not implement {missing}")
+    known = registry.get(schema)
+    if known is not None and known is not cls:
+        raise ValueError(
+            f"schema '{schema}' is already registered to {known.__module__}.{known.__qualname__}; "
+            "unregister_processor it first, or choose another schema string"
+        )
+    registry[schema] = cls
+    return cls
+
+
+def unregister_processor(schema: str) -> type[Processor]:
+    """Remove a schema string from the registry and return its class."""
+    for registry in (FEATURE_PROCESSORS, LABEL_PROCESSORS):
+        if schema in registry:
+            return registry.pop(schema)
+    raise ValueError(f"schema {schema!r} is not registered")
+
+
+def feature_processor_class(schema: str, key: str) -> type[FeatureProcessor]:
+    """The class registered for an input schema string; unknown strings raise ValueError."""
+    if not isinstance(schema, str) or schema not in FEATURE_PROCESSORS:
+        raise ValueError(
+            f"feature '{key}': unknown input schema {schema!r}; "
+            f"expected one of {sorted(FEATURE_PROCESSORS)}"
+        )
+    return FEATURE_PROCESSORS[schema]
+
+
+def make_feature_processor(
+    schema: str, key: str, max_length: int | None = None
+) -> FeatureProcessor:
+    """Return a new processor for an input schema string; unknown strings raise ValueError.
+
+    ``max_length`` (time-ordered schemas only, e.g. ``"sequence"``, ``"nested_sequence"``,
+    ``"stagenet"``, ``"timeseries"``) keeps the last ``max_length`` steps of longer samples.
+    """
+    cls = feature_processor_class(schema, key)
+    if max_length is None:
+        return cls()
+    if not cls.supports_max_length:
+        raise ValueError(
+            f"feature '{key}': max_length does not apply to schema {schema!r} "
+            "(only to time-ordered features)"
+        )
+    return cls(max_length=check_max_length(max_length, key))  # type: ignore[call-arg]
+
+
+def make_label_processor(schema: str, key: str) -> LabelProcessor:
+    """Return a new processor for an output schema string; unknown strings raise ValueError."""
+    if not isinstance(schema, str) or schema not in LABEL_PROCESSORS:
+        raise ValueError(
+            f"label '{key}': unknown output schema {schema!r}; "
+            f"expected one of {sorted(LABEL_PROCESSORS)}"
+        )
+    return LABEL_PROCESSORS[schema]()
