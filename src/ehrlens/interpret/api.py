@@ -48,6 +48,8 @@ from ..core.interpretable import (
     GradientInterpretable,
 )
 from ..core.modes import eval_mode, model_lock
+from ..data.dataset import FittedSchema
+from ..data.processors import FeatureProcessor
 
 #: Pad id of features a model does not name in ``pad_ids``.
 DEFAULT_PAD_ID = 0
@@ -113,6 +115,8 @@ class ModelDescription:
         pad_ids: ``{feature: pad id | None}``; features not named use :data:`DEFAULT_PAD_ID`.
         layouts: for features given as tuples of tensors, the name of each element
             (``("value", "mask")``, ``("time", "value", "mask")``).
+        processors: ``{feature: fitted processor}`` of a model built from a schema
+            (``model.schema``); they lay out its inputs. Empty for other models.
     """
 
     name: str
@@ -121,6 +125,7 @@ class ModelDescription:
     output_size: int | None = None
     pad_ids: Mapping[str, int | None] = field(default_factory=dict)
     layouts: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    processors: Mapping[str, FeatureProcessor] = field(default_factory=dict)
 
     def pad_id(self, key: str) -> int | None:
         """The pad id of feature ``key`` (``None``: every id is real)."""
@@ -129,8 +134,8 @@ class ModelDescription:
 
 def describe(model: Any) -> ModelDescription:
     """The optional attributes of the contract, read once: ``feature_keys``, ``mode``,
-    ``output_size``, ``pad_ids``, and tuple layouts from a PyHealth-style
-    ``model.dataset.input_processors[key].schema()``.
+    ``output_size``, ``pad_ids``, the fitted processors of ``schema``, and tuple layouts
+    from a PyHealth-style ``model.dataset.input_processors[key].schema()``.
 
     Example:
         >>> describe(model).mode, describe(model).feature_keys
@@ -141,6 +146,7 @@ def describe(model: Any) -> ModelDescription:
     mode = getattr(model, "mode", None)
     outputs = getattr(model, "output_size", None)
     pad_ids = getattr(model, "pad_ids", None)
+    schema = getattr(model, "schema", None)
     return ModelDescription(
         name=type(model).__name__,
         feature_keys=feature_keys,
@@ -148,6 +154,7 @@ def describe(model: Any) -> ModelDescription:
         output_size=outputs if isinstance(outputs, int) and not isinstance(outputs, bool) else None,
         pad_ids=dict(pad_ids) if isinstance(pad_ids, Mapping) else {},
         layouts=_processor_layouts(model, feature_keys or ()),
+        processors=dict(schema.input_processors) if isinstance(schema, FittedSchema) else {},
     )
 
 

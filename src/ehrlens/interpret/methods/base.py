@@ -2,7 +2,7 @@
 
 Scores per attention position become scores shaped like each raw input by the feature's
 processor (``processor.scores_to_inputs``): the model's fitted one where it was built from a
-schema (``model.schema``), else one read off the tensor's dtype and rank
+schema (``describe(model).processors``), else one read off the tensor's dtype and rank
 (:func:`~ehrlens.data.processors.processor_for_tensor`, with the model's ``pad_ids``).
 """
 
@@ -17,7 +17,6 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor
 
-from ...data.dataset import FittedSchema
 from ...data.processors import PAD_ID, FeatureProcessor, processor_for_tensor
 from ..api import (
     Capabilities,
@@ -143,7 +142,7 @@ class BaseInterpreter(ABC):
         feature's processor (:func:`map_to_input_shapes` with the model's processors)."""
         view = input_view(self.description, batch)
         return map_to_input_shapes(
-            relevance, view, self.description.pad_ids, model_processors(self.model)
+            relevance, view, self.description.pad_ids, self.description.processors
         )
 
 
@@ -220,23 +219,17 @@ def constructor_params(cls: type[BaseInterpreter]) -> list[str]:
 def model_pad_ids(model: Any) -> Mapping[str, int | None]:
     """``{feature: pad id}`` a model declares as ``pad_ids`` (e.g. a tokenizer's pad token);
     features it does not name use :data:`~ehrlens.data.PAD_ID` (0). Features with a fitted
-    processor (:func:`model_processors`) use the processor's own padding."""
+    processor (``describe(model).processors``) use the processor's own padding."""
     return dict(describe(model).pad_ids)
-
-
-def model_processors(model: Any) -> Mapping[str, FeatureProcessor]:
-    """``{feature: fitted processor}`` of a model built from a schema (``model.schema``, a
-    :class:`~ehrlens.data.FittedSchema`); ``{}`` for other models (Hugging Face encoders)."""
-    schema = getattr(model, "schema", None)
-    return schema.input_processors if isinstance(schema, FittedSchema) else {}
 
 
 def feature_processor(model: Any, key: str, values: Tensor) -> FeatureProcessor:
     """The processor that lays out ``values`` (``batch[key]``) for ``model``: its fitted one,
     or one read off the tensor with the model's pad id for ``key``."""
-    processor = model_processors(model).get(key)
+    description = describe(model)
+    processor = description.processors.get(key)
     if processor is None:
-        processor = processor_for_tensor(values, model_pad_ids(model).get(key, PAD_ID))
+        processor = processor_for_tensor(values, description.pad_id(key))
     return processor
 
 
