@@ -41,7 +41,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 import torch
 from torch import Tensor
@@ -75,6 +75,10 @@ class AttentionInterpretable(ABC):
     #: What the class offers beyond the required methods; ``None``: not declared (then
     #: :func:`ehrlens.interpret.api.capabilities` inspects the class once).
     interpret_capabilities: ClassVar[Capabilities | None] = None
+
+    if TYPE_CHECKING:  # models are called like modules: ``model(**batch)``
+
+        def __call__(self, *args: Any, **kwargs: Any) -> Any: ...
 
     @abstractmethod
     def set_attention_hooks(self, enabled: bool) -> None:
@@ -145,3 +149,34 @@ class GradientInterpretable(AttentionInterpretable):
 
 #: The earlier name of :class:`GradientInterpretable` (same object).
 CheferInterpretable = GradientInterpretable
+
+
+class ForwardOnlyCapture(Protocol):
+    """``set_attention_hooks`` of a model with ``Capabilities.forward_only`` (and, where
+    declared, ``fusion_at_capture`` and ``key_capture``)."""
+
+    def set_attention_hooks(
+        self,
+        enabled: bool,
+        capture_gradients: bool = True,
+        head_fusion: str | None = None,
+        keys_only: bool = False,
+    ) -> None: ...
+
+
+class ClearableCapture(Protocol):
+    """A model with ``Capabilities.clear_capture``."""
+
+    def clear_attention_capture(self) -> None: ...
+
+
+class KeyCapture(Protocol):
+    """A model with ``Capabilities.key_capture``: queries and keys per layer and feature."""
+
+    def get_attention_keys(self) -> Mapping[str, list[Any]]: ...
+
+
+class EmbeddingLayers(Protocol):
+    """A model with ``Capabilities.embedding_layers``: each feature's per-unit embedding."""
+
+    def get_embedding_layers(self) -> Mapping[str, Any]: ...

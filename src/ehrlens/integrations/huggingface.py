@@ -217,6 +217,7 @@ class HuggingFaceEncoder(nn.Module, GradientInterpretable):
 
     def _logit(self, outputs: Any, batch: Mapping[str, Any]) -> Tensor:
         batch_size = batch[FEATURE_KEY].shape[0]
+        value: Any
         if self.output_fn is not None:
             value = self.output_fn(outputs, batch)
             source = "output_fn"
@@ -403,7 +404,7 @@ def has_classification_head(model: Any) -> bool:
         MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES,
     )
 
-    names = set()
+    names: set[str] = set()
     for value in MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES.values():
         names.update((value,) if isinstance(value, str) else value)
     cls_name = type(model).__name__

@@ -25,7 +25,7 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar, cast
 
 from torch import Tensor, nn
 
@@ -34,6 +34,16 @@ from ..core.interpretable import Capabilities, GradientInterpretable
 REQUIRED_METHODS = ("set_attention_hooks", "get_attention_layers", "get_relevance_tensor")
 
 ModelClass = TypeVar("ModelClass", bound=type)
+
+
+class PyHealthInterpretable(Protocol):
+    """The three methods of PyHealth's interface, as a PyHealth model has them."""
+
+    def set_attention_hooks(self, enabled: bool) -> None: ...
+
+    def get_attention_layers(self) -> dict[str, list[tuple[Tensor, Tensor | None]]]: ...
+
+    def get_relevance_tensor(self, R: Mapping[str, Tensor], **data: Any) -> dict[str, Tensor]: ...
 
 
 def missing_methods(obj: Any) -> list[str]:
@@ -95,6 +105,7 @@ class PyHealthModel(nn.Module, GradientInterpretable):
                 f"interpretable model implements {', '.join(REQUIRED_METHODS)}"
             )
         self.model = model
+        self._interface = cast(PyHealthInterpretable, model)  # checked just above
         self.feature_keys = list(getattr(model, "feature_keys", None) or [])
         self.mode = getattr(model, "mode", None)
         pad_ids = getattr(model, "pad_ids", None)
@@ -108,10 +119,10 @@ class PyHealthModel(nn.Module, GradientInterpretable):
         """The model's own one-argument switch; its forward registers its gradient hooks,
         so ``capture_gradients`` cannot turn them off (the wrapper declares no forward-only
         capture, and interpreters never ask it for one)."""
-        self.model.set_attention_hooks(enabled)
+        self._interface.set_attention_hooks(enabled)
 
     def get_attention_layers(self) -> dict[str, list[tuple[Tensor, Tensor | None]]]:
-        return self.model.get_attention_layers()
+        return self._interface.get_attention_layers()
 
     def get_relevance_tensor(self, R: Mapping[str, Tensor], **data: Any) -> dict[str, Tensor]:
-        return self.model.get_relevance_tensor(R, **data)
+        return self._interface.get_relevance_tensor(R, **data)

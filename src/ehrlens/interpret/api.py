@@ -36,7 +36,7 @@ import weakref
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
@@ -45,7 +45,11 @@ from ..core.interpretable import (
     AttentionInterpretable,
     Capabilities,
     CheferInterpretable,
+    ClearableCapture,
+    EmbeddingLayers,
+    ForwardOnlyCapture,
     GradientInterpretable,
+    KeyCapture,
 )
 from ..core.modes import eval_mode, model_lock
 from ..data.dataset import FittedSchema
@@ -425,16 +429,17 @@ def capture_attention(
             "gradient capture is not available"
         )
     legacy_forward_only = not gradients and not caps.forward_only
+    hooks = cast(ForwardOnlyCapture, model)  # its keywords are used only where declared
     with eval_mode(model):
         try:
             if keys_only:
-                model.set_attention_hooks(True, capture_gradients=False, keys_only=True)
+                hooks.set_attention_hooks(True, capture_gradients=False, keys_only=True)
             elif not caps.forward_only:
                 model.set_attention_hooks(True)
             elif head_fusion is not None and caps.fusion_at_capture:
-                model.set_attention_hooks(True, capture_gradients=False, head_fusion=head_fusion)
+                hooks.set_attention_hooks(True, capture_gradients=False, head_fusion=head_fusion)
             else:
-                model.set_attention_hooks(True, capture_gradients=gradients)
+                hooks.set_attention_hooks(True, capture_gradients=gradients)
             if caps.forward_only:
                 outputs = model(**batch)
             else:
@@ -444,7 +449,7 @@ def capture_attention(
         finally:
             model.set_attention_hooks(False)
             if caps.clear_capture:
-                model.clear_attention_capture()
+                cast(ClearableCapture, model).clear_attention_capture()
 
 
 def _legacy_forward(model: Any, batch: Mapping[str, Any], autograd: bool) -> Any:
@@ -481,7 +486,11 @@ __all__ = [
     "Capabilities",
     "CapturedForward",
     "CheferInterpretable",
+    "ClearableCapture",
+    "EmbeddingLayers",
+    "ForwardOnlyCapture",
     "GradientInterpretable",
+    "KeyCapture",
     "ModelDescription",
     "attention_layers",
     "capabilities",

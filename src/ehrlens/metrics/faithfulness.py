@@ -169,10 +169,11 @@ class RemovalFaithfulness:
         predicted = _predicted_class(self.model, probabilities)
         if self.target == "predicted":
             return probabilities, predicted
+        target = int(self.target)
         classes = max(probabilities.shape[1], 2)
-        if not 0 <= self.target < classes:
-            raise ValueError(f"target {self.target} is out of range for {classes} classes")
-        return probabilities, torch.full_like(predicted, self.target)
+        if not 0 <= target < classes:
+            raise ValueError(f"target {target} is out of range for {classes} classes")
+        return probabilities, torch.full_like(predicted, target)
 
     @torch.inference_mode()
     def __call__(

@@ -95,11 +95,11 @@ class MultiHeadAttention(nn.Module):
     def forward(self, x: Tensor, mask: Tensor) -> Tensor:
         batch, seq, _ = x.shape
         q, k, v = self.qkv(x).view(batch, seq, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)
-        for hook in tuple(self._query_key_hooks.values()):
-            hook(self, q, k, mask)
+        for query_key_hook in tuple(self._query_key_hooks.values()):
+            query_key_hook(self, q, k, mask)
         attention = self.attention_weights(q, k, mask)
-        for hook in tuple(self._attention_hooks.values()):
-            hook(self, attention)
+        for attention_hook in tuple(self._attention_hooks.values()):
+            attention_hook(self, attention)
         out = self.dropout(attention) @ v  # [batch, heads, seq, head_dim]
         return self.proj(out.transpose(1, 2).reshape(batch, seq, self.dim))
 

@@ -39,7 +39,7 @@ def checkpoint_checksum(
     for name in sorted(state_dict):
         tensor = state_dict[name].detach().to("cpu").contiguous()
         digest.update(f"|{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
-        digest.update(tensor.reshape(-1).view(torch.uint8).numpy())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()
 
 
@@ -87,11 +87,12 @@ def model_classes() -> dict[str, type[BaseModel]]:
         >>> model_classes()["transformer"]
         <class 'ehrlens.models.transformer.Transformer'>
     """
-    return {
-        cls.short_name: cls
-        for cls in BaseModel._registry.values()
-        if vars(cls).get("short_name") is not None
-    }
+    table: dict[str, type[BaseModel]] = {}
+    for cls in BaseModel._registry.values():
+        short = vars(cls).get("short_name")
+        if isinstance(short, str):
+            table[short] = cls
+    return table
 
 
 def model_class(name: str) -> type[BaseModel]:

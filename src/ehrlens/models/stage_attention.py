@@ -13,7 +13,7 @@ out at each patient's last valid step.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
@@ -200,7 +200,8 @@ class StageAttentionNet(AttentionCaptureMixin, BaseModel, GradientInterpretable)
 
     def _step_mask(self, key: str, data: Mapping[str, Any]) -> Tensor:
         masks = data.get("masks") or {}
-        return self.embeddings[key].position_mask(feature_values(data, key), masks.get(key))
+        embedding = cast(FeatureEmbedding, self.embeddings[key])
+        return embedding.position_mask(feature_values(data, key), masks.get(key))
 
     def forward(self, **batch: Any) -> dict[str, Tensor]:
         self.check_batch(batch)
@@ -212,7 +213,7 @@ class StageAttentionNet(AttentionCaptureMixin, BaseModel, GradientInterpretable)
             emb = tokens.embeddings
             x = self.stagenets[key](emb, self._intervals(key, times.get(key), emb))
             x = self.projections[key](self.dropout(x))
-            for block in self.blocks[key]:
+            for block in cast(nn.ModuleList, self.blocks[key]):
                 x = block(x, tokens.mask)
             x = self.norms[key](x)
             if x.shape[1] == 0:  # no step at all in this batch: nothing to attend over
@@ -228,7 +229,8 @@ class StageAttentionNet(AttentionCaptureMixin, BaseModel, GradientInterpretable)
 
     # ------------------------------------------------------------ interpretability
     def attention_modules(self) -> dict[str, list[MultiHeadAttention]]:
-        return {k: [b.attention for b in self.blocks[k]] for k in self.feature_keys}
+        blocks = {k: cast(nn.ModuleList, self.blocks[k]) for k in self.feature_keys}
+        return {k: [cast(EncoderBlock, b).attention for b in v] for k, v in blocks.items()}
 
     def get_readout_weights(self, **data: Any) -> dict[str, Tensor]:
         """One-hot ``[batch, T]`` at each patient's last valid step."""

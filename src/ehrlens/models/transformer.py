@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
@@ -110,7 +110,11 @@ class Transformer(AttentionCaptureMixin, BaseModel, GradientInterpretable):
 
     # ------------------------------------------------------------ interpretability
     def attention_modules(self) -> dict[str, list[MultiHeadAttention]]:
-        return {k: [b.attention for b in self.encoders[k].blocks] for k in self.feature_keys}
+        encoders = {k: cast(TransformerEncoder, self.encoders[k]) for k in self.feature_keys}
+        return {
+            k: [cast(EncoderBlock, block).attention for block in e.blocks]
+            for k, e in encoders.items()
+        }
 
     def get_readout_weights(self, **data: Any) -> dict[str, Tensor]:
         """One-hot ``[batch, 1 + n_inputs]`` at the [CLS] position (0) for every key."""

@@ -73,7 +73,7 @@ class BaseInterpreter(ABC):
         if not is_abstract(cls):
             check_declaration(cls)
 
-    def __init__(self, model: Any) -> None:
+    def __init__(self, model: object) -> None:
         if isinstance(model, type):
             raise TypeError(
                 f"{type(self).__name__} got the class {model.__name__} itself, not a model: "

@@ -34,7 +34,7 @@ class RandomBaseline(BaseInterpreter):
     summary = "random scores: the floor any method must beat"
     requirement_reason = "it needs no model interface"
 
-    def __init__(self, model: Any, seed: int = 0) -> None:
+    def __init__(self, model: object, seed: int = 0) -> None:
         super().__init__(model)
         keys = self.description.feature_keys
         if not keys:
@@ -82,9 +82,12 @@ class RawAttention(BaseInterpreter):
     name = "raw_attention"
     gradient_free = True
     needs = (AttentionInterpretable,)
+    model: AttentionInterpretable
     summary = "last layer's attention from the readout"
 
-    def __init__(self, model: Any, layer: int = -1, head_fusion: str = "mean") -> None:
+    def __init__(
+        self, model: AttentionInterpretable, layer: int = -1, head_fusion: str = "mean"
+    ) -> None:
         super().__init__(model)
         self.layer = int(layer)
         self.head_fusion = check_head_fusion(head_fusion)

@@ -76,6 +76,7 @@ class CheferRelevance(BaseInterpreter):
     name = "chefer"
     gradient_free = False
     needs = (GradientInterpretable,)
+    model: GradientInterpretable
     summary = "gradient-weighted relevance (Chefer et al.)"
     requirement_reason = (
         "this method needs attention gradients; AttentionRollout needs only forward maps"

@@ -58,11 +58,12 @@ class AttentionFlow(BaseInterpreter):
     name = "flow"
     gradient_free = True
     needs = (AttentionInterpretable, "flow")
+    model: AttentionInterpretable
     summary = "attention flow, exact max-flow (Abnar & Zuidema)"
 
     def __init__(
         self,
-        model: Any,
+        model: AttentionInterpretable,
         head_fusion: str = "mean",
         normalize: bool = True,
         max_seq_len: int = 256,

@@ -12,13 +12,13 @@ from __future__ import annotations
 import warnings
 from abc import abstractmethod
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import Tensor
 
 from ...core.modes import eval_mode
-from ..api import plain_tensors
+from ..api import EmbeddingLayers, plain_tensors
 from .base import (
     BaseInterpreter,
     TargetIndex,
@@ -40,7 +40,8 @@ def _captum():
 
 def _flatten(batch: Mapping[str, Any]) -> tuple[list[tuple[str, str | None]], tuple[Tensor, ...]]:
     """The batch's tensors as a tuple, with the path of each (``(key, None)`` or nested)."""
-    paths, tensors = [], []
+    paths: list[tuple[str, str | None]] = []
+    tensors: list[Tensor] = []
     for key, value in batch.items():
         if isinstance(value, Tensor):
             paths.append((key, None))
@@ -70,10 +71,11 @@ class _LayerGradientMethod(BaseInterpreter):
 
     gradient_free = False
     needs = (torch.nn.Module, "captum")
+    model: torch.nn.Module
     requirement_reason = "it differentiates the model's forward"
     captum_name = ""
 
-    def __init__(self, model: Any) -> None:
+    def __init__(self, model: torch.nn.Module) -> None:
         super().__init__(model)
         if not self.capabilities.embedding_layers:
             raise TypeError(
@@ -102,7 +104,7 @@ class _LayerGradientMethod(BaseInterpreter):
         require_autograd(type(self).__name__)
         batch = plain_tensors(batch)
         mode = self.description.mode
-        layers = self.model.get_embedding_layers()
+        layers = cast(EmbeddingLayers, self.model).get_embedding_layers()  # checked at init
         keys = list(layers)
         paths, tensors = _flatten(batch)
 
@@ -170,7 +172,9 @@ class IntegratedGradients(_LayerGradientMethod):
     summary = "integrated gradients on embeddings (Captum)"
     captum_name = "LayerIntegratedGradients"
 
-    def __init__(self, model: Any, n_steps: int = 50, internal_batch_size: int | None = None):
+    def __init__(
+        self, model: torch.nn.Module, n_steps: int = 50, internal_batch_size: int | None = None
+    ) -> None:
         super().__init__(model)
         if n_steps < 1:
             raise ValueError(f"n_steps must be >= 1, got {n_steps}")

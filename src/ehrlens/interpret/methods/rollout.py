@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 from torch import Tensor
@@ -11,6 +11,7 @@ from torch import Tensor
 from ...core.fusion import check_head_fusion, fuse_heads
 from ..api import (
     AttentionInterpretable,
+    KeyCapture,
     attention_layers,
     capabilities,
     capture_attention,
@@ -151,11 +152,12 @@ class AttentionRollout(BaseInterpreter):
     name = "rollout"
     gradient_free = True
     needs = (AttentionInterpretable,)
+    model: AttentionInterpretable
     summary = "attention rollout (Abnar & Zuidema 2020)"
 
     def __init__(
         self,
-        model: Any,
+        model: AttentionInterpretable,
         head_fusion: str = "mean",
         discard_ratio: float = 0.0,
         low_memory: bool = False,
@@ -196,7 +198,7 @@ class AttentionRollout(BaseInterpreter):
                 "low_memory rollout needs the model's readout weights (get_readout_weights)"
             )
         with capture_attention(self.model, batch, keys_only=True):
-            captured = self.model.get_attention_keys()
+            captured = cast(KeyCapture, self.model).get_attention_keys()
         rows = {
             key: low_memory_rollout_rows(
                 weights[key], layers, self.head_fusion, self.discard_ratio, self.block_rows
