@@ -163,3 +163,61 @@ def test_written_jsonl_is_strict_json(tmp_path):
     path = write_jsonl([{"patient_id": 3, "v": (1, 2.5)}], tmp_path / "s.jsonl")
     (line,) = path.read_text().splitlines()
     assert json.loads(line) == {"patient_id": 3, "v": [1, 2.5]}
+
+
+# ----------------------------------------------------------------------------- overwrite rule
+def test_check_overwrite_refuses_existing_files_unless_told(tmp_path):
+    from ehrlens.core.files import OutputConflictError, check_overwrite
+
+    a, b, c = (tmp_path / n for n in ("a.json", "b.png", "c.csv"))
+    check_overwrite([a, b], overwrite=False)  # nothing exists: fine
+    a.write_text("mine")
+    with pytest.raises(OutputConflictError) as error:
+        check_overwrite([a, b], overwrite=False)
+    assert str(error.value) == (f"{a} exists; pass --overwrite to replace it; nothing was changed")
+    b.write_text("mine too")
+    (tmp_path / "link").symlink_to(tmp_path / "nowhere")  # a dangling link counts
+    with pytest.raises(OutputConflictError) as error:
+        check_overwrite([a, b, c, tmp_path / "link"], overwrite=False)
+    assert str(error.value) == (
+        f"{a}, {b}, {tmp_path / 'link'} exist; pass --overwrite to replace them; "
+        "nothing was changed"
+    )
+    many = [tmp_path / f"f{i}" for i in range(5)]
+    for path in many:
+        path.write_text("x")
+    with pytest.raises(OutputConflictError, match=r"f2 and 2 more exist"):
+        check_overwrite(many, overwrite=False)
+    with pytest.raises(OutputConflictError, match=r"^custom$"):
+        check_overwrite([a], overwrite=False, message="custom")
+    check_overwrite([a, b, *many], overwrite=True)
+    assert a.read_text() == "mine" and b.read_text() == "mine too"  # checking writes nothing
+
+
+@pytest.mark.parametrize(
+    ("index", "label", "expected"),
+    [
+        (1, "P000123", "0001-P000123.png"),
+        (2, "../../escaped", "0002-escaped.png"),
+        (3, "/abs/path/victim", "0003-abs_path_victim.png"),
+        (4, "..", "0004.png"),
+        (5, ".hidden", "0005-hidden.png"),
+        (6, "a\\b:c*d?", "0006-a_b_c_d.png"),
+        (7, "é/ü", "0007.png"),
+        (12345, "x" * 60, "12345-" + "x" * 40 + ".png"),
+    ],
+)
+def test_data_file_name_is_a_plain_name_inside_the_folder(tmp_path, index, label, expected):
+    from ehrlens.core.files import data_file_name
+
+    name = data_file_name(index, label, ".png")
+    assert name == expected
+    assert os.sep not in name and not name.startswith(".")
+    assert (tmp_path / name).resolve().parent == tmp_path.resolve()
+
+
+def test_data_file_name_rejects_a_negative_index():
+    from ehrlens.core.files import data_file_name
+
+    with pytest.raises(ValueError, match="index must be >= 0, got -1"):
+        data_file_name(-1, "P1", ".png")

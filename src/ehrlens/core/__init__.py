@@ -4,7 +4,9 @@
 - :mod:`~ehrlens.core.modes`: eval mode with every submodule's flag restored, and the
   per-model lock that serialises explanations of one model.
 - :mod:`~ehrlens.core.progress`: optional progress bars.
-- :mod:`~ehrlens.core.files`: atomic writes and file hashing.
+- :mod:`~ehrlens.core.files`: atomic writes, the overwrite rule of every command, safe file
+  names for data-derived outputs, file hashing.
+- :mod:`~ehrlens.core.locks`: one writer per output (an exclusive OS file lock).
 - :mod:`~ehrlens.core.jsonl`: JSON Lines samples.
 - :mod:`~ehrlens.core.outputs`: model outputs from logits (probabilities by task mode).
 """

@@ -1,19 +1,85 @@
-"""Files: atomic writes and SHA-256 of a file's bytes.
+"""Files: atomic writes, the one overwrite rule, safe names for data-derived files, SHA-256.
 
 Every file ehrlens writes goes through :func:`atomic_write`: the content is written to a
 temporary file in the same folder, flushed to disk and renamed into place, so an interrupted
 run never leaves a half-written file where a complete one (or the user's previous one) was.
+
+Every command checks its outputs with :func:`check_overwrite` before it starts: a file that
+exists is replaced only when the user said so (``--overwrite``). Names that come from data
+(patient ids, codes, feature names) never become paths: :func:`data_file_name` derives a file
+name from a running index and a sanitised label, so a write cannot leave its folder.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import re
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO
+
+
+class OutputConflictError(FileExistsError):
+    """An output holds something this run did not make, or another run is writing it; nothing
+    was changed. The command line exits with code 3."""
+
+
+def check_overwrite(
+    paths: Iterable[str | os.PathLike], overwrite: bool, message: str | None = None
+) -> None:
+    """The one overwrite rule of every command: refuse to replace files unless told to.
+
+    Args:
+        paths: the files the command is about to write.
+        overwrite: the user asked to replace existing files (``--overwrite``).
+        message: the error's text (default: the existing files and how to replace them).
+
+    Raises:
+        OutputConflictError: one of ``paths`` exists (a file, folder or link) and
+            ``overwrite`` is false.
+
+    Example:
+        >>> check_overwrite([Path("results.json"), Path("curves.png")], overwrite=False)
+    """
+    existing = [Path(p) for p in paths if os.path.lexists(p)]
+    if not existing or overwrite:
+        return
+    if message is None:
+        if len(existing) == 1:
+            message = f"{existing[0]} exists; pass --overwrite to replace it"
+        else:
+            names = ", ".join(str(p) for p in existing[:3])
+            more = f" and {len(existing) - 3} more" if len(existing) > 3 else ""
+            message = f"{names}{more} exist; pass --overwrite to replace them"
+        message += "; nothing was changed"
+    raise OutputConflictError(message)
+
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9_-]+")
+
+
+def data_file_name(index: int, label: str, suffix: str, max_label: int = 40) -> str:
+    """A file name for item ``index`` of a listing whose items are named by data.
+
+    The name is the zero-padded index (unique within the listing), then the label with every
+    character outside ``A-Z a-z 0-9 _ -`` replaced by ``_`` and cut to ``max_label``
+    characters, then ``suffix``. It holds no path separator, never starts with a dot and
+    cannot be ``..``, so it stays inside the folder it is joined to; keep the real label inside
+    the file or in an index next to it.
+
+    Example:
+        >>> data_file_name(3, "P000123", ".png")
+        '0003-P000123.png'
+        >>> data_file_name(4, "../../escaped", ".png")
+        '0004-escaped.png'
+    """
+    if index < 0:
+        raise ValueError(f"index must be >= 0, got {index}")
+    slug = _UNSAFE.sub("_", str(label)).strip("_")[:max_label]
+    return f"{index:04d}-{slug}{suffix}" if slug else f"{index:04d}{suffix}"
 
 
 @contextmanager

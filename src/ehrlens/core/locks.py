@@ -1,0 +1,176 @@
+"""One writer per output: an exclusive operating-system file lock held for a whole run.
+
+The lock of an output ``target`` (a folder or a file) is the file ``.<name>.ehrlens-lock``
+beside it, locked with ``flock``. The holder writes its process id, host, command and start
+time into it, so a second writer is refused with an :class:`OutputLockedError` (exit code 3 on
+the command line) that names the holder. The kernel releases the lock when its holder exits,
+however it exits, so a lock file left by a killed run is stale by construction: the next run
+takes it over. On release the holder removes the file.
+
+Two spellings of one output (``attr``, ``./attr/``, a symbolic link) share one lock: the
+target is resolved first. Locks are advisory and need a POSIX system (Linux, macOS); on a
+network file system they hold only where it supports ``flock``.
+
+Example:
+    >>> with output_lock("attr/"):
+    ...     explain_into("attr/")          # a second process gets OutputLockedError here
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import sys
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from .files import OutputConflictError
+
+LOCK_SUFFIX = ".ehrlens-lock"
+
+
+class OutputLockedError(OutputConflictError):
+    """Another run holds the output's lock; nothing was changed.
+
+    Attributes:
+        target: the output that is locked.
+        holder: what the holder wrote (``pid``, ``host``, ``command``, ``started``), or ``{}``.
+    """
+
+    def __init__(self, target: Path, holder: dict[str, Any]) -> None:
+        self.target = target
+        self.holder = holder
+        if holder:
+            who = (
+                f"pid {holder.get('pid')} on {holder.get('host')}, since "
+                f"{holder.get('started')}: {holder.get('command')}"
+            )
+        else:
+            who = "a process that has not yet said who it is"
+        super().__init__(
+            f"{target} is being written by another ehrlens run ({who}); nothing was changed. "
+            "Wait for that run to finish, or write somewhere else."
+        )
+
+
+def lock_path(target: str | os.PathLike) -> Path:
+    """The lock file of an output: ``.<name>.ehrlens-lock`` beside the resolved target.
+
+    Example:
+        >>> lock_path("runs/attr")          # PosixPath('/home/me/runs/.attr.ehrlens-lock')
+    """
+    resolved = Path(target).resolve()
+    if not resolved.name:
+        raise ValueError(f"{target}: cannot lock the root of a file system")
+    return resolved.parent / f".{resolved.name}{LOCK_SUFFIX}"
+
+
+def _this_command() -> str:
+    """This process's command line, with ``python -m ehrlens`` shown as ``ehrlens``."""
+    program = Path(sys.argv[0]) if sys.argv and sys.argv[0] else Path("python")
+    if program.name == "ehrlens" or (
+        program.name == "__main__.py" and program.parent.name == "ehrlens"
+    ):
+        words = ["ehrlens", *sys.argv[1:]]
+    else:
+        words = [str(program), *sys.argv[1:]]
+    return " ".join(words)[:300]
+
+
+def _holder_record(command: str | None) -> dict[str, Any]:
+    return {
+        "pid": os.getpid(),
+        "host": socket.gethostname(),
+        "command": command if command is not None else _this_command(),
+        "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def _read_holder(fd: int) -> dict[str, Any]:
+    try:
+        text = os.pread(fd, 4096, 0).decode("utf-8", errors="replace")
+        record = json.loads(text)
+    except (OSError, ValueError):
+        return {}
+    return record if isinstance(record, dict) else {}
+
+
+def _flock(fd: int) -> bool:
+    """Take the exclusive lock without waiting; False when another open file holds it."""
+    import fcntl
+
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    return True
+
+
+@contextmanager
+def output_lock(target: str | os.PathLike, command: str | None = None) -> Iterator[Path]:
+    """Hold the exclusive lock of ``target`` for the block; yields the lock file's path.
+
+    Args:
+        target: the output folder or file (it need not exist yet; its parent is created).
+        command: what the holder is doing, shown to a refused writer (default: ``sys.argv``).
+
+    Raises:
+        OutputLockedError: another process, or another open of it in this process, holds the
+            lock. Not re-entrant: a block that locks ``target`` again is refused too.
+
+    Example:
+        >>> with output_lock("model/", command="ehrlens train"):
+        ...     save_model_dir(model, "model/", card)
+    """
+    path = lock_path(target)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            if not _flock(fd):
+                raise OutputLockedError(Path(target), _read_holder(fd))
+            # The previous holder removes the file before it lets go: if we opened it before
+            # that, our lock is on a file nobody else will find; open the new one instead.
+            try:
+                current = os.stat(path)
+            except FileNotFoundError:
+                current = None
+            mine = os.fstat(fd)
+            if current is not None and (current.st_ino, current.st_dev) == (
+                mine.st_ino,
+                mine.st_dev,
+            ):
+                break
+        except BaseException:
+            os.close(fd)
+            raise
+        os.close(fd)
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps(_holder_record(command)).encode(), 0)
+        os.fsync(fd)
+        yield path
+    finally:
+        try:
+            path.unlink(missing_ok=True)  # still ours: nobody removes a held lock
+        finally:
+            os.close(fd)  # releases the lock
+
+
+@contextmanager
+def output_locks(*targets: str | os.PathLike | None, command: str | None = None) -> Iterator[None]:
+    """Hold the locks of several outputs (``None`` entries are skipped) for the block.
+
+    Example:
+        >>> with output_locks("results.json", "curves.png"):
+        ...     write_both()
+    """
+    unique = sorted({lock_path(t): t for t in targets if t is not None}.items())
+    with ExitStack() as stack:
+        for _, target in unique:
+            stack.enter_context(output_lock(target, command=command))
+        yield
