@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 import os
 
+import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
@@ -20,6 +22,7 @@ from ehrlens.explain import (
     model_fingerprint,
     read_attributions,
 )
+from ehrlens.explain.shards import table_digest
 from ehrlens.explain.table import arrow_schema
 from ehrlens.interpret import AttentionRollout
 from ehrlens.models import StageAttentionNet, Transformer
@@ -273,6 +276,97 @@ def test_stale_part_temp_files_are_removed(tmp_path, dataset, model, reference):
         f"part-{i:05d}.parquet" for i in range(5)
     ]
     pd.testing.assert_frame_equal(resumed.to_frame(), expected, check_exact=True)
+
+
+def _rewrite_keeping_metadata(path, change):
+    """Edit a shard's rows and write it back with its schema metadata (what pyarrow keeps)."""
+    table = pq.read_table(path)
+    frame = change(table.to_pandas())
+    edited = pa.Table.from_pandas(frame, schema=table.schema, preserve_index=False)
+    pq.write_table(edited.replace_schema_metadata(table.schema.metadata), path)
+
+
+@pytest.mark.parametrize(
+    "edit",
+    ["score", "code", "swap-rows", "drop-row"],
+)
+def test_a_shard_edited_with_its_metadata_kept_is_found_and_recomputed(
+    tmp_path, dataset, model, reference, edit
+):
+    _, _, expected = reference
+    folder = tmp_path / "attr"
+    run(model, dataset, folder)
+    target = folder / "part-00002.parquet"
+
+    def change(frame):
+        if edit == "score":
+            frame.loc[3, "score"] = np.nextafter(frame.loc[3, "score"], 2.0)  # one ulp
+        elif edit == "code":
+            frame.loc[0, "code"] = "Z999"
+        elif edit == "swap-rows":
+            frame = frame.iloc[[1, 0, *range(2, len(frame))]].reset_index(drop=True)
+        else:
+            frame = frame.iloc[:-1]
+        return frame
+
+    _rewrite_keeping_metadata(target, change)
+    metadata = pq.read_metadata(target)
+    if edit != "drop-row":  # the metadata alone still agrees: only the content digest can tell
+        assert metadata.metadata[b"ehrlens.rows"] == str(metadata.num_rows).encode()
+    with pytest.raises(ValueError) as error:
+        read_attributions(folder)
+    assert str(error.value).startswith(f"{target}: does not verify: ")
+    rerun = run(model, dataset, folder)
+    assert rerun.computed == [2] and rerun.reused == [0, 1, 3, 4]
+    pd.testing.assert_frame_equal(read_attributions(folder), expected, check_exact=True)
+
+
+def test_a_shard_without_a_content_digest_is_recomputed(tmp_path, dataset, model, reference):
+    """What an older ehrlens wrote: metadata only; it is not trusted, it is recomputed."""
+    _, _, expected = reference
+    folder = tmp_path / "attr"
+    run(model, dataset, folder)
+    target = folder / "part-00001.parquet"
+    table = pq.read_table(target)
+    metadata = {k: v for k, v in table.schema.metadata.items() if k != b"ehrlens.content"}
+    pq.write_table(table.replace_schema_metadata(metadata), target)
+    with pytest.raises(ValueError, match="it has no content digest"):
+        read_attributions(folder)
+    rerun = run(model, dataset, folder)
+    assert rerun.computed == [1]
+    assert b"ehrlens.content" in pq.read_table(target).schema.metadata
+    pd.testing.assert_frame_equal(rerun.to_frame(), expected, check_exact=True)
+
+
+def test_table_digest_sees_every_value_and_ignores_chunking(reference):
+    folder, _, _ = reference
+    table = pq.read_table(folder / "part-00000.parquet")
+    digest = table_digest(table)
+    assert digest == table.schema.metadata[b"ehrlens.content"].decode()  # written == read back
+    rechunked = pa.concat_tables([table.slice(0, 7), table.slice(7)])
+    assert rechunked.column("score").num_chunks == 2
+    assert table_digest(rechunked) == digest
+    assert table_digest(table.slice(0, 7)) != digest
+    frame = table.to_pandas()
+    assert frame["visit"].isna().any()  # flat features: null visits are covered too
+
+    def digest_of(changed):
+        return table_digest(pa.Table.from_pandas(changed, schema=table.schema))
+
+    assert digest_of(frame) == digest
+    for column, value in (
+        ("patient_id", "P-other"), ("feature", "other"), ("visit", 0), ("position", 99),
+        ("code", "other"), ("score", -1.0), ("method", "other"), ("model_id", "other"),
+    ):  # fmt: skip
+        row = int(frame.index[frame["visit"].isna()][0]) if column == "visit" else 0
+        changed = frame.copy()
+        changed.loc[row, column] = value
+        assert digest_of(changed) != digest, column
+    # moving bytes between neighbouring strings changes the digest ("ab","c" vs "a","bc")
+    a, b = frame.copy(), frame.copy()
+    a.loc[0, "code"], a.loc[1, "code"] = "ab", "c"
+    b.loc[0, "code"], b.loc[1, "code"] = "a", "bc"
+    assert digest_of(a) != digest_of(b)
 
 
 # ----------------------------------------------------------------------------- conflicts

@@ -3,10 +3,11 @@
 With ``out_dir`` the table is written as Parquet shards of ``shard_size`` patients each
 (``part-00000.parquet``, ...). Each shard is written to a temporary file and renamed into place,
 and carries in its Parquet metadata the run's fingerprint (model, data, methods, settings), its
-index, its row count and a hash of its patient ids. A re-run with the same arguments verifies
-each existing shard against that and computes only the missing or damaged ones, so an
-interrupted run resumes and ends with exactly the rows of an uninterrupted one: no duplicates,
-no gaps. A folder holding another run's output is refused, never overwritten.
+index, its row count, a hash of its patient ids and a digest of its column data. A re-run with
+the same arguments verifies each existing shard against that and computes only the missing or
+damaged ones, so an interrupted run resumes and ends with exactly the rows of an uninterrupted
+one: no duplicates, no gaps. A folder holding another run's output is refused, never
+overwritten, and one run at a time writes a folder (:func:`~ehrlens.core.locks.output_lock`).
 
 Example:
     >>> result = explain_cohort(model, test_dataset, ["rollout", "chefer"], out_dir="attr/")
@@ -18,11 +19,13 @@ from __future__ import annotations
 import hashlib
 import os
 from collections.abc import Callable, Mapping
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from ..core.locks import output_lock
 from ..core.progress import progress_bar
 from ..data.dataset import SampleDataset
 from ..models.directory import model_fingerprint
@@ -103,6 +106,7 @@ def explain_cohort(
 
     Raises:
         OutputConflictError: ``out_dir`` holds another run's output or foreign shard files.
+        OutputLockedError: another run is writing ``out_dir`` (it names the holder).
         ValueError / TypeError: from the methods, naming the feature and sample.
 
     Example:
@@ -123,42 +127,42 @@ def explain_cohort(
     bounds = [(start, min(start + shard_size, n)) for start in range(0, n, shard_size)]
     result = ExplainResult(fingerprint=fingerprint)
     out = None if out_dir is None else Path(out_dir)
-    if out is not None:
-        claim_output_dir(out, fingerprint, settings, len(bounds))
-
-    parts = []
-    bar = progress_bar(range(0, n, batch_size), progress, desc="explain", unit="batch")
-    bar_iter = iter(bar)
-    for index, (start, stop) in enumerate(bounds):
-        patient_ids = [str(dataset[i]["patient_id"]) for i in range(start, stop)]
-        path = None if out is None else out / SHARD_PATTERN.format(index)
-        if path is not None:
-            result.shards.append(path)
-            rows = verified_shard_rows(path, fingerprint, index, patient_hash(patient_ids))
-            if rows is not None:
-                result.reused.append(index)
-                result.num_rows += rows
-                for _ in range(start, stop, batch_size):
-                    next(bar_iter, None)
+    with nullcontext() if out is None else output_lock(out):
+        if out is not None:
+            claim_output_dir(out, fingerprint, settings, len(bounds))
+        parts = []
+        bar = progress_bar(range(0, n, batch_size), progress, desc="explain", unit="batch")
+        bar_iter = iter(bar)
+        for index, (start, stop) in enumerate(bounds):
+            patient_ids = [str(dataset[i]["patient_id"]) for i in range(start, stop)]
+            path = None if out is None else out / SHARD_PATTERN.format(index)
+            if path is not None:
+                result.shards.append(path)
+                rows = verified_shard_rows(path, fingerprint, index, patient_hash(patient_ids))
+                if rows is not None:
+                    result.reused.append(index)
+                    result.num_rows += rows
+                    for _ in range(start, stop, batch_size):
+                        next(bar_iter, None)
+                    continue
+            columns = explain_rows(
+                model, dataset, interpreters, range(start, stop), batch_size, target_class_idx,
+                model_id, schema, bar_iter,
+            )  # fmt: skip
+            result.computed.append(index)
+            result.num_rows += len(columns["patient_id"])
+            if path is None:
+                parts.append(columns)
                 continue
-        columns = explain_rows(
-            model, dataset, interpreters, range(start, stop), batch_size, target_class_idx,
-            model_id, schema, bar_iter,
-        )  # fmt: skip
-        result.computed.append(index)
-        result.num_rows += len(columns["patient_id"])
-        if path is None:
-            parts.append(columns)
-            continue
-        write_shard(path, columns, shard_metadata(fingerprint, index, columns, patient_ids))
-        if on_shard is not None:
-            on_shard(index, path)
-    if hasattr(bar, "close"):
-        bar.close()
-    if out is None:
-        result._columns = concat_columns(parts)
-    else:
-        finish_manifest(out, fingerprint, result.num_rows)
+            write_shard(path, columns, shard_metadata(fingerprint, index, columns, patient_ids))
+            if on_shard is not None:
+                on_shard(index, path)
+        if hasattr(bar, "close"):
+            bar.close()
+        if out is None:
+            result._columns = concat_columns(parts)
+        else:
+            finish_manifest(out, fingerprint, result.num_rows)
     return result
 
 

@@ -11,15 +11,18 @@ How it runs:
    patient ``i`` to shard ``i // shard_size``: the same shards as the single-process
    :func:`~ehrlens.explain.explain_cohort`, so the rows are the same.
 2. Shards whose output file already verifies (run fingerprint, shard index, row count and a
-   hash of the shard's patient ids, read from the Parquet metadata) are filtered out; nothing
-   is assumed from a file's existence.
+   hash of the shard's patient ids, read from the Parquet metadata, and the digest of its
+   column data) are filtered out; nothing is assumed from a file's existence.
 3. ``groupby("shard")`` packs each shard into one row; ``map_batches`` then runs a callable
    class in an actor pool, one shard per call: each worker loads the model directory once,
    explains its shards with the single-process code path (one thread per worker) and writes
    one Parquet file per shard atomically (temporary file + rename).
 
 A re-run after an interruption therefore recomputes only the missing shards and never
-duplicates a row. Output folder, file names, columns and metadata are those of
+duplicates a row. The driver holds the output folder's lock
+(:func:`~ehrlens.core.locks.output_lock`) for the whole run, so a second run into the same
+folder, with either engine, is refused while this one writes. Output folder, file names,
+columns and metadata are those of
 :func:`~ehrlens.explain.explain_cohort`, except that the fingerprint covers the input file's
 bytes instead of the processed tensors, so a folder written by one engine is refused by the
 other instead of being mixed.
@@ -41,6 +44,7 @@ from pathlib import Path
 from typing import Any
 
 from ..core.files import file_sha256
+from ..core.locks import output_lock
 from ..interpret.methods import BaseInterpreter
 from ..interpret.registry import class_path, load_class
 from .rows import MethodSpec, build_methods, explain_rows
@@ -230,6 +234,7 @@ def explain_cohort_ray(
 
     Raises:
         OutputConflictError: ``out_dir`` holds another run's output.
+        OutputLockedError: another run is writing ``out_dir`` (it names the holder).
         ValueError: duplicate patient ids, or bad input (from the readers and processors).
         TypeError: a method's class cannot be imported by name on the workers.
 
@@ -265,66 +270,70 @@ def explain_cohort_ray(
     fingerprint = run_fingerprint(settings)
     out = Path(out_dir)
     n_shards = math.ceil(len(order) / shard_size)
-    claim_output_dir(out, fingerprint, settings, n_shards)
-
-    result = ExplainResult(fingerprint=fingerprint)
-    todo = []
-    for index in range(n_shards):
-        ids = order[index * shard_size : (index + 1) * shard_size]
-        path = out / SHARD_PATTERN.format(index)
-        result.shards.append(path)
-        done = verified_shard_rows(path, fingerprint, index, patient_hash(ids))
-        if done is None:
-            todo.append(index)
-        else:
-            result.reused.append(index)
-            result.num_rows += done
-    if todo:
-        position = ray.put({pid: i for i, pid in enumerate(order)})
-        wanted = set(todo)
-        gpus = _gpus_per_worker(ray, num_gpus_per_worker)
-        workers = num_workers or _default_workers(ray, gpus)
-        workers = max(1, min(workers, len(todo)))
-        # Group each shard's patients into one row first (plain tasks, materialised), so the
-        # actor pool below never waits on a shuffle that needs the CPUs the actors hold.
-        shards = _run_unwrapped(
-            lambda: (
-                rows.map_batches(
-                    _assign_shards,
-                    batch_format="pandas",
-                    fn_kwargs={"positions": position, "shard_size": shard_size, "wanted": wanted},
+    with output_lock(out):
+        claim_output_dir(out, fingerprint, settings, n_shards)
+        result = ExplainResult(fingerprint=fingerprint)
+        todo = []
+        for index in range(n_shards):
+            ids = order[index * shard_size : (index + 1) * shard_size]
+            path = out / SHARD_PATTERN.format(index)
+            result.shards.append(path)
+            done = verified_shard_rows(path, fingerprint, index, patient_hash(ids))
+            if done is None:
+                todo.append(index)
+            else:
+                result.reused.append(index)
+                result.num_rows += done
+        if todo:
+            position = ray.put({pid: i for i, pid in enumerate(order)})
+            wanted = set(todo)
+            gpus = _gpus_per_worker(ray, num_gpus_per_worker)
+            workers = num_workers or _default_workers(ray, gpus)
+            workers = max(1, min(workers, len(todo)))
+            # Group each shard's patients into one row first (plain tasks, materialised), so the
+            # actor pool below never waits on a shuffle that needs the CPUs the actors hold.
+            shards = _run_unwrapped(
+                lambda: (
+                    rows.map_batches(
+                        _assign_shards,
+                        batch_format="pandas",
+                        fn_kwargs={
+                            "positions": position,
+                            "shard_size": shard_size,
+                            "wanted": wanted,
+                        },
+                    )
+                    .groupby("shard")
+                    .map_groups(_pack_shard, batch_format="pandas")
+                    .materialize()
                 )
-                .groupby("shard")
-                .map_groups(_pack_shard, batch_format="pandas")
-                .materialize()
             )
-        )
-        summary = _run_unwrapped(
-            lambda: shards.map_batches(
-                ShardExplainer,
-                batch_size=1,
-                batch_format="pandas",
-                concurrency=workers,
-                num_cpus=1,
-                num_gpus=gpus,
-                fn_constructor_kwargs={
-                    "model_dir": str(model_dir),
-                    "methods": options,
-                    "out_dir": str(out),
-                    "fingerprint": fingerprint,
-                    "batch_size": batch_size,
-                    "target_class_idx": target_class_idx,
-                    "model_id": model_id,
-                },
-            ).to_pandas()
-        )
-        written = dict(zip(summary["shard"].tolist(), summary["rows"].tolist(), strict=True))
-        missing = wanted - set(written)
-        if missing:
-            raise RuntimeError(f"shards {sorted(missing)} produced no output")
-        result.computed.extend(sorted(written))
-        result.num_rows += int(sum(written.values()))
-    finish_manifest(out, fingerprint, result.num_rows)
+            summary = _run_unwrapped(
+                lambda: shards.map_batches(
+                    ShardExplainer,
+                    batch_size=1,
+                    batch_format="pandas",
+                    concurrency=workers,
+                    num_cpus=1,
+                    num_gpus=gpus,
+                    fn_constructor_kwargs={
+                        "model_dir": str(model_dir),
+                        "methods": options,
+                        "out_dir": str(out),
+                        "fingerprint": fingerprint,
+                        "batch_size": batch_size,
+                        "target_class_idx": target_class_idx,
+                        "model_id": model_id,
+                    },
+                ).to_pandas()
+            )
+            written = dict(zip(summary["shard"].tolist(), summary["rows"].tolist(), strict=True))
+            missing = wanted - set(written)
+            if missing:
+                raise RuntimeError(f"shards {sorted(missing)} produced no output")
+            result.computed.extend(sorted(written))
+            result.num_rows += int(sum(written.values()))
+        finish_manifest(out, fingerprint, result.num_rows)
     return result
 
 

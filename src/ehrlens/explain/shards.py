@@ -3,8 +3,10 @@ verified Parquet shards, and reading a finished folder back.
 
 An output folder holds ``_ehrlens_run.json`` (the run's fingerprint, settings and shard count,
 ``complete`` once every shard is written) and ``part-00000.parquet``, ... Each shard carries in
-its Parquet metadata the run's fingerprint, its index, its row count and a hash of its patient
-ids, so a re-run verifies a shard instead of trusting its name.
+its Parquet metadata the run's fingerprint, its index, its row count, a hash of its patient
+ids and a SHA-256 of its column data (:func:`table_digest`), so a re-run verifies a shard's
+content instead of trusting its name or its metadata: a changed score, a flipped bit or a
+file rewritten with the old metadata is found, and the shard is computed again.
 
 Example:
     >>> claim_output_dir(out, fingerprint, settings, n_shards=3)
@@ -23,16 +25,14 @@ from pathlib import Path
 from typing import Any
 
 from ..core import __version__
-from ..core.files import atomic_write
+from ..core.files import OutputConflictError, atomic_write
 from ..interpret.methods import BaseInterpreter
-from .table import columns_to_arrow
+from .table import ATTRIBUTION_COLUMNS, columns_to_arrow
 
 MANIFEST = "_ehrlens_run.json"
 SHARD_PATTERN = "part-{:05d}.parquet"
-
-
-class OutputConflictError(FileExistsError):
-    """``out_dir`` holds output that this run did not make; nothing was changed."""
+#: Parquet metadata key of a shard's content digest.
+CONTENT_KEY = "ehrlens.content"
 
 
 @dataclass
@@ -172,8 +172,73 @@ def finish_manifest(out: Path, fingerprint: str, num_rows: int) -> None:
         json.dump(record, f, indent=2, sort_keys=True)
 
 
+def table_digest(table: Any) -> str:
+    """SHA-256 (hex) of an attribution table's column data, independent of how it is chunked.
+
+    Covers, per column of :data:`~ehrlens.explain.table.ATTRIBUTION_COLUMNS`, its name and
+    type, which rows are null, and the values: the bytes of each string, the little-endian
+    bytes of each number. A table read back from Parquet has the digest of the one written.
+
+    Example:
+        >>> table_digest(pq.read_table("attr/part-00000.parquet"))[:16]
+    """
+    import numpy as np
+    import pyarrow as pa
+
+    digest = hashlib.sha256()
+    for name in ATTRIBUTION_COLUMNS:
+        column = table.column(name)
+        array = column.combine_chunks() if column.num_chunks else pa.array([], column.type)
+        digest.update(f"{name}:{array.type}:{len(array)}\0".encode())
+        digest.update(np.packbits(array.is_null().to_numpy(zero_copy_only=False)).tobytes())
+        if pa.types.is_string(array.type):
+            _, offsets, data = array.buffers()
+            ends = np.frombuffer(offsets, dtype=np.int32)[
+                array.offset : array.offset + len(array) + 1
+            ]
+            digest.update((ends - ends[0]).astype("<i8").tobytes())
+            if data is not None:
+                digest.update(memoryview(data)[int(ends[0]) : int(ends[-1])])
+        else:
+            values = array.fill_null(0).to_numpy(zero_copy_only=False)
+            digest.update(values.astype(values.dtype.newbyteorder("<"), copy=False).tobytes())
+    return digest.hexdigest()
+
+
+def _shard_check(path: Path, fingerprint: str, index: int) -> tuple[Any, str]:
+    """``(table, "")`` for a complete, intact shard ``index`` of run ``fingerprint``, else
+    ``(None, why not)``; reads the whole file to check its content digest."""
+    import pyarrow.parquet as pq
+
+    try:
+        metadata = pq.read_metadata(path)
+    except FileNotFoundError:
+        return None, "it is missing"
+    except Exception as error:  # damaged file
+        return None, f"it is not a readable Parquet file ({error})"
+    kv = {k.decode(): v.decode() for k, v in (metadata.metadata or {}).items()}
+    expected = {
+        "ehrlens.run": fingerprint,
+        "ehrlens.shard": str(index),
+        "ehrlens.rows": str(metadata.num_rows),
+    }
+    wrong = [k for k, v in expected.items() if kv.get(k) != v]
+    if wrong:
+        return None, f"its metadata {wrong} does not name shard {index} of run {fingerprint}"
+    if CONTENT_KEY not in kv:
+        return None, "it has no content digest (written by an older ehrlens)"
+    try:
+        table = pq.read_table(path)
+    except Exception as error:  # a damaged page
+        return None, f"its data cannot be read ({error})"
+    if table_digest(table) != kv[CONTENT_KEY]:
+        return None, "its data no longer matches the digest written with it (the file changed)"
+    return table, ""
+
+
 def verified_shard_rows(path: Path, fingerprint: str, index: int, patients: str) -> int | None:
-    """Rows of a complete shard of this run, or None when it is absent or does not verify."""
+    """Rows of a complete shard of this run, or None when it is absent or does not verify
+    (metadata: run, index, row count, patients; content: :func:`table_digest`)."""
     if not path.exists():
         return None
     import pyarrow.parquet as pq
@@ -183,49 +248,64 @@ def verified_shard_rows(path: Path, fingerprint: str, index: int, patients: str)
     except Exception:  # damaged file: recompute it
         return None
     kv = {k.decode(): v.decode() for k, v in (metadata.metadata or {}).items()}
-    expected = {
-        "ehrlens.run": fingerprint,
-        "ehrlens.shard": str(index),
-        "ehrlens.patients": patients,
-        "ehrlens.rows": str(metadata.num_rows),
-    }
-    if any(kv.get(k) != v for k, v in expected.items()):
+    if kv.get("ehrlens.patients") != patients:
         return None
-    return metadata.num_rows
+    table, _ = _shard_check(path, fingerprint, index)
+    return None if table is None else table.num_rows
 
 
 def write_shard(path: Path, columns: dict[str, list], metadata: dict[str, str]) -> None:
-    """Write one shard's columns as Parquet with ``metadata``, atomically."""
+    """Write one shard's columns as Parquet with ``metadata`` and its content digest,
+    atomically."""
     import pyarrow.parquet as pq
 
     table = columns_to_arrow(columns)
     schema_metadata = dict(table.schema.metadata or {})
     schema_metadata.update({k.encode(): v.encode() for k, v in metadata.items()})
+    schema_metadata[CONTENT_KEY.encode()] = table_digest(table).encode()
     table = table.replace_schema_metadata(schema_metadata)
     with atomic_write(path, "wb") as f:
         pq.write_table(table, f)
 
 
+def read_run_manifest(folder: str | os.PathLike) -> dict[str, Any]:
+    """The run manifest of an explain output folder (fingerprint, settings, shards, ...).
+
+    Raises:
+        FileNotFoundError: ``folder`` has no run manifest.
+        ValueError: the manifest is not valid JSON.
+
+    Example:
+        >>> read_run_manifest("attr/")["settings"]["methods"]
+    """
+    manifest = Path(folder) / MANIFEST
+    if not manifest.exists():
+        raise FileNotFoundError(f"{folder}: no {MANIFEST}; is it a folder written by `explain`?")
+    try:
+        return json.loads(manifest.read_text())
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{manifest}: not valid JSON ({error})") from error
+
+
 def read_attributions(folder: str | os.PathLike) -> Any:
     """The attribution table of a finished run's folder, as a pandas DataFrame.
 
+    Every shard is verified first: its metadata must name this run and its index, and its
+    column data must match the digest written with it.
+
     Raises:
         FileNotFoundError: ``folder`` has no run manifest (not written by an explain run).
-        ValueError: the run is unfinished, or a shard it lists is missing; re-running the same
-            explain call completes it.
+        ValueError: the run is unfinished, or a shard it lists is missing or does not verify;
+            re-running the same explain call completes or recomputes it.
 
     Example:
         >>> explain_cohort(model, dataset, ["rollout"], out_dir="attr/")
         >>> frame = read_attributions("attr/")     # columns ATTRIBUTION_COLUMNS
     """
     import pyarrow as pa
-    import pyarrow.parquet as pq
 
     folder = Path(folder)
-    manifest = folder / MANIFEST
-    if not manifest.exists():
-        raise FileNotFoundError(f"{folder}: no {MANIFEST}; is it a folder written by `explain`?")
-    record = json.loads(manifest.read_text())
+    record = read_run_manifest(folder)
     if not record.get("complete"):
         raise ValueError(
             f"{folder}: the explain run is unfinished; run the same `ehrlens explain` command "
@@ -235,4 +315,13 @@ def read_attributions(folder: str | os.PathLike) -> Any:
     absent = [p.name for p in shards if not p.exists()]
     if absent:
         raise ValueError(f"{folder}: shard file(s) {absent[:3]} are missing; re-run explain")
-    return pa.concat_tables([pq.read_table(p) for p in shards]).to_pandas()
+    tables = []
+    for index, path in enumerate(shards):
+        table, why = _shard_check(path, str(record.get("fingerprint")), index)
+        if table is None:
+            raise ValueError(
+                f"{path}: does not verify: {why}; run the same `ehrlens explain` command again "
+                "to compute it anew"
+            )
+        tables.append(table)
+    return pa.concat_tables(tables).to_pandas()
