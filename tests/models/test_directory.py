@@ -14,7 +14,13 @@ from ehrlens.core.files import file_sha256
 from ehrlens.data import create_sample_dataset, generate_cohort
 from ehrlens.explain import model_fingerprint
 from ehrlens.models import StageAttentionNet, Transformer
-from ehrlens.models.directory import CARD, WEIGHTS, load_model_dir, save_model_dir
+from ehrlens.models.directory import (
+    CARD,
+    WEIGHTS,
+    IncompleteModelDirError,
+    load_model_dir,
+    save_model_dir,
+)
 
 
 @pytest.fixture(scope="module")
@@ -89,9 +95,15 @@ def test_missing_and_unreadable_files(tmp_path, model):
     (path / CARD).write_text("{broken")
     with pytest.raises(ValueError, match=r"card\.json: not valid JSON"):
         load_model_dir(path)
-    (path / CARD).unlink()  # weights alone still load, with an empty card
-    loaded, card = load_model_dir(path)
-    assert card == {} and model_fingerprint(loaded) == model_fingerprint(model)
+    (path / CARD).unlink()  # weights alone: a save that did not finish, refused
+    with pytest.raises(IncompleteModelDirError) as error:
+        load_model_dir(path)
+    assert str(error.value) == (
+        f"{path}: incomplete model directory (model.pt without card.json: the run that wrote it "
+        "stopped before it finished); train again with --overwrite (or save_model_dir) to "
+        "replace it, or delete the folder"
+    )
+    assert isinstance(error.value, ValueError)
     (path / CARD).write_text(json.dumps({"note": "no model_id"}))
     assert load_model_dir(path)[1] == {"note": "no model_id"}
     (path / WEIGHTS).write_bytes(b"not a checkpoint")
@@ -117,3 +129,29 @@ def test_file_sha256(tmp_path):
     assert file_sha256(path) == hashlib.sha256(data).hexdigest()
     path.write_bytes(b"")
     assert file_sha256(path) == hashlib.sha256(b"").hexdigest()
+
+
+def test_a_save_over_a_model_that_stops_half_way_leaves_a_refused_folder(
+    tmp_path, dataset, model, monkeypatch
+):
+    """New weights are never paired with the old card: the card goes first, comes back last."""
+    path = save_model_dir(model, tmp_path / "m", {"training": {"epochs": 1}})
+    torch.manual_seed(6)
+    other = Transformer(dataset, embedding_dim=16, heads=2, num_layers=1)
+    real_save = type(other).save
+
+    def save_then_die(self, target):
+        real_save(self, target)  # the new weights land...
+        raise KeyboardInterrupt  # ...and the run stops before the card
+
+    monkeypatch.setattr(type(other), "save", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        save_model_dir(other, path, {"training": {"epochs": 3}})
+    assert sorted(p.name for p in path.iterdir()) == [WEIGHTS]
+    with pytest.raises(IncompleteModelDirError, match="incomplete model directory"):
+        load_model_dir(path)
+    monkeypatch.undo()
+    save_model_dir(other, path, {"training": {"epochs": 3}})  # saving again repairs it
+    loaded, card = load_model_dir(path)
+    assert card["training"] == {"epochs": 3}
+    assert model_fingerprint(loaded) == model_fingerprint(other) == card["model_id"]

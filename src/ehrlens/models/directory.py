@@ -5,6 +5,10 @@ later can be trusted or questioned: model class and hyperparameters, the data fi
 SHA-256, the split, per-epoch history, validation and test metrics, seed, versions and the
 model's fingerprint (the ``model_id`` written next to every attribution).
 
+A directory is complete or refused: the card is written last and removed first when a model is
+saved over another, so a folder with ``model.pt`` but no ``card.json`` is a save that did not
+finish, and :func:`load_model_dir` refuses it (:class:`IncompleteModelDirError`).
+
 Example:
     >>> save_model_dir(model, "runs/transformer", card={"training": {"epochs": 8}})
     >>> model, card = load_model_dir("runs/transformer")
@@ -48,19 +52,34 @@ WEIGHTS = "model.pt"
 CARD = "card.json"
 
 
+class IncompleteModelDirError(ValueError):
+    """A model directory holds ``model.pt`` without ``card.json``: its save did not finish."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        super().__init__(
+            f"{path}: incomplete model directory ({WEIGHTS} without {CARD}: the run that wrote "
+            "it stopped before it finished); train again with --overwrite (or save_model_dir) "
+            "to replace it, or delete the folder"
+        )
+
+
 def save_model_dir(
     model: BaseModel, path: str | os.PathLike, card: dict[str, Any] | None = None
 ) -> Path:
     """Write ``model.pt`` and ``card.json`` into ``path`` (created if needed), each atomically.
 
     The card gets ``model_id``, ``model_class``, ``hparams``, ``schema`` and versions added to
-    what ``card`` holds.
+    what ``card`` holds. It is written last, and an existing one is removed before the weights
+    are replaced: a save that stops half-way leaves a folder that is refused as incomplete,
+    never one that pairs new weights with an old card.
 
     Example:
         >>> save_model_dir(model, "runs/transformer", card={"note": "first try"})
     """
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
+    (path / CARD).unlink(missing_ok=True)  # the card marks a finished save
     model.save(path / WEIGHTS)
     record = dict(card or {})
     record.update(
@@ -86,6 +105,8 @@ def load_model_dir(path: str | os.PathLike) -> tuple[BaseModel, dict[str, Any]]:
 
     Raises:
         FileNotFoundError: ``path`` is not a model directory (no ``model.pt``).
+        IncompleteModelDirError: ``model.pt`` without ``card.json`` (a save that did not
+            finish; a ``ValueError``).
         ValueError: the checkpoint or card is unreadable, or the card's ``model_id`` does not
             match the weights (the files come from different runs).
 
@@ -97,18 +118,18 @@ def load_model_dir(path: str | os.PathLike) -> tuple[BaseModel, dict[str, Any]]:
     weights = path / WEIGHTS
     if not weights.exists():
         raise FileNotFoundError(f"{path}: not a model directory (no {WEIGHTS})")
+    if not (path / CARD).exists():
+        raise IncompleteModelDirError(path)
     model = BaseModel.load(weights)
-    card: dict[str, Any] = {}
-    if (path / CARD).exists():
-        try:
-            card = json.loads((path / CARD).read_text())
-        except json.JSONDecodeError as error:
-            raise ValueError(f"{path / CARD}: not valid JSON ({error})") from error
-        expected = card.get("model_id")
-        actual = model_fingerprint(model)
-        if expected is not None and expected != actual:
-            raise ValueError(
-                f"{path}: {CARD} describes model {expected} but {WEIGHTS} holds model {actual}; "
-                "the two files come from different runs"
-            )
+    try:
+        card: dict[str, Any] = json.loads((path / CARD).read_text())
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{path / CARD}: not valid JSON ({error})") from error
+    expected = card.get("model_id")
+    actual = model_fingerprint(model)
+    if expected is not None and expected != actual:
+        raise ValueError(
+            f"{path}: {CARD} describes model {expected} but {WEIGHTS} holds model {actual}; "
+            "the two files come from different runs"
+        )
     return model, card
