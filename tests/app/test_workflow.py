@@ -150,7 +150,10 @@ def test_train_model_card(trained):
     data = card["data"]
     assert data["n_patients"] == 60
     assert (data["n_train"], data["n_val"], data["n_test"]) == (42, 9, 9)
-    assert data["split"] == {"fractions": [0.7, 0.15, 0.15], "seed": 4}
+    split = dict(data["split"])
+    recorded = split.pop("patient_ids")
+    assert split == {"fractions": [0.7, 0.15, 0.15], "seed": 4}
+    assert [len(recorded[p]) for p in ("train", "val", "test")] == [42, 9, 9]
     training = card["training"]
     assert {k: training[k] for k in ("model", "epochs", "lr", "batch_size", "seed")} == {
         "model": "transformer",
@@ -173,6 +176,10 @@ def test_train_model_split_matches_select_split(trained):
     seed = card["data"]["split"]["seed"]
     assert len(select_split(dataset, "test", seed)) == card["data"]["n_test"]
     assert len(select_split(dataset, "train", seed)) == card["data"]["n_train"]
+    # the card lists each part's patients: those of the seeded split, in dataset order
+    recorded = card["data"]["split"]["patient_ids"]
+    for part in ("train", "val", "test"):
+        assert recorded[part] == select_split(dataset, part, seed).patient_ids, part
 
 
 def test_train_model_is_seeded(trained):

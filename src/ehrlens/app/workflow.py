@@ -39,7 +39,18 @@ from ..models import BaseModel, model_class
 from .trainer import Trainer
 
 SPLITS = ("all", "train", "val", "test")
+#: The parts of the training split, in order.
+PARTS = SPLITS[1:]
 SPLIT_FRACTIONS = (0.7, 0.15, 0.15)
+#: The files of :func:`write_synthetic_cohort`, by key.
+SYNTHETIC_FILES = {
+    "samples": "samples.jsonl",
+    "events": "events.parquet",
+    "labels": "labels.csv",
+    "schema": "schema.json",
+    "codes": "codes.csv",
+    "ground_truth": "ground_truth.json",
+}
 
 
 def read_schema_file(path: str | os.PathLike) -> dict[str, Any]:
@@ -88,14 +99,7 @@ def write_synthetic_cohort(
     """
     out = Path(out_dir)
     cohort = generate_cohort(n_patients, layout=layout, seed=seed)
-    files = {
-        "samples": out / "samples.jsonl",
-        "events": out / "events.parquet",
-        "labels": out / "labels.csv",
-        "schema": out / "schema.json",
-        "codes": out / "codes.csv",
-        "ground_truth": out / "ground_truth.json",
-    }
+    files = {key: out / name for key, name in SYNTHETIC_FILES.items()}
     write_jsonl(cohort.samples, files["samples"])
     events = to_events(cohort.samples, cohort.input_schema)
     with atomic_write(files["events"], "wb") as f:
@@ -151,6 +155,17 @@ def select_split(dataset: SampleDataset, split: str, seed: int) -> SampleDataset
         return dataset
     parts = split_by_patient(dataset, SPLIT_FRACTIONS, seed=seed)
     return parts[SPLITS.index(split) - 1]
+
+
+def split_record(parts: Mapping[str, SampleDataset]) -> dict[str, list[str]]:
+    """``{"train": ids, "val": ids, "test": ids}``: each part's distinct patient ids, in order;
+    what a card records so that later commands select the split by patient id.
+
+    Example:
+        >>> split_record({"train": train, "val": val, "test": test})["test"][:2]
+        ['P000004', 'P000017']
+    """
+    return {name: list(dict.fromkeys(str(p) for p in parts[name].patient_ids)) for name in PARTS}
 
 
 @dataclass
@@ -219,8 +234,9 @@ def train_model(
     """Fit processors, split 70/15/15 by patient, train with best-epoch restore, test.
 
     Returns:
-        ``(model, card)`` where the card records the data size, split, settings, per-epoch
-        history and validation/test metrics, for :func:`~ehrlens.models.directory.save_model_dir`.
+        ``(model, card)`` where the card records the data size, split (fractions, seed and each
+        part's patient ids), settings, per-epoch history and validation/test metrics, for
+        :func:`~ehrlens.models.directory.save_model_dir`.
 
     Example:
         >>> model, card = train_model(samples, read_schema_file("schema.json"), epochs=3)
@@ -237,7 +253,11 @@ def train_model(
     card = {
         "data": {
             "n_patients": len(dataset),
-            "split": {"fractions": list(SPLIT_FRACTIONS), "seed": seed},
+            "split": {
+                "fractions": list(SPLIT_FRACTIONS),
+                "seed": seed,
+                "patient_ids": split_record({"train": fit.train, "val": fit.val, "test": fit.test}),
+            },
             "n_train": len(fit.train),
             "n_val": len(fit.val),
             "n_test": len(fit.test),
