@@ -2,7 +2,8 @@
 
 - :mod:`~ehrlens.explain.table`: the long-format attribution columns.
 - :mod:`~ehrlens.explain.rows`: batches explained by several methods into rows (both engines).
-- :mod:`~ehrlens.explain.shards`: run fingerprints, the manifest, verified shards.
+- :mod:`~ehrlens.explain.shards`: run fingerprints, the manifest, shards verified by content.
+- :mod:`~ehrlens.explain.consistency`: attributions and data describe the same patients/codes.
 - :mod:`~ehrlens.explain.local_engine`: :func:`explain_cohort`, in this process.
 - :mod:`~ehrlens.explain.ray_engine`: :func:`explain_cohort_ray`, on Ray Data (extra ``ray``).
 """
