@@ -312,9 +312,13 @@ def test_report_is_a_self_contained_page_of_the_riskiest_patients(pipeline):
         assert pills[0] == f"predicted risk {predictions[pid].probability:.3f}"
         assert re.fullmatch(rf"label {label}(\.0)?", pills[1]), pills  # 0/1 labels
         assert len(pills) == 2
+    # heatmaps are named by rank (and the id, sanitised); index.csv says whose each one is
+    expected = [f"{rank:04d}-{pid}.png" for rank, pid in enumerate(riskiest, start=1)]
     heatmaps = sorted(p.name for p in (root / "heat").iterdir())
-    assert heatmaps == sorted(f"{pid}.png" for pid in riskiest)
-    assert (root / "heat" / heatmaps[0]).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert heatmaps == sorted([*expected, "index.csv"])
+    index = pd.read_csv(root / "heat" / "index.csv", dtype=str)
+    assert index.values.tolist() == [[f, p] for f, p in zip(expected, riskiest, strict=True)]
+    assert (root / "heat" / expected[0]).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 @pytest.mark.slow
@@ -517,13 +521,23 @@ def test_not_a_model_directory_and_foreign_attributions_exit_1(pipeline, tmp_pat
         "--attributions", unfinished, "--out", tmp_path / "r.html", expect=1,
     )  # fmt: skip
     assert "the explain run is unfinished" in result.stderr
-    # attributions of another model are not reported against this one
-    other = tmp_path / "other"
-    shutil.copytree(pipeline["attr"], other)
-    for path in other.glob("part-*.parquet"):
+    # shards edited after the run (here: rewritten with another model id) do not verify
+    edited = tmp_path / "edited"
+    shutil.copytree(pipeline["attr"], edited)
+    for path in edited.glob("part-*.parquet"):
         table = pq.read_table(path)
         frame = table.to_pandas().assign(model_id="0123456789ab")
         frame.to_parquet(path, index=False)
+    result = invoke(
+        "report", "--model", pipeline["model"], "--data", samples,
+        "--attributions", edited, "--out", tmp_path / "r.html", expect=1,
+    )  # fmt: skip
+    assert f"error: {edited / 'part-00000.parquet'}: does not verify" in result.stderr
+    # attributions of another model are not reported against this one
+    model, _ = load_model_dir(pipeline["model"])
+    dataset = create_sample_dataset(read_jsonl(samples), schema=model.schema)
+    other = tmp_path / "other"
+    explain_cohort(model, dataset, ["random"], out_dir=other, model_id="0123456789ab")
     result = invoke(
         "report", "--model", pipeline["model"], "--data", samples,
         "--attributions", other, "--out", tmp_path / "r.html", expect=1,

@@ -12,7 +12,7 @@ from typing import Any
 
 import click
 
-from ..explain.shards import OutputConflictError
+from ..core.files import OutputConflictError
 from ..models.base import model_classes
 
 #: Exit codes, also listed in ``ehrlens --help``.
@@ -25,9 +25,16 @@ EXIT_INTERRUPTED = 130
 EPILOG = (
     "Exit codes: 0 success; 1 bad input (data, schema or model: the message names the file, "
     "row, sample or feature); 2 bad command-line usage; 3 the output already holds something "
-    "this run would overwrite (nothing was changed); 130 interrupted (re-run the same command "
-    "to resume `explain`)."
+    "this run would overwrite, or another run is writing it (nothing was changed; pass "
+    "--overwrite to replace files); 130 interrupted (re-run the same command to resume "
+    "`explain`)."
 )
+
+#: The file of ``report --heatmaps`` that names each heatmap's patient.
+HEATMAP_INDEX = "index.csv"
+#: ``--split`` choices (as ``ehrlens.app.splits.SPLIT_CHOICES``, kept here so that the command
+#: line starts without importing the app layer).
+SPLIT_CHOICES = ("all", "train", "val", "test", "new")
 
 
 def method_help_text() -> str:
@@ -72,6 +79,24 @@ def handle_errors(command: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
+def writes(*options: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Hold the output lock of each named option (unset ones skipped) while the command runs:
+    one writer per output; a second one exits 3 naming the first (see
+    :mod:`ehrlens.core.locks`). Goes below :func:`handle_errors`."""
+
+    def decorate(command: Callable[..., Any]) -> Callable[..., Any]:
+        @wraps(command)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            from ..core.locks import output_locks
+
+            with output_locks(*(kwargs.get(option) for option in options)):
+                return command(*args, **kwargs)
+
+        return wrapper
+
+    return decorate
+
+
 def _methods(values: tuple[str, ...]) -> list[str]:
     from ..interpret.registry import METHODS
 
@@ -90,8 +115,10 @@ def _method_options(names: list[str], seed: int) -> dict[str, dict[str, Any]]:
 
 
 def _model_and_data(model_dir: Path, data: Path, labels: Path | None, split: str):
-    """``(model, card, dataset, samples)`` for the chosen split of the patients in ``data``."""
-    from ..app.workflow import select_split
+    """``(model, card, dataset, samples)`` for the chosen split of the patients in ``data``,
+    selected by the patient ids the card records (see :mod:`ehrlens.app.splits`)."""
+    from ..app.splits import recorded_patients, select_recorded_split
+    from ..core.files import file_sha256
     from ..data import create_sample_dataset
     from ..data.sources import load_samples
     from ..models.directory import load_model_dir
@@ -106,8 +133,8 @@ def _model_and_data(model_dir: Path, data: Path, labels: Path | None, split: str
         columns=card.get("columns"),
     )
     dataset = create_sample_dataset(samples, schema=model.schema)
-    seed = card.get("data", {}).get("split", {}).get("seed", 0)
-    chosen = select_split(dataset, split, seed)
+    legacy = split != "all" and recorded_patients(card) is None
+    chosen = select_recorded_split(dataset, split, card, file_sha256(data) if legacy else None)
     if chosen is not dataset:
         keep = set(chosen.patient_ids)
         samples = [s for s in samples if str(s["patient_id"]) in keep]
@@ -135,10 +162,14 @@ _model_option = click.option(
 )
 _split_option = click.option(
     "--split",
-    type=click.Choice(["all", "train", "val", "test"]),
+    type=click.Choice(SPLIT_CHOICES),
     default="all",
     show_default=True,
-    help="Which patients: all, or one part of the split used in training.",
+    help="Which patients: all; train, val or test: those the model's card lists in that part "
+    "of its training split (selected by patient id, whatever the file); new: patients in none.",
+)
+_overwrite_option = click.option(
+    "--overwrite", is_flag=True, help="Replace output files that already exist."
 )
 _method_option = click.option(
     "--method",
@@ -211,15 +242,19 @@ def demo(patients: int, epochs: int, explain: int, seed: int) -> None:
     help="Flat code lists, visits of codes, or timed visits (for the stagenet model).",
 )
 @click.option("--seed", default=0, show_default=True)
+@_overwrite_option
 @handle_errors
-def synthetic(out_dir: Path, patients: int, layout: str, seed: int) -> None:
+@writes("out_dir")
+def synthetic(out_dir: Path, patients: int, layout: str, seed: int, overwrite: bool) -> None:
     """Write a synthetic cohort with planted risk codes to OUT_DIR.
 
     Files: samples.jsonl, events.parquet + labels.csv (the same patients as an event table),
     schema.json, codes.csv (descriptions naming the planted codes), ground_truth.json.
     """
-    from ..app.workflow import write_synthetic_cohort
+    from ..app.workflow import SYNTHETIC_FILES, write_synthetic_cohort
+    from ..core.files import check_overwrite
 
+    check_overwrite([out_dir / name for name in SYNTHETIC_FILES.values()], overwrite)
     files = write_synthetic_cohort(out_dir, n_patients=patients, layout=layout, seed=seed)
     for name, path in files.items():
         click.echo(f"{name:13s} {path}")
@@ -260,6 +295,7 @@ def synthetic(out_dir: Path, patients: int, layout: str, seed: int) -> None:
 @click.option("--overwrite", is_flag=True, help="Replace an existing model in --out.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
 @handle_errors
+@writes("out")
 def train(
     data: Path,
     schema_path: Path,
@@ -279,14 +315,20 @@ def train(
     """Train a model on patients; write a model directory with weights, processors and a
     JSON card of the run (data hash, split, settings, history, test metrics)."""
     from ..app.workflow import read_schema_file, train_model
-    from ..core.files import file_sha256
+    from ..core.files import check_overwrite, file_sha256
     from ..data.sources import load_samples
     from ..models.directory import CARD, WEIGHTS, save_model_dir
 
-    if (out / WEIGHTS).exists() and not overwrite:
-        raise OutputConflictError(
+    if (out / WEIGHTS).exists() and not (out / CARD).exists():
+        message = (
+            f"{out} holds an incomplete model directory ({WEIGHTS} without {CARD}: a run that "
+            "stopped before it finished); pass --overwrite to replace it, or choose a new --out"
+        )
+    else:
+        message = (
             f"{out} already holds a model; pass --overwrite to replace it, or choose a new --out"
         )
+    check_overwrite([out / WEIGHTS, out / CARD], overwrite, message)
     schema = read_schema_file(schema_path)
     label_key = next(iter(schema["output_schema"]))
     samples = load_samples(
@@ -434,8 +476,10 @@ def explain(
     help="Write faithfulness curves as PNG (extra ehrlens[plot]).",
 )
 @click.option("--seed", default=0, show_default=True)
+@_overwrite_option
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
 @handle_errors
+@writes("out", "plot")
 def evaluate(
     model_dir: Path,
     data: Path,
@@ -448,18 +492,20 @@ def evaluate(
     out: Path | None,
     plot: Path | None,
     seed: int,
+    overwrite: bool,
     quiet: bool,
 ) -> None:
     """Faithfulness of each method: comprehensiveness and sufficiency with 95% CIs."""
     import torch
 
-    from ..core.files import atomic_write
+    from ..core.files import atomic_write, check_overwrite
     from ..data import get_dataloader
     from ..interpret.registry import make_interpreter
     from ..metrics import Evaluator
 
-    torch.manual_seed(seed)
     names = _methods(methods)
+    check_overwrite([p for p in (out, plot) if p is not None], overwrite)
+    torch.manual_seed(seed)
     model, _, dataset, _ = _model_and_data(model_dir, data, labels, split)
     evaluator = Evaluator(
         model, ablation=ablation, n_bootstrap=bootstrap, seed=seed, progress=not quiet
@@ -542,10 +588,13 @@ def _evaluation_table(rows: list[dict[str, Any]]) -> str:
     "--heatmaps",
     type=click.Path(file_okay=False, path_type=Path),
     default=None,
-    help="Also write one heatmap PNG per reported patient here (extra ehrlens[plot]).",
+    help="Also write one heatmap PNG per reported patient here, named by rank "
+    "(0001-<patient id, sanitised>.png), with index.csv naming each file's patient "
+    "(extra ehrlens[plot]).",
 )
-@click.option("--overwrite", is_flag=True, help="Replace an existing --out file.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing --out file and heatmap files.")
 @handle_errors
+@writes("out", "heatmaps")
 def report(
     model_dir: Path,
     data: Path,
@@ -560,11 +609,12 @@ def report(
 ) -> None:
     """Write an HTML report: per patient the prediction, a timeline of visits with codes shaded
     by score, the top codes, methods side by side; and the cohort's most influential codes."""
+    from ..core.files import check_overwrite, data_file_name
     from ..explain import read_attributions
+    from ..explain.consistency import check_attributions_match
     from ..report import patient_predictions, read_descriptions, write_report
 
-    if out.exists() and not overwrite:
-        raise OutputConflictError(f"{out} exists; pass --overwrite to replace it")
+    check_overwrite([out], overwrite)
     model, card, dataset, _ = _model_and_data(model_dir, data, labels, "all")
     frame = read_attributions(attributions)
     ids = sorted(set(frame["model_id"]))
@@ -573,6 +623,7 @@ def report(
             f"{attributions} holds attributions of model(s) {ids}, not only of "
             f"{model_dir} (model {card.get('model_id')})"
         )
+    check_attributions_match(frame, dataset, model.schema)
     predictions = patient_predictions(model, dataset)
     explained = [p for p in dict.fromkeys(frame["patient_id"]) if p in predictions]
     missing = len(set(frame["patient_id"])) - len(explained)
@@ -580,6 +631,13 @@ def report(
         raise ValueError(f"{missing} explained patient(s) are not in --data")
     explained.sort(key=lambda p: -predictions[p].probability)
     chosen = explained if max_patients == 0 else explained[:max_patients]
+    pictures = {}
+    if heatmaps is not None:  # file names from the rank, never from the patient id alone
+        pictures = {
+            pid: heatmaps / data_file_name(rank, pid, ".png")
+            for rank, pid in enumerate(chosen, start=1)
+        }
+        check_overwrite([heatmaps / HEATMAP_INDEX, *pictures.values()], overwrite)
     descriptions = read_descriptions(codes) if codes is not None else None
     subtitle = f"model {card.get('model_class', '')} {card.get('model_id', '')}"
     write_report(
@@ -588,8 +646,15 @@ def report(
     )  # fmt: skip
     click.echo(f"wrote {out} ({len(chosen)} of {len(explained)} patients)")
     if heatmaps is not None:
+        import csv
+
+        from ..core.files import atomic_write
         from ..report.plots import plot_patient_heatmap
 
-        for pid in chosen:
-            plot_patient_heatmap(frame, pid, heatmaps / f"{pid}.png")
-        click.echo(f"wrote {len(chosen)} heatmaps under {heatmaps}")
+        for pid, path in pictures.items():
+            plot_patient_heatmap(frame, pid, path)
+        with atomic_write(heatmaps / HEATMAP_INDEX) as f:
+            writer = csv.writer(f)
+            writer.writerow(["file", "patient_id"])
+            writer.writerows((path.name, pid) for pid, path in pictures.items())
+        click.echo(f"wrote {len(chosen)} heatmaps under {heatmaps} (patients in {HEATMAP_INDEX})")
