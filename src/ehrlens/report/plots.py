@@ -84,7 +84,8 @@ def plot_patient_heatmap(
         image = ax.imshow(grid, aspect="auto", cmap="Reds")
         ax.set_yticks(range(len(features)), features)
         ax.set_xticks(range(len(labels)), labels, fontsize=8)
-        ax.set_title(f"{method}: patient {patient_id}", fontsize=10)
+        shown = patient_id if str(patient_id).isprintable() else repr(patient_id)  # no glyph
+        ax.set_title(f"{method}: patient {shown}", fontsize=10)
         figure.colorbar(image, ax=ax, label="score")
     figure.tight_layout()
     return _save(figure, path)
