@@ -18,6 +18,7 @@ from click.testing import CliRunner
 
 from ehrlens.cli.app import main
 from ehrlens.core.jsonl import write_jsonl
+from ehrlens.core.locks import OutputLockedError, lock_path, output_lock
 from ehrlens.data import create_sample_dataset, generate_cohort
 from ehrlens.explain import OutputConflictError, explain_cohort
 from ehrlens.explain.ray_engine import explain_cohort_ray
@@ -179,6 +180,19 @@ def test_other_runs_output_is_refused_untouched(cohort_files, ray_runtime):
     with pytest.raises(OutputConflictError, match="different run"):
         explain_cohort_ray(root / "model", data, ["rollout"], out_dir=out, shard_size=SHARD)
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+
+
+def test_a_folder_another_run_is_writing_is_refused(cohort_files, ray_runtime, tmp_path):
+    """The driver takes the output's lock: while another writer holds it, nothing is written."""
+    root, _, _ = cohort_files
+    samples = generate_cohort(20, layout="nested", seed=3).samples
+    out = tmp_path / "attr"
+    with output_lock(out, command="the other writer"):
+        with pytest.raises(OutputLockedError, match="the other writer"):
+            explain_cohort_ray(root / "model", samples, ["rollout"], out_dir=out, shard_size=10)
+        assert not out.exists()
+    result = explain_cohort_ray(root / "model", samples, ["rollout"], out_dir=out, shard_size=10)
+    assert result.computed == [0, 1] and not lock_path(out).exists()
 
 
 def test_duplicate_patient_ids_are_refused(cohort_files, ray_runtime, tmp_path):

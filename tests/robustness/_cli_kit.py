@@ -1,0 +1,80 @@
+"""Command-line helpers of the file-and-run robustness tests: the command in this process
+(:func:`invoke`) or as a real process (:func:`spawn`, :func:`run`), and snapshots of folders."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from click.testing import CliRunner
+
+from ehrlens.cli.app import main
+
+SRC = str(Path(__file__).resolve().parents[2] / "src")
+#: The smallest model that trains in a second or two.
+TINY_TRAIN = ["--epochs", "1", "--embedding-dim", "16", "--layers", "1", "--heads", "2", "-q"]
+
+
+def invoke(*args, expect: int = 0):
+    """``ehrlens ARGS`` in this process; asserts the exit code."""
+    result = CliRunner().invoke(main, [str(a) for a in args])
+    assert result.exit_code == expect, (
+        f"exit {result.exit_code} (expected {expect})\nstdout: {result.stdout}\n"
+        f"stderr: {result.stderr}\n{result.exception!r}"
+    )
+    return result
+
+
+def env() -> dict[str, str]:
+    """This environment with the sources under test first on the path, one thread each."""
+    path = os.environ.get("PYTHONPATH", "")
+    return {
+        **os.environ,
+        "PYTHONPATH": SRC + (os.pathsep + path if path else ""),
+        "OMP_NUM_THREADS": "1",
+        "MKL_NUM_THREADS": "1",
+    }
+
+
+def spawn(*args) -> subprocess.Popen:
+    """``python -m ehrlens ARGS`` as a separate process (stdout and stderr piped, as text)."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "ehrlens", *(str(a) for a in args)],
+        env=env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def run(*args, timeout: float = 300) -> subprocess.CompletedProcess:
+    """``python -m ehrlens ARGS`` as a separate process, to its end."""
+    return subprocess.run(
+        [sys.executable, "-m", "ehrlens", *(str(a) for a in args)],
+        env=env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def python(code: str, *args, **kwargs) -> subprocess.Popen:
+    """``python -c CODE ARGS`` as a separate process with the sources under test."""
+    return subprocess.Popen(
+        [sys.executable, "-c", code, *(str(a) for a in args)],
+        env=env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        **kwargs,
+    )
+
+
+def tree(root: Path) -> dict[str, bytes | None]:
+    """Every path under ``root`` (hidden ones too): file bytes, or None for a folder."""
+    return {
+        str(p.relative_to(root)): (None if p.is_dir() else p.read_bytes())
+        for p in sorted(root.rglob("*"))
+    }
