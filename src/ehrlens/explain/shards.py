@@ -196,7 +196,7 @@ def table_digest(table: Any) -> str:
             ends = np.frombuffer(offsets, dtype=np.int32)[
                 array.offset : array.offset + len(array) + 1
             ]
-            digest.update((ends - ends[0]).astype("<i8").tobytes())
+            digest.update((ends - ends[0]).astype("<i4", copy=False).tobytes())
             if data is not None:
                 digest.update(memoryview(data)[int(ends[0]) : int(ends[-1])])
         else:
