@@ -22,10 +22,9 @@ A re-run after an interruption therefore recomputes only the missing shards and 
 duplicates a row. The driver holds the output folder's lock
 (:func:`~ehrlens.core.locks.output_lock`) for the whole run, so a second run into the same
 folder, with either engine, is refused while this one writes. Output folder, file names,
-columns and metadata are those of
-:func:`~ehrlens.explain.explain_cohort`, except that the fingerprint covers the input file's
-bytes instead of the processed tensors, so a folder written by one engine is refused by the
-other instead of being mixed.
+columns and metadata are those of :func:`~ehrlens.explain.explain_cohort`, except that the
+fingerprint covers the input file's bytes instead of the processed tensors, so a folder
+written by one engine is refused by the other instead of being mixed.
 
 Example:
     >>> result = explain_cohort_ray("model/", "patients.jsonl", ["rollout", "flow"],
