@@ -150,3 +150,18 @@ def test_item_2_evaluate_keeps_the_users_files(cli_cohort, tmp_path):
     invoke(*args, "--overwrite")
     assert (tmp_path / "results.json").read_text().startswith('{\n  "results"')
     assert (tmp_path / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_item_2_train_keeps_a_card_json_it_did_not_write(cli_cohort, tmp_path):
+    folder = tmp_path / "model"
+    folder.mkdir()
+    (folder / "card.json").write_text('{"my": "notes"}')
+    result = invoke(
+        "train", "--data", cli_cohort / "data" / "samples.jsonl", "--schema",
+        cli_cohort / "data" / "schema.json", "--out", folder, "--epochs", 1, "-q", expect=3,
+    )  # fmt: skip
+    assert result.stderr.strip() == (
+        f"error: {folder / 'card.json'} exists; pass --overwrite to replace it; nothing was changed"
+    )
+    assert sorted(p.name for p in folder.iterdir()) == ["card.json"]
+    assert (folder / "card.json").read_text() == '{"my": "notes"}'

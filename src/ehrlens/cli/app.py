@@ -319,12 +319,13 @@ def train(
     from ..data.sources import load_samples
     from ..models.directory import CARD, WEIGHTS, save_model_dir
 
+    message = None  # a card.json alone: the plain message naming it
     if (out / WEIGHTS).exists() and not (out / CARD).exists():
         message = (
             f"{out} holds an incomplete model directory ({WEIGHTS} without {CARD}: a run that "
             "stopped before it finished); pass --overwrite to replace it, or choose a new --out"
         )
-    else:
+    elif (out / WEIGHTS).exists():
         message = (
             f"{out} already holds a model; pass --overwrite to replace it, or choose a new --out"
         )
