@@ -72,9 +72,13 @@ def python(code: str, *args, **kwargs) -> subprocess.Popen:
     )
 
 
-def tree(root: Path) -> dict[str, bytes | None]:
-    """Every path under ``root`` (hidden ones too): file bytes, or None for a folder."""
-    return {
-        str(p.relative_to(root)): (None if p.is_dir() else p.read_bytes())
-        for p in sorted(root.rglob("*"))
-    }
+def tree(root: Path) -> dict[str, bytes | str | None]:
+    """Every path under ``root`` (hidden ones too): file bytes, None for a folder, and
+    ``"-> target"`` for a symbolic link."""
+
+    def entry(path: Path) -> bytes | str | None:
+        if path.is_symlink():
+            return f"-> {os.readlink(path)}"
+        return None if path.is_dir() else path.read_bytes()
+
+    return {str(p.relative_to(root)): entry(p) for p in sorted(root.rglob("*"))}

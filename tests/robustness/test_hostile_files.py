@@ -40,22 +40,22 @@ def test_item_1_patient_ids_never_become_paths(cli_cohort, tmp_path):
     samples = read_jsonl(cli_cohort / "data" / "samples.jsonl")[:12]
     for sample, pid in zip(samples, hostile, strict=False):
         sample["patient_id"] = pid
-    work = tmp_path / "work"
+    work = tmp_path / "deep" / "er" / "work"  # so that ../../ from work/heat stays in tmp_path
     data = write_jsonl(samples, work / "hostile.jsonl")
     model = cli_cohort / "model"
     invoke(
         "explain", "--model", model, "--data", data, "-m", "rollout", "--out", work / "attr", "-q"
     )
-    before = tree(tmp_path.parent)
+    before = tree(tmp_path)
     heat = work / "heat"
     report = [
         "report", "--model", model, "--data", data, "--attributions", work / "attr",
         "--out", work / "report.html", "--max-patients", 0, "--heatmaps", heat,
     ]  # fmt: skip
     invoke(*report)
-    after = tree(tmp_path.parent)
+    after = tree(tmp_path)
     written = sorted(set(after) - set(before))
-    prefix = f"{tmp_path.name}/work/"
+    prefix = "deep/er/work/"
     assert all(name.startswith(prefix) for name in written), written  # nothing outside work/
     inside = [name[len(prefix) :] for name in written]
     assert "report.html" in inside
@@ -64,7 +64,7 @@ def test_item_1_patient_ids_never_become_paths(cli_cohort, tmp_path):
     files = [n[len("heat/") :] for n in pictures[1:]]
     assert all("/" not in f for f in files)  # no sub-folder was created
     assert all(after[f"{prefix}heat/{f}"] is not None for f in files)
-    assert not (tmp_path / "abs").exists() and not (tmp_path.parent / "escaped.png").exists()
+    assert not (tmp_path / "abs").exists() and not (tmp_path / "deep" / "escaped.png").exists()
     for f in files:
         assert f == "index.csv" or re.fullmatch(r"\d{4}(-[A-Za-z0-9_-]+)?\.png", f), f
     with (heat / "index.csv").open(newline="", encoding="utf-8") as f:
