@@ -182,6 +182,18 @@ class AttentionCapture:
         self.slot.clear()
 
 
+#: Everything ehrlens's attention models offer: the capture of :class:`AttentionCaptureMixin`
+#: plus a stated readout and per-unit embedding layers.
+ENCODER_MODEL_CAPABILITIES = Capabilities(
+    forward_only=True,
+    fusion_at_capture=True,
+    key_capture=True,
+    stated_readout=True,
+    embedding_layers=True,
+    clear_capture=True,
+)
+
+
 class AttentionCaptureMixin:
     """``set_attention_hooks`` / ``get_attention_layers`` for models built on this module.
 

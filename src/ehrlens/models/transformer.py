@@ -8,11 +8,11 @@ from typing import Any, cast
 import torch
 from torch import Tensor, nn
 
-from ..core.interpretable import Capabilities, GradientInterpretable
+from ..core.interpretable import GradientInterpretable
 from ..data.dataset import FittedSchema, SampleDataset
 from .attention import EncoderBlock, MultiHeadAttention
 from .base import BaseModel, feature_values
-from .capture import AttentionCaptureMixin
+from .capture import ENCODER_MODEL_CAPABILITIES, AttentionCaptureMixin
 from .embedding import FeatureEmbedding, Tokens, sinusoidal_positions
 
 
@@ -60,14 +60,7 @@ class Transformer(AttentionCaptureMixin, BaseModel, GradientInterpretable):
     """
 
     short_name = "transformer"
-    interpret_capabilities = Capabilities(
-        forward_only=True,
-        fusion_at_capture=True,
-        key_capture=True,
-        stated_readout=True,
-        embedding_layers=True,
-        clear_capture=True,
-    )
+    interpret_capabilities = ENCODER_MODEL_CAPABILITIES
 
     def __init__(
         self,
