@@ -8,6 +8,7 @@
   names for data-derived outputs, file hashing.
 - :mod:`~ehrlens.core.locks`: one writer per output (an exclusive OS file lock).
 - :mod:`~ehrlens.core.jsonl`: JSON Lines samples.
+- :mod:`~ehrlens.core.ids`: patient ids compared as text; repeated or colliding ids.
 - :mod:`~ehrlens.core.outputs`: model outputs from logits (probabilities by task mode).
 """
 

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from .files import atomic_write
+from .ids import find_id_clash
 
 
 def plain_json(value: Any) -> Any:
@@ -56,8 +57,9 @@ def read_jsonl(path: str | os.PathLike) -> list[dict[str, Any]]:
 
     Raises:
         FileNotFoundError: no such file.
-        ValueError: a line is not valid JSON, not an object, or holds NaN/Infinity; the
-            message gives the file and line number.
+        ValueError: a line is not valid JSON, not an object, or holds NaN/Infinity; or two
+            lines have the same ``patient_id`` (and ``visit_id``), or ids that are equal as
+            text (``7`` and ``"7"``). The message gives the file and the line number(s).
 
     Example:
         >>> samples = read_jsonl("patients.jsonl")   # [{"patient_id": ..., ...}, ...]
@@ -66,6 +68,7 @@ def read_jsonl(path: str | os.PathLike) -> list[dict[str, Any]]:
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such file")
     samples = []
+    lines = []
     with path.open("rb") as f:
         for number, raw in enumerate(f, start=1):
             try:
@@ -88,8 +91,13 @@ def read_jsonl(path: str | os.PathLike) -> list[dict[str, Any]]:
                     f"{type(sample).__name__}"
                 )
             samples.append(sample)
+            lines.append(number)
     if not samples:
         raise ValueError(f"{path}: no samples (the file is empty)")
+    clash = find_id_clash(samples)
+    if clash is not None:
+        where = clash.describe(f"line {lines[clash.first]}", f"line {lines[clash.second]}")
+        raise ValueError(f"{path}:{lines[clash.second]}: {where}")
     return samples
 
 

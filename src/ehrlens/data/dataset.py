@@ -27,10 +27,13 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset, Sampler
 
+from ..core.ids import find_id_clash
 from .processors import (
     FEATURE_PROCESSORS,
+    PAD_ID,
     FeatureProcessor,
     LabelProcessor,
     TruncationWarning,
@@ -47,6 +50,12 @@ MaxLength = int | Mapping[str, int] | None
 RESERVED_KEYS = frozenset({"patient_id", "visit_id", "masks", "times"})
 
 SCHEMA_FORMAT_VERSION = 1
+
+#: Default of :func:`create_sample_dataset`'s ``max_steps``: steps (codes of a sequence, visits,
+#: time steps) one sample may have in one feature, after any ``max_length`` cut.
+MAX_STEPS = 10_000
+#: Default of ``max_codes_per_step``: codes one visit or stagenet step may hold.
+MAX_CODES_PER_STEP = 1_000
 
 
 class FittedSchema:
@@ -292,6 +301,8 @@ def create_sample_dataset(
     *,
     schema: FittedSchema | None = None,
     max_length: MaxLength = None,
+    max_steps: int | None = MAX_STEPS,
+    max_codes_per_step: int | None = MAX_CODES_PER_STEP,
 ) -> SampleDataset:
     """Validate, fit processors on, and convert a list of patient samples.
 
@@ -314,12 +325,21 @@ def create_sample_dataset(
             naming the key and how many samples were cut, and ``dataset.truncated``. The
             limit is part of the fitted schema (saved with a model), so new patients
             converted with ``schema=`` are cut the same way. ``None`` keeps everything.
+        max_steps: refuse a sample with more steps than this in one feature (after the
+            ``max_length`` cut): one outlier would otherwise pad its whole batch to its length.
+            Default :data:`MAX_STEPS`; ``None``: no limit.
+        max_codes_per_step: refuse a visit (or stagenet step) with more codes than this.
+            Default :data:`MAX_CODES_PER_STEP`; ``None``: no limit.
 
     Returns:
         A :class:`SampleDataset`.
 
     Raises:
-        ValueError / TypeError naming the sample index, the key and what was expected.
+        ValueError / TypeError naming the sample index, the key and what was expected; a
+        ``ValueError`` naming both samples when two have the same ``patient_id`` and
+        ``visit_id``, or patient ids equal only as text (``7`` and ``"7"``); a
+        ``ValueError`` naming the sample, key and size when a sample exceeds ``max_steps``
+        or ``max_codes_per_step``.
 
     Example:
         >>> ds = create_sample_dataset(samples, {"codes": "sequence"}, {"y": "binary"},
@@ -345,6 +365,13 @@ def create_sample_dataset(
             f"input_schema {dict(input_schema)} differs from the fitted schema's "
             f"{schema.input_schema}"
         )
+    clash = find_id_clash(samples)
+    if clash is not None:
+        raise ValueError(clash.describe(f"sample {clash.first}", f"sample {clash.second}"))
+    limits = (
+        _check_limit(max_steps, "max_steps"),
+        _check_limit(max_codes_per_step, "max_codes_per_step"),
+    )
     has_labels = _labels_present(samples, schema.label_keys)
     limited = {k: p for k, p in schema.input_processors.items() if p.max_length is not None}
     before = {k: p.truncated_samples for k, p in limited.items()}
@@ -354,6 +381,7 @@ def create_sample_dataset(
         item: dict[str, Any] = {"patient_id": str(pid), "visit_id": sample.get("visit_id")}
         for key, processor in schema.input_processors.items():
             item[key] = processor.process(_field(sample, key, index), key, index)
+            _check_size(item[key], processor, limits, f"sample {index} (patient_id={pid!r})", key)
         if has_labels:
             for key, processor in schema.output_processors.items():
                 item[key] = processor.process(_field(sample, key, index), key, index)
@@ -372,6 +400,49 @@ def create_sample_dataset(
     return SampleDataset(items, schema, dataset_name, has_labels, truncated)
 
 
+def _check_limit(limit: Any, name: str) -> int | None:
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+        raise ValueError(f"{name} must be None or an int >= 1, got {limit!r}")
+    return limit
+
+
+def _feature_tensor(value: Any) -> Tensor:
+    """The values of a processed feature: the tensor itself, or the second of ``(times, x)``."""
+    return value[1] if isinstance(value, tuple) else value
+
+
+def _check_size(
+    value: Any,
+    processor: FeatureProcessor,
+    limits: tuple[int | None, int | None],
+    where: str,
+    key: str,
+) -> None:
+    """Refuse a processed feature with more steps, or more codes in one step, than allowed."""
+    max_steps, max_codes = limits
+    if not processor.supports_max_length:  # fixed-size vectors have no steps
+        return
+    values = _feature_tensor(value)
+    steps = values.shape[0]
+    if max_steps is not None and steps > max_steps:
+        raise ValueError(
+            f"{where}, feature '{key}': {steps} steps, more than max_steps={max_steps}; keep "
+            "the most recent steps with max_length= when fitting the schema, or allow longer "
+            "histories with a larger max_steps= (None: no limit)"
+        )
+    nested = processor.is_token_feature and values.dim() == 2
+    if max_codes is not None and nested and values.shape[1] > max_codes:
+        widths = (values != PAD_ID).sum(dim=1)
+        step = int(widths.argmax())
+        if int(widths[step]) > max_codes:
+            unit = "visit" if processor.schema == "nested_sequence" else "step"
+            raise ValueError(
+                f"{where}, feature '{key}': {unit} {step} has {int(widths[step])} codes, more than "
+                f"max_codes_per_step={max_codes}; allow it with a larger max_codes_per_step= "
+                "(None: no limit)"
+            )
+
+
 def _labels_present(samples: Sequence[Mapping[str, Any]], label_keys: list[str]) -> bool:
     """True when every sample has every label; False when none has any; else an error."""
     if not label_keys:
@@ -388,12 +459,74 @@ def _labels_present(samples: Sequence[Mapping[str, Any]], label_keys: list[str])
     return True
 
 
+def sample_size(item: Mapping[str, Any], feature_keys: Sequence[str]) -> int:
+    """Number of values (codes, steps x measurements, ...) of one processed item, padding of
+    its own nested visits included: what it adds to a batch padded to its length.
+
+    Example:
+        >>> sample_size(dataset[0], dataset.feature_keys)
+        17
+    """
+    return sum(int(_feature_tensor(item[key]).numel()) for key in feature_keys)
+
+
+def length_buckets(
+    dataset: SampleDataset, batch_size: int, indices: Sequence[int] | None = None
+) -> list[list[int]]:
+    """Batches of ``batch_size`` dataset indices of similar size, shortest first.
+
+    Indices are sorted by :func:`sample_size` (ties keep their order) and cut into batches,
+    so a long outlier shares its batch only with the longest other samples instead of
+    padding a batch of short ones to its length.
+
+    Args:
+        dataset: a :class:`SampleDataset`.
+        batch_size: samples per batch (the last batch may be smaller).
+        indices: which items (default: all), in input order.
+
+    Returns:
+        Lists of indices; together they hold every index once.
+
+    Example:
+        >>> length_buckets(dataset, 2)          # sizes 5, 90, 4, 6
+        [[2, 0], [3, 1]]
+    """
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
+    chosen = list(range(len(dataset))) if indices is None else list(indices)
+    keys = dataset.feature_keys
+    order = sorted(chosen, key=lambda i: sample_size(dataset[i], keys))
+    return [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
+
+
+class LengthBucketSampler(Sampler[list[int]]):
+    """Batch sampler yielding :func:`length_buckets` of a dataset (fixed, shortest first).
+
+    ``batches`` lists the dataset indices of every batch, in the order they are yielded, so a
+    consumer can put per-sample results back in input order.
+
+    Example:
+        >>> sampler = LengthBucketSampler(dataset, batch_size=32)
+        >>> loader = DataLoader(dataset, batch_sampler=sampler, collate_fn=dataset.collate)
+    """
+
+    def __init__(self, dataset: SampleDataset, batch_size: int) -> None:
+        self.batches = length_buckets(dataset, batch_size)
+
+    def __iter__(self):
+        return iter([list(batch) for batch in self.batches])
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+
 def get_dataloader(
     dataset: SampleDataset,
     batch_size: int,
     shuffle: bool = False,
     seed: int | None = None,
     num_workers: int = 0,
+    bucket_by_length: bool = False,
 ) -> DataLoader:
     """A DataLoader that pads batches with ``dataset.collate``.
 
@@ -403,9 +536,27 @@ def get_dataloader(
         shuffle: reshuffle every epoch; with ``seed`` the order is reproducible.
         seed: seed of the shuffling generator.
         num_workers: worker processes for loading.
+        bucket_by_length: batch samples of similar size together (:class:`LengthBucketSampler`),
+            so that one long patient does not pad a whole batch to its length. Batches then
+            come shortest first, not in dataset order; a patient's outputs are those of an
+            unbucketed run (within float rounding: only the padding around it changes).
+            Not with ``shuffle``.
+
+    Example:
+        >>> loader = get_dataloader(dataset, 64, bucket_by_length=True)
+        >>> loader.batch_sampler.batches[0]       # dataset indices of the first batch
     """
     if not isinstance(dataset, SampleDataset):
         raise TypeError(f"expected a SampleDataset, got {type(dataset).__name__}")
+    if bucket_by_length:
+        if shuffle:
+            raise ValueError("bucket_by_length=True gives a fixed order; it cannot shuffle")
+        return DataLoader(
+            dataset,
+            batch_sampler=LengthBucketSampler(dataset, batch_size),
+            collate_fn=dataset.collate,
+            num_workers=num_workers,
+        )
     generator = None
     if shuffle and seed is not None:
         generator = torch.Generator().manual_seed(seed)

@@ -44,7 +44,8 @@ from typing import Any
 
 import numpy as np
 
-from .processors import FEATURE_PROCESSORS, EventRows, FeatureProcessor
+from ..core.ids import find_id_collision
+from .processors import FEATURE_PROCESSORS, RESERVED_CODES, EventRows, FeatureProcessor
 
 EVENT_COLUMNS = ("patient_id", "visit_id", "time", "feature", "code", "value")
 REQUIRED_COLUMNS = ("patient_id", "time", "feature", "code")
@@ -147,34 +148,54 @@ def _is_null(value: Any) -> bool:
         return False
 
 
-def _parse_times(series: Any, time_unit: str) -> tuple[np.ndarray, np.ndarray, bool]:
-    """Times as float64 (NaN where unparsable), a bad-row mask, and whether they were dates."""
+BAD_TIME = "unparsable or missing time"
+DATE_AMONG_NUMBERS = "a date among numeric times"
+NUMBER_AMONG_DATES = "a number among dates"
+
+
+def _parse_times(series: Any, time_unit: str) -> tuple[np.ndarray, dict[str, np.ndarray], bool]:
+    """Times as float64 (NaN where unparsable), bad-row masks by reason, and whether they are
+    dates.
+
+    A text column holding both numbers and dates is read the way that leaves fewer bad rows;
+    the rows of the other kind are then bad, under their own reason.
+    """
     pd = _require_pandas()
     if pd.api.types.is_numeric_dtype(series) and not pd.api.types.is_bool_dtype(series):
         values = series.to_numpy(dtype=np.float64, na_value=np.nan)
-        return values, ~np.isfinite(values), False
+        return values, {BAD_TIME: ~np.isfinite(values)}, False
     if pd.api.types.is_datetime64_any_dtype(series):
-        stamps = pd.to_datetime(series, utc=True)
-    else:
-        text = _as_text(series)
-        numbers = pd.to_numeric(text, errors="coerce")
-        present = text.notna().to_numpy()
-        not_numbers = present & numbers.isna().to_numpy()
-        # Numeric times when some are numbers and none of the others is a date: the others are
-        # then bad rows (one malformed cell must not turn every numeric time into a date).
-        if numbers[present].notna().any() and _no_dates(text[not_numbers]):
-            values = numbers.to_numpy(dtype=np.float64, na_value=np.nan)
-            return values, ~np.isfinite(values), False
-        stamps = pd.to_datetime(text, errors="coerce", utc=True, format="ISO8601")
-    seconds = (stamps - pd.Timestamp(0, tz="UTC")).dt.total_seconds().to_numpy(dtype=np.float64)
-    seconds = seconds / TIME_UNITS[time_unit]
-    return seconds, ~np.isfinite(seconds), True
-
-
-def _no_dates(text: Any) -> bool:
-    pd = _require_pandas()
+        seconds = _seconds(pd.to_datetime(series, utc=True), time_unit)
+        return seconds, {BAD_TIME: ~np.isfinite(seconds)}, True
+    text = _as_text(series)
+    numbers = pd.to_numeric(text, errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
+    as_number = np.isfinite(numbers)
+    present = text.notna().to_numpy()
+    if as_number[present].all() and present.any():
+        return numbers, {BAD_TIME: ~as_number}, False
     stamps = pd.to_datetime(text, errors="coerce", utc=True, format="ISO8601")
-    return bool(stamps.isna().all())
+    seconds = _seconds(stamps, time_unit)
+    as_date = np.isfinite(seconds)
+    # Numbers when they leave fewer bad rows; on a tie, numbers only if no other cell is a
+    # date (one malformed cell must not turn every numeric time into a date, nor the reverse).
+    numeric = as_number.sum() > as_date.sum() or (
+        as_number.sum() == as_date.sum() and as_number.any() and not (as_date & ~as_number).any()
+    )
+    if numeric:
+        odd = as_date & ~as_number
+        return numbers, {BAD_TIME: ~as_number & ~odd, DATE_AMONG_NUMBERS: odd}, False
+    odd = as_number & ~as_date
+    return seconds, {BAD_TIME: ~as_date & ~odd, NUMBER_AMONG_DATES: odd}, True
+
+
+def _seconds(stamps: Any, time_unit: str) -> np.ndarray:
+    """UTC timestamps as ``time_unit`` since the epoch (NaN at NaT), computed in microseconds:
+    no nanosecond overflow for far dates such as 9999-12-31."""
+    micros = stamps.dt.tz_localize(None).to_numpy(dtype="datetime64[us]")
+    missing = np.isnat(micros)
+    out = micros.astype(np.int64).astype(np.float64) / 1e6 / TIME_UNITS[time_unit]
+    out[missing] = np.nan
+    return out
 
 
 def _parse_values(series: Any) -> np.ndarray:
@@ -255,21 +276,24 @@ def from_events(
             f"(expected {', '.join(EVENT_COLUMNS)})"
         )
     n_rows = len(table)
+    _check_id_collisions(table["patient_id"], "event table")
     patient = _as_text(table["patient_id"])
     feature = _as_text(table["feature"])
     code = _as_text(table["code"])
-    times, bad_time, dated = _parse_times(table["time"], time_unit)
+    times, time_reasons, dated = _parse_times(table["time"], time_unit)
     has_visits = "visit_id" in table.columns
     visit = _as_text(table["visit_id"]) if has_visits else None
 
     known = feature.isin(list(input_schema)).to_numpy()
     numeric_row = feature.map(lambda f: kinds.get(f) == "measurements").to_numpy(bool)
+    reserved = known & ~numeric_row & code.isin(sorted(RESERVED_CODES)).to_numpy(bool)
     values = _parse_values(table["value"]) if "value" in table.columns else np.full(n_rows, np.nan)
     reasons = {
         "no patient_id": _missing(patient),
         "no feature": _missing(feature),
         "no code": _missing(code),
-        "unparsable or missing time": bad_time,
+        f"reserved code ({', '.join(sorted(RESERVED_CODES))})": reserved,
+        **time_reasons,
         "unparsable or missing value (numeric feature)": known & numeric_row & ~np.isfinite(values),
     }
     bad = np.zeros(n_rows, dtype=bool)
@@ -364,6 +388,20 @@ def _event_processor(key: str, schema: Any) -> FeatureProcessor:
     return cls()
 
 
+def _check_id_collisions(ids: Any, what: str) -> None:
+    """Refuse a patient_id column where two different values are one id as text (``7`` and
+    ``"7"`` in one column of mixed types), naming both rows."""
+    pd = _require_pandas()
+    one_kind = {"string", "integer", "floating", "mixed-integer-float", "decimal", "empty"}
+    if ids.dtype != object or pd.api.types.infer_dtype(ids, skipna=True) in one_kind:
+        return  # all numbers or all text: no two values share a text
+    clash = find_id_collision(None if _is_null(v) else v for v in ids)
+    if clash is not None:
+        raise ValueError(
+            f"{what}: " + clash.describe(f"row {clash.first + 1}", f"row {clash.second + 1}")
+        )
+
+
 def _name_order(name: str) -> tuple:
     """Sort key for measurement names: numbers by value ("2" before "10"), then text."""
     try:
@@ -422,6 +460,7 @@ def _labels(
             raise ValueError(
                 f"labels table lacks column(s) {missing}; it has {list(label_table.columns)}"
             )
+        _check_id_collisions(label_table["patient_id"], "labels table")
         frame = pd.DataFrame(
             {"patient_id": _as_text(label_table["patient_id"]), "label": label_table[label_key]}
         )

@@ -21,6 +21,7 @@ Example:
 
 from .base import (
     PAD_ID,
+    RESERVED_CODES,
     UNK_ID,
     Ablation,
     CollatedFeature,
@@ -63,6 +64,7 @@ __all__ = [
     "FEATURE_PROCESSORS",
     "LABEL_PROCESSORS",
     "PAD_ID",
+    "RESERVED_CODES",
     "UNK_ID",
     "Ablation",
     "BinaryLabelProcessor",

@@ -45,6 +45,8 @@ from torch import Tensor, nn
 PAD_ID = 0
 UNK_ID = 1
 SPECIAL_TOKENS = ("<pad>", "<unk>")
+#: Codes that name the special ids; refused in data.
+RESERVED_CODES = frozenset(SPECIAL_TOKENS)
 
 #: How removed numeric units are replaced: by zero or by their channel's batch mean.
 Ablation = Literal["zero", "mean"]

@@ -15,6 +15,8 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
+from .base import PAD_ID, RESERVED_CODES, SPECIAL_TOKENS, UNK_ID
+
 
 def where(key: str, index: int | None, kind: str = "feature") -> str:
     """``"feature 'k'"`` or ``"sample 3, feature 'k'"``: the start of every value error."""
@@ -45,9 +47,19 @@ def finite_float(number: int | float, key: str, index: int | None, what: str) ->
 
 
 def code_list(
-    value: Any, key: str, index: int | None, what: str = "a list of codes", kind: str = "feature"
+    value: Any,
+    key: str,
+    index: int | None,
+    what: str = "a list of codes",
+    kind: str = "feature",
+    step: str = "",
 ) -> list:
-    """Validate a flat list of codes (str or int) and return it as a list."""
+    """Validate a flat list of codes (str or int) and return it as a list.
+
+    Feature codes must not be empty or blank, nor one of the reserved ``<pad>`` / ``<unk>``
+    (they would become padding or the unknown code); ``step`` (e.g. ``"visit 2, "``) says
+    where such a code is.
+    """
     at = where(key, index, kind)
     if isinstance(value, (str, bytes)) or not isinstance(value, Sequence):
         raise TypeError(f"{at}: expected {what}, got {type_name(value)}")
@@ -57,6 +69,14 @@ def code_list(
                 f"{at}: expected {what} (str or int codes), "
                 f"got {type_name(code)} at position {position}"
             )
+        if kind == "feature" and isinstance(code, str):
+            if not code.strip():
+                raise ValueError(f"{at}: {step}position {position}: empty code {code!r}")
+            if code in RESERVED_CODES:
+                raise ValueError(
+                    f"{at}: {step}position {position}: code {code!r} is reserved "
+                    f"(ids {PAD_ID} and {UNK_ID} are {', '.join(SPECIAL_TOKENS)}); rename it"
+                )
     return list(value)
 
 
@@ -68,7 +88,7 @@ def visit_list(value: Any, key: str, index: int | None) -> list[list]:
             f"got {type_name(value)}"
         )
     return [
-        code_list(visit, key, index, what=f"visit {v} to be a list of codes")
+        code_list(visit, key, index, f"visit {v} to be a list of codes", step=f"visit {v}, ")
         for v, visit in enumerate(value)
     ]
 

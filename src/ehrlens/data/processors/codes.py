@@ -325,7 +325,7 @@ class StageNetProcessor(CodeProcessor):
         nested = bool(codes) and all(nested_steps)
         if nested:
             codes = [
-                code_list(step, key, index, what=f"step {s} to be a list of codes")
+                code_list(step, key, index, f"step {s} to be a list of codes", step=f"step {s}, ")
                 for s, step in enumerate(codes)
             ]
         else:
