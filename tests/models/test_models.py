@@ -10,6 +10,7 @@ import torch.nn.functional as F
 
 from ehrlens.data import create_sample_dataset
 from ehrlens.models import BaseModel, StageAttentionNet, Transformer
+from ehrlens.models.base import checkpoint_checksum
 
 MODELS = ["Transformer", "StageAttentionNet"]
 MODES = ["binary", "multiclass", "multilabel", "regression"]
@@ -392,5 +393,12 @@ def test_load_rejects_unsupported_version_and_unknown_class(make_tiny_model, tmp
     state = dict(checkpoint["state_dict"])
     state["head.weight"] = torch.zeros(1, 3)
     torch.save({**checkpoint, "state_dict": state}, tmp_path / "bad_weights.pt")
-    with pytest.raises(ValueError, match="do not match"):
+    with pytest.raises(ValueError, match="checksum mismatch"):
         BaseModel.load(tmp_path / "bad_weights.pt")
+    # The same weights with a recomputed checksum are refused by the shape check.
+    rehashed = checkpoint_checksum(
+        "Transformer", checkpoint["hparams"], checkpoint["schema"], state
+    )
+    torch.save({**checkpoint, "state_dict": state, "checksum": rehashed}, tmp_path / "bad.pt")
+    with pytest.raises(ValueError, match=r"do not match.*'head.weight' has shape \(1, 3\)"):
+        BaseModel.load(tmp_path / "bad.pt")

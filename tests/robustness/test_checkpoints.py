@@ -1,6 +1,10 @@
 """Corrupt or mismatched checkpoints never load as a different model: ``BaseModel.load``
 raises a ``ValueError`` naming the file and the field (format, version, class, schema,
 vocabulary, hyperparameters, weights, checksum), and a file that loads is the model saved.
+
+The checksum comes first, so most edits below are refused by it; the tests of the checks
+behind it rewrite the file *with* a recomputed checksum (``rehash=True``), as a deliberate
+edit or a faulty writer would, and check that the named check still refuses it.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import torch
 from _robustness_kit import MODELS, make_dataset, make_model
 
 from ehrlens.models import BaseModel, StageAttentionNet, Transformer
+from ehrlens.models.base import checkpoint_checksum
 
 
 @pytest.fixture(scope="module")
@@ -30,11 +35,26 @@ def saved(request, dataset, tmp_path_factory):
     return model, path, batch, logit
 
 
-def _rewrite(path, tmp_path, name: str, **changes):
-    checkpoint = torch.load(path, weights_only=True)
+def _rewrite(path, tmp_path, name: str, rehash: bool = False, **changes):
+    """A copy of the checkpoint with ``changes``; ``rehash`` recomputes its checksum."""
+    checkpoint = {**torch.load(path, weights_only=True), **changes}
+    if rehash:
+        checkpoint["checksum"] = checkpoint_checksum(
+            checkpoint["model_class"],
+            checkpoint["hparams"],
+            checkpoint["schema"],
+            checkpoint["state_dict"],
+        )
     out = tmp_path / name
-    torch.save({**checkpoint, **changes}, out)
+    torch.save(checkpoint, out)
     return out
+
+
+def _refused_unless_rehashed(path, tmp_path, name: str, **changes):
+    """The edited file fails the checksum; the same edit with a new checksum is returned."""
+    with pytest.raises(ValueError, match="checksum mismatch"):
+        BaseModel.load(_rewrite(path, tmp_path, name, **changes))
+    return _rewrite(path, tmp_path, name, rehash=True, **changes)
 
 
 def _schema_with(checkpoint: dict, key: str, state: dict) -> dict:
@@ -125,7 +145,7 @@ def test_a_missing_or_mistyped_field_is_named(saved, tmp_path, field, value):
 def test_version_class_and_hyperparameters_are_checked(saved, tmp_path, changes, pattern):
     _, path, _, _ = saved
     with pytest.raises(ValueError, match=pattern):
-        BaseModel.load(_rewrite(path, tmp_path, "meta.pt", **changes))
+        BaseModel.load(_rewrite(path, tmp_path, "meta.pt", rehash=True, **changes))
 
 
 def test_the_saved_class_must_be_the_one_asked_for(saved):
@@ -140,7 +160,9 @@ def test_a_vocabulary_of_another_size_names_the_feature(saved, tmp_path):
     checkpoint = torch.load(path, weights_only=True)
     state = dict(checkpoint["schema"]["inputs"]["visits"]["state"])
     state["vocabulary"] = [*state["vocabulary"], "EXTRA"]
-    broken = _rewrite(path, tmp_path, "vocab.pt", schema=_schema_with(checkpoint, "visits", state))
+    broken = _refused_unless_rehashed(
+        path, tmp_path, "vocab.pt", schema=_schema_with(checkpoint, "visits", state)
+    )
     with pytest.raises(ValueError, match=r"feature 'visits': the saved vocabulary has 11 ids"):
         BaseModel.load(broken)
 
@@ -173,7 +195,9 @@ def test_invalid_processor_state_names_the_feature(saved, tmp_path, state_change
     _, path, _, _ = saved
     checkpoint = torch.load(path, weights_only=True)
     state = {**checkpoint["schema"]["inputs"]["codes"]["state"], **state_change}
-    broken = _rewrite(path, tmp_path, "state.pt", schema=_schema_with(checkpoint, "codes", state))
+    broken = _refused_unless_rehashed(
+        path, tmp_path, "state.pt", schema=_schema_with(checkpoint, "codes", state)
+    )
     with pytest.raises(ValueError, match=r"state\.pt: the saved schema is invalid: " + pattern):
         BaseModel.load(broken)
 
@@ -183,8 +207,9 @@ def test_an_unknown_schema_string_names_the_feature(saved, tmp_path):
     checkpoint = torch.load(path, weights_only=True)
     schema = {**checkpoint["schema"], "inputs": dict(checkpoint["schema"]["inputs"])}
     schema["inputs"]["labs"] = {**schema["inputs"]["labs"], "schema": "time-series"}
+    broken = _refused_unless_rehashed(path, tmp_path, "schema.pt", schema=schema)
     with pytest.raises(ValueError, match=r"feature 'labs': unknown input schema 'time-series'"):
-        BaseModel.load(_rewrite(path, tmp_path, "schema.pt", schema=schema))
+        BaseModel.load(broken)
 
 
 def test_edited_weights_of_the_right_shape_are_caught(saved, tmp_path):

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import numbers
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, ClassVar
@@ -14,7 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..core import __version__
-from ..core.files import atomic_write
+from ..core.files import atomic_write, file_sha256
 from ..core.outputs import probabilities
 from ..data.dataset import RESERVED_KEYS, FittedSchema, SampleDataset
 
@@ -31,7 +33,9 @@ def checkpoint_checksum(
     """SHA-256 of what a checkpoint holds: class, hyperparameters, schema and every weight.
 
     ``torch.load`` does not verify the archive's CRCs, so a flipped bit in a weight would
-    otherwise load silently as a different model.
+    otherwise load silently as a different model. The checksum is not keyed: it detects
+    damage, not a deliberate edit (whoever edits the file can recompute it); a SHA-256 of the
+    file from a trusted source does (``BaseModel.load(..., expected_sha256=...)``).
     """
     digest = hashlib.sha256()
     header = {"model_class": model_class, "hparams": dict(hparams), "schema": dict(schema)}
@@ -128,6 +132,9 @@ class BaseModel(nn.Module):
     #: Name on the command line and in :func:`model_classes`, e.g. ``"transformer"``. Each
     #: class declares its own; a subclass that does not is not listed under its parent's.
     short_name: ClassVar[str | None] = None
+    #: Hyperparameters that count repeated layers: when loading, each must be at most the
+    #: number of saved tensors (every other integer one at most their largest dimension).
+    layer_count_hparams: ClassVar[frozenset[str]] = frozenset()
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -345,17 +352,47 @@ class BaseModel(nn.Module):
         return path
 
     @classmethod
-    def load(cls, path: str | os.PathLike, map_location: str | torch.device = "cpu") -> BaseModel:
+    def load(
+        cls,
+        path: str | os.PathLike,
+        map_location: str | torch.device = "cpu",
+        *,
+        expected_sha256: str | None = None,
+    ) -> BaseModel:
         """Rebuild a saved model (any subclass) with its processors; returns it in eval mode.
 
+        The file is checked before anything is built from it: its SHA-256 against
+        ``expected_sha256`` when given, then its fields, then the checksum it carries, then
+        the hyperparameters against the saved weights (each size must fit the weights' shapes,
+        and a model built from them must have exactly the saved tensors' names and shapes).
+        Only then is the model constructed, so a file cannot make ``load`` allocate more than
+        the weights it holds.
+
+        The checksum detects damage (a flipped bit, a truncated or mixed-up file), not a
+        deliberate edit: anyone can recompute it. To trust a file, compare it with a SHA-256
+        you obtained from its author (``expected_sha256``, or ``--model-sha256`` on the
+        command line).
+
+        Args:
+            path: the checkpoint (``model.pt``).
+            map_location: device of the returned model.
+            expected_sha256: hex SHA-256 of the file's bytes (64 digits, any case); the file
+                is refused unless it matches.
+
         Raises:
-            ValueError: the file is not an ehrlens checkpoint, has an unsupported version,
-                lacks a field, names an unknown model class, holds an invalid schema (e.g. a
-                vocabulary with repeated codes) or hyperparameters, its weights do not fit
-                the architecture built from the saved schema (vocabulary size), or its
-                checksum does not match its contents (a corrupt or edited file).
+            ValueError: the file does not match ``expected_sha256``; is not an ehrlens
+                checkpoint; has an unsupported version; lacks a field; names an unknown model
+                class; fails its checksum (a corrupt file); holds an invalid schema (e.g. a
+                vocabulary with repeated codes) or hyperparameters (a wrong type or range, or
+                sizes the saved weights do not have); or its weights do not fit the
+                architecture built from the saved schema (vocabulary size).
+
+        Example:
+            >>> model = BaseModel.load("model/model.pt", expected_sha256="3f2a...")  # 64 hex
         """
         path = Path(path)
+        if expected_sha256 is not None:
+            _check_file_sha256(path, expected_sha256)
         try:
             checkpoint = torch.load(path, map_location=map_location, weights_only=True)
         except Exception as error:
@@ -374,37 +411,116 @@ class BaseModel(nn.Module):
                     f"{path}: checkpoint field '{field}' is missing or not a {kind.__name__} "
                     "(a corrupt file, or one not written by BaseModel.save)"
                 )
+        state_dict = checkpoint["state_dict"]
+        for key, tensor in state_dict.items():
+            if not isinstance(key, str) or not isinstance(tensor, Tensor):
+                raise ValueError(
+                    f"{path}: checkpoint field 'state_dict' maps {key!r} to a "
+                    f"{type(tensor).__name__}, not a tensor (a corrupt file)"
+                )
         name = checkpoint["model_class"]
         model_class = BaseModel._registry.get(name)
         if model_class is None:
             raise ValueError(f"{path}: unknown model class {name!r}")
         if not issubclass(model_class, cls):
             raise ValueError(f"{path}: holds a {name}, not a {cls.__name__}")
+        hparams = checkpoint["hparams"]
+        expected = checkpoint_checksum(name, hparams, checkpoint["schema"], state_dict)
+        if expected != checkpoint["checksum"]:
+            raise ValueError(
+                f"{path}: checksum mismatch: the weights, schema or hyperparameters are not "
+                "those that were saved (a corrupt file); refusing to load it. The checksum "
+                "catches damage, not deliberate edits: to trust a file, load it with "
+                "expected_sha256= (--model-sha256) from its author"
+            )
         try:
             schema = FittedSchema.from_state_dict(checkpoint["schema"])
         except ValueError as error:
             raise ValueError(f"{path}: the saved schema is invalid: {error}") from error
+        _check_sizes_fit_weights(model_class, hparams, state_dict, path)
         try:
-            model = model_class(schema, **checkpoint["hparams"])
+            with torch.device("meta"):  # no memory: shapes only
+                skeleton = model_class(schema, **hparams)
         except (TypeError, ValueError) as error:
             raise ValueError(
-                f"{path}: cannot build a {name} from the saved hyperparameters "
-                f"{checkpoint['hparams']}: {error}"
+                f"{path}: cannot build a {name} from the saved hyperparameters {hparams}: {error}"
             ) from error
-        _check_vocabulary_sizes(model, checkpoint["state_dict"], path)
+        _check_vocabulary_sizes(skeleton, state_dict, path)
+        _check_shapes(skeleton, state_dict, hparams, path)
+        model = model_class(schema, **hparams)
         try:
-            model.load_state_dict(checkpoint["state_dict"])
-        except RuntimeError as error:
+            model.load_state_dict(state_dict)
+        except RuntimeError as error:  # pragma: no cover - the shapes were compared above
             raise ValueError(
                 f"{path}: weights do not match a {name} built from the saved schema "
                 f"(vocabulary or size mismatch): {error}"
             ) from error
-        expected = checkpoint_checksum(
-            name, checkpoint["hparams"], checkpoint["schema"], checkpoint["state_dict"]
-        )
-        if expected != checkpoint["checksum"]:
-            raise ValueError(
-                f"{path}: checksum mismatch: the weights, schema or hyperparameters are not "
-                "those that were saved (a corrupt or edited file); refusing to load it"
-            )
         return model.to(map_location).eval()
+
+
+def _check_file_sha256(path: Path, expected: Any) -> None:
+    """Refuse ``path`` unless its bytes have the SHA-256 ``expected`` (hex, any case)."""
+    if not isinstance(expected, str) or not re.fullmatch(r"[0-9a-fA-F]{64}", expected.strip()):
+        raise ValueError(
+            f"expected_sha256 must be 64 hexadecimal digits (a SHA-256 of {path.name}), "
+            f"got {expected!r:.80}"
+        )
+    if not path.is_file():
+        raise ValueError(f"{path}: not a readable ehrlens checkpoint (no such file)")
+    actual = file_sha256(path)
+    if actual != expected.strip().lower():
+        raise ValueError(
+            f"{path}: SHA-256 {actual} is not the expected {expected.strip().lower()}; "
+            "refusing to load a file other than the one you trust"
+        )
+
+
+def _check_sizes_fit_weights(
+    model_class: type[BaseModel],
+    hparams: Mapping[str, Any],
+    state_dict: Mapping[str, Tensor],
+    path: Path,
+) -> None:
+    """Every integer hyperparameter must be a size the saved weights can have: a layer count
+    at most the number of saved tensors, any other size at most their largest dimension.
+
+    Checked before a model is built, so a hyperparameter like ``embedding_dim=10**6`` in an
+    edited file is refused instead of allocating terabytes.
+    """
+    largest = max((d for t in state_dict.values() for d in t.shape), default=0)
+    counts = model_class.layer_count_hparams
+    for key, value in hparams.items():
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+            continue
+        bound, what = (
+            (len(state_dict), "the number of saved tensors")
+            if key in counts
+            else (largest, "the largest dimension of any saved tensor")
+        )
+        if value > bound:
+            raise ValueError(
+                f"{path}: saved hyperparameter {key}={value} is larger than {what} ({bound}); "
+                "the hyperparameters and the weights do not belong together"
+            )
+
+
+def _check_shapes(
+    skeleton: BaseModel, state_dict: Mapping[str, Tensor], hparams: Mapping[str, Any], path: Path
+) -> None:
+    """The saved tensors must be exactly those of a model built from the saved hyperparameters."""
+    expected = {k: tuple(v.shape) for k, v in skeleton.state_dict().items()}
+    missing = sorted(set(expected) - set(state_dict))
+    extra = sorted(set(state_dict) - set(expected))
+    if missing or extra:
+        raise ValueError(
+            f"{path}: weights do not match a {type(skeleton).__name__} built from the saved "
+            f"schema and hyperparameters {dict(hparams)}: missing {missing[:5]}, unexpected "
+            f"{extra[:5]}"
+        )
+    for key, shape in expected.items():
+        if tuple(state_dict[key].shape) != shape:
+            raise ValueError(
+                f"{path}: weights do not match a {type(skeleton).__name__} built from the saved "
+                f"schema and hyperparameters {dict(hparams)}: '{key}' has shape "
+                f"{tuple(state_dict[key].shape)}, the hyperparameters give {shape}"
+            )

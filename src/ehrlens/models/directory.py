@@ -100,8 +100,13 @@ def save_model_dir(
     return path
 
 
-def load_model_dir(path: str | os.PathLike) -> tuple[BaseModel, dict[str, Any]]:
+def load_model_dir(
+    path: str | os.PathLike, *, expected_sha256: str | None = None
+) -> tuple[BaseModel, dict[str, Any]]:
     """Load ``(model, card)`` from a model directory; the model is in eval mode.
+
+    ``expected_sha256`` (hex SHA-256 of ``model.pt``) refuses any other weights file; see
+    :meth:`BaseModel.load`.
 
     Raises:
         FileNotFoundError: ``path`` is not a model directory (no ``model.pt``).
@@ -120,7 +125,7 @@ def load_model_dir(path: str | os.PathLike) -> tuple[BaseModel, dict[str, Any]]:
         raise FileNotFoundError(f"{path}: not a model directory (no {WEIGHTS})")
     if not (path / CARD).exists():
         raise IncompleteModelDirError(path)
-    model = BaseModel.load(weights)
+    model = BaseModel.load(weights, expected_sha256=expected_sha256)
     try:
         card: dict[str, Any] = json.loads((path / CARD).read_text())
     except json.JSONDecodeError as error:

@@ -24,6 +24,7 @@ from .attention import EncoderBlock, MultiHeadAttention
 from .base import BaseModel, feature_values
 from .capture import ENCODER_MODEL_CAPABILITIES, AttentionCaptureMixin
 from .embedding import FeatureEmbedding
+from .hparams import check_dropout, check_heads, check_size
 
 
 def cumax(x: Tensor, reverse: bool = False) -> Tensor:
@@ -131,7 +132,11 @@ class StageAttentionNet(AttentionCaptureMixin, BaseModel, GradientInterpretable)
         heads: attention heads (must divide ``embedding_dim``).
         attention_layers: self-attention blocks after StageNet.
         conv_size: StageNet convolution window.
-        dropout: dropout after StageNet and inside attention blocks.
+        dropout: dropout after StageNet and inside attention blocks, in ``[0, 1)``.
+
+    Raises:
+        TypeError / ValueError: a size that is not an int >= 1, heads that do not divide
+            ``embedding_dim``, or a dropout outside ``[0, 1)``, naming the hyperparameter.
 
     Example:
         >>> model = StageAttentionNet(dataset, embedding_dim=64, chunk_size=32, levels=3)
@@ -140,6 +145,8 @@ class StageAttentionNet(AttentionCaptureMixin, BaseModel, GradientInterpretable)
 
     short_name = "stagenet"
     interpret_capabilities = ENCODER_MODEL_CAPABILITIES
+    #: Hyperparameters counting repeated layers (see ``BaseModel.layer_count_hparams``).
+    layer_count_hparams = frozenset({"attention_layers"})
 
     def __init__(
         self,
@@ -152,6 +159,19 @@ class StageAttentionNet(AttentionCaptureMixin, BaseModel, GradientInterpretable)
         conv_size: int = 10,
         dropout: float = 0.3,
     ) -> None:
+        name = type(self).__name__
+        sizes = {
+            "embedding_dim": embedding_dim,
+            "chunk_size": chunk_size,
+            "levels": levels,
+            "heads": heads,
+            "attention_layers": attention_layers,
+            "conv_size": conv_size,
+        }
+        for hparam, value in sizes.items():
+            check_size(name, hparam, value)
+        check_heads(name, embedding_dim, heads)
+        check_dropout(name, dropout)
         super().__init__(dataset)
         self.hparams = {
             "embedding_dim": embedding_dim,

@@ -14,6 +14,7 @@ from .attention import EncoderBlock, MultiHeadAttention
 from .base import BaseModel, feature_values
 from .capture import ENCODER_MODEL_CAPABILITIES, AttentionCaptureMixin
 from .embedding import FeatureEmbedding, Tokens, sinusoidal_positions
+from .hparams import check_dropout, check_heads, check_size
 
 
 class TransformerEncoder(nn.Module):
@@ -52,7 +53,11 @@ class Transformer(AttentionCaptureMixin, BaseModel, GradientInterpretable):
         embedding_dim: width ``D`` of tokens and hidden states.
         heads: attention heads (must divide ``embedding_dim``).
         num_layers: encoder blocks per feature key.
-        dropout: dropout in blocks and on attention weights.
+        dropout: dropout in blocks and on attention weights, in ``[0, 1)``.
+
+    Raises:
+        TypeError / ValueError: a size that is not an int >= 1, heads that do not divide
+            ``embedding_dim``, or a dropout outside ``[0, 1)``, naming the hyperparameter.
 
     Example:
         >>> model = Transformer(dataset, embedding_dim=64, heads=4, num_layers=2)
@@ -61,6 +66,8 @@ class Transformer(AttentionCaptureMixin, BaseModel, GradientInterpretable):
 
     short_name = "transformer"
     interpret_capabilities = ENCODER_MODEL_CAPABILITIES
+    #: Hyperparameters counting repeated layers (see ``BaseModel.layer_count_hparams``).
+    layer_count_hparams = frozenset({"num_layers"})
 
     def __init__(
         self,
@@ -70,6 +77,15 @@ class Transformer(AttentionCaptureMixin, BaseModel, GradientInterpretable):
         num_layers: int = 2,
         dropout: float = 0.1,
     ) -> None:
+        name = type(self).__name__
+        for hparam, value in (
+            ("embedding_dim", embedding_dim),
+            ("heads", heads),
+            ("num_layers", num_layers),
+        ):
+            check_size(name, hparam, value)
+        check_heads(name, embedding_dim, heads)
+        check_dropout(name, dropout)
         super().__init__(dataset)
         self.hparams = {
             "embedding_dim": embedding_dim,
