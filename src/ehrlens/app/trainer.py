@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import logging
 import math
+import numbers
 import os
 from collections.abc import Sequence
 from typing import Any
@@ -20,6 +21,22 @@ from ..metrics.prediction import DEFAULT_METRICS, LOWER_IS_BETTER, compute_metri
 from ..models.base import BaseModel
 
 logger = logging.getLogger(__name__)
+
+
+class TrainingDivergedError(FloatingPointError, ValueError):
+    """Training produced a NaN or infinite loss, gradient or weight; the message names the
+    epoch and batch. A ``ValueError`` too, so the command line reports it as bad input (a
+    learning rate too large, or data the model cannot fit)."""
+
+
+def _check_rate(name: str, value: Any) -> float:
+    """``value`` as a float when it is a finite number >= 0 (0 freezes the weights)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a number, got {type(value).__name__}")
+    value = float(value)
+    if not math.isfinite(value) or value < 0:
+        raise ValueError(f"{name} must be finite and >= 0, got {value!r}")
+    return value
 
 
 class Trainer:
@@ -81,7 +98,18 @@ class Trainer:
 
         Returns:
             One dict per epoch: ``epoch``, ``train_loss`` and ``val_*`` metrics.
+
+        Raises:
+            ValueError: ``lr`` or ``weight_decay`` not finite and >= 0, ``epochs`` below 0,
+                or an unknown ``monitor``.
+            TrainingDivergedError: the loss or the gradient norm of a batch is NaN or
+                infinite, or the weights are after an epoch (naming the epoch and batch);
+                the model keeps the weights it had then, so do not save it.
         """
+        lr = _check_rate("lr", lr)
+        weight_decay = _check_rate("weight_decay", weight_decay)
+        if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 0:
+            raise ValueError(f"epochs must be an int >= 0, got {epochs!r}")
         if monitor is not None and monitor != "loss" and monitor not in self.metrics:
             raise ValueError(f"monitor {monitor!r} is not among the metrics {self.metrics}")
         torch.manual_seed(self.seed)
@@ -95,16 +123,36 @@ class Trainer:
         for epoch in range(1, epochs + 1):
             self.model.train()
             losses = []
-            for batch in progress_bar(train_loader, self.progress, desc=f"epoch {epoch}"):
+            bar = progress_bar(train_loader, self.progress, desc=f"epoch {epoch}")
+            for number, batch in enumerate(bar, start=1):
                 optimizer.zero_grad(set_to_none=True)
                 loss = self.model(**move_to_device(batch, self.device))["loss"]
+                where = f"epoch {epoch}, batch {number}"
                 if not torch.isfinite(loss):
-                    raise FloatingPointError(f"epoch {epoch}: training loss is {loss.item()}")
+                    raise TrainingDivergedError(
+                        f"{where}: training loss is {loss.item()}; training stopped (is the "
+                        f"learning rate {lr:g} too large?)"
+                    )
                 loss.backward()
                 if max_grad_norm is not None:
-                    torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_grad_norm)
-                optimizer.step()
+                    norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_grad_norm)
+                    if not torch.isfinite(norm):
+                        raise TrainingDivergedError(
+                            f"{where}: the gradient norm is {norm.item()}; training stopped"
+                        )
+                try:
+                    optimizer.step()
+                except RuntimeError as error:  # e.g. a step size beyond float range
+                    raise TrainingDivergedError(
+                        f"{where}: the optimizer step failed ({error}); training stopped (is "
+                        f"the learning rate {lr:g} too large?)"
+                    ) from error
                 losses.append(loss.item())
+            if not all(bool(torch.isfinite(p).all()) for p in self.model.parameters()):
+                raise TrainingDivergedError(
+                    f"epoch {epoch}: the weights became NaN or infinite (after batch "
+                    f"{len(losses)}); training stopped (is the learning rate {lr:g} too large?)"
+                )
             record: dict[str, float] = {"epoch": epoch, "train_loss": float(np.mean(losses))}
             if val_loader is not None:
                 record.update({f"val_{k}": v for k, v in self.evaluate(val_loader).items()})

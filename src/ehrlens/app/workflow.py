@@ -32,7 +32,7 @@ from ..data import (
     generate_cohort,
     get_dataloader,
 )
-from ..data.dataset import split_by_patient
+from ..data.dataset import MAX_CODES_PER_STEP, MAX_STEPS, split_by_patient
 from ..data.events import to_events
 from ..metrics.prediction import compute_metrics
 from ..models import BaseModel, model_class
@@ -230,8 +230,13 @@ def train_model(
     batch_size: int = 64,
     seed: int = 0,
     progress: bool = False,
+    max_steps: int | None = MAX_STEPS,
+    max_codes_per_step: int | None = MAX_CODES_PER_STEP,
 ) -> tuple[BaseModel, dict[str, Any]]:
     """Fit processors, split 70/15/15 by patient, train with best-epoch restore, test.
+
+    ``max_steps`` / ``max_codes_per_step``: size limits per sample, as in
+    :func:`~ehrlens.data.create_sample_dataset`.
 
     Returns:
         ``(model, card)`` where the card records the data size, split (fractions, seed and each
@@ -243,7 +248,10 @@ def train_model(
         >>> save_model_dir(model, "model/", card)
     """
     chosen = model_class(model)  # by short name; a ValueError lists the names
-    dataset = create_sample_dataset(samples, schema["input_schema"], schema["output_schema"])
+    dataset = create_sample_dataset(
+        samples, schema["input_schema"], schema["output_schema"], max_steps=max_steps,
+        max_codes_per_step=max_codes_per_step,
+    )  # fmt: skip
     if len(dataset) < 10:
         raise ValueError(f"need at least 10 patients to split and train, got {len(dataset)}")
     fit = fit_on_splits(
