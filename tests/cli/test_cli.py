@@ -223,11 +223,11 @@ def test_explain_writes_the_long_format_table(pipeline):
     assert set(frame["feature"]) == set(schema)
     manifest = json.loads((attr / "_ehrlens_run.json").read_text())
     assert manifest["complete"] is True and manifest["rows"] == expected_rows
-    # the Python API returns the same table
+    # the Python API returns the same table (the command buckets batches by length)
     dataset = create_sample_dataset(samples, schema=model.schema)
     api = explain_cohort(
         model, dataset, {"rollout": {}, "chefer": {}, "random": {"seed": 0}},
-        batch_size=16, shard_size=25, model_id=card["model_id"],
+        batch_size=16, shard_size=25, model_id=card["model_id"], bucket_by_length=True,
     )  # fmt: skip
     pd.testing.assert_frame_equal(api.to_frame(), frame, check_exact=True)
 

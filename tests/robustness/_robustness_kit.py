@@ -137,3 +137,19 @@ def real_mask(batch: dict[str, Any], key: str) -> torch.Tensor:
     if mask is not None:
         return mask[..., None].expand(values.shape)
     return torch.ones(values.shape, dtype=torch.bool)
+
+
+def save_tiny_model(root: Any, dataset: Any, name: str = "Transformer") -> Any:
+    """A tiny seeded model saved as a model directory ``root / "model"``; returns its path."""
+    from ehrlens.models.directory import save_model_dir
+
+    return save_model_dir(make_model(name, dataset), root / "model")
+
+
+def run_cli(*args: Any) -> Any:
+    """``ehrlens ARGS`` in-process; click's result (``exit_code``, ``stdout``, ``stderr``)."""
+    from click.testing import CliRunner
+
+    from ehrlens.cli.app import main
+
+    return CliRunner().invoke(main, [str(a) for a in args])

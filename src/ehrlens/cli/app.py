@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import inspect
 import json
+import math
+import re
 import sys
 from collections.abc import Callable
 from functools import wraps
@@ -114,16 +116,24 @@ def _method_options(names: list[str], seed: int) -> dict[str, dict[str, Any]]:
     return {name: ({"seed": seed} if "seed" in METHODS[name].params else {}) for name in names}
 
 
-def _model_and_data(model_dir: Path, data: Path, labels: Path | None, split: str):
+def _model_and_data(
+    model_dir: Path,
+    data: Path,
+    labels: Path | None,
+    split: str,
+    model_sha256: str | None = None,
+    limits: dict[str, int | None] | None = None,
+):
     """``(model, card, dataset, samples)`` for the chosen split of the patients in ``data``,
-    selected by the patient ids the card records (see :mod:`ehrlens.app.splits`)."""
+    selected by the patient ids the card records (see :mod:`ehrlens.app.splits`);
+    ``limits``: ``max_steps`` / ``max_codes_per_step`` of the dataset."""
     from ..app.splits import recorded_patients, select_recorded_split
     from ..core.files import file_sha256
-    from ..data import create_sample_dataset
+    from ..data import MAX_CODES_PER_STEP, MAX_STEPS, create_sample_dataset
     from ..data.sources import load_samples
     from ..models.directory import load_model_dir
 
-    model, card = load_model_dir(model_dir)
+    model, card = load_model_dir(model_dir, expected_sha256=model_sha256)
     label_key = model.schema.label_keys[0]
     samples = load_samples(
         data,
@@ -132,7 +142,13 @@ def _model_and_data(model_dir: Path, data: Path, labels: Path | None, split: str
         label_key=label_key,
         columns=card.get("columns"),
     )
-    dataset = create_sample_dataset(samples, schema=model.schema)
+    limits = limits or {"max_steps": MAX_STEPS, "max_codes_per_step": MAX_CODES_PER_STEP}
+    dataset = create_sample_dataset(
+        samples,
+        schema=model.schema,
+        max_steps=limits["max_steps"],
+        max_codes_per_step=limits["max_codes_per_step"],
+    )
     legacy = split != "all" and recorded_patients(card) is None
     chosen = select_recorded_split(dataset, split, card, file_sha256(data) if legacy else None)
     if chosen is not dataset:
@@ -171,6 +187,64 @@ _split_option = click.option(
 _overwrite_option = click.option(
     "--overwrite", is_flag=True, help="Replace output files that already exist."
 )
+
+
+def _sha256_hex(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    if value is not None and not re.fullmatch(r"[0-9a-fA-F]{64}", value):
+        raise click.BadParameter("expected a SHA-256 in hex: 64 digits 0-9, a-f")
+    return value
+
+
+_sha256_option = click.option(
+    "--model-sha256",
+    "model_sha256",
+    callback=_sha256_hex,
+    metavar="HEX",
+    default=None,
+    help="Load the model only if model.pt has this SHA-256 (from a source you trust; the "
+    "checksum inside the file detects damage, not edits).",
+)
+
+
+def _size_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """``--max-steps`` and ``--max-codes-per-step``, passed on as ``limits``."""
+    from ..data.dataset import MAX_CODES_PER_STEP, MAX_STEPS
+
+    def limits(ctx: click.Context, param: click.Parameter, value: int) -> int | None:
+        return None if value == 0 else value
+
+    command = click.option(
+        "--max-codes-per-step",
+        type=click.IntRange(min=0),
+        default=MAX_CODES_PER_STEP,
+        show_default=True,
+        callback=limits,
+        help="Refuse a visit or step with more codes (0: no limit).",
+    )(command)
+    return click.option(
+        "--max-steps",
+        type=click.IntRange(min=0),
+        default=MAX_STEPS,
+        show_default=True,
+        callback=limits,
+        help="Refuse a patient with more steps (codes, visits) in a feature (0: no limit).",
+    )(command)
+
+
+_bucket_option = click.option(
+    "--bucket/--no-bucket",
+    default=True,
+    show_default=True,
+    help="Batch patients of similar length together (less padding; same scores).",
+)
+
+
+def _learning_rate(ctx: click.Context, param: click.Parameter, value: float) -> float:
+    if not (math.isfinite(value) and value > 0):
+        raise click.BadParameter(f"must be a finite number > 0, got {value}")
+    return value
+
+
 _method_option = click.option(
     "--method",
     "-m",
@@ -284,14 +358,29 @@ def synthetic(out_dir: Path, patients: int, layout: str, seed: int, overwrite: b
     show_default=True,
 )
 @click.option("--epochs", default=8, type=click.IntRange(min=1), show_default=True)
-@click.option("--lr", default=2e-3, show_default=True, help="Learning rate.")
-@click.option("--batch-size", default=64, type=click.IntRange(min=1), show_default=True)
-@click.option("--embedding-dim", default=64, show_default=True)
 @click.option(
-    "--layers", default=2, show_default=True, help="Encoder layers (models with num_layers)."
+    "--lr", default=2e-3, callback=_learning_rate, show_default=True, help="Learning rate (> 0)."
 )
-@click.option("--heads", default=4, show_default=True, help="Attention heads.")
+@click.option("--batch-size", default=64, type=click.IntRange(min=1), show_default=True)
+@click.option(
+    "--embedding-dim",
+    default=64,
+    type=click.IntRange(min=1),
+    show_default=True,
+    help="Width of embeddings; divisible by --heads.",
+)
+@click.option(
+    "--layers",
+    default=2,
+    type=click.IntRange(min=1),
+    show_default=True,
+    help="Encoder layers (models with num_layers).",
+)
+@click.option(
+    "--heads", default=4, type=click.IntRange(min=1), show_default=True, help="Attention heads."
+)
 @click.option("--seed", default=0, show_default=True, help="Seed of the split and training.")
+@_size_options
 @click.option("--overwrite", is_flag=True, help="Replace an existing model in --out.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
 @handle_errors
@@ -309,6 +398,8 @@ def train(
     layers: int,
     heads: int,
     seed: int,
+    max_steps: int | None,
+    max_codes_per_step: int | None,
     overwrite: bool,
     quiet: bool,
 ) -> None:
@@ -319,6 +410,11 @@ def train(
     from ..data.sources import load_samples
     from ..models.directory import CARD, WEIGHTS, save_model_dir
 
+    if embedding_dim % heads != 0:
+        raise click.BadParameter(
+            f"--embedding-dim {embedding_dim} must be divisible by --heads {heads}",
+            param_hint="'--embedding-dim' / '--heads'",
+        )
     message = None  # a card.json alone: the plain message naming it
     if (out / WEIGHTS).exists() and not (out / CARD).exists():
         message = (
@@ -341,7 +437,8 @@ def train(
         hparams["num_layers"] = layers
     model, card = train_model(
         samples, schema, model=model_name, hparams=hparams, epochs=epochs, lr=lr,
-        batch_size=batch_size, seed=seed, progress=not quiet,
+        batch_size=batch_size, seed=seed, progress=not quiet, max_steps=max_steps,
+        max_codes_per_step=max_codes_per_step,
     )  # fmt: skip
     card["data"].update(path=str(data), sha256=file_sha256(data))
     if schema.get("columns"):  # measurement order of numeric event features, kept for scoring
@@ -392,6 +489,9 @@ def train(
 @click.option(
     "--seed", default=0, show_default=True, help="Seed of methods that take one (e.g. random)."
 )
+@_sha256_option
+@_bucket_option
+@_size_options
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
 @handle_errors
 def explain(
@@ -408,6 +508,10 @@ def explain(
     address: str | None,
     workers: int | None,
     seed: int,
+    model_sha256: str | None,
+    bucket: bool,
+    max_steps: int | None,
+    max_codes_per_step: int | None,
     quiet: bool,
 ) -> None:
     """Explain every patient with each method; write long-format Parquet attributions
@@ -418,7 +522,10 @@ def explain(
 
     torch.manual_seed(seed)
     names = _methods(methods)
-    model, card, dataset, samples = _model_and_data(model_dir, data, labels, split)
+    limits = {"max_steps": max_steps, "max_codes_per_step": max_codes_per_step}
+    model, card, dataset, samples = _model_and_data(
+        model_dir, data, labels, split, model_sha256, limits
+    )
     options = _method_options(names, seed)
     if engine == "ray":
         from ..explain.ray_engine import explain_cohort_ray
@@ -428,13 +535,13 @@ def explain(
         result = explain_cohort_ray(
             model_dir, source, options, out_dir=out, batch_size=batch_size,
             shard_size=shard_size, target_class_idx=target, address=address,
-            num_workers=workers, progress=not quiet,
+            num_workers=workers, progress=not quiet, model_sha256=model_sha256,
         )  # fmt: skip
     else:
         result = explain_cohort(
             model, dataset, options, batch_size=batch_size, target_class_idx=target,
             out_dir=out, shard_size=shard_size, model_id=card.get("model_id"),
-            progress=not quiet,
+            progress=not quiet, bucket_by_length=bucket,
         )  # fmt: skip
     click.echo(
         f"{len(dataset)} patients x {len(names)} method(s): {result.num_rows} rows in "
@@ -477,6 +584,9 @@ def explain(
     help="Write faithfulness curves as PNG (extra ehrlens[plot]).",
 )
 @click.option("--seed", default=0, show_default=True)
+@_sha256_option
+@_bucket_option
+@_size_options
 @_overwrite_option
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
 @handle_errors
@@ -493,6 +603,10 @@ def evaluate(
     out: Path | None,
     plot: Path | None,
     seed: int,
+    model_sha256: str | None,
+    bucket: bool,
+    max_steps: int | None,
+    max_codes_per_step: int | None,
     overwrite: bool,
     quiet: bool,
 ) -> None:
@@ -507,14 +621,16 @@ def evaluate(
     names = _methods(methods)
     check_overwrite([p for p in (out, plot) if p is not None], overwrite)
     torch.manual_seed(seed)
-    model, _, dataset, _ = _model_and_data(model_dir, data, labels, split)
+    limits = {"max_steps": max_steps, "max_codes_per_step": max_codes_per_step}
+    model, _, dataset, _ = _model_and_data(model_dir, data, labels, split, model_sha256, limits)
     evaluator = Evaluator(
         model, ablation=ablation, n_bootstrap=bootstrap, seed=seed, progress=not quiet
     )
     results = {}
     for name, options in _method_options(names, seed).items():
         method = make_interpreter(name, model, **options)
-        results[name] = evaluator.evaluate(get_dataloader(dataset, batch_size), method, name)
+        loader = get_dataloader(dataset, batch_size, bucket_by_length=bucket)
+        results[name] = evaluator.evaluate(loader, method, name)
     rows = [r.to_dict() for r in results.values()]
     click.echo(_evaluation_table(rows))
     if out is not None:
@@ -593,6 +709,8 @@ def _evaluation_table(rows: list[dict[str, Any]]) -> str:
     "(0001-<patient id, sanitised>.png), with index.csv naming each file's patient "
     "(extra ehrlens[plot]).",
 )
+@_sha256_option
+@_size_options
 @click.option("--overwrite", is_flag=True, help="Replace an existing --out file and heatmap files.")
 @handle_errors
 @writes("out", "heatmaps")
@@ -606,6 +724,9 @@ def report(
     top_k: int,
     max_patients: int,
     heatmaps: Path | None,
+    model_sha256: str | None,
+    max_steps: int | None,
+    max_codes_per_step: int | None,
     overwrite: bool,
 ) -> None:
     """Write an HTML report: per patient the prediction, a timeline of visits with codes shaded
@@ -616,7 +737,8 @@ def report(
     from ..report import patient_predictions, read_descriptions, write_report
 
     check_overwrite([out], overwrite)
-    model, card, dataset, _ = _model_and_data(model_dir, data, labels, "all")
+    limits = {"max_steps": max_steps, "max_codes_per_step": max_codes_per_step}
+    model, card, dataset, _ = _model_and_data(model_dir, data, labels, "all", model_sha256, limits)
     frame = read_attributions(attributions)
     ids = sorted(set(frame["model_id"]))
     if ids != [card.get("model_id")]:

@@ -25,6 +25,7 @@ from typing import Any
 
 import torch
 
+from ..core.ids import find_id_clash
 from ..core.locks import output_lock
 from ..core.progress import progress_bar
 from ..data.dataset import SampleDataset
@@ -83,6 +84,7 @@ def explain_cohort(
     model_id: str | None = None,
     progress: bool = False,
     on_shard: Callable[[int, Path], None] | None = None,
+    bucket_by_length: bool = False,
 ) -> ExplainResult:
     """Explain every patient of ``dataset`` with every method; optionally write Parquet shards.
 
@@ -100,6 +102,11 @@ def explain_cohort(
         model_id: the ``model_id`` column; default :func:`model_fingerprint`.
         progress: show a progress bar over batches.
         on_shard: called as ``on_shard(index, path)`` after each shard is written.
+        bucket_by_length: within each shard, batch patients of similar size together so that
+            a long outlier does not pad a batch of short patients to its length; rows stay in
+            patient order and each patient's scores are those of an unbucketed run (within
+            float rounding; the ``random`` method draws other numbers). Recorded in the run's
+            settings, so a folder of an unbucketed run is not resumed by a bucketed one.
 
     Returns:
         :class:`ExplainResult`; ``to_frame()`` gives the table.
@@ -107,6 +114,7 @@ def explain_cohort(
     Raises:
         OutputConflictError: ``out_dir`` holds another run's output or foreign shard files.
         OutputLockedError: another run is writing ``out_dir`` (it names the holder).
+        ValueError: two samples with the same ``patient_id`` (rows are keyed by it).
         ValueError / TypeError: from the methods, naming the feature and sample.
 
     Example:
@@ -115,12 +123,16 @@ def explain_cohort(
     """
     if batch_size < 1 or shard_size < 1:
         raise ValueError(f"batch_size and shard_size must be >= 1, got {batch_size}, {shard_size}")
+    clash = find_id_clash(dataset.items, strict=True)
+    if clash is not None:
+        raise ValueError(clash.describe(f"sample {clash.first}", f"sample {clash.second}"))
     interpreters = build_methods(model, methods)
     schema = model.schema
     model_id = model_id or model_fingerprint(model)
+    extra = {"bucket_by_length": True} if bucket_by_length else {}
     settings = run_settings(
         model_id, dataset_fingerprint(dataset), interpreters, batch_size, shard_size,
-        target_class_idx,
+        target_class_idx, **extra,
     )  # fmt: skip
     fingerprint = run_fingerprint(settings)
     n = len(dataset)
@@ -147,7 +159,7 @@ def explain_cohort(
                     continue
             columns = explain_rows(
                 model, dataset, interpreters, range(start, stop), batch_size, target_class_idx,
-                model_id, schema, bar_iter,
+                model_id, schema, bar_iter, bucket_by_length,
             )  # fmt: skip
             result.computed.append(index)
             result.num_rows += len(columns["patient_id"])

@@ -109,13 +109,14 @@ class ShardExplainer:
         target_class_idx: int | None,
         model_id: str,
         threads: int = 1,
+        model_sha256: str | None = None,
     ) -> None:
         import torch
 
         from ..models.directory import load_model_dir
 
         torch.set_num_threads(max(1, int(threads)))
-        self.model, _ = load_model_dir(model_dir)
+        self.model, _ = load_model_dir(model_dir, expected_sha256=model_sha256)
         self.interpreters = rebuild_methods(self.model, methods)
         self.out_dir = Path(out_dir)
         self.fingerprint = fingerprint
@@ -207,6 +208,7 @@ def explain_cohort_ray(
     num_gpus_per_worker: float | None = None,
     columns: Mapping[str, Sequence[str]] | None = None,
     progress: bool = False,
+    model_sha256: str | None = None,
 ) -> ExplainResult:
     """Explain every patient with Ray Data; write the same shards as
     :func:`~ehrlens.explain.explain_cohort`.
@@ -227,6 +229,8 @@ def explain_cohort_ray(
         num_gpus_per_worker: GPUs per actor; default 1 when the cluster has GPUs, else 0.
         columns: measurement names of numeric features, for event tables.
         progress: Ray Data's progress bars.
+        model_sha256: SHA-256 of ``model.pt`` that the driver and every worker verify
+            before loading it (see :meth:`~ehrlens.models.BaseModel.load`).
 
     Returns:
         :class:`~ehrlens.explain.ExplainResult` over the shard files.
@@ -246,7 +250,7 @@ def explain_cohort_ray(
 
     if batch_size < 1 or shard_size < 1:
         raise ValueError(f"batch_size and shard_size must be >= 1, got {batch_size}, {shard_size}")
-    model, card = load_model_dir(model_dir)
+    model, card = load_model_dir(model_dir, expected_sha256=model_sha256)
     interpreters = build_methods(model, methods)
     options = method_recipes(methods, interpreters)
     init_ray(address, num_cpus=None if address is not None else num_workers)
@@ -260,7 +264,13 @@ def explain_cohort_ray(
     order = rows.select_columns(["patient_id"]).to_pandas()["patient_id"].tolist()
     duplicates = len(order) - len(set(order))
     if duplicates:
-        raise ValueError(f"{duplicates} duplicate patient id(s) in the input; ids must be unique")
+        first: dict[str, int] = {}
+        again = next(i for i, pid in enumerate(order) if first.setdefault(pid, i) != i)
+        raise ValueError(
+            f"{duplicates} duplicate patient id(s) in the input, e.g. sample {again} repeats "
+            f"patient_id {order[again]!r} of sample {first[order[again]]} (ids are compared "
+            "as text); ids must be unique"
+        )
     model_id = card.get("model_id") or ""
     settings = run_settings(
         model_id, data_digest, interpreters, batch_size, shard_size, target_class_idx,
@@ -323,6 +333,7 @@ def explain_cohort_ray(
                         "batch_size": batch_size,
                         "target_class_idx": target_class_idx,
                         "model_id": model_id,
+                        "model_sha256": model_sha256,
                     },
                 ).to_pandas()
             )

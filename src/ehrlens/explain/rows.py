@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from ..core.modes import eval_mode
-from ..data.dataset import SampleDataset, move_to_device
+from ..data.dataset import SampleDataset, length_buckets, move_to_device
 from ..interpret.methods import BaseInterpreter
 from ..interpret.registry import make_interpreter
 from .table import concat_columns, method_columns
@@ -51,17 +51,27 @@ def explain_rows(
     model_id: str,
     schema: Any,
     bar_iter: Any = None,
+    bucket_by_length: bool = False,
 ) -> dict[str, list]:
     """Long-format columns for ``dataset[indices]``, explained ``batch_size`` at a time; rows
     in patient order, then method. ``bar_iter`` is advanced once per batch.
 
     Each interpreter whose class declares ``gradient_free`` runs under
-    ``torch.inference_mode()``, whether it was given by name or as an instance."""
+    ``torch.inference_mode()``, whether it was given by name or as an instance.
+
+    ``bucket_by_length`` batches patients of similar size together
+    (:func:`~ehrlens.data.dataset.length_buckets`) and puts the rows back in patient order:
+    the same rows, with less padding when lengths vary. Patient ids must then be unique.
+    """
     indices = list(indices)
+    if bucket_by_length:
+        _require_unique_ids(dataset, indices)
+        chunks = length_buckets(dataset, batch_size, indices)
+    else:
+        chunks = [indices[i : i + batch_size] for i in range(0, len(indices), batch_size)]
     blocks = []
     with eval_mode(model):
-        for offset in range(0, len(indices), batch_size):
-            chunk = indices[offset : offset + batch_size]
+        for chunk in chunks:
             batch = dataset.collate([dataset[i] for i in chunk])
             batch = move_to_device(batch, getattr(model, "device", "cpu"))
             per_method = {}
@@ -74,4 +84,49 @@ def explain_rows(
             blocks.append(method_columns(per_method, batch, schema, model_id))
             if bar_iter is not None:
                 next(bar_iter, None)
-    return concat_columns(blocks)
+    if not bucket_by_length:
+        return concat_columns(blocks)
+    return _in_input_order(blocks, chunks, dataset, indices)
+
+
+def _require_unique_ids(dataset: SampleDataset, indices: Sequence[int]) -> None:
+    seen: dict[str, int] = {}
+    for i in indices:
+        pid = str(dataset[i]["patient_id"])
+        first = seen.setdefault(pid, i)
+        if first != i:
+            raise ValueError(
+                f"samples {first} and {i} have the same patient_id {pid!r}; attribution rows "
+                "are keyed by patient_id, so each patient must have one sample"
+            )
+
+
+def _in_input_order(
+    blocks: list[dict[str, list]],
+    chunks: list[list[int]],
+    dataset: SampleDataset,
+    indices: Sequence[int],
+) -> dict[str, list]:
+    """Rows of bucketed batches, regrouped per patient in the order of ``indices``.
+
+    Each batch's rows are contiguous per patient, in batch order (see ``method_columns``), and
+    patient ids are unique, so each patient's rows are the run with its id.
+    """
+    spans: dict[int, tuple[int, int, int]] = {}  # dataset index -> (block, start, stop)
+    for number, (block, chunk) in enumerate(zip(blocks, chunks, strict=True)):
+        ids = block["patient_id"]
+        position = 0
+        for i in chunk:
+            pid = str(dataset[i]["patient_id"])
+            start = position
+            while position < len(ids) and ids[position] == pid:
+                position += 1
+            spans[i] = (number, start, position)
+        if position != len(ids):  # pragma: no cover - guarded by the unique-id check
+            raise RuntimeError("rows of a batch are not grouped by patient")
+    out: dict[str, list] = {name: [] for name in blocks[0]} if blocks else concat_columns([])
+    for i in indices:
+        number, start, stop = spans[i]
+        for name, column in blocks[number].items():
+            out[name].extend(column[start:stop])
+    return out

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from ..core.progress import progress_bar
+from ..data.dataset import LengthBucketSampler
 from .faithfulness import DEFAULT_PERCENTAGES, RemovalFaithfulness, SampleFilter, Target
 from .recovery import signal_recovery
 from .removal import Ablation
@@ -142,19 +143,27 @@ class Evaluator:
         """Explain every batch with ``method.attribute(target_class_idx=..., **batch)``, score it.
 
         The class explained is the class measured (see ``target``); class-agnostic methods
-        ignore it.
+        ignore it. With a length-bucketed loader (``get_dataloader(...,
+        bucket_by_length=True)``) the per-sample values are put back in dataset order, so
+        the result equals that of an unbucketed loader (within float rounding).
         """
         name = name or type(method).__name__
         values: dict[str, list[np.ndarray]] = {}
         n_patients, seconds = 0, 0.0
         curves = []
-        for batch in progress_bar(dataloader, self.progress, desc=f"evaluate {name}"):
+        sampler = getattr(dataloader, "batch_sampler", None)
+        buckets = sampler.batches if isinstance(sampler, LengthBucketSampler) else None
+        positions: list[np.ndarray] = []
+        bar = progress_bar(dataloader, self.progress, desc=f"evaluate {name}")
+        for number, batch in enumerate(bar):
             targets = self.faithfulness.targets(batch)
             start = time.perf_counter()
             attributions = method.attribute(target_class_idx=targets[1], **batch)
             seconds += time.perf_counter() - start
             n_patients += len(batch["patient_id"])
             result = self.faithfulness(attributions, batch, targets)
+            if buckets is not None:
+                positions.append(np.asarray(buckets[number])[result.scored.cpu().numpy()])
             curves.append((result.curve(), result.n_scored))
             per_q = {
                 "comprehensiveness": result.comprehensiveness.mean(1),
@@ -186,6 +195,9 @@ class Evaluator:
                     column = np.array([getattr(r, attribute) for r in recovered], dtype=float)
                     values.setdefault(metric, []).append(column)
         joined = {m: np.concatenate(v) if v else np.empty(0) for m, v in values.items()}
+        if positions:  # bucketed batches: back to dataset order
+            order = np.argsort(np.concatenate(positions), kind="stable")
+            joined = {m: v[order] for m, v in joined.items()}
         n_scored = len(joined.get("comprehensiveness", []))
         summaries = {
             m: bootstrap_interval(v, self.n_bootstrap, self.seed) for m, v in joined.items()
