@@ -12,16 +12,18 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
 
 from ..data import get_dataloader
+from ..data.synthetic import Layout
 from ..interpret import AttentionFlow, AttentionRollout, CheferRelevance, top_codes
-from ..models import StageAttentionNet, Transformer
+from ..models import BaseModel, StageAttentionNet, Transformer
 from .workflow import train_on_cohort
 
-MODELS = {
+MODELS: dict[str, tuple[Layout, type[BaseModel], dict[str, Any]]] = {
     "Transformer": ("sequence", Transformer, {"embedding_dim": 64, "heads": 4, "num_layers": 2}),
     "StageAttentionNet": (
         "stagenet",
@@ -66,7 +68,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     torch.manual_seed(args.seed)
     print(f"ehrlens demo: synthetic cohort of {args.patients} patients (seed {args.seed})")
-    results = {}
+    results: dict[str, float] = {}
     for name, (layout, model_class, hparams) in MODELS.items():
         run = train_on_cohort(
             model_class,

@@ -7,9 +7,12 @@ Example:
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 
 from ..data import create_sample_dataset
+from ..data.processors import CodeProcessor
 from ..models import Transformer
 
 
@@ -42,7 +45,7 @@ def random_code_batch(model: Transformer, batch_size: int, seq: int, seed: int =
     Ids are drawn from the real codes (never padding or unknown) with a seeded generator.
     See :func:`random_code_transformer` for an example.
     """
-    vocab = model.schema.input_processors["codes"].vocab_size
+    vocab = cast(CodeProcessor, model.schema.input_processors["codes"]).vocab_size
     generator = torch.Generator().manual_seed(seed)
     ids = torch.randint(2, vocab, (batch_size, seq), generator=generator)
     return {"codes": ids, "masks": {}, "times": {}}

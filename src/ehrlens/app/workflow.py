@@ -34,6 +34,7 @@ from ..data import (
 )
 from ..data.dataset import MAX_CODES_PER_STEP, MAX_STEPS, split_by_patient
 from ..data.events import to_events
+from ..data.synthetic import Layout
 from ..metrics.prediction import compute_metrics
 from ..models import BaseModel, model_class
 from .trainer import Trainer
@@ -83,7 +84,7 @@ def read_schema_file(path: str | os.PathLike) -> dict[str, Any]:
 def write_synthetic_cohort(
     out_dir: str | os.PathLike,
     n_patients: int = 1000,
-    layout: str = "nested",
+    layout: Layout = "nested",
     seed: int = 0,
 ) -> dict[str, Path]:
     """Write a synthetic cohort with planted signal in every input format ehrlens reads.
@@ -122,7 +123,7 @@ def write_synthetic_cohort(
 
 def _code_descriptions(cohort: Any) -> dict[str, str]:
     kinds = {"diagnoses": "diagnosis", "procedures": "procedure", "drugs": "drug"}
-    out = {}
+    out: dict[str, str] = {}
     for sample in cohort.samples:
         for feature, kind in kinds.items():
             value = sample.get(feature, [])
@@ -320,7 +321,7 @@ def train_on_cohort(
     hparams: dict[str, Any],
     *,
     n_patients: int = 3000,
-    layout: str = "sequence",
+    layout: Layout = "sequence",
     seed: int = 0,
     epochs: int = 8,
     lr: float = 2e-3,

@@ -10,12 +10,16 @@ import sys
 from collections.abc import Callable
 from functools import wraps
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import click
 
 from ..core.files import OutputConflictError
 from ..models.base import model_classes
+
+if TYPE_CHECKING:
+    from ..data.synthetic import Layout
+    from ..metrics.removal import Ablation
 
 #: Exit codes, also listed in ``ehrlens --help``.
 EXIT_OK = 0
@@ -329,7 +333,9 @@ def synthetic(out_dir: Path, patients: int, layout: str, seed: int, overwrite: b
     from ..core.files import check_overwrite
 
     check_overwrite([out_dir / name for name in SYNTHETIC_FILES.values()], overwrite)
-    files = write_synthetic_cohort(out_dir, n_patients=patients, layout=layout, seed=seed)
+    files = write_synthetic_cohort(
+        out_dir, n_patients=patients, layout=cast("Layout", layout), seed=seed
+    )
     for name, path in files.items():
         click.echo(f"{name:13s} {path}")
 
@@ -624,7 +630,11 @@ def evaluate(
     limits = {"max_steps": max_steps, "max_codes_per_step": max_codes_per_step}
     model, _, dataset, _ = _model_and_data(model_dir, data, labels, split, model_sha256, limits)
     evaluator = Evaluator(
-        model, ablation=ablation, n_bootstrap=bootstrap, seed=seed, progress=not quiet
+        model,
+        ablation=cast("Ablation", ablation),  # a click.Choice of the two
+        n_bootstrap=bootstrap,
+        seed=seed,
+        progress=not quiet,
     )
     results = {}
     for name, options in _method_options(names, seed).items():

@@ -185,6 +185,8 @@ def _max_lengths(max_length: MaxLength, input_schema: Mapping[str, str]) -> dict
     # One limit for every feature that is ordered in time; fixed-size vectors are left alone.
     # (An unknown schema string keeps the limit: fitting then names the string.)
     limit = check_max_length(max_length)
+    if limit is None:
+        return {}
     return {k: limit for k, schema in input_schema.items() if _time_ordered(schema)}
 
 
@@ -288,8 +290,8 @@ class SampleDataset(Dataset):
             if collated.times is not None:
                 batch["times"][key] = collated.times
         if self.has_labels:
-            for key, processor in self.output_processors.items():
-                batch[key] = processor.collate([item[key] for item in items])
+            for key, label_processor in self.output_processors.items():
+                batch[key] = label_processor.collate([item[key] for item in items])
         return batch
 
 
@@ -383,8 +385,8 @@ def create_sample_dataset(
             item[key] = processor.process(_field(sample, key, index), key, index)
             _check_size(item[key], processor, limits, f"sample {index} (patient_id={pid!r})", key)
         if has_labels:
-            for key, processor in schema.output_processors.items():
-                item[key] = processor.process(_field(sample, key, index), key, index)
+            for key, label_processor in schema.output_processors.items():
+                item[key] = label_processor.process(_field(sample, key, index), key, index)
         items.append(item)
     truncated = {k: p.truncated_samples - before[k] for k, p in limited.items()}
     for key, count in truncated.items():

@@ -259,6 +259,7 @@ def _feature_row(
     """One feature's line of the timeline. A visited feature gets one fixed-width column per
     visit of the patient (empty where it has no code then), so visits line up across features;
     a flat feature is one cell."""
+    groups: list[tuple[int | None, Any]]
     if rows["visit"].isna().all():
         groups = [(None, rows)]
     else:

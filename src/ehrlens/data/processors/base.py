@@ -105,7 +105,8 @@ def pad_stack(tensors: Sequence[Tensor], dtype: torch.dtype, value: float = 0) -
     shape = [max(t.shape[d] for t in tensors) for d in range(rank)]
     out = torch.full((len(tensors), *shape), value, dtype=dtype)
     for i, t in enumerate(tensors):
-        out[(i, *(slice(0, s) for s in t.shape))] = t
+        region: tuple[int | slice, ...] = (i, *(slice(0, s) for s in t.shape))
+        out[region] = t
     return out
 
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Iterator, Sequence
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -137,7 +137,7 @@ class CodeProcessor(FeatureProcessor):
     def embed_units(self, key: str, unit: nn.Module, values: Tensor) -> Tensor:
         """Embedding rows of the ids; an id outside the vocabulary is a ValueError naming the
         sample (e.g. ids converted with another model's vocabulary)."""
-        size = unit.num_embeddings
+        size = cast(nn.Embedding, unit).num_embeddings
         if values.numel() and values.device.type != "meta":
             bad = ((values < 0) | (values >= size)).reshape(values.shape[0], -1).any(dim=1)
             if bool(bad.any()):
@@ -189,7 +189,7 @@ class CodeProcessor(FeatureProcessor):
                 yield self._flat_unit(int(p), codes[p])
             return
         for v, p in zip(*np.nonzero(real), strict=True):
-            yield int(v), int(p), codes[v, p], (v, p)
+            yield int(v), int(p), str(codes[v, p]), (int(v), int(p))
 
     def _flat_unit(self, position: int, code: str) -> LongUnit:
         return None, position, code, (position,)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Hashable, Sequence
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import Tensor
@@ -73,7 +73,7 @@ class BinaryLabelProcessor(LabelProcessor):
             raise RuntimeError(f"label '{key}': processor used before fit()")
         scalar = _label_scalar(value, key, index)
         zero_one = self.label_map.keys() == {"0", "1"}
-        name = str(int(scalar)) if zero_one and scalar in (0, 1) else str(scalar)
+        name = str(int(cast(int, scalar))) if zero_one and scalar in (0, 1) else str(scalar)
         if name not in self.label_map:
             raise ValueError(
                 f"{where(key, index, 'label')}: binary label must be one of "
@@ -107,7 +107,11 @@ class MulticlassLabelProcessor(LabelProcessor):
             raise ValueError(f"label '{key}': multiclass needs at least two classes, got {raw}")
         integers = all(isinstance(v, int) and not isinstance(v, bool) for v in raw)
         # Integer classes keep numeric order, so column j of y_prob is class j for 0..C-1.
-        self.classes = [str(v) for v in sorted(raw)] if integers else sorted(map(str, raw))
+        self.classes = (
+            [str(v) for v in sorted(cast(list[int], list(raw)))]
+            if integers
+            else sorted(map(str, raw))
+        )
 
     def process(self, value: Any, key: str, index: int | None = None) -> Tensor:
         name = str(_label_scalar(value, key, index))
@@ -187,7 +191,7 @@ class RegressionLabelProcessor(LabelProcessor):
                 f"{where(key, index, 'label')}: regression label must be a number, got {value!r}"
             )
         try:
-            return torch.tensor([float(scalar)])
+            return torch.tensor([float(cast(float, scalar))])
         except OverflowError:
             raise ValueError(
                 f"{where(key, index, 'label')}: regression label must be finite, got an "

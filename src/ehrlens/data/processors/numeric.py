@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Iterator, Sequence
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
@@ -33,6 +33,20 @@ from .base import (
 )
 from .checks import finite_float, is_number, pair, time_list, type_name, where
 from .registry import register_processor
+
+
+def fitted(value: int | None, schema: str) -> int:
+    """A size learnt by ``fit``; a RuntimeError when the processor was never fitted."""
+    if value is None:
+        raise RuntimeError(f"a '{schema}' processor was used before fit()")
+    return int(value)
+
+
+def measurement_names(events: EventRows) -> list[str]:
+    """The measurement names of a numeric feature's event rows (set by the reader)."""
+    if events.names is None:
+        raise ValueError(f"feature '{events.key}': event rows without measurement names")
+    return list(events.names)
 
 
 class ElementwiseEmbedding(nn.Module):
@@ -120,7 +134,7 @@ class TimeseriesProcessor(FeatureProcessor):
         return time_list(times, len(parsed), key, index), parsed
 
     def fit(self, values: Sequence[Any], key: str) -> None:
-        widths = {}
+        widths: dict[int, int] = {}  # number of features -> first sample with it
         for index, value in enumerate(values):
             _, rows = self._parse(value, key, index)
             if rows:
@@ -167,10 +181,10 @@ class TimeseriesProcessor(FeatureProcessor):
 
     def unit_embedding(self, dim: int) -> nn.Module:
         """``nn.Linear(num_features, dim)``: one embedding per time step ``[..., T, dim]``."""
-        return nn.Linear(int(self.num_features), dim)
+        return nn.Linear(fitted(self.num_features, "timeseries"), dim)
 
     def embed_units(self, key: str, unit: nn.Module, values: Tensor) -> Tensor:
-        return unit(values.to(unit.weight.dtype))
+        return unit(values.to(cast(nn.Linear, unit).weight.dtype))
 
     def unit_mask(self, values: Tensor, step_mask: Tensor | None = None) -> Tensor:
         """Every value of a real step (``step_mask``; every step without one)."""
@@ -205,7 +219,7 @@ class TimeseriesProcessor(FeatureProcessor):
         """One step per distinct time; a measurement repeated at one time opens a further
         step at that time (nothing is overwritten). A measurement missing at a step carries
         its last value forward (0.0 before its first measurement)."""
-        rows, names = events.rows, events.names
+        rows, names = events.rows, measurement_names(events)
         column = {name: i for i, name in enumerate(names)}
         repeat = rows.groupby(["time", "code"], sort=False).cumcount().to_numpy()
         keys = list(zip(rows["time"].tolist(), repeat.tolist(), strict=True))
@@ -298,7 +312,7 @@ class TensorProcessor(FeatureProcessor):
 
     def unit_embedding(self, dim: int) -> nn.Module:
         """:class:`ElementwiseEmbedding`: one embedding per element ``[..., F, dim]``."""
-        return ElementwiseEmbedding(int(self.size), dim)
+        return ElementwiseEmbedding(fitted(self.size, "tensor"), dim)
 
     def unit_mask(self, values: Tensor, step_mask: Tensor | None = None) -> Tensor:
         """Every element is real."""
@@ -321,7 +335,12 @@ class TensorProcessor(FeatureProcessor):
 
     def from_events(self, events: EventRows) -> list[float]:
         """One value per measurement name; a missing or repeated one is a ValueError."""
-        rows, names, pid, key = events.rows, events.names, events.patient_id, events.key
+        rows, names, pid, key = (
+            events.rows,
+            measurement_names(events),
+            events.patient_id,
+            events.key,
+        )
         column = {name: i for i, name in enumerate(names)}
         vector = [math.nan] * len(names)
         for c, x in zip(rows["code"], rows["value"], strict=True):
