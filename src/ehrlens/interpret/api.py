@@ -186,6 +186,10 @@ def feature_value(
 
     Raises:
         ValueError: a tuple that matches neither, naming the feature.
+
+    Example:
+        >>> values, mask = feature_value(describe(model), "conditions", batch["conditions"])
+        >>> values.shape, mask.shape        # [batch, seq] each, for (value, mask)
     """
     if isinstance(feature, Tensor):
         return feature, None
@@ -213,6 +217,10 @@ def input_view(description: ModelDescription, batch: Mapping[str, Any]) -> dict[
     """``batch`` with every tuple feature replaced by its value tensor and its mask moved to
     ``batch["masks"]`` (reduced to one flag per step for numeric ``[batch, steps, features]``
     values), the form the score mapping reads.
+
+    Example:
+        >>> view = input_view(describe(model), batch)
+        >>> view["visits"].shape, view["masks"]["visits"].shape   # [b, v, c], [b, v, c]
     """
     keys = description.feature_keys or tuple(batch)
     view = dict(batch)
@@ -428,7 +436,6 @@ def capture_attention(
             f"{type(model).__name__} does not implement GradientInterpretable: "
             "gradient capture is not available"
         )
-    legacy_forward_only = not gradients and not caps.forward_only
     hooks = cast(ForwardOnlyCapture, model)  # its keywords are used only where declared
     with eval_mode(model):
         try:
@@ -443,7 +450,7 @@ def capture_attention(
             if caps.forward_only:
                 outputs = model(**batch)
             else:
-                autograd = legacy_forward_only and not torch.is_grad_enabled()
+                autograd = not gradients and not torch.is_grad_enabled()
                 outputs = _legacy_forward(model, batch, autograd)
             yield CapturedForward(outputs=outputs)
         finally:

@@ -77,8 +77,23 @@ def ablate_numbers(values: Tensor, flags: Tensor, real: Tensor, ablation: Ablati
     return torch.where(flags, replacement, values)
 
 
+class NumericProcessor(FeatureProcessor):
+    """Shared by the numeric input types: a removed value becomes 0, or the mean of its
+    channel over the batch's real units (:func:`ablate_numbers`)."""
+
+    def remove_units(
+        self,
+        values: Tensor,
+        flags: Tensor,
+        ablation: Ablation = "zero",
+        step_mask: Tensor | None = None,
+    ) -> Tensor:
+        """Removed values become 0 or their channel's mean over the batch's real units."""
+        return ablate_numbers(values, flags, self.unit_mask(values, step_mask), ablation)
+
+
 @register_processor
-class TimeseriesProcessor(FeatureProcessor):
+class TimeseriesProcessor(NumericProcessor):
     """``"timeseries"``: ``(times, values)`` with values ``[T, F]`` -> ``FloatTensor [T, F]``.
 
     The batch carries a step mask ``[batch, T]`` (zero is a valid measurement, so padding
@@ -198,16 +213,6 @@ class TimeseriesProcessor(FeatureProcessor):
             return torch.ones(values.shape[:2], dtype=torch.bool, device=values.device)
         return step_mask.to(torch.bool)
 
-    def remove_units(
-        self,
-        values: Tensor,
-        flags: Tensor,
-        ablation: Ablation = "zero",
-        step_mask: Tensor | None = None,
-    ) -> Tensor:
-        """Removed values become 0 or their channel's mean over the batch's real steps."""
-        return ablate_numbers(values, flags, self.unit_mask(values, step_mask), ablation)
-
     def long_units(self, values: Tensor, step_mask: Tensor | None = None) -> Iterator[LongUnit]:
         """``(step, column, column as text)`` for every value of a real step."""
         steps = values.shape[0] if step_mask is None else int(step_mask.sum())
@@ -256,7 +261,7 @@ class TimeseriesProcessor(FeatureProcessor):
 
 
 @register_processor
-class TensorProcessor(FeatureProcessor):
+class TensorProcessor(NumericProcessor):
     """``"tensor"``: a fixed-size numeric vector -> ``FloatTensor [F]``."""
 
     schema = "tensor"
@@ -317,16 +322,6 @@ class TensorProcessor(FeatureProcessor):
     def unit_mask(self, values: Tensor, step_mask: Tensor | None = None) -> Tensor:
         """Every element is real."""
         return torch.ones(values.shape, dtype=torch.bool, device=values.device)
-
-    def remove_units(
-        self,
-        values: Tensor,
-        flags: Tensor,
-        ablation: Ablation = "zero",
-        step_mask: Tensor | None = None,
-    ) -> Tensor:
-        """Removed elements become 0 or the element's mean over the batch."""
-        return ablate_numbers(values, flags, self.unit_mask(values, step_mask), ablation)
 
     def long_units(self, values: Tensor, step_mask: Tensor | None = None) -> Iterator[LongUnit]:
         """``(None, element, element as text)`` for every element."""

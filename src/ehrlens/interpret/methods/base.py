@@ -216,13 +216,6 @@ def constructor_params(cls: type[BaseInterpreter]) -> list[str]:
     return [p.name for p in parameters]
 
 
-def model_pad_ids(model: Any) -> Mapping[str, int | None]:
-    """``{feature: pad id}`` a model declares as ``pad_ids`` (e.g. a tokenizer's pad token);
-    features it does not name use :data:`~ehrlens.data.PAD_ID` (0). Features with a fitted
-    processor (``describe(model).processors``) use the processor's own padding."""
-    return dict(describe(model).pad_ids)
-
-
 def feature_processor(model: Any, key: str, values: Tensor) -> FeatureProcessor:
     """The processor that lays out ``values`` (``batch[key]``) for ``model``: its fitted one,
     or one read off the tensor with the model's pad id for ``key``."""
