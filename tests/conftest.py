@@ -12,6 +12,7 @@ MODEL_CLASSES = {cls.__name__: cls for cls in model_classes().values()}
 
 TINY_MODEL_KWARGS = {
     "Transformer": {"embedding_dim": 16, "heads": 2, "num_layers": 1, "dropout": 0.0},
+    "CodeTransformer": {"embedding_dim": 16, "heads": 2, "num_layers": 1, "dropout": 0.0},
     "StageAttentionNet": {
         "embedding_dim": 16,
         "chunk_size": 8,

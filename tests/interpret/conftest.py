@@ -8,6 +8,7 @@ maps through the model's own capture interface (``set_attention_hooks`` /
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -22,7 +23,7 @@ from torch import Tensor, nn
 from ehrlens.data.dataset import SampleDataset, create_sample_dataset
 from ehrlens.data.synthetic import generate_cohort
 from ehrlens.interpret import AttentionInterpretable, GradientInterpretable
-from ehrlens.models import StageAttentionNet, Transformer
+from ehrlens.models import CodeTransformer, StageAttentionNet, Transformer
 
 # ----------------------------------------------------------------------------- real models
 
@@ -32,6 +33,8 @@ MODEL_CASES = [
     ("Transformer", "nested"),
     ("StageAttentionNet", "stagenet"),
     ("StageAttentionNet", "sequence"),
+    ("CodeTransformer", "nested"),
+    ("CodeTransformer", "stagenet"),
 ]
 MODEL_CASE_IDS = [f"{name}-{layout}" for name, layout in MODEL_CASES]
 
@@ -47,6 +50,8 @@ def build_model(name: str, dataset: Any, seed: int = 0) -> nn.Module:
     torch.manual_seed(seed)
     if name == "Transformer":
         return Transformer(dataset, embedding_dim=16, heads=2, num_layers=3)
+    if name == "CodeTransformer":
+        return CodeTransformer(dataset, embedding_dim=16, heads=2, num_layers=3)
     return StageAttentionNet(
         dataset, embedding_dim=16, chunk_size=8, levels=2, heads=2, attention_layers=2
     )
@@ -162,8 +167,25 @@ def ref_last_valid(values: Tensor) -> Tensor:
     return torch.tensor(last, dtype=torch.long)
 
 
+def ref_code_tokens(values: Tensor) -> list[list[tuple[int, ...]]]:
+    """Per sample, the index in ``values`` of each CodeTransformer token: its real codes in
+    visit, then code order (token 0 is [CLS], token j + 1 the j-th real code)."""
+    return [
+        [index for index in itertools.product(*map(range, row.shape)) if int(row[index]) != 0]
+        for row in values
+    ]
+
+
 def ref_readout(model: nn.Module, key: str, matrix: Tensor, batch: dict[str, Any]) -> Tensor:
-    """The model's readout row over input positions, [batch, n_inputs]."""
+    """The model's readout row over input positions, [batch, n_inputs] ([batch, visits,
+    codes] for CodeTransformer's nested codes)."""
+    if isinstance(model, CodeTransformer):
+        values = batch[key]
+        out = torch.zeros(values.shape, dtype=matrix.dtype)
+        for b, tokens in enumerate(ref_code_tokens(values)):
+            for j, index in enumerate(tokens):
+                out[(b, *index)] = matrix[b, 0, 1 + j]
+        return out
     if isinstance(model, Transformer):
         return matrix[:, 0, 1:]
     last = ref_last_valid(batch[key])
@@ -172,7 +194,7 @@ def ref_readout(model: nn.Module, key: str, matrix: Tensor, batch: dict[str, Any
 
 def ref_to_inputs(scores: Tensor, values: Tensor) -> Tensor:
     real = (values != 0).to(scores.dtype)
-    if values.dim() == 3:
+    if values.dim() == 3 and scores.dim() == 2:
         return scores[..., None] * real
     return scores * real
 

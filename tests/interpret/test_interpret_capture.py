@@ -113,8 +113,11 @@ def test_capture_maps_are_post_softmax_with_zero_padded_keys(model_case):
     for key, maps in layers.items():
         values = batch[key]
         real = values != 0
-        real = real.any(-1) if values.dim() == 3 else real
-        if model_case.name == "Transformer":
+        if model_case.name == "CodeTransformer":  # [CLS], then each patient's codes packed
+            counts = real.reshape(real.shape[0], -1).sum(-1)
+            real = torch.arange(int(counts.max()))[None, :] < counts[:, None]
+        real = real.any(-1) if real.dim() == 3 else real
+        if model_case.name in ("Transformer", "CodeTransformer"):
             real = torch.cat([torch.ones(real.shape[0], 1, dtype=torch.bool), real], dim=1)
         has_real = real.any(-1)  # samples with at least one real key
         for attention, _ in maps:
@@ -180,11 +183,13 @@ def test_default_select_input_positions_agrees_with_overrides(model_case):
     default = AttentionInterpretable.select_input_positions(model, rows, **batch)
     assert set(override) == set(default) == set(model_case.keys)
     for key in model_case.keys:
-        assert override[key].shape == batch[key].shape[:2]
+        # CodeTransformer scores each code (every code is a token): shaped like the codes.
+        per_code = model_case.name == "CodeTransformer"
+        assert override[key].shape == (batch[key].shape if per_code else batch[key].shape[:2])
         torch.testing.assert_close(default[key], override[key], atol=1e-6, rtol=1e-6)
 
 
-def test_relevance_tensor_is_readout_weights_times_matrix(model_case):
+def test_relevance_tensor_is_readout_weights_times_matrix(model_case, ref):
     """get_relevance_tensor(R) == (weights @ R) restricted to the input positions."""
     model, batch = model_case.model, model_case.batch
     gen = torch.Generator().manual_seed(11)
@@ -195,7 +200,10 @@ def test_relevance_tensor_is_readout_weights_times_matrix(model_case):
     relevance = model.get_relevance_tensor(matrices, **batch)
     for key, w in weights.items():
         row = torch.bmm(w[:, None, :], matrices[key])[:, 0]
-        expected = row[:, 1:] if row.shape[1] == batch[key].shape[1] + 1 else row
+        if model_case.name == "CodeTransformer":  # each token's entry on its own code
+            expected = ref.readout(model, key, row[:, None, :], batch)
+        else:
+            expected = row[:, 1:] if row.shape[1] == batch[key].shape[1] + 1 else row
         torch.testing.assert_close(relevance[key], expected, atol=1e-6, rtol=0)
 
 

@@ -7,7 +7,14 @@ import pytest
 from click.testing import CliRunner
 
 from ehrlens.cli.app import main
-from ehrlens.models import BaseModel, StageAttentionNet, Transformer, model_class, model_classes
+from ehrlens.models import (
+    BaseModel,
+    CodeTransformer,
+    StageAttentionNet,
+    Transformer,
+    model_class,
+    model_classes,
+)
 
 
 @pytest.fixture
@@ -19,10 +26,17 @@ def restore_models():
 
 
 def test_the_table_lists_the_models_by_their_declared_short_names():
-    assert model_classes() == {"transformer": Transformer, "stagenet": StageAttentionNet}
-    assert list(model_classes()) == ["transformer", "stagenet"]  # the default model first
+    assert model_classes() == {
+        "transformer": Transformer,
+        "stagenet": StageAttentionNet,
+        "code_transformer": CodeTransformer,
+    }
+    assert list(model_classes()) == ["transformer", "stagenet", "code_transformer"]
     assert model_class("stagenet") is StageAttentionNet
-    with pytest.raises(ValueError, match=r"unknown model 'gru'; choose from transformer, stagenet"):
+    assert model_class("code_transformer") is CodeTransformer
+    with pytest.raises(
+        ValueError, match=r"unknown model 'gru'; choose from transformer, stagenet, code_trans"
+    ):
         model_class("gru")
 
 
@@ -52,4 +66,4 @@ def test_a_taken_short_name_is_refused(restore_models):
 def test_train_offers_the_models_of_the_table():
     result = CliRunner().invoke(main, ["train", "--help"])
     assert result.exit_code == 0
-    assert "--model [transformer|stagenet]" in result.stdout
+    assert "--model [transformer|stagenet|code_transformer]" in result.stdout

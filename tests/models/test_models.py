@@ -12,7 +12,7 @@ from ehrlens.data import create_sample_dataset
 from ehrlens.models import BaseModel, StageAttentionNet, Transformer
 from ehrlens.models.base import checkpoint_checksum
 
-MODELS = ["Transformer", "StageAttentionNet"]
+MODELS = ["Transformer", "StageAttentionNet", "CodeTransformer"]
 MODES = ["binary", "multiclass", "multilabel", "regression"]
 CODES = ["A", "B", "C", "D", "E", "F"]
 ATOL = 1e-5

@@ -6,10 +6,13 @@ from .base import BaseModel, model_class, model_classes
 # The order of definition is the order of model_classes() (the default model first).
 from .transformer import Transformer  # isort: split
 
-from .stage_attention import StageAttentionNet, StageNetLayer
+from .stage_attention import StageAttentionNet, StageNetLayer  # isort: split
+
+from .code_transformer import CodeTransformer
 
 __all__ = [
     "BaseModel",
+    "CodeTransformer",
     "EncoderBlock",
     "MultiHeadAttention",
     "StageAttentionNet",

@@ -17,7 +17,13 @@ from torch import Tensor, nn
 
 from ..data.processors import ElementwiseEmbedding, FeatureProcessor
 
-__all__ = ["ElementwiseEmbedding", "FeatureEmbedding", "Tokens", "sinusoidal_positions"]
+__all__ = [
+    "ElementwiseEmbedding",
+    "FeatureEmbedding",
+    "Tokens",
+    "sinusoidal_encoding",
+    "sinusoidal_positions",
+]
 
 
 @dataclass
@@ -82,6 +88,26 @@ class FeatureEmbedding(nn.Module):
         mask = self.position_mask(values, step_mask)
         embedded = self.processor.embed_units(self.key, self.unit, values)
         return Tokens(self.processor.pool_units(embedded, values), mask, times)
+
+
+def sinusoidal_encoding(positions: Tensor, dim: int) -> Tensor:
+    """Sine/cosine encodings of (possibly fractional) positions: ``[...]`` -> ``[..., dim]``.
+
+    The table of Vaswani et al. (2017) evaluated at ``positions`` (visit indices, times).
+
+    Example:
+        >>> sinusoidal_encoding(torch.tensor([[0.0, 2.5]]), 4).shape
+        torch.Size([1, 2, 4])
+    """
+    freq = torch.exp(
+        torch.arange(0, dim, 2, device=positions.device, dtype=torch.float32)
+        * (-9.210340371976184 / dim)
+    )  # 10000 ** (-2i / dim); log(10000) = 9.2103...
+    angle = positions.to(torch.float32)[..., None]
+    table = torch.zeros(*positions.shape, dim, device=positions.device)
+    table[..., 0::2] = torch.sin(angle * freq)
+    table[..., 1::2] = torch.cos(angle * freq[: dim // 2])
+    return table.to(positions.dtype) if positions.is_floating_point() else table
 
 
 def sinusoidal_positions(length: int, dim: int, device=None, dtype=None) -> Tensor:

@@ -159,5 +159,8 @@ class AttentionFlow(BaseInterpreter):
 
 
 def _normalized(scores: Tensor) -> Tensor:
-    total = scores.sum(dim=-1, keepdim=True)
+    """Each sample's scores divided by their sum over every input position (a model that
+    scores codes inside visits gives ``[batch, visits, codes]``: one sum per sample)."""
+    total = scores.reshape(scores.shape[0], -1).sum(dim=-1)
+    total = total.reshape(-1, *(1,) * (scores.dim() - 1))
     return torch.where(total > 0, scores / torch.where(total > 0, total, 1), 0.0)
