@@ -1,0 +1,132 @@
+"""``ehrlens report``: the HTML report of an ``explain`` run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from ..errors import handle_errors, writes
+from ..loading import model_and_data
+from ..options import data_option, labels_option, model_option, sha256_option, size_options
+
+#: The file of ``report --heatmaps`` that names each heatmap's patient.
+HEATMAP_INDEX = "index.csv"
+
+
+@click.command()
+@model_option
+@data_option
+@labels_option
+@click.option(
+    "--attributions",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    required=True,
+    help="Folder written by `ehrlens explain`.",
+)
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    required=True,
+    help="HTML file to write (one self-contained file).",
+)
+@click.option(
+    "--codes",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="CSV with header code,description.",
+)
+@click.option(
+    "--top-k",
+    type=click.IntRange(min=1),
+    default=10,
+    show_default=True,
+    help="Codes listed per patient.",
+)
+@click.option(
+    "--max-patients",
+    type=click.IntRange(min=0),
+    default=50,
+    show_default=True,
+    help="Patient sections: the highest-risk patients first (0 = all).",
+)
+@click.option(
+    "--heatmaps",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Also write one heatmap PNG per reported patient here, named by rank "
+    "(0001-<patient id, sanitised>.png), with index.csv naming each file's patient "
+    "(extra ehrlens[plot]).",
+)
+@sha256_option
+@size_options
+@click.option("--overwrite", is_flag=True, help="Replace an existing --out file and heatmap files.")
+@handle_errors
+@writes("out", "heatmaps")
+def report(
+    model_dir: Path,
+    data: Path,
+    labels: Path | None,
+    attributions: Path,
+    out: Path,
+    codes: Path | None,
+    top_k: int,
+    max_patients: int,
+    heatmaps: Path | None,
+    model_sha256: str | None,
+    max_steps: int | None,
+    max_codes_per_step: int | None,
+    overwrite: bool,
+) -> None:
+    """Write an HTML report: per patient the prediction, a timeline of visits with codes shaded
+    by score, the top codes, methods side by side; and the cohort's most influential codes."""
+    from ...core.files import check_overwrite, data_file_name
+    from ...explain import read_attributions
+    from ...explain.consistency import check_attributions_match
+    from ...report import patient_predictions, read_descriptions, write_report
+
+    check_overwrite([out], overwrite)
+    limits = {"max_steps": max_steps, "max_codes_per_step": max_codes_per_step}
+    model, card, dataset, _ = model_and_data(model_dir, data, labels, "all", model_sha256, limits)
+    frame = read_attributions(attributions)
+    ids = sorted(set(frame["model_id"]))
+    if ids != [card.get("model_id")]:
+        raise ValueError(
+            f"{attributions} holds attributions of model(s) {ids}, not only of "
+            f"{model_dir} (model {card.get('model_id')})"
+        )
+    check_attributions_match(frame, dataset, model.schema)
+    predictions = patient_predictions(model, dataset)
+    explained = [p for p in dict.fromkeys(frame["patient_id"]) if p in predictions]
+    missing = len(set(frame["patient_id"])) - len(explained)
+    if missing:
+        raise ValueError(f"{missing} explained patient(s) are not in --data")
+    explained.sort(key=lambda p: -predictions[p].probability)
+    chosen = explained if max_patients == 0 else explained[:max_patients]
+    pictures = {}
+    if heatmaps is not None:  # file names from the rank, never from the patient id alone
+        pictures = {
+            pid: heatmaps / data_file_name(rank, pid, ".png")
+            for rank, pid in enumerate(chosen, start=1)
+        }
+        check_overwrite([heatmaps / HEATMAP_INDEX, *pictures.values()], overwrite)
+    descriptions = read_descriptions(codes) if codes is not None else None
+    subtitle = f"model {card.get('model_class', '')} {card.get('model_id', '')}"
+    write_report(
+        out, frame, predictions, descriptions=descriptions, top_k=top_k,
+        subtitle=subtitle, patients=chosen,
+    )  # fmt: skip
+    click.echo(f"wrote {out} ({len(chosen)} of {len(explained)} patients)")
+    if heatmaps is not None:
+        import csv
+
+        from ...core.files import atomic_write
+        from ...report.plots import plot_patient_heatmap
+
+        for pid, path in pictures.items():
+            plot_patient_heatmap(frame, pid, path)
+        with atomic_write(heatmaps / HEATMAP_INDEX) as f:
+            writer = csv.writer(f)
+            writer.writerow(["file", "patient_id"])
+            writer.writerows((path.name, pid) for pid, path in pictures.items())
+        click.echo(f"wrote {len(chosen)} heatmaps under {heatmaps} (patients in {HEATMAP_INDEX})")

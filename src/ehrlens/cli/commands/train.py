@@ -1,0 +1,138 @@
+"""``ehrlens train``: train a model and write its model directory."""
+
+from __future__ import annotations
+
+import inspect
+from pathlib import Path
+from typing import Any
+
+import click
+
+from ..errors import handle_errors, writes
+from ..options import (
+    LazyChoice,
+    data_option,
+    labels_option,
+    learning_rate,
+    model_names,
+    quiet_option,
+    size_options,
+)
+
+
+@click.command()
+@data_option
+@click.option(
+    "--schema",
+    "schema_path",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    required=True,
+    help='JSON: {"input_schema": {feature: type}, "output_schema": {label: type}}.',
+)
+@labels_option
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    required=True,
+    help="Model directory to create (model.pt + card.json).",
+)
+@click.option(
+    "--model",
+    "model_name",
+    type=LazyChoice(model_names),
+    default="transformer",
+    show_default=True,
+)
+@click.option("--epochs", default=8, type=click.IntRange(min=1), show_default=True)
+@click.option(
+    "--lr", default=2e-3, callback=learning_rate, show_default=True, help="Learning rate (> 0)."
+)
+@click.option("--batch-size", default=64, type=click.IntRange(min=1), show_default=True)
+@click.option(
+    "--embedding-dim",
+    default=64,
+    type=click.IntRange(min=1),
+    show_default=True,
+    help="Width of embeddings; divisible by --heads.",
+)
+@click.option(
+    "--layers",
+    default=2,
+    type=click.IntRange(min=1),
+    show_default=True,
+    help="Encoder layers (models with num_layers).",
+)
+@click.option(
+    "--heads", default=4, type=click.IntRange(min=1), show_default=True, help="Attention heads."
+)
+@click.option("--seed", default=0, show_default=True, help="Seed of the split and training.")
+@size_options
+@click.option("--overwrite", is_flag=True, help="Replace an existing model in --out.")
+@quiet_option
+@handle_errors
+@writes("out")
+def train(
+    data: Path,
+    schema_path: Path,
+    labels: Path | None,
+    out: Path,
+    model_name: str,
+    epochs: int,
+    lr: float,
+    batch_size: int,
+    embedding_dim: int,
+    layers: int,
+    heads: int,
+    seed: int,
+    max_steps: int | None,
+    max_codes_per_step: int | None,
+    overwrite: bool,
+    quiet: bool,
+) -> None:
+    """Train a model on patients; write a model directory with weights, processors and a
+    JSON card of the run (data hash, split, settings, history, test metrics)."""
+    from ...app.workflow import read_schema_file, train_model
+    from ...core.files import check_overwrite, file_sha256
+    from ...data.sources import load_samples
+    from ...models.base import model_class
+    from ...models.directory import CARD, WEIGHTS, save_model_dir
+
+    if embedding_dim % heads != 0:
+        raise click.BadParameter(
+            f"--embedding-dim {embedding_dim} must be divisible by --heads {heads}",
+            param_hint="'--embedding-dim' / '--heads'",
+        )
+    message = None  # a card.json alone: the plain message naming it
+    if (out / WEIGHTS).exists() and not (out / CARD).exists():
+        message = (
+            f"{out} holds an incomplete model directory ({WEIGHTS} without {CARD}: a run that "
+            "stopped before it finished); pass --overwrite to replace it, or choose a new --out"
+        )
+    elif (out / WEIGHTS).exists():
+        message = (
+            f"{out} already holds a model; pass --overwrite to replace it, or choose a new --out"
+        )
+    check_overwrite([out / WEIGHTS, out / CARD], overwrite, message)
+    schema = read_schema_file(schema_path)
+    label_key = next(iter(schema["output_schema"]))
+    samples = load_samples(
+        data, schema["input_schema"], labels=labels, label_key=label_key,
+        columns=schema.get("columns"),
+    )  # fmt: skip
+    hparams: dict[str, Any] = {"embedding_dim": embedding_dim, "heads": heads}
+    if "num_layers" in inspect.signature(model_class(model_name)).parameters:
+        hparams["num_layers"] = layers
+    model, card = train_model(
+        samples, schema, model=model_name, hparams=hparams, epochs=epochs, lr=lr,
+        batch_size=batch_size, seed=seed, progress=not quiet, max_steps=max_steps,
+        max_codes_per_step=max_codes_per_step,
+    )  # fmt: skip
+    card["data"].update(path=str(data), sha256=file_sha256(data))
+    if schema.get("columns"):  # measurement order of numeric event features, kept for scoring
+        card["columns"] = schema["columns"]
+    if labels is not None:
+        card["data"].update(labels=str(labels), labels_sha256=file_sha256(labels))
+    save_model_dir(model, out, card)
+    metrics = ", ".join(f"{k} {v:.3f}" for k, v in card["test_metrics"].items() if v is not None)
+    click.echo(f"test: {metrics}")
+    click.echo(f"wrote {out / WEIGHTS} and {out / CARD}")

@@ -1,0 +1,73 @@
+"""Exit codes of the ``ehrlens`` command and the decorators that map errors onto them.
+
+Imports neither torch nor the library's heavy layers: ``ehrlens --help`` stays instant.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from functools import wraps
+from typing import Any, NoReturn
+
+import click
+
+from ..core.files import OutputConflictError
+
+#: Exit codes, also listed in ``ehrlens --help``.
+EXIT_OK = 0
+EXIT_BAD_INPUT = 1
+EXIT_USAGE = 2
+EXIT_OUTPUT_CONFLICT = 3
+EXIT_INTERRUPTED = 130
+
+EPILOG = (
+    "Exit codes: 0 success; 1 bad input (data, schema or model: the message names the file, "
+    "row, sample or feature); 2 bad command-line usage; 3 the output already holds something "
+    "this run would overwrite, or another run is writing it (nothing was changed; pass "
+    "--overwrite to replace files); 130 interrupted (re-run the same command to resume "
+    "`explain`)."
+)
+
+
+def fail(message: str, code: int) -> NoReturn:
+    """Print ``error: message`` in red on stderr and exit with ``code``."""
+    click.secho(f"error: {message}", fg="red", err=True)
+    sys.exit(code)
+
+
+def handle_errors(command: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn library errors into a one-line message and a documented exit code."""
+
+    @wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return command(*args, **kwargs)
+        except OutputConflictError as error:
+            fail(str(error), EXIT_OUTPUT_CONFLICT)
+        except KeyError as error:
+            fail(f"missing key {error}", EXIT_BAD_INPUT)
+        except (ValueError, TypeError, OSError, ImportError) as error:
+            fail(str(error), EXIT_BAD_INPUT)
+        except KeyboardInterrupt:
+            fail("interrupted; run the same command again to resume", EXIT_INTERRUPTED)
+
+    return wrapper
+
+
+def writes(*options: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Hold the output lock of each named option (unset ones skipped) while the command runs:
+    one writer per output; a second one exits 3 naming the first (see
+    :mod:`ehrlens.core.locks`). Goes below :func:`handle_errors`."""
+
+    def decorate(command: Callable[..., Any]) -> Callable[..., Any]:
+        @wraps(command)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            from ..core.locks import output_locks
+
+            with output_locks(*(kwargs.get(option) for option in options)):
+                return command(*args, **kwargs)
+
+        return wrapper
+
+    return decorate

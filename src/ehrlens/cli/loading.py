@@ -1,0 +1,51 @@
+"""The model directory and the patients a command works on."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ..data.dataset import SampleDataset
+    from ..models.base import BaseModel
+
+
+def model_and_data(
+    model_dir: Path,
+    data: Path,
+    labels: Path | None,
+    split: str,
+    model_sha256: str | None = None,
+    limits: dict[str, int | None] | None = None,
+) -> tuple[BaseModel, dict[str, Any], SampleDataset, list[dict[str, Any]]]:
+    """``(model, card, dataset, samples)`` for the chosen split of the patients in ``data``,
+    selected by the patient ids the card records (see :mod:`ehrlens.app.splits`);
+    ``limits``: ``max_steps`` / ``max_codes_per_step`` of the dataset."""
+    from ..app.splits import recorded_patients, select_recorded_split
+    from ..core.files import file_sha256
+    from ..data import MAX_CODES_PER_STEP, MAX_STEPS, create_sample_dataset
+    from ..data.sources import load_samples
+    from ..models.directory import load_model_dir
+
+    model, card = load_model_dir(model_dir, expected_sha256=model_sha256)
+    label_key = model.schema.label_keys[0]
+    samples = load_samples(
+        data,
+        model.schema.input_schema,
+        labels=labels,
+        label_key=label_key,
+        columns=card.get("columns"),
+    )
+    limits = limits or {"max_steps": MAX_STEPS, "max_codes_per_step": MAX_CODES_PER_STEP}
+    dataset = create_sample_dataset(
+        samples,
+        schema=model.schema,
+        max_steps=limits["max_steps"],
+        max_codes_per_step=limits["max_codes_per_step"],
+    )
+    legacy = split != "all" and recorded_patients(card) is None
+    chosen = select_recorded_split(dataset, split, card, file_sha256(data) if legacy else None)
+    if chosen is not dataset:
+        keep = set(chosen.patient_ids)
+        samples = [s for s in samples if str(s["patient_id"]) in keep]
+    return model, card, chosen, samples
