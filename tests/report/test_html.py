@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from collections import Counter
-from html.parser import HTMLParser
 
 import pandas as pd
 import pytest
 import torch
 
+from _html_tree import Node, assert_self_contained, chip_code, parse, patient_sections
 from ehrlens.data import create_sample_dataset, generate_cohort
 from ehrlens.explain import ATTRIBUTION_COLUMNS, explain_cohort
 from ehrlens.models import Transformer
@@ -19,94 +19,6 @@ from ehrlens.report import (
     render_report,
     write_report,
 )
-
-VOID = {"meta", "br", "img", "link", "input", "hr", "source", "wbr", "area", "base", "col"}
-
-
-class Node:
-    def __init__(self, tag, attrs, parent=None):
-        self.tag, self.attrs, self.parent = tag, dict(attrs), parent
-        self.children: list[Node] = []
-        self.text_parts: list[str] = []
-
-    @property
-    def classes(self):
-        return (self.attrs.get("class") or "").split()
-
-    def text(self):
-        return "".join(self.text_parts) + "".join(c.text() for c in self.children)
-
-    def iter(self):
-        yield self
-        for child in self.children:
-            yield from child.iter()
-
-    def find_all(self, tag=None, cls=None):
-        return [
-            n
-            for n in self.iter()
-            if (tag is None or n.tag == tag) and (cls is None or cls in n.classes)
-        ]
-
-    def child(self, tag=None, cls=None):
-        found = [
-            c
-            for c in self.children
-            if (tag is None or c.tag == tag) and (cls is None or cls in c.classes)
-        ]
-        assert len(found) == 1, (tag, cls, len(found))
-        return found[0]
-
-
-class TreeBuilder(HTMLParser):
-    def __init__(self):
-        super().__init__(convert_charrefs=True)
-        self.root = Node("#root", [])
-        self.current = self.root
-        self.styles: list[str] = []
-
-    def handle_starttag(self, tag, attrs):
-        node = Node(tag, attrs, self.current)
-        self.current.children.append(node)
-        if tag not in VOID:
-            self.current = node
-
-    def handle_endtag(self, tag):
-        assert self.current.tag == tag, f"</{tag}> closes <{self.current.tag}>"
-        self.current = self.current.parent
-
-    def handle_data(self, data):
-        self.current.text_parts.append(data)
-        if self.current.tag == "style":
-            self.styles.append(data)
-
-
-def parse(text: str) -> TreeBuilder:
-    builder = TreeBuilder()
-    builder.feed(text)
-    builder.close()
-    assert builder.current is builder.root, "unclosed elements"
-    return builder
-
-
-def assert_self_contained(tree: TreeBuilder) -> None:
-    """Nothing is fetched at view time: no remote src/href, no script files, no CSS links."""
-    for node in tree.root.iter():
-        for name in ("src", "href", "srcset", "data", "action", "poster"):
-            value = (node.attrs.get(name) or "").strip().lower()
-            assert not value.startswith(("http://", "https://", "//")), (node.tag, value)
-        assert not (node.tag == "script" and "src" in node.attrs)
-        assert node.tag not in ("link", "iframe", "object", "embed", "img")
-    css = "".join(tree.styles).lower()
-    assert "@import" not in css and "url(" not in css
-
-
-def patient_sections(tree: TreeBuilder) -> dict[str, Node]:
-    return {
-        s.attrs["id"][len("p-") :]: s
-        for s in tree.root.find_all("section", "patient")
-        if s.attrs.get("id", "").startswith("p-")
-    }
 
 
 def method_name(method_div: Node) -> str:
@@ -120,13 +32,15 @@ def timeline_chips(section: Node) -> list[tuple]:
     chips = []
     for method_div in section.find_all("div", "method"):
         method = method_name(method_div)
+        assert method_div.attrs["data-method"] == method
         for feature_div in method_div.child("div", "timeline").find_all("div", "feature"):
             feature = feature_div.child("div", "fname").text()
             for visit_div in feature_div.find_all("div", "visit"):
-                labels = visit_div.find_all("div", "vlabel")
-                visit = int(labels[0].text()[1:]) if labels else None
+                visit = (
+                    int(visit_div.attrs["data-visit"]) if "data-visit" in visit_div.attrs else None
+                )
                 for chip in visit_div.find_all("span", "code"):
-                    assert chip.text() == chip.attrs["data-code"]
+                    assert chip_code(chip) == chip.attrs["data-code"]
                     chips.append(
                         (
                             method,
@@ -243,11 +157,14 @@ def test_prediction_label_and_shading(hand_report):
         (c.attrs["data-code"], c.attrs["data-score"]): c.attrs["style"]
         for c in rollout.find_all("span", "code")
     }
-    # scale = the patient's largest |score| for the method (0.5): full red, half, white, blue
-    assert styles[("A", "0.5")] == "background:#c81e2d;color:#ffffff"
-    assert styles[("B", "0.25")] == "background:#e48e96;color:#1d2330"
+    # one scale per method over all reported patients: rollout's largest |score| is 0.75
+    # (x<y> of P&<2>), so A 0.5 has strength 2/3: 255 - (255 - c) * 2/3 per channel of red
+    # (200, 30, 45) -> (218, 105, 115); B 0.25 strength 1/3 -> (237, 180, 185); the blue
+    # (40, 90, 200) at 2/3 -> (112, 145, 218); text turns white above strength 0.6
+    assert styles[("A", "0.5")] == "background:#da6973;color:#ffffff"
+    assert styles[("B", "0.25")] == "background:#edb4b9;color:#1d2330"
     assert styles[("1", "0")] == "background:#ffffff;color:#1d2330"
-    assert styles[("0", "-0.5")] == "background:#285ac8;color:#ffffff"
+    assert styles[("0", "-0.5")] == "background:#7091da;color:#ffffff"
     # visits of a nested feature are labelled; flat features have none
     dx = [f for f in rollout.find_all("div", "feature") if f.child("div", "fname").text() == "dx"]
     assert [v.text() for v in dx[0].find_all("div", "vlabel")] == ["v0", "v1"]
@@ -271,7 +188,7 @@ def test_visits_line_up_across_features():
     for feature, expected in {"dx": [["A"], [], ["B"]], "px": [[], ["P1"], ["P2", "P3"]]}.items():
         cells = rows[feature].find_all("div", "visit")
         assert [c.find_all("div", "vlabel")[0].text() for c in cells] == ["v0", "v1", "v2"]
-        assert [[chip.text() for chip in c.find_all("span", "code")] for c in cells] == expected
+        assert [[chip_code(chip) for chip in c.find_all("span", "code")] for c in cells] == expected
     flat = rows["age"].find_all("div", "visit")
     assert len(flat) == 1 and not flat[0].find_all("div", "vlabel")
 
@@ -303,8 +220,7 @@ def test_top_k_codes_per_patient_and_method(hand_report):
 
 def test_cohort_section_ranks_codes_by_mean_score_per_patient(hand_report):
     _, tree = hand_report
-    cohort = tree.root.find_all("section")[0]
-    assert cohort.attrs["id"] == "cohort"
+    (cohort,) = [s for s in tree.root.find_all("section") if s.attrs.get("id") == "cohort"]
     assert cohort.child("h2").text() == "Cohort: most influential codes"
     tables = {m.child("h3").text(): m.child("table") for m in cohort.find_all("div", "method")}
     assert list(tables) == ["rollout", "chefer"]

@@ -12,10 +12,8 @@ Example:
 
 from __future__ import annotations
 
-import html
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,22 +22,24 @@ import torch
 from ..core.files import atomic_write
 from ..core.modes import eval_mode
 from ..data.dataset import SampleDataset, get_dataloader, move_to_device
+from .colours import ColourScale, method_scales
+from .header import card_html, class_names, faithfulness_table
+from .patient import Prediction, describe, esc, label_text, patient_section
+from .script import SCRIPT
+from .style import stylesheet
 
-
-@dataclass(frozen=True)
-class Prediction:
-    """One patient's predicted probability of the explained class, and the label if known."""
-
-    probability: float
-    label: Any = None
+#: The class of the report's root element; every CSS rule is scoped under it.
+ROOT = ".ehrlens-report"
 
 
 def patient_predictions(
-    model: Any, dataset: SampleDataset, batch_size: int = 256
+    model: Any, dataset: SampleDataset, batch_size: int = 256, target: int | None = None
 ) -> dict[str, Prediction]:
     """``{patient_id: Prediction}``: the positive-class probability (binary), the top class's
-    probability (multiclass), the largest label probability (multilabel), or the value
-    (regression); the label when the dataset has one.
+    probability and index (multiclass), the largest label probability (multilabel), or the
+    value (regression); the label when the dataset has one.
+
+    ``target`` (multiclass or multilabel): report the probability of that class instead.
 
     Example:
         >>> predictions = patient_predictions(model, test_dataset)
@@ -50,71 +50,29 @@ def patient_predictions(
     with eval_mode(model), torch.inference_mode():
         for batch in get_dataloader(dataset, batch_size):
             batch = move_to_device(batch, model.device)
-            y_prob = model(**batch)["y_prob"].float().cpu()
-            best = y_prob.max(dim=1).values if y_prob.shape[1] > 1 else y_prob[:, 0]
+            y_prob = model(**batch)["y_prob"].float().cpu()  # [batch, outputs]
+            classes: list[int | None] = [None] * y_prob.shape[0]
+            if y_prob.shape[1] == 1:
+                shown = y_prob[:, 0]
+            elif target is not None:
+                if not 0 <= target < y_prob.shape[1]:
+                    raise ValueError(
+                        f"target class {target} is out of range for {y_prob.shape[1]} classes"
+                    )
+                shown = y_prob[:, target]
+                classes = [target] * y_prob.shape[0]
+            else:
+                shown, best = y_prob.max(dim=1)
+                if model.mode == "multiclass":
+                    classes = [int(c) for c in best]
             labels = None if label_key is None else batch[label_key].cpu()
             for i, pid in enumerate(batch["patient_id"]):
                 label = None
                 if labels is not None:
                     value = labels[i].reshape(-1).tolist()
                     label = value[0] if len(value) == 1 else value
-                out[str(pid)] = Prediction(float(best[i]), label)
+                out[str(pid)] = Prediction(float(shown[i]), label, classes[i])
     return out
-
-
-_STYLE = """
-body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:0;color:#1d2330;
-background:#f6f7f9}
-header{background:#1f3a5f;color:#fff;padding:18px 28px}header h1{margin:0;font-size:22px}
-header p{margin:4px 0 0;opacity:.85;font-size:13px}
-main{padding:18px 28px;max-width:1400px}
-section{background:#fff;border:1px solid #dde1e7;border-radius:8px;padding:14px 18px;
-margin:0 0 18px}
-h2{font-size:17px;margin:0 0 10px}h3{font-size:14px;margin:12px 0 6px;color:#34405a}
-table{border-collapse:collapse;font-size:12.5px}td,th{padding:3px 8px;text-align:left;
-border-bottom:1px solid #eef0f3}th{color:#5a6478;font-weight:600}
-td.num{text-align:right;font-variant-numeric:tabular-nums}
-.methods{display:flex;gap:18px;flex-wrap:wrap}.method{flex:1 1 420px;min-width:360px}
-.timeline{overflow-x:auto;padding-bottom:6px}
-.feature{display:flex;align-items:flex-start;gap:6px;margin:6px 0}
-.visits{display:flex;flex-wrap:wrap;gap:4px 2px;align-items:flex-start}
-.fname{width:92px;flex:none;font-size:12px;color:#5a6478;padding-top:3px}
-.visit{flex:none;border-left:2px solid #dde1e7;padding:0 3px;width:74px;box-sizing:border-box}
-.visit.flat{width:auto;max-width:100%;display:flex;flex-wrap:wrap;gap:2px}
-.vlabel{font-size:10px;color:#8a93a6}
-.code{display:block;font:11.5px ui-monospace,Menlo,Consolas,monospace;padding:1px 4px;
-margin:1px 0;border-radius:3px;white-space:nowrap;border:1px solid #e3e6eb;overflow:hidden;
-text-overflow:ellipsis}
-.visit.flat .code{display:inline-block}
-.pill{display:inline-block;padding:2px 8px;border-radius:10px;background:#eef2f8;
-font-size:12.5px;margin-right:6px}
-.index a{margin-right:10px;font-size:12.5px}.legend{font-size:12px;color:#5a6478}
-"""
-
-
-def _shade(score: float, scale: float) -> str:
-    """Background colour for a score: white at 0, deep red at the patient's largest score
-    (blue for negative scores)."""
-    if scale <= 0 or score == 0:
-        return "#ffffff"
-    strength = min(abs(score) / scale, 1.0)
-    base = (200, 30, 45) if score > 0 else (40, 90, 200)
-    r, g, b = (round(255 - (255 - c) * strength) for c in base)
-    return f"#{r:02x}{g:02x}{b:02x}"
-
-
-def _text_colour(score: float, scale: float) -> str:
-    return "#ffffff" if scale > 0 and abs(score) / scale > 0.6 else "#1d2330"
-
-
-def _describe(code: str, descriptions: Mapping[str, str] | None) -> str:
-    if descriptions and code in descriptions:
-        return f"{code} — {descriptions[code]}"
-    return code
-
-
-def _esc(value: Any) -> str:
-    return html.escape(str(value), quote=True)
 
 
 def render_report(
@@ -126,48 +84,135 @@ def render_report(
     title: str = "ehrlens explanations",
     subtitle: str = "",
     patients: Sequence[str] | None = None,
+    card: Mapping[str, Any] | None = None,
+    target: int | None = None,
+    evaluation: Sequence[Mapping[str, Any]] | None = None,
+    scale_quantile: float = 1.0,
 ) -> str:
-    """The report as one HTML string.
+    """The report as one HTML string (one file: inline CSS and JavaScript, nothing fetched).
 
     Args:
         frame: long-format attributions (pandas DataFrame with the columns of
-            :data:`~ehrlens.explain.ATTRIBUTION_COLUMNS`), one or several methods.
+            :data:`~ehrlens.explain.ATTRIBUTION_COLUMNS`), one or several methods. A ``time``
+            column (when the input had event times) dates the visits.
         predictions: ``{patient_id: Prediction}`` shown in each patient's header.
-        descriptions: ``{code: description}`` shown next to codes and on hover.
+        descriptions: ``{code: description}`` printed under codes and in the tables.
         top_k: codes listed per patient and method, and in the cohort table.
         title / subtitle: page heading.
         patients: which patients get a section, in order (default: all, in table order).
+        card: the model's card (``load_model_dir``): model, data, test AUROC and class names.
+        target: the class index the scores explain (``None``: the interpreters' default).
+        evaluation: rows of ``ehrlens evaluate --out`` (:func:`read_evaluation`), shown as the
+            faithfulness table.
+        scale_quantile: quantile of ``|score|`` drawn at full colour, per method over the
+            reported patients (1.0: the largest score).
+
+    Raises:
+        ValueError: an empty table, a patient without attributions, or non-finite scores.
 
     Example:
-        >>> text = render_report(frame, predictions, top_k=5, title="ICU mortality")
+        >>> text = render_report(frame, predictions, top_k=5, title="ICU mortality", card=card)
     """
     if len(frame) == 0:
         raise ValueError("no attributions to report (the table is empty)")
-    methods = list(dict.fromkeys(frame["method"]))
-    order = list(dict.fromkeys(frame["patient_id"])) if patients is None else list(patients)
-    known = set(frame["patient_id"])
+    methods = [str(m) for m in dict.fromkeys(frame["method"])]
+    explained = list(dict.fromkeys(frame["patient_id"]))
+    order = explained if patients is None else list(patients)
+    known = set(explained)
     missing = [p for p in order if p not in known]
     if missing:
         raise ValueError(f"patients {missing[:5]} have no attributions in the table")
-    features = list(dict.fromkeys(frame["feature"]))
+    shown = frame[frame["patient_id"].isin(set(order))]
+    scales = method_scales(shown, methods, scale_quantile)
+    names = class_names(card)
+    count = (
+        f"{len(order)} patients"
+        if len(order) == len(explained)
+        else f"{len(order)} of {len(explained)} explained patients shown"
+    )
+    heading = " · ".join(p for p in (subtitle, count, f"methods: {', '.join(methods)}") if p)
     parts = [
         "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>",
-        f"<title>{_esc(title)}</title><style>{_STYLE}</style></head><body>",
-        f"<header><h1>{_esc(title)}</h1><p>{_esc(subtitle)} · {len(order)} patients · "
-        f"methods: {_esc(', '.join(methods))}</p></header><main>",
-        _cohort_section(frame, methods, descriptions, top_k),
-        "<section class='index'><h2>Patients</h2>"
-        + "".join(f"<a href='#p-{_esc(p)}'>{_esc(p)}</a>" for p in order)
-        + "</section>",
+        "<meta name='viewport' content='width=device-width, initial-scale=1'>",
+        f"<title>{esc(title)}</title><style>{stylesheet(ROOT)}</style></head>",
+        "<body style='margin:0'><div class='ehrlens-report'>",
+        f"<header class='top'><h1>{esc(title)}</h1><p>{esc(heading)}</p>"
+        f"{card_html(card, target)}</header><main class='content'>",
+        _view_section(scales, order, predictions, names),
     ]
-    grouped = dict(tuple(frame.groupby("patient_id", sort=False)))
+    if evaluation:
+        parts.append(
+            "<section id='faithfulness'><h2>Faithfulness</h2><p class='note'>From "
+            "<code>ehrlens evaluate</code>: the drop in the explained class's probability when "
+            "a method's top codes are removed (comprehensiveness) or are all that is kept "
+            "(sufficiency), mean and 95% bootstrap interval over patients.</p>"
+            f"{faithfulness_table(evaluation)}</section>"
+        )
+    parts += [
+        _cohort_section(frame, methods, descriptions, top_k),
+        "<section class='index' id='index-links'><h2>Patients</h2>"
+        + "".join(f"<a href='#p-{esc(p)}' data-pid='{esc(p)}'>{esc(p)}</a>" for p in order)
+        + "</section><div id='patients'>",
+    ]
+    grouped = dict(tuple(shown.groupby("patient_id", sort=False)))
     for pid in order:
         prediction = None if predictions is None else predictions.get(pid)
         parts.append(
-            _patient_section(pid, grouped[pid], prediction, methods, features, descriptions, top_k)
-        )
-    parts.append("</main></body></html>")
+            patient_section(
+                pid, grouped[pid], scales, prediction, descriptions=descriptions,
+                class_names=names, top_k=top_k,
+            )
+        )  # fmt: skip
+    parts.append(f"</div></main></div><script>{SCRIPT}</script></body></html>")
     return "\n".join(parts)
+
+
+def _view_section(
+    scales: Mapping[str, ColourScale],
+    order: Sequence[str],
+    predictions: Mapping[str, Prediction] | None,
+    names: Sequence[str] | None,
+) -> str:
+    """The legend (one colour scale per method) and the controls: method toggles, sorting and
+    filtering of patients (they work in the browser, through the inline script)."""
+    legend = "".join(scale.legend_html() for scale in scales.values())
+    toggles = "".join(
+        f"<label data-method='{esc(m)}-toggle'><input type='checkbox' checked "
+        f"data-toggle-method='{esc(m)}'> {esc(m)}</label>"
+        for m in scales
+    )
+    labels: list[str] = []
+    if predictions:
+        labels = sorted(
+            {label_text(predictions[p].label) for p in order if p in predictions}, key=str
+        )
+    label_options = "<option value=''>any</option>" + "".join(
+        f"<option value='{esc(v)}'>{esc(label_text_named(v, names))}</option>" for v in labels
+    )
+    return (
+        "<section id='view'><h2>Colour scales</h2><p class='note'>One scale per method, the "
+        "same for every patient: white is 0, red positive, blue negative; a signed method's "
+        "scale is centred on 0. Colours compare within a method, not across methods. Hover a "
+        "code for its exact score.</p>"
+        f"<div class='legend'>{legend}</div>"
+        "<div class='controls' id='controls'><span><b>methods</b></span>"
+        f"{toggles}<label>sort <select id='sort-by'><option value='report'>report order"
+        "</option><option value='risk-desc'>risk, highest first</option>"
+        "<option value='risk-asc'>risk, lowest first</option><option value='id'>patient id"
+        "</option></select></label><label>find <input type='search' id='filter-text' "
+        "placeholder='patient id, code or description'></label><label>label <select "
+        f"id='filter-label'>{label_options}</select></label><label>risk ≥ <input "
+        "type='number' id='filter-risk' min='0' max='1' step='0.05' style='width:64px'>"
+        f"</label><span><span id='shown-count'>{len(order)}</span> of {len(order)} "
+        "patients shown</span></div></section>"
+    )
+
+
+def label_text_named(value: str, names: Sequence[str] | None) -> str:
+    """A label option's text: the class name too when the card has names."""
+    if names is not None and value.isdigit() and int(value) < len(names):
+        return f"{names[int(value)]} ({value})"
+    return value
 
 
 def _cohort_section(
@@ -182,108 +227,21 @@ def _cohort_section(
         totals["mean"] = totals["sum"] / n_patients
         ranked = totals.sort_values(["mean", "count"], ascending=[False, False]).head(top_k)
         rows = "".join(
-            f"<tr><td>{_esc(feature)}</td><td title='{_esc(_describe(code, descriptions))}'>"
-            f"{_esc(_describe(code, descriptions))}</td><td class='num'>{row['mean']:.4f}</td>"
+            f"<tr><td>{esc(feature)}</td><td title='{esc(describe(code, descriptions))}'>"
+            f"{esc(describe(code, descriptions))}</td><td class='num'>{row['mean']:.4f}</td>"
             f"<td class='num'>{int(row['count'])}</td></tr>"
             for (feature, code), row in ranked.iterrows()
         )
         blocks.append(
-            f"<div class='method'><h3>{_esc(method)}</h3><table><tr><th>feature</th>"
-            f"<th>code</th><th>mean score per patient</th><th>patients with it</th></tr>"
-            f"{rows}</table></div>"
+            f"<div class='method' data-method='{esc(method)}'><h3>{esc(method)}</h3><table>"
+            f"<tr><th>feature</th><th>code</th><th>mean score per patient</th>"
+            f"<th>patients with it</th></tr>{rows}</table></div>"
         )
     return (
         "<section id='cohort'><h2>Cohort: most influential codes</h2>"
-        f"<p class='legend'>A code's score summed within each patient, averaged over all "
-        f"{n_patients} patients (0 for patients without the code).</p>"
+        f"<p class='note'>A code's score summed within each patient, averaged over all "
+        f"{n_patients} explained patients (0 for patients without the code).</p>"
         f"<div class='methods'>{''.join(blocks)}</div></section>"
-    )
-
-
-def _patient_section(
-    pid: str,
-    rows: Any,
-    prediction: Prediction | None,
-    methods: list[str],
-    features: list[str],
-    descriptions: Mapping[str, str] | None,
-    top_k: int,
-) -> str:
-    header = f"<h2>Patient {_esc(pid)}</h2>"
-    if prediction is not None:
-        label = prediction.label
-        if isinstance(label, float) and label.is_integer():
-            label = int(label)
-        label = "unknown" if label is None else label
-        header += (
-            f"<span class='pill'>predicted risk {prediction.probability:.3f}</span>"
-            f"<span class='pill'>label {_esc(label)}</span>"
-        )
-    columns = []
-    for method in methods:
-        sub = rows[rows["method"] == method]
-        if len(sub) == 0:
-            continue
-        scale = float(sub["score"].abs().max())
-        visits = sorted({int(v) for v in sub["visit"].dropna()})  # the patient's visits
-        timeline = "".join(
-            _feature_row(feature, sub[sub["feature"] == feature], scale, descriptions, visits)
-            for feature in features
-            if (sub["feature"] == feature).any()
-        )
-        totals = sub.groupby(["feature", "code"], sort=False)["score"].sum()
-        ranked = totals.sort_values(ascending=False, kind="stable").head(top_k)
-        top = "".join(
-            f"<tr><td>{_esc(feature)}</td><td>{_esc(_describe(code, descriptions))}</td>"
-            f"<td class='num'>{score:.4f}</td></tr>"
-            for (feature, code), score in ranked.items()
-        )
-        columns.append(
-            f"<div class='method'><h3>{_esc(method)}</h3><div class='timeline'>{timeline}</div>"
-            f"<h3>top {top_k} codes</h3><table><tr><th>feature</th><th>code</th>"
-            f"<th>score</th></tr>{top}</table></div>"
-        )
-    return (
-        f"<section id='p-{_esc(pid)}' class='patient'>{header}"
-        f"<div class='methods'>{''.join(columns)}</div></section>"
-    )
-
-
-def _feature_row(
-    feature: str,
-    rows: Any,
-    scale: float,
-    descriptions: Mapping[str, str] | None,
-    visits: Sequence[int],
-) -> str:
-    """One feature's line of the timeline. A visited feature gets one fixed-width column per
-    visit of the patient (empty where it has no code then), so visits line up across features;
-    a flat feature is one cell."""
-    groups: list[tuple[int | None, Any]]
-    if rows["visit"].isna().all():
-        groups = [(None, rows)]
-    else:
-        by_visit = {int(v): r for v, r in rows.groupby("visit", sort=True)}
-        groups = [(v, by_visit.get(v)) for v in visits]
-    cells = []
-    for visit, visit_rows in groups:
-        chips = ""
-        if visit_rows is not None:
-            ordered = visit_rows.sort_values("position")
-            chips = "".join(
-                f"<span class='code' data-code='{_esc(code)}' data-score='{score:.6g}' "
-                f"title='{_esc(_describe(code, descriptions))}: score {score:.6g}' "
-                f"style='background:{_shade(score, scale)};color:{_text_colour(score, scale)}'>"
-                f"{_esc(code)}</span>"
-                for code, score in zip(ordered["code"], ordered["score"], strict=True)
-            )
-        if visit is None:
-            cells.append(f"<div class='visit flat'>{chips}</div>")
-        else:
-            cells.append(f"<div class='visit'><div class='vlabel'>v{visit}</div>{chips}</div>")
-    return (
-        f"<div class='feature'><div class='fname'>{_esc(feature)}</div>"
-        f"<div class='visits'>{''.join(cells)}</div></div>"
     )
 
 

@@ -1,0 +1,246 @@
+"""One patient's section: prediction, a timeline per method with every code shaded on the
+method's shared colour scale, and the top codes. Used by the HTML report and the notebook view.
+
+Each piece is one function (section -> method column -> feature row -> visit cell -> code
+chip), so a different kind of score (e.g. one score per visit) changes only the piece that
+draws it.
+
+Example:
+    >>> scales = method_scales(frame, ["rollout"])
+    >>> text = patient_section("P1", frame[frame["patient_id"] == "P1"], scales)
+"""
+
+from __future__ import annotations
+
+import html
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from .colours import ColourScale
+
+#: Columns of the attribution table that may date a visit, first match wins.
+TIME_COLUMNS = ("time", "visit_time", "event_time")
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """One patient's predicted probability (or value), the label if known, and for
+    multiclass models the class that probability belongs to.
+
+    Example:
+        >>> Prediction(0.87, label=1)
+        Prediction(probability=0.87, label=1, class_index=None)
+    """
+
+    probability: float
+    label: Any = None
+    class_index: int | None = None
+
+
+def esc(value: Any) -> str:
+    """Text escaped for HTML content and quoted attributes."""
+    return html.escape(str(value), quote=True)
+
+
+def describe(code: str, descriptions: Mapping[str, str] | None) -> str:
+    """``"code — description"`` when the code has a description, else the code."""
+    if descriptions and descriptions.get(code):
+        return f"{code} — {descriptions[code]}"
+    return str(code)
+
+
+def label_text(label: Any, class_names: Sequence[str] | None = None) -> str:
+    """A label for display: integral floats as ints, class names when known."""
+    if label is None:
+        return "unknown"
+    if isinstance(label, float) and label.is_integer():
+        label = int(label)
+    if class_names is not None and isinstance(label, int) and 0 <= label < len(class_names):
+        return f"{class_names[label]} ({label})"
+    return str(label)
+
+
+def prediction_pills(
+    prediction: Prediction | None, class_names: Sequence[str] | None = None
+) -> str:
+    """The prediction and the label as two pills (empty without a prediction)."""
+    if prediction is None:
+        return ""
+    what = "predicted risk"
+    index = prediction.class_index
+    if index is not None:
+        name = class_names[index] if class_names and 0 <= index < len(class_names) else index
+        what = f"predicted class {name}, probability"
+    return (
+        f"<span class='pill'>{esc(what)} {prediction.probability:.3f}</span>"
+        f"<span class='pill'>label {esc(label_text(prediction.label, class_names))}</span>"
+    )
+
+
+def visit_labels(rows: Any) -> dict[int, str]:
+    """``{visit: label}`` for one patient's rows: the visit's earliest time when the table has
+    a time column (dates as ``YYYY-MM-DD``, numbers as ``t=3.5``), else ``v0``, ``v1``...
+
+    Example:
+        >>> visit_labels(frame[frame["patient_id"] == "P1"])
+        {0: '2023-01-04', 1: '2023-02-11'}
+    """
+    visits = sorted({int(v) for v in rows["visit"].dropna()})
+    labels = {v: f"v{v}" for v in visits}
+    column = next((c for c in TIME_COLUMNS if c in rows.columns), None)
+    if column is None:
+        return labels
+    timed = rows[rows["visit"].notna() & rows[column].notna()]
+    for visit, times in timed.groupby("visit", sort=True)[column]:
+        labels[int(visit)] = _time_text(times.min())
+    return labels
+
+
+def _time_text(value: Any) -> str:
+    if hasattr(value, "strftime"):  # datetime / pandas Timestamp
+        has_clock = any(getattr(value, part, 0) for part in ("hour", "minute", "second"))
+        return value.strftime("%Y-%m-%d %H:%M" if has_clock else "%Y-%m-%d")
+    if isinstance(value, (int, float)) and math.isfinite(float(value)):
+        return f"t={float(value):g}"
+    return str(value)
+
+
+def code_chip(
+    code: str, score: float, scale: ColourScale, descriptions: Mapping[str, str] | None
+) -> str:
+    """One code shaded by its score; its description is printed under it; the exact score
+    shows on hover."""
+    description = (descriptions or {}).get(code)
+    desc = f"<span class='desc'>{esc(description)}</span>" if description else ""
+    return (
+        f"<span class='code' data-code='{esc(code)}' data-score='{score:.6g}' "
+        f"title='{esc(describe(code, descriptions))}: score {score:.6g}' "
+        f"style='{scale.style(score)}'><span class='cname'>{esc(code)}</span>{desc}</span>"
+    )
+
+
+def visit_cell(
+    visit: int | None,
+    rows: Any,
+    scale: ColourScale,
+    descriptions: Mapping[str, str] | None,
+    label: str | None = None,
+) -> str:
+    """One visit of one feature (or a flat feature's only cell): its codes in position order."""
+    chips = ""
+    if rows is not None:
+        ordered = rows.sort_values("position", kind="stable")
+        chips = "".join(
+            code_chip(code, float(score), scale, descriptions)
+            for code, score in zip(ordered["code"], ordered["score"], strict=True)
+        )
+    if visit is None:
+        return f"<div class='visit flat'>{chips}</div>"
+    shown = label if label is not None else f"v{visit}"
+    return (
+        f"<div class='visit' data-visit='{visit}'>"
+        f"<div class='vlabel' title='visit {visit}'>{esc(shown)}</div>{chips}</div>"
+    )
+
+
+def feature_row(
+    feature: str,
+    rows: Any,
+    scale: ColourScale,
+    descriptions: Mapping[str, str] | None,
+    labels: Mapping[int, str],
+) -> str:
+    """One feature's line of the timeline. A visited feature gets one fixed-width column per
+    visit of the patient (empty where it has no code then), so visits line up across features;
+    a flat feature is one cell."""
+    flat = bool(rows["visit"].isna().all())
+    if flat:
+        cells = [visit_cell(None, rows, scale, descriptions)]
+    else:
+        by_visit = {int(v): r for v, r in rows.groupby("visit", sort=True)}
+        cells = [
+            visit_cell(v, by_visit.get(v), scale, descriptions, label)
+            for v, label in labels.items()
+        ]
+    return (
+        f"<div class='feature' data-feature='{esc(feature)}'><div class='fname'>{esc(feature)}"
+        f"</div><div class='visits{' flat' if flat else ''}'>{''.join(cells)}</div></div>"
+    )
+
+
+def top_codes_table(rows: Any, descriptions: Mapping[str, str] | None, top_k: int) -> str:
+    """The ``top_k`` codes by score summed per ``(feature, code)``."""
+    totals = rows.groupby(["feature", "code"], sort=False)["score"].sum()
+    ranked = totals.sort_values(ascending=False, kind="stable").head(top_k)
+    body = "".join(
+        f"<tr><td>{esc(feature)}</td><td>{esc(describe(code, descriptions))}</td>"
+        f"<td class='num'>{score:.4f}</td></tr>"
+        for (feature, code), score in ranked.items()
+    )
+    return (
+        f"<h3>top {top_k} codes</h3><table><tr><th>feature</th><th>code</th><th>score</th></tr>"
+        f"{body}</table>"
+    )
+
+
+def method_column(
+    method: str,
+    rows: Any,
+    scale: ColourScale,
+    features: Sequence[str],
+    descriptions: Mapping[str, str] | None,
+    labels: Mapping[int, str],
+    top_k: int,
+) -> str:
+    """One method's timeline and top codes for one patient."""
+    timeline = "".join(
+        feature_row(feature, rows[rows["feature"] == feature], scale, descriptions, labels)
+        for feature in features
+        if (rows["feature"] == feature).any()
+    )
+    return (
+        f"<div class='method' data-method='{esc(method)}'><h3>{esc(method)}</h3>"
+        f"<div class='timeline'>{timeline}</div>{top_codes_table(rows, descriptions, top_k)}</div>"
+    )
+
+
+def patient_section(
+    pid: str,
+    rows: Any,
+    scales: Mapping[str, ColourScale],
+    prediction: Prediction | None = None,
+    *,
+    descriptions: Mapping[str, str] | None = None,
+    class_names: Sequence[str] | None = None,
+    top_k: int = 10,
+) -> str:
+    """One patient's ``<section>``: heading, prediction pills and one column per method of
+    ``scales`` that has rows for the patient.
+
+    Args:
+        pid: the patient id.
+        rows: the patient's attribution rows (every method).
+        scales: ``{method: ColourScale}``, in display order (shared across patients).
+        prediction: shown as pills; ``None`` shows none.
+        descriptions: ``{code: description}`` printed under codes.
+        class_names: label classes in output order, for the pills.
+        top_k: codes in each method's top-codes table.
+    """
+    features = list(dict.fromkeys(rows["feature"]))
+    labels = visit_labels(rows)
+    columns = "".join(
+        method_column(
+            method, rows[rows["method"] == method], scale, features, descriptions, labels, top_k
+        )
+        for method, scale in scales.items()
+        if (rows["method"] == method).any()
+    )
+    risk = "" if prediction is None else f" data-risk='{prediction.probability:.6g}'"
+    label = "" if prediction is None else f" data-label='{esc(label_text(prediction.label))}'"
+    return (
+        f"<section id='p-{esc(pid)}' class='patient' data-pid='{esc(pid)}'{risk}{label}>"
+        f"<h2>Patient {esc(pid)}</h2>{prediction_pills(prediction, class_names)}"
+        f"<div class='methods'>{columns}</div></section>"
+    )
