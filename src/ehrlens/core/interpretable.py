@@ -26,6 +26,11 @@ Optional, each declared by one flag of :class:`Capabilities` in the class attrib
   module (gradient baselines attribute to its output).
 - ``clear_capture``: ``clear_attention_capture()`` drops the maps kept after capture is
   switched off (the capture context manager calls it, so explanations keep no memory).
+- ``gradient_fusion``: ``set_attention_hooks(True, capture_gradients=True,
+  gradient_fusion=fn)`` reduces each layer's map and gradient with ``fn(attention, gradient)
+  -> [batch, seq, seq]`` as the gradient arrives, in the backward, and drops the per-head map
+  and gradient there; ``get_gradient_anchors()`` lists the tensors to differentiate so that
+  the backward reaches every map, ``get_fused_gradients()`` the reduced maps.
 
 Optional attributes (read by interpreters where present): ``feature_keys`` (list of feature
 names), ``mode`` (``"binary"``, ``"multiclass"``, ``"multilabel"``, ``"regression"``),
@@ -39,7 +44,7 @@ forward replaces them.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
@@ -62,6 +67,7 @@ class Capabilities:
     stated_readout: bool = False
     embedding_layers: bool = False
     clear_capture: bool = False
+    gradient_fusion: bool = False
 
 
 class AttentionInterpretable(ABC):
@@ -151,6 +157,11 @@ class GradientInterpretable(AttentionInterpretable):
 CheferInterpretable = GradientInterpretable
 
 
+#: ``fn(attention, gradient) -> [batch, seq, seq]``: one layer's per-head map and its gradient
+#: (both ``[batch, heads, seq, seq]``, detached) reduced as the gradient arrives.
+GradientFusion = Callable[[Tensor, Tensor], Tensor]
+
+
 class ForwardOnlyCapture(Protocol):
     """``set_attention_hooks`` of a model with ``Capabilities.forward_only`` (and, where
     declared, ``fusion_at_capture`` and ``key_capture``)."""
@@ -162,6 +173,28 @@ class ForwardOnlyCapture(Protocol):
         head_fusion: str | None = None,
         keys_only: bool = False,
     ) -> None: ...
+
+
+class GradientFusionCapture(Protocol):
+    """A model with ``Capabilities.gradient_fusion``.
+
+    ``get_gradient_anchors()``: tensors of the last captured forward, in the autograd graph, such
+    that differentiating the target with respect to them runs the backward through every
+    captured map that needs a gradient (a layer's queries, or its input). ``get_fused_gradients()``:
+    after that backward, ``{feature_key: [fn(attention, gradient) per layer, input side first]}``,
+    ``[batch, seq, seq]``, zeros for a map no gradient reached.
+    """
+
+    def set_attention_hooks(
+        self,
+        enabled: bool,
+        capture_gradients: bool = True,
+        gradient_fusion: GradientFusion | None = None,
+    ) -> None: ...
+
+    def get_gradient_anchors(self) -> list[Tensor]: ...
+
+    def get_fused_gradients(self) -> Mapping[str, list[Tensor]]: ...
 
 
 class ClearableCapture(Protocol):

@@ -48,6 +48,8 @@ from ..core.interpretable import (
     ClearableCapture,
     EmbeddingLayers,
     ForwardOnlyCapture,
+    GradientFusion,
+    GradientFusionCapture,
     GradientInterpretable,
     KeyCapture,
 )
@@ -103,6 +105,9 @@ def _detect_capabilities(cls: type) -> Capabilities:
         and readout is not AttentionInterpretable.get_readout_weights,
         embedding_layers=callable(getattr(cls, "get_embedding_layers", None)),
         clear_capture=callable(getattr(cls, "clear_attention_capture", None)),
+        gradient_fusion="gradient_fusion" in names
+        and callable(getattr(cls, "get_fused_gradients", None))
+        and callable(getattr(cls, "get_gradient_anchors", None)),
     )
 
 
@@ -389,6 +394,7 @@ def capture_attention(
     gradients: bool = False,
     head_fusion: str | None = None,
     keys_only: bool = False,
+    gradient_fusion: GradientFusion | None = None,
 ) -> Iterator[CapturedForward]:
     """Enable capture, run ``model(**batch)`` in eval mode, and always clean up.
 
@@ -416,6 +422,11 @@ def capture_attention(
             map; other models return per-head maps, to be fused by the caller.
         keys_only: forward-only: store each layer's queries and keys instead of its map
             (models with ``key_capture``; read them with ``model.get_attention_keys()``).
+        gradient_fusion: with ``gradients=True``: ``fn(attention, gradient) -> [batch, seq,
+            seq]`` applied to each layer as its gradient arrives (models with
+            ``gradient_fusion``; differentiate ``model.get_gradient_anchors()`` and read
+            ``model.get_fused_gradients()``). No per-head map or gradient outlives its layer's
+            backward.
 
     Example:
         >>> with capture_attention(model, batch) as captured:
@@ -425,6 +436,12 @@ def capture_attention(
     if gradients and (head_fusion is not None or keys_only):
         raise ValueError(
             "head_fusion and keys_only at capture are for forward-only capture (gradients=False)"
+        )
+    if gradient_fusion is not None and not (gradients and caps.gradient_fusion):
+        raise TypeError(
+            f"gradient_fusion needs gradients=True and a model that fuses gradients at capture "
+            f"(Capabilities.gradient_fusion); {type(model).__name__}: "
+            f"gradient_fusion={caps.gradient_fusion}, gradients={gradients}"
         )
     if keys_only and not caps.key_capture:
         raise TypeError(
@@ -443,6 +460,10 @@ def capture_attention(
                 hooks.set_attention_hooks(True, capture_gradients=False, keys_only=True)
             elif not caps.forward_only:
                 model.set_attention_hooks(True)
+            elif gradient_fusion is not None:
+                cast(GradientFusionCapture, model).set_attention_hooks(
+                    True, capture_gradients=True, gradient_fusion=gradient_fusion
+                )
             elif head_fusion is not None and caps.fusion_at_capture:
                 hooks.set_attention_hooks(True, capture_gradients=False, head_fusion=head_fusion)
             else:
@@ -496,6 +517,8 @@ __all__ = [
     "ClearableCapture",
     "EmbeddingLayers",
     "ForwardOnlyCapture",
+    "GradientFusion",
+    "GradientFusionCapture",
     "GradientInterpretable",
     "KeyCapture",
     "ModelDescription",

@@ -7,7 +7,9 @@ both follow the same rules:
 
 - forward-only capture stores a detached map (optionally fused over heads) and registers no
   autograd hook; gradient capture keeps the map in the graph and a tensor hook stores its
-  gradient when a backward pass reaches it;
+  gradient when a backward pass reaches it; with a gradient fusion, that hook stores only
+  ``fn(map, gradient)`` ``[batch, seq, seq]`` and drops the per-head map, so neither the map
+  nor its gradient outlives the layer's backward;
 - each recorded forward replaces what the slot held before;
 - switching capture off stops recording but keeps the last capture (and the gradient hook an
   outstanding backward needs) until the next enabled forward or an explicit clear;
@@ -25,11 +27,12 @@ import threading
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar
 
+import torch
 from torch import Tensor
 from torch.utils.hooks import RemovableHandle
 
 from ..core.fusion import check_head_fusion, fuse_heads
-from ..core.interpretable import Capabilities
+from ..core.interpretable import Capabilities, GradientFusion
 
 if TYPE_CHECKING:
     from .attention import MultiHeadAttention
@@ -72,6 +75,9 @@ class AttentionSlot:
     Args:
         capture_gradients: keep the map in the graph and store its gradient after backward.
         head_fusion: forward-only: store ``fuse_heads(map)`` as ``[batch, 1, seq, seq]``.
+        gradient_fusion: with ``capture_gradients``: when the gradient arrives, store
+            ``gradient_fusion(map, gradient)`` (``[batch, seq, seq]``, :attr:`fused_gradient`)
+            and drop the map; :attr:`gradient` stays ``None``.
 
     Example:
         >>> slot = AttentionSlot(capture_gradients=True)
@@ -80,14 +86,26 @@ class AttentionSlot:
         >>> slot.attention, slot.gradient   # both [batch, heads, seq, seq]
     """
 
-    def __init__(self, capture_gradients: bool, head_fusion: str | None = None) -> None:
+    def __init__(
+        self,
+        capture_gradients: bool,
+        head_fusion: str | None = None,
+        gradient_fusion: GradientFusion | None = None,
+    ) -> None:
         if head_fusion is not None and capture_gradients:
             raise ValueError("head_fusion at capture is for forward-only capture")
+        if gradient_fusion is not None and not capture_gradients:
+            raise ValueError("gradient_fusion at capture needs capture_gradients=True")
         self.capture_gradients = capture_gradients
         self.head_fusion = None if head_fusion is None else check_head_fusion(head_fusion)
+        self.gradient_fusion = gradient_fusion
         self.attention: Tensor | None = None
         self.gradient: Tensor | None = None
+        self.fused_gradient: Tensor | None = None
+        #: With ``gradient_fusion``: what to differentiate so the backward reaches this map.
+        self.anchor: Tensor | None = None
         self.keys: CapturedKeys | None = None
+        self._fused_shape: tuple[torch.Size, torch.dtype, torch.device] | None = None
         self._gradient_handle: RemovableHandle | None = None
         self._thread = threading.get_ident()
 
@@ -95,13 +113,27 @@ class AttentionSlot:
         """Whether a forward running now belongs to the capturing thread."""
         return threading.get_ident() == self._thread
 
-    def record(self, attention: Tensor) -> None:
-        """Store ``attention`` (replacing the previous capture) as the capture mode says."""
+    def record(self, attention: Tensor, anchor: Tensor | None = None) -> None:
+        """Store ``attention`` (replacing the previous capture) as the capture mode says.
+
+        ``anchor``: with ``gradient_fusion``, a tensor of the graph the map is computed from
+        (its queries, or the layer's input); differentiating it runs the backward through the
+        map. Without one (or if it needs no gradient) the map itself is the anchor.
+        """
         if not self.records_this_thread():
             return
         self.clear()
         if self.capture_gradients and attention.requires_grad:
             self.attention = attention
+            if self.gradient_fusion is not None:
+                usable = anchor is not None and anchor.requires_grad
+                self.anchor = anchor if usable else attention
+                batch, _, rows, seq = attention.shape
+                self._fused_shape = (
+                    torch.Size((batch, rows, seq)),
+                    attention.dtype,
+                    attention.device,
+                )
             self._gradient_handle = attention.register_hook(self._on_gradient)
         elif self.head_fusion is not None:
             self.attention = fuse_heads(attention.detach(), self.head_fusion)[:, None]
@@ -116,7 +148,31 @@ class AttentionSlot:
         self.keys = keys
 
     def _on_gradient(self, gradient: Tensor) -> None:
-        self.gradient = gradient.detach()
+        if self.gradient_fusion is None:
+            self.gradient = gradient.detach()
+            return
+        if self.attention is None:
+            raise RuntimeError(
+                "gradient fusion at capture takes one backward per captured forward: this "
+                "layer's map was already fused with its gradient and dropped"
+            )
+        self.fused_gradient = self.gradient_fusion(self.attention.detach(), gradient.detach())
+        # The per-head map and gradient end here; autograd frees its own copy after this node.
+        self.attention = None
+        self.anchor = None
+
+    def fused_or_zeros(self) -> Tensor:
+        """``gradient_fusion(map, gradient)`` ``[batch, seq, seq]``, or zeros when no gradient
+        reached the map (the target does not depend on it)."""
+        if self.fused_gradient is not None:
+            return self.fused_gradient
+        if self._fused_shape is None:
+            raise RuntimeError(
+                "no map with a gradient was captured: run a forward with gradient capture "
+                "(and gradient_fusion) enabled, with autograd on"
+            )
+        shape, dtype, device = self._fused_shape
+        return torch.zeros(shape, dtype=dtype, device=device)
 
     def clear(self) -> None:
         """Drop the stored tensors and remove the gradient hook."""
@@ -125,6 +181,9 @@ class AttentionSlot:
             self._gradient_handle = None
         self.attention = None
         self.gradient = None
+        self.fused_gradient = None
+        self.anchor = None
+        self._fused_shape = None
         self.keys = None
 
 
@@ -142,15 +201,20 @@ class AttentionCapture:
         capture_gradients: bool,
         head_fusion: str | None = None,
         keys_only: bool = False,
+        gradient_fusion: GradientFusion | None = None,
     ) -> None:
         if (head_fusion is not None or keys_only) and capture_gradients:
             raise ValueError("head_fusion and keys_only at capture are for forward-only capture")
-        self.slot = AttentionSlot(capture_gradients, head_fusion)
+        self.slot = AttentionSlot(capture_gradients, head_fusion, gradient_fusion)
         self._handle: RemovableHandle | None
+        self._anchor_handle: RemovableHandle | None = None
+        self._query: Tensor | None = None
         if keys_only:
             self._handle = module.register_query_key_hook(self._on_query_key)
         else:
             self._handle = module.register_attention_hook(self._on_attention)
+            if gradient_fusion is not None:  # the queries anchor the backward to this map
+                self._anchor_handle = module.register_query_key_hook(self._on_query)
 
     @property
     def attention(self) -> Tensor | None:
@@ -167,14 +231,22 @@ class AttentionCapture:
     def _on_query_key(self, module: MultiHeadAttention, q: Tensor, k: Tensor, mask: Tensor) -> None:
         self.slot.record_keys(CapturedKeys(module, q.detach(), k.detach(), mask.detach()))
 
+    def _on_query(self, module: MultiHeadAttention, q: Tensor, k: Tensor, mask: Tensor) -> None:
+        self._query = q
+
     def _on_attention(self, module: MultiHeadAttention, attention: Tensor) -> None:
-        self.slot.record(attention)
+        query, self._query = self._query, None
+        self.slot.record(attention, anchor=query)
 
     def stop(self) -> None:
-        """Unregister the module hook; keep the last capture."""
+        """Unregister the module hooks; keep the last capture."""
         if self._handle is not None:
             self._handle.remove()
             self._handle = None
+        if self._anchor_handle is not None:
+            self._anchor_handle.remove()
+            self._anchor_handle = None
+        self._query = None
 
     def remove(self) -> None:
         """Unregister the module hook and any gradient hook; drop stored tensors."""
@@ -191,6 +263,7 @@ ENCODER_MODEL_CAPABILITIES = Capabilities(
     stated_readout=True,
     embedding_layers=True,
     clear_capture=True,
+    gradient_fusion=True,
 )
 
 
@@ -201,10 +274,15 @@ class AttentionCaptureMixin:
     :meth:`attention_modules`; everything else is shared.
     """
 
-    #: Forward-only capture, fusion at capture, key capture and clearing (see
-    #: :class:`~ehrlens.core.interpretable.Capabilities`); models add what else they state.
+    #: Forward-only capture, fusion at capture (of maps and of gradients), key capture and
+    #: clearing (see :class:`~ehrlens.core.interpretable.Capabilities`); models add what else
+    #: they state.
     interpret_capabilities: ClassVar[Capabilities | None] = Capabilities(
-        forward_only=True, fusion_at_capture=True, key_capture=True, clear_capture=True
+        forward_only=True,
+        fusion_at_capture=True,
+        key_capture=True,
+        clear_capture=True,
+        gradient_fusion=True,
     )
 
     def attention_modules(self) -> dict[str, list[MultiHeadAttention]]:
@@ -220,6 +298,7 @@ class AttentionCaptureMixin:
         capture_gradients: bool = True,
         head_fusion: str | None = None,
         keys_only: bool = False,
+        gradient_fusion: GradientFusion | None = None,
     ) -> None:
         """Start (or stop) storing every layer's attention map [and its gradient].
 
@@ -236,6 +315,10 @@ class AttentionCaptureMixin:
                 ``[batch, heads, seq, seq]``, a ``heads``-fold saving.
             keys_only: forward-only: store each layer's queries and keys instead of its map
                 (:meth:`get_attention_keys`), ``seq / head_dim`` times less again.
+            gradient_fusion: with ``capture_gradients``: ``fn(attention, gradient) ->
+                [batch, seq, seq]``, applied in the backward as each layer's gradient
+                arrives; the per-head map and gradient are dropped there. Differentiate
+                :meth:`get_gradient_anchors`, then read :meth:`get_fused_gradients`.
         """
         captures = self._captures()
         if not enabled:
@@ -247,7 +330,8 @@ class AttentionCaptureMixin:
         self.__dict__["_attention_capture_used"] = True
         for key, modules in self.attention_modules().items():
             captures[key] = [
-                AttentionCapture(m, capture_gradients, head_fusion, keys_only) for m in modules
+                AttentionCapture(m, capture_gradients, head_fusion, keys_only, gradient_fusion)
+                for m in modules
             ]
 
     def clear_attention_capture(self) -> None:
@@ -286,6 +370,34 @@ class AttentionCaptureMixin:
             keys[key] = [k for k in found if k is not None]
         return keys
 
+    def get_gradient_anchors(self) -> list[Tensor]:
+        """What to differentiate so that the backward reaches every captured map
+        (``gradient_fusion`` capture): each layer's queries ``[batch, heads, seq, head_dim]``,
+        or the map itself where the queries need no gradient. Empty when no map needs one.
+
+        Example:
+            >>> model.set_attention_hooks(True, gradient_fusion=fn)
+            >>> logit = model(**batch)["logit"]
+            >>> _ = torch.autograd.grad(logit.sum(), model.get_gradient_anchors())
+            >>> fused = model.get_fused_gradients()   # {"diagnoses": [[b, s, s], ...]}
+        """
+        captures = self._require_capture()
+        return [
+            c.slot.anchor
+            for layer_captures in captures.values()
+            for c in layer_captures
+            if c.slot.anchor is not None
+        ]
+
+    def get_fused_gradients(self) -> dict[str, list[Tensor]]:
+        """``{feature_key: [gradient_fusion(map, gradient) per layer]}``, ``[batch, seq,
+        seq]``, input side first; zeros for a map no gradient reached."""
+        captures = self._require_capture()
+        return {
+            key: [c.slot.fused_or_zeros() for c in layer_captures]
+            for key, layer_captures in captures.items()
+        }
+
     def get_attention_layers(self) -> dict[str, list[tuple[Tensor, Tensor | None]]]:
         """Captured ``(attn_map, attn_grad)`` per layer and feature key, input side first.
 
@@ -298,6 +410,11 @@ class AttentionCaptureMixin:
         for key, layer_captures in captures.items():
             pairs = []
             for capture in layer_captures:
+                if capture.attention is None and capture.slot.fused_gradient is not None:
+                    raise RuntimeError(
+                        f"feature '{key}': the maps were fused with their gradients in the "
+                        "backward and dropped (gradient_fusion); read get_fused_gradients()"
+                    )
                 if capture.attention is None:
                     raise RuntimeError(
                         f"feature '{key}': no attention captured yet; run a forward after "

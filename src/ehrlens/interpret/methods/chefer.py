@@ -4,14 +4,16 @@ for Interpreting Bi-Modal and Encoder-Decoder Transformers", ICCV 2021), self-at
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
 
 from ..api import (
+    GradientFusionCapture,
     GradientInterpretable,
     attention_layers,
+    capabilities,
     capture_attention,
     check_attention_layers,
     plain_tensors,
@@ -58,7 +60,11 @@ class CheferRelevance(BaseInterpreter):
     the target logit with respect to the post-softmax map ``A``. The result is read out at
     the model's readout row, carried down the layers as one row vector.
 
-    The gradient is taken with :func:`torch.autograd.grad` with respect to the captured maps,
+    Models that fuse gradients at capture (``Capabilities.gradient_fusion``: ehrlens's models
+    and the Hugging Face adapter) compute ``mean_heads(clamp(grad * A, min=0))`` in the
+    backward, as each layer's gradient arrives, so no per-head map or gradient outlives its
+    layer's backward (memory near a plain forward + backward). Otherwise the gradient is taken
+    with :func:`torch.autograd.grad` with respect to the captured maps,
     or, for a model that stores its maps detached and takes their gradients with its own
     tensor hooks (as PyHealth's models do), with respect to its parameters so that those
     hooks fire; either way parameters' ``.grad`` are untouched. Under ``torch.no_grad()``
@@ -90,6 +96,10 @@ class CheferRelevance(BaseInterpreter):
         """
         require_autograd("CheferRelevance")
         batch = plain_tensors(batch)
+        if capabilities(self.model).gradient_fusion:
+            cams = self._fused_in_backward(target_class_idx, batch)
+            relevance = readout_relevance(self.model, cams, chefer_step, batch)
+            return self._input_scores(relevance, batch)
         with torch.enable_grad(), capture_attention(self.model, batch, gradients=True) as run:
             target = select_target(_logit(run.outputs), self.description.mode, target_class_idx)
             raw = self.model.get_attention_layers()
@@ -108,6 +118,29 @@ class CheferRelevance(BaseInterpreter):
             }
         relevance = readout_relevance(self.model, cams, chefer_step, batch)
         return self._input_scores(relevance, batch)
+
+    def _fused_in_backward(
+        self, target_class_idx: TargetIndex, batch: Mapping[str, Any]
+    ) -> dict[str, list[Tensor]]:
+        """Per-layer ``mean_heads(clamp(grad * A, min=0))``, computed by the model's capture as
+        each gradient arrives in one backward to the anchors (queries), ``{key: [[b, s, s]]}``."""
+        model = cast(GradientFusionCapture, self.model)
+        with (
+            torch.enable_grad(),
+            capture_attention(
+                self.model, batch, gradients=True, gradient_fusion=gradient_weighted_attention
+            ) as run,
+        ):
+            target = select_target(_logit(run.outputs), self.description.mode, target_class_idx)
+            anchors = model.get_gradient_anchors()
+            if not anchors:
+                raise RuntimeError(
+                    f"{type(self.model).__name__}: no captured attention map requires grad "
+                    "(are all parameters frozen?), so no attention gradient exists; "
+                    "CheferRelevance needs trainable parameters"
+                )
+            torch.autograd.grad(target.sum(), anchors, allow_unused=True)
+            return {key: list(maps) for key, maps in model.get_fused_gradients().items()}
 
     def _gradients_through_model_hooks(self, target: Tensor) -> dict[str, list]:
         """Maps stored detached, gradients taken by the model's own tensor hooks: run the

@@ -1,0 +1,169 @@
+"""Chefer with gradient fusion at capture: ``mean_h(clamp(grad * A, min=0))`` computed in the
+backward as each layer's gradient arrives, against the per-head path and the reference."""
+
+from __future__ import annotations
+
+import dataclasses
+import gc
+import weakref
+
+import pytest
+import torch
+
+from ehrlens.interpret import CheferRelevance, capture_attention
+from ehrlens.interpret.api import capabilities
+from ehrlens.interpret.methods.chefer import gradient_weighted_attention
+from ehrlens.models import StageAttentionNet, Transformer
+from ehrlens.models.capture import ENCODER_MODEL_CAPABILITIES
+
+CASES = [
+    ("Transformer", "sequence"),
+    ("Transformer", "nested"),
+    ("StageAttentionNet", "stagenet"),
+    ("StageAttentionNet", "sequence"),
+]
+CASE_IDS = [f"{name}-{layout}" for name, layout in CASES]
+
+
+PER_HEAD = dataclasses.replace(ENCODER_MODEL_CAPABILITIES, gradient_fusion=False)
+
+
+class PerHeadTransformer(Transformer):
+    """The same model without gradient fusion: Chefer takes its per-head path."""
+
+    interpret_capabilities = PER_HEAD
+
+
+class PerHeadStageNet(StageAttentionNet):
+    interpret_capabilities = PER_HEAD
+
+
+@pytest.fixture
+def make(cases):
+    def build(name: str, layout: str, dtype: torch.dtype = torch.float32):
+        dataset = cases.dataset(layout)
+        model = cases.build_model(name, dataset).to(dtype)
+        per_head = cases.build_model(name, dataset).to(dtype)
+        per_head.__class__ = PerHeadTransformer if name == "Transformer" else PerHeadStageNet
+        batch = dataset.collate([dataset[i] for i in range(8)])
+        return model, per_head, batch
+
+    return build
+
+
+def test_ehrlens_models_declare_gradient_fusion(make):
+    model, per_head, _ = make("Transformer", "sequence")
+    assert capabilities(model).gradient_fusion
+    assert not capabilities(per_head).gradient_fusion
+
+
+@pytest.mark.parametrize(("name", "layout"), CASES, ids=CASE_IDS)
+@pytest.mark.parametrize("target", [None, 0, 1])
+def test_fused_path_equals_per_head_path(make, name, layout, target):
+    model, per_head, batch = make(name, layout, torch.float64)
+    fused = CheferRelevance(model).attribute(target, **batch)
+    reference = CheferRelevance(per_head).attribute(target, **batch)
+    assert fused.keys() == reference.keys()
+    for key in fused:
+        assert bool(reference[key].abs().sum() > 0)
+        torch.testing.assert_close(fused[key], reference[key], atol=1e-12, rtol=0)
+
+
+@pytest.mark.parametrize(("name", "layout"), CASES, ids=CASE_IDS)
+def test_fused_path_equals_reference(make, name, layout, ref):
+    model, _, batch = make(name, layout, torch.float64)
+    scores = CheferRelevance(model).attribute(None, **batch)
+    expected = ref.chefer(model, batch)
+    for key in scores:
+        torch.testing.assert_close(scores[key], expected[key], atol=1e-12, rtol=0)
+
+
+def test_each_layer_keeps_only_its_fused_map(make):
+    model, _, batch = make("Transformer", "sequence")
+    with capture_attention(
+        model, batch, gradients=True, gradient_fusion=gradient_weighted_attention
+    ) as run:
+        layers = model.get_attention_layers()
+        per_head = [weakref.ref(a) for maps in layers.values() for a, _ in maps]
+        shapes = {k: [tuple(a.shape) for a, _ in v] for k, v in layers.items()}
+        del layers
+        anchors = model.get_gradient_anchors()
+        assert len(anchors) == len(per_head)
+        # The anchors are the layers' queries [batch, heads, seq, head_dim], not the maps.
+        assert all(a.dim() == 4 and a.shape[-1] != a.shape[-2] for a in anchors)
+        torch.autograd.grad(run.outputs["logit"][:, 0].sum(), anchors)
+        del anchors, run
+        gc.collect()
+        # No per-head map survives the backward (autograd frees its copies, the store drops its).
+        assert all(r() is None for r in per_head)
+        fused = model.get_fused_gradients()
+        for key, maps in fused.items():
+            for tensor, shape in zip(maps, shapes[key], strict=True):
+                batch_size, _, seq, _ = shape
+                assert tuple(tensor.shape) == (batch_size, seq, seq)
+        with pytest.raises(RuntimeError, match="get_fused_gradients"):
+            model.get_attention_layers()
+
+
+def test_fused_maps_equal_fusing_per_head_gradients(make):
+    model, _, batch = make("Transformer", "nested", torch.float64)
+    with torch.enable_grad(), capture_attention(model, batch, gradients=True) as run:
+        layers = model.get_attention_layers()
+        maps = [a for v in layers.values() for a, _ in v]
+        grads = torch.autograd.grad(run.outputs["logit"][:, 0].sum(), maps)
+        pairs = zip(maps, grads, strict=True)
+        expected = [(g * a.detach()).clamp(min=0).mean(dim=1) for a, g in pairs]
+    with capture_attention(
+        model, batch, gradients=True, gradient_fusion=gradient_weighted_attention
+    ) as run:
+        torch.autograd.grad(run.outputs["logit"][:, 0].sum(), model.get_gradient_anchors())
+        fused = [m for v in model.get_fused_gradients().values() for m in v]
+    assert len(fused) == len(expected)
+    for got, want in zip(fused, expected, strict=True):
+        assert bool(want.abs().sum() > 0)
+        torch.testing.assert_close(got, want, atol=1e-13, rtol=0)
+
+
+def test_unreached_map_gives_zeros(make):
+    # The top layer's map reaches the [CLS] readout only through its [CLS] row; a target that
+    # ignores the model (0 * logit) reaches no map at all: every fused map is exactly 0.
+    model, _, batch = make("Transformer", "sequence")
+    with capture_attention(
+        model, batch, gradients=True, gradient_fusion=gradient_weighted_attention
+    ) as run:
+        target = (0 * run.outputs["logit"][:, 0]).sum() + next(model.parameters()).sum()
+        torch.autograd.grad(target, model.get_gradient_anchors(), allow_unused=True)
+        fused = model.get_fused_gradients()
+    assert all(bool((m == 0).all()) for maps in fused.values() for m in maps)
+
+
+def test_second_backward_is_refused(make):
+    model, _, batch = make("Transformer", "sequence")
+    with capture_attention(
+        model, batch, gradients=True, gradient_fusion=gradient_weighted_attention
+    ) as run:
+        target = run.outputs["logit"][:, 0].sum()
+        anchors = model.get_gradient_anchors()
+        torch.autograd.grad(target, anchors, retain_graph=True)
+        with pytest.raises(RuntimeError, match="one backward per captured forward"):
+            torch.autograd.grad(target, anchors)
+
+
+def test_gradient_fusion_needs_gradients(make):
+    model, _, batch = make("Transformer", "sequence")
+    with pytest.raises(TypeError, match="gradient_fusion needs gradients=True"):
+        with capture_attention(model, batch, gradient_fusion=gradient_weighted_attention):
+            pass
+    with pytest.raises(ValueError, match="needs capture_gradients=True"):
+        model.set_attention_hooks(
+            True, capture_gradients=False, gradient_fusion=gradient_weighted_attention
+        )
+    model.set_attention_hooks(False)
+
+
+def test_frozen_model_is_refused_naming_why(make):
+    model, _, batch = make("Transformer", "sequence")
+    for parameter in model.parameters():
+        parameter.requires_grad_(False)
+    with pytest.raises(RuntimeError, match="no captured attention map requires grad"):
+        CheferRelevance(model).attribute(None, **batch)
