@@ -23,6 +23,7 @@ from ehrlens.interpret import (
     IntegratedGradients,
     RandomBaseline,
     RawAttention,
+    VisitScoreSplit,
     make_interpreter,
     register_method,
     unregister_method,
@@ -40,6 +41,7 @@ EXPECTED = {
     "input_x_gradient": (InputXGradient, False),
     "integrated_gradients": (IntegratedGradients, False),
     "random": (RandomBaseline, True),
+    "visit_split": (VisitScoreSplit, False),
 }
 
 
@@ -226,6 +228,7 @@ ARGUMENTS = {
     "input_x_gradient": {},
     "integrated_gradients": {"n_steps": 4, "internal_batch_size": 10},
     "random": {"seed": 7},
+    "visit_split": {"method": "chefer", "share": "uniform"},
 }
 
 

@@ -34,7 +34,9 @@ Optional, each declared by one flag of :class:`Capabilities` in the class attrib
 
 Optional attributes (read by interpreters where present): ``feature_keys`` (list of feature
 names), ``mode`` (``"binary"``, ``"multiclass"``, ``"multilabel"``, ``"regression"``),
-``output_size`` (logit columns), ``pad_ids`` (``{feature: pad id | None}``, default 0).
+``output_size`` (logit columns), ``pad_ids`` (``{feature: pad id | None}``, default 0),
+``unit_position_keys`` (features whose every input unit, e.g. each code of a visit, is its own
+attention position, so attention methods score units rather than visits).
 
 Capture semantics every implementation follows: switching capture off keeps the last
 forward's maps (and the gradient hooks an outstanding backward needs); the next enabled

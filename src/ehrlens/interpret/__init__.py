@@ -6,6 +6,7 @@ from .api import (
     GradientInterpretable,
     capture_attention,
 )
+from .levels import score_level, score_levels
 from .methods import (
     AttentionFlow,
     AttentionRollout,
@@ -15,6 +16,7 @@ from .methods import (
     IntegratedGradients,
     RandomBaseline,
     RawAttention,
+    VisitScoreSplit,
 )
 from .registry import METHODS, make_interpreter, register_method, unregister_method
 from .summary import code_relevance, top_codes
@@ -32,10 +34,13 @@ __all__ = [
     "IntegratedGradients",
     "RandomBaseline",
     "RawAttention",
+    "VisitScoreSplit",
     "capture_attention",
     "code_relevance",
     "make_interpreter",
     "register_method",
+    "score_level",
+    "score_levels",
     "top_codes",
     "unregister_method",
 ]

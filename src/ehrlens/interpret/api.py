@@ -126,6 +126,10 @@ class ModelDescription:
             (``("value", "mask")``, ``("time", "value", "mask")``).
         processors: ``{feature: fitted processor}`` of a model built from a schema
             (``model.schema``); they lay out its inputs. Empty for other models.
+        unit_positions: features whose every input unit is its own attention position
+            (``model.unit_position_keys``: a code-level model on visits, whose attention
+            scores each code). Elsewhere a position holding several units (a visit of
+            codes, a step of values) gets one attention score for all of them.
     """
 
     name: str
@@ -135,6 +139,7 @@ class ModelDescription:
     pad_ids: Mapping[str, int | None] = field(default_factory=dict)
     layouts: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     processors: Mapping[str, FeatureProcessor] = field(default_factory=dict)
+    unit_positions: frozenset[str] = frozenset()
 
     def pad_id(self, key: str) -> int | None:
         """The pad id of feature ``key`` (``None``: every id is real)."""
@@ -143,8 +148,9 @@ class ModelDescription:
 
 def describe(model: Any) -> ModelDescription:
     """The optional attributes of the contract, read once: ``feature_keys``, ``mode``,
-    ``output_size``, ``pad_ids``, the fitted processors of ``schema``, and tuple layouts
-    from a PyHealth-style ``model.dataset.input_processors[key].schema()``.
+    ``output_size``, ``pad_ids``, ``unit_position_keys``, the fitted processors of
+    ``schema``, and tuple layouts from a PyHealth-style
+    ``model.dataset.input_processors[key].schema()``.
 
     Example:
         >>> describe(model).mode, describe(model).feature_keys
@@ -156,6 +162,7 @@ def describe(model: Any) -> ModelDescription:
     outputs = getattr(model, "output_size", None)
     pad_ids = getattr(model, "pad_ids", None)
     schema = getattr(model, "schema", None)
+    units = getattr(model, "unit_position_keys", None)
     return ModelDescription(
         name=type(model).__name__,
         feature_keys=feature_keys,
@@ -164,7 +171,15 @@ def describe(model: Any) -> ModelDescription:
         pad_ids=dict(pad_ids) if isinstance(pad_ids, Mapping) else {},
         layouts=_processor_layouts(model, feature_keys or ()),
         processors=dict(schema.input_processors) if isinstance(schema, FittedSchema) else {},
+        unit_positions=_key_set(units),
     )
+
+
+def _key_set(value: Any) -> frozenset[str]:
+    """``value`` as a set of feature keys; anything but a collection of strings is none."""
+    if isinstance(value, (set, frozenset, list, tuple)) and all(isinstance(k, str) for k in value):
+        return frozenset(value)
+    return frozenset()
 
 
 def _processor_layouts(model: Any, keys: Sequence[str]) -> dict[str, tuple[str, ...]]:

@@ -30,6 +30,7 @@ from .methods import (
     IntegratedGradients,
     RandomBaseline,
     RawAttention,
+    VisitScoreSplit,
 )
 from .methods.base import check_declaration, constructor_params, is_abstract
 
@@ -195,6 +196,7 @@ BUILTIN_METHODS: tuple[type[BaseInterpreter], ...] = (
     InputXGradient,
     IntegratedGradients,
     RandomBaseline,
+    VisitScoreSplit,
 )
 for _cls in BUILTIN_METHODS:
     register_method(_cls)

@@ -6,6 +6,7 @@ from .chefer import CheferRelevance
 from .flow import AttentionFlow
 from .gradients import InputXGradient, IntegratedGradients
 from .rollout import AttentionRollout
+from .visit_split import VisitScoreSplit
 
 __all__ = [
     "AttentionFlow",
@@ -16,4 +17,5 @@ __all__ = [
     "IntegratedGradients",
     "RandomBaseline",
     "RawAttention",
+    "VisitScoreSplit",
 ]

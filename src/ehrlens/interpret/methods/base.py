@@ -67,6 +67,11 @@ class BaseInterpreter(ABC):
     summary: ClassVar[str]
     #: Why the interface is needed, used in the TypeError of the constructor.
     requirement_reason: ClassVar[str] = "it reads attention maps captured in the forward pass"
+    #: True when the method scores every input unit on its own (a gradient to each code's
+    #: embedding, random scores), whatever the model's attention positions; False when it
+    #: scores attention positions, so a visit pooled into one token gets one score for all
+    #: its codes (see :func:`~ehrlens.interpret.levels.score_level`).
+    per_unit: ClassVar[bool] = False
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)

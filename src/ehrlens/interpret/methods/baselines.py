@@ -31,6 +31,7 @@ class RandomBaseline(BaseInterpreter):
     name = "random"
     gradient_free = True
     needs = ()
+    per_unit = True
     summary = "random scores: the floor any method must beat"
     requirement_reason = "it needs no model interface"
 

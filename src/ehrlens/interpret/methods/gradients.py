@@ -71,6 +71,7 @@ class _LayerGradientMethod(BaseInterpreter):
 
     gradient_free = False
     needs = (torch.nn.Module, "captum")
+    per_unit = True  # each unit's own embedding output
     model: torch.nn.Module
     requirement_reason = "it differentiates the model's forward"
     captum_name = ""
