@@ -31,6 +31,9 @@ Optional, each declared by one flag of :class:`Capabilities` in the class attrib
   -> [batch, seq, seq]`` as the gradient arrives, in the backward, and drops the per-head map
   and gradient there; ``get_gradient_anchors()`` lists the tensors to differentiate so that
   the backward reaches every map, ``get_fused_gradients()`` the reduced maps.
+- ``lrp_rules``: ``set_lrp_rules(enabled)`` attaches the AttnLRP rules: forwards compute the
+  same values, and their backward pass propagates relevance (``input * gradient``) layer by
+  layer (:class:`~ehrlens.interpret.AttnLRP` reads it at ``get_embedding_layers()``).
 
 Optional attributes (read by interpreters where present): ``feature_keys`` (list of feature
 names), ``mode`` (``"binary"``, ``"multiclass"``, ``"multilabel"``, ``"regression"``),
@@ -70,6 +73,7 @@ class Capabilities:
     embedding_layers: bool = False
     clear_capture: bool = False
     gradient_fusion: bool = False
+    lrp_rules: bool = False
 
 
 class AttentionInterpretable(ABC):
@@ -209,6 +213,12 @@ class KeyCapture(Protocol):
     """A model with ``Capabilities.key_capture``: queries and keys per layer and feature."""
 
     def get_attention_keys(self) -> Mapping[str, list[Any]]: ...
+
+
+class LRPRulesModel(Protocol):
+    """A model with ``Capabilities.lrp_rules``: the AttnLRP rules on and off."""
+
+    def set_lrp_rules(self, enabled: bool) -> None: ...
 
 
 class EmbeddingLayers(Protocol):

@@ -10,6 +10,7 @@ from .levels import score_level, score_levels
 from .methods import (
     AttentionFlow,
     AttentionRollout,
+    AttnLRP,
     BaseInterpreter,
     CheferRelevance,
     InputXGradient,
@@ -26,6 +27,7 @@ __all__ = [
     "AttentionFlow",
     "AttentionInterpretable",
     "AttentionRollout",
+    "AttnLRP",
     "BaseInterpreter",
     "CheferInterpretable",
     "CheferRelevance",

@@ -52,6 +52,7 @@ from ..core.interpretable import (
     GradientFusionCapture,
     GradientInterpretable,
     KeyCapture,
+    LRPRulesModel,
 )
 from ..core.modes import eval_mode, model_lock
 from ..data.dataset import FittedSchema
@@ -108,6 +109,7 @@ def _detect_capabilities(cls: type) -> Capabilities:
         gradient_fusion="gradient_fusion" in names
         and callable(getattr(cls, "get_fused_gradients", None))
         and callable(getattr(cls, "get_gradient_anchors", None)),
+        lrp_rules=callable(getattr(cls, "set_lrp_rules", None)),
     )
 
 
@@ -495,6 +497,37 @@ def capture_attention(
                 cast(ClearableCapture, model).clear_attention_capture()
 
 
+@contextmanager
+def lrp_rules(model: Any) -> Iterator[None]:
+    """Attach the model's AttnLRP rules (``Capabilities.lrp_rules``) for the block, in eval
+    mode under the model's lock, and always remove them (also on an exception).
+
+    Inside, forwards compute the same values as without the rules, and ``input * gradient``
+    after a backward pass is the relevance the rules propagate (see
+    :mod:`ehrlens.models.lrp`).
+
+    Raises:
+        TypeError: the model does not declare ``lrp_rules``, naming it.
+
+    Example:
+        >>> with lrp_rules(model), torch.enable_grad():
+        ...     logit = model(**batch)["logit"]     # backward: relevance, not gradients
+    """
+    if not capabilities(model).lrp_rules:
+        raise TypeError(
+            f"{type(model).__name__} has no AttnLRP rules (Capabilities.lrp_rules): the model "
+            "must say how relevance passes through each of its layers, with set_lrp_rules("
+            "enabled); ehrlens's Transformer and the Hugging Face adapter (BERT family) do"
+        )
+    rules = cast(LRPRulesModel, model)
+    with eval_mode(model):
+        try:
+            rules.set_lrp_rules(True)
+            yield
+        finally:
+            rules.set_lrp_rules(False)
+
+
 def _legacy_forward(model: Any, batch: Mapping[str, Any], autograd: bool) -> Any:
     """The forward of a model whose capture may register gradient hooks; with ``autograd``
     (the caller is under no_grad or inference mode) autograd is on for this forward only and
@@ -536,6 +569,7 @@ __all__ = [
     "GradientFusionCapture",
     "GradientInterpretable",
     "KeyCapture",
+    "LRPRulesModel",
     "ModelDescription",
     "attention_layers",
     "capabilities",
@@ -545,6 +579,7 @@ __all__ = [
     "eval_mode",
     "feature_value",
     "input_view",
+    "lrp_rules",
     "model_lock",
     "plain_tensors",
     "readout_weights",

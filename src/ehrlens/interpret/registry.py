@@ -24,6 +24,7 @@ from typing import Any
 from .methods import (
     AttentionFlow,
     AttentionRollout,
+    AttnLRP,
     BaseInterpreter,
     CheferRelevance,
     InputXGradient,
@@ -192,6 +193,7 @@ BUILTIN_METHODS: tuple[type[BaseInterpreter], ...] = (
     AttentionRollout,
     AttentionFlow,
     CheferRelevance,
+    AttnLRP,
     RawAttention,
     InputXGradient,
     IntegratedGradients,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import replace
 from typing import Any, cast
 
 import torch
@@ -15,6 +16,7 @@ from .base import BaseModel, feature_values
 from .capture import ENCODER_MODEL_CAPABILITIES, AttentionCaptureMixin
 from .embedding import FeatureEmbedding, Tokens, sinusoidal_positions
 from .hparams import check_dropout, check_heads, check_size
+from .lrp import LRPRulesMixin
 
 
 class TransformerEncoder(nn.Module):
@@ -40,7 +42,7 @@ class TransformerEncoder(nn.Module):
         return self.norm(x)
 
 
-class Transformer(AttentionCaptureMixin, BaseModel, GradientInterpretable):
+class Transformer(AttentionCaptureMixin, LRPRulesMixin, BaseModel, GradientInterpretable):
     """Per-feature transformer encoders; the readout concatenates every key's [CLS] state.
 
     Each feature key gets its own embedding (nested visits are mean-pooled over their codes
@@ -65,7 +67,8 @@ class Transformer(AttentionCaptureMixin, BaseModel, GradientInterpretable):
     """
 
     short_name = "transformer"
-    interpret_capabilities = ENCODER_MODEL_CAPABILITIES
+    #: The encoder models' capabilities plus the AttnLRP rules (``set_lrp_rules``).
+    interpret_capabilities = replace(ENCODER_MODEL_CAPABILITIES, lrp_rules=True)
     #: Hyperparameters counting repeated layers (see ``BaseModel.layer_count_hparams``).
     layer_count_hparams = frozenset({"num_layers"})
 
@@ -124,6 +127,11 @@ class Transformer(AttentionCaptureMixin, BaseModel, GradientInterpretable):
             k: [cast(EncoderBlock, block).attention for block in e.blocks]
             for k, e in encoders.items()
         }
+
+    def lrp_linear_modules(self) -> tuple[type[nn.Module], ...]:
+        """Modules whose own code is linear: pooling of unit embeddings (a mean), [CLS]
+        concatenation and position sums, residual sums (AttnLRP, :mod:`.lrp`)."""
+        return (FeatureEmbedding, TransformerEncoder, EncoderBlock)
 
     def get_readout_weights(self, **data: Any) -> dict[str, Tensor]:
         """One-hot ``[batch, 1 + n_inputs]`` at the [CLS] position (0) for every key."""

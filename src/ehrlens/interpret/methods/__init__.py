@@ -1,5 +1,6 @@
 """Explanation methods; each has the same ``attribute(target_class_idx=None, **batch)``."""
 
+from .attnlrp import AttnLRP
 from .base import BaseInterpreter
 from .baselines import RandomBaseline, RawAttention
 from .chefer import CheferRelevance
@@ -11,6 +12,7 @@ from .visit_split import VisitScoreSplit
 __all__ = [
     "AttentionFlow",
     "AttentionRollout",
+    "AttnLRP",
     "BaseInterpreter",
     "CheferRelevance",
     "InputXGradient",
