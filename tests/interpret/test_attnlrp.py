@@ -261,3 +261,14 @@ def test_registered_by_name_with_its_declaration():
     assert lrp.get_params() == {}
     assert AttnLRP.gradient_free is False
     assert math.isfinite(float(lrp.attribute(**case.batch)[case.keys[0]].sum()))
+
+
+def test_scores_are_per_code_on_nested_visits():
+    from ehrlens.interpret import score_levels
+
+    case = make_case("Transformer", "nested")
+    assert set(score_levels(AttnLRP(case.model)).values()) == {"code"}
+    scores = AttnLRP(case.model).attribute(**case.batch)
+    key = case.keys[0]
+    visit = scores[key][0, 0][case.batch[key][0, 0] != 0]
+    assert visit.numel() < 2 or not torch.allclose(visit, visit[:1].expand_as(visit))

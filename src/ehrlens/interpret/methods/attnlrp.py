@@ -66,6 +66,7 @@ class AttnLRP(BaseInterpreter):
     needs = (nn.Module,)
     summary = "attention-aware layer-wise relevance propagation (AttnLRP)"
     requirement_reason = "it runs the model's forward and backward passes"
+    per_unit = True  # read at each unit's own embedding output
     model: nn.Module
 
     def __init__(self, model: nn.Module) -> None:
