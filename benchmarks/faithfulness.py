@@ -18,7 +18,8 @@ every method is scored on the same patients, the report also gives each method's
 difference to ``RandomBaseline`` with its own bootstrap interval.
 
 Methods: ``RandomBaseline``, ``RawAttention(layer=-1)``, ``AttentionRollout``,
-``AttentionFlow(n_jobs=1)``, ``CheferRelevance``, ``InputXGradient``,
+``AttentionFlow(n_jobs=1)``, ``CheferRelevance``, ``AttnLRP`` (models with AttnLRP rules;
+skipped for the others), ``InputXGradient``,
 ``IntegratedGradients(n_steps=50)``. The forward-only ones run under
 ``torch.inference_mode()``. Explained class: the ``Evaluator`` asks each method to explain the
 class its removal metrics measure. ``--target predicted`` (default) measures and explains each
@@ -52,12 +53,14 @@ from ehrlens.data import get_dataloader
 from ehrlens.interpret import (
     AttentionFlow,
     AttentionRollout,
+    AttnLRP,
     CheferRelevance,
     InputXGradient,
     IntegratedGradients,
     RandomBaseline,
     RawAttention,
 )
+from ehrlens.interpret.api import capabilities
 from ehrlens.metrics import EvaluationResult, Evaluator, bootstrap_interval
 from ehrlens.models import StageAttentionNet, Transformer
 
@@ -116,6 +119,7 @@ METHODS: dict[str, tuple[type, Callable[[int], dict[str, Any]]]] = {
     "AttentionRollout": (AttentionRollout, lambda s: {}),
     "AttentionFlow": (AttentionFlow, lambda s: {"n_jobs": 1}),
     "CheferRelevance": (CheferRelevance, lambda s: {}),
+    "AttnLRP": (AttnLRP, lambda s: {}),
     "InputXGradient": (InputXGradient, lambda s: {}),
     "IntegratedGradients": (IntegratedGradients, lambda s: {"n_steps": s}),
 }
@@ -258,6 +262,9 @@ def evaluate_model(name: str, args: argparse.Namespace) -> dict[str, Any]:
     loader = get_dataloader(test, args.batch_size)
     results: dict[str, EvaluationResult] = {}
     for method_name, (method_class, options) in METHODS.items():
+        if method_class is AttnLRP and not capabilities(model).lrp_rules:
+            print(f"  {method_name}: skipped ({type(model).__name__} has no AttnLRP rules)")
+            continue
         explainer = Explainer(method_class(model, **options(args.ig_steps)))
         start = time.perf_counter()
         try:
