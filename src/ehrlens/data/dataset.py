@@ -31,6 +31,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from ..core.ids import find_id_clash
+from .identity import SAMPLE_IDENTITY, STEPS_KEY, item_identity
 from .processors import (
     FEATURE_PROCESSORS,
     PAD_ID,
@@ -47,7 +48,7 @@ from .processors import (
 MaxLength = int | Mapping[str, int] | None
 
 #: Batch keys with a fixed meaning; no feature or label may use them.
-RESERVED_KEYS = frozenset({"patient_id", "visit_id", "masks", "times"})
+RESERVED_KEYS = frozenset({"patient_id", "visit_id", "masks", "times", STEPS_KEY, *SAMPLE_IDENTITY})
 
 SCHEMA_FORMAT_VERSION = 1
 
@@ -310,7 +311,9 @@ def create_sample_dataset(
 
     Args:
         samples: dicts with ``patient_id``, optional ``visit_id``, every feature key and every
-            label key. Keys not in the schemas are ignored.
+            label key; optionally identity for the attribution rows (``subject_id``,
+            ``prediction_time``, ``steps``: see :mod:`ehrlens.data.identity`). Other keys
+            are ignored.
         input_schema: ``{feature_key: "sequence" | "nested_sequence" | "timeseries" |
             "stagenet" | "tensor"}``, or any schema string registered with
             :func:`~ehrlens.data.processors.register_processor`.
@@ -387,6 +390,7 @@ def create_sample_dataset(
         if has_labels:
             for key, label_processor in schema.output_processors.items():
                 item[key] = label_processor.process(_field(sample, key, index), key, index)
+        item.update(item_identity(sample, item, f"sample {index} (patient_id={pid!r})"))
         items.append(item)
     truncated = {k: p.truncated_samples - before[k] for k, p in limited.items()}
     for key, count in truncated.items():

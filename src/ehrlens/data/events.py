@@ -221,6 +221,7 @@ def from_events(
     time_unit: str = "days",
     columns: Mapping[str, Sequence[str]] | None = None,
     on_bad_rows: str = "error",
+    identity: bool = False,
 ) -> list[dict[str, Any]]:
     """Build one sample per patient from a long-format event table.
 
@@ -240,6 +241,10 @@ def from_events(
             column order, e.g. ``{"labs": ["glucose", "sodium"]}``; by default the names seen
             in the table, sorted (numeric names by value: ``"2"`` before ``"10"``).
         on_bad_rows: ``"error"`` or ``"skip"`` (drop them, with a warning that counts them).
+        identity: also give each sample ``"steps"``: per feature, each step's ``visit_id``
+            (None where the table has none) and event time (a ``datetime`` for dates, the
+            number as given otherwise), which attribution rows then carry (see
+            :func:`build_samples`).
 
     Returns:
         A list of sample dicts, patients in order of their first row.
@@ -324,16 +329,74 @@ def from_events(
             "row": np.arange(n_rows)[keep],
             "patient_id": patient[keep].to_numpy(),
             "visit": _visit_keys(visit, times)[keep],
+            "visit_id": _given_visit_ids(visit, n_rows)[keep],
             "time": times[keep],
+            "stamp": times[keep],
             "feature": feature[keep].to_numpy(),
             "code": code[keep].to_numpy(),
             "value": values[keep],
         }
     )
+    if dated:
+        frame["stamp"] = _stamps(frame["time"], time_unit)
+    patient_labels = _labels(table, patient, keep, labels, label_key, label_column)
+    samples = build_samples(
+        frame, processors, columns=columns, labels=patient_labels, label_key=label_key,
+        dated=dated, identity=identity,
+    )  # fmt: skip
+    if patient_labels is not None:
+        without_events = set(patient_labels) - {s["patient_id"] for s in samples}
+        if without_events:
+            warnings.warn(
+                f"labels: {len(without_events)} labelled patient(s) have no usable events and "
+                f"were left out, e.g. {sorted(without_events)[:_SHOWN_ROWS]}",
+                EventTableWarning,
+                stacklevel=2,
+            )
+    if not samples:
+        raise ValueError("event table: no usable rows for the features in input_schema")
+    return samples
+
+
+def build_samples(
+    frame: Any,
+    processors: Mapping[str, FeatureProcessor],
+    *,
+    columns: Mapping[str, Sequence[str]] | None = None,
+    labels: Mapping[str, Any] | None = None,
+    label_key: str = "label",
+    dated: bool = False,
+    identity: bool = True,
+) -> list[dict[str, Any]]:
+    """Samples from checked event rows: the step shared by every reader of events.
+
+    Args:
+        frame: a pandas DataFrame with one row per usable event and the columns ``row``
+            (position in the source, for order and messages), ``patient_id``, ``visit`` (the
+            visit key), ``visit_id`` (the source's visit id, or None), ``time`` (float),
+            ``stamp`` (the event's original time, for the rows' identity), ``feature``,
+            ``code`` and ``value``.
+        processors: ``{feature: processor}`` of the features to build.
+        columns: measurement names per numeric feature (default: the names seen, sorted).
+        labels: ``{patient_id: label}``; every patient must have one.
+        label_key: the label's key in each sample.
+        dated: times are dates, so each patient's time origin is its first event.
+        identity: add the steps' identity (below).
+
+    Returns:
+        One sample per patient, in order of the patient's first row; with ``identity`` each
+        carries
+        ``sample["steps"][feature] = {"visit_id": [...], "event_time": [...]}``, one entry per
+        step of the feature's value, for features whose processor has steps
+        (:meth:`~ehrlens.data.processors.FeatureProcessor.event_steps`).
+
+    Example:
+        >>> samples = build_samples(frame, {"dx": NestedSequenceProcessor()}, dated=True)
+    """
+    pd = _require_pandas()
+    kinds = {key: processor.event_kind for key, processor in processors.items()}
     frame = frame.sort_values(["time", "row"], kind="stable")
     measurement_names = _measurement_names(frame, kinds, columns)
-    patient_labels = _labels(table, patient, keep, labels, label_key, label_column)
-
     code_features = [k for k, kind in kinds.items() if kind == "codes"]
     samples = []
     order = pd.unique(frame.sort_values("row")["patient_id"])
@@ -345,35 +408,83 @@ def from_events(
         coded = rows[rows["feature"].isin(code_features)]
         visit_order = list(pd.unique(coded.sort_values(["time", "row"])["visit"]))
         visit_time = coded.groupby("visit", sort=False)["time"].min()
+        identity_of = _step_identity(rows) if identity else None
+        steps: dict[str, dict[str, list]] = {}
         for key, processor in processors.items():
-            sample[key] = processor.from_events(
-                EventRows(
-                    key=key,
-                    patient_id=pid,
-                    rows=rows[rows["feature"] == key],
-                    visits=visit_order,
-                    visit_times=visit_time,
-                    start=start,
-                    names=measurement_names.get(key),
-                )
+            events = EventRows(
+                key=key,
+                patient_id=pid,
+                rows=rows[rows["feature"] == key],
+                visits=visit_order,
+                visit_times=visit_time,
+                start=start,
+                names=measurement_names.get(key),
             )
-        if patient_labels is not None:
-            if pid not in patient_labels:
+            sample[key] = processor.from_events(events)
+            keyed = None if identity_of is None else processor.event_steps(events)
+            if identity_of is not None and keyed is not None:
+                steps[key] = identity_of(keyed)
+        if steps:
+            sample["steps"] = steps
+        if labels is not None:
+            if pid not in labels:
                 raise ValueError(f"patient '{pid}': no label '{label_key}' in the labels table")
-            sample[label_key] = patient_labels[pid]
+            sample[label_key] = labels[pid]
         samples.append(sample)
-    if patient_labels is not None:
-        without_events = set(patient_labels) - set(order)
-        if without_events:
-            warnings.warn(
-                f"labels: {len(without_events)} labelled patient(s) have no usable events and "
-                f"were left out, e.g. {sorted(without_events)[:_SHOWN_ROWS]}",
-                EventTableWarning,
-                stacklevel=2,
-            )
-    if not samples:
-        raise ValueError("event table: no usable rows for the features in input_schema")
     return samples
+
+
+def _step_identity(rows: Any) -> Any:
+    """A function: ``[(visit key, time)]`` -> ``{"visit_id": [...], "event_time": [...]}``.
+
+    A step of a visit gets the visit's source id and its earliest original time; a step
+    without a visit gets the original time of its events."""
+    first = rows.sort_values(["time", "row"], kind="stable")
+    by_visit = first.groupby("visit", sort=False).first()
+    visit_ids = by_visit["visit_id"].to_dict()
+    visit_stamps = first.groupby("visit", sort=False)["stamp"].first().to_dict()
+    time_stamps = dict(zip(first["time"].tolist(), first["stamp"].tolist(), strict=True))
+
+    def identity(keyed: list[tuple[Any, float]]) -> dict[str, list]:
+        ids, stamps = [], []
+        for visit, time in keyed:
+            ids.append(None if visit is None else _plain_id(visit_ids.get(visit)))
+            stamp = visit_stamps.get(visit) if visit is not None else time_stamps.get(time)
+            stamps.append(_plain_stamp(stamp))
+        return {"visit_id": ids, "event_time": stamps}
+
+    return identity
+
+
+def _plain_id(value: Any) -> str | None:
+    return None if value is None or _is_null(value) else str(value)
+
+
+def _plain_stamp(value: Any) -> Any:
+    """A time as a ``datetime`` (dates) or a ``float`` (numbers); None where absent."""
+    if value is None or _is_null(value):
+        return None
+    if hasattr(value, "to_pydatetime"):
+        return value.to_pydatetime()
+    if isinstance(value, np.datetime64):
+        return value.astype("datetime64[us]").item()
+    return float(value)
+
+
+def _given_visit_ids(visit: Any, n_rows: int) -> np.ndarray:
+    """Each row's own ``visit_id`` (None where the table has none)."""
+    if visit is None:
+        return np.full(n_rows, None, dtype=object)
+    ids = np.array(visit.to_numpy(dtype=object), dtype=object)
+    ids[_missing(visit)] = None
+    return ids
+
+
+def _stamps(times: Any, time_unit: str) -> Any:
+    """Times in ``time_unit`` since the epoch -> timestamps (microseconds)."""
+    pd = _require_pandas()
+    micros = np.round(np.asarray(times, dtype=np.float64) * TIME_UNITS[time_unit] * 1e6)
+    return pd.to_datetime(micros.astype(np.int64), unit="us")
 
 
 def _event_processor(key: str, schema: Any) -> FeatureProcessor:

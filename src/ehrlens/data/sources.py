@@ -28,12 +28,14 @@ def load_samples(
     label_key: str = "label",
     columns: Mapping[str, Sequence[str]] | None = None,
     on_bad_rows: str = "error",
+    identity: bool = False,
 ) -> list[dict[str, Any]]:
     """Read samples from ``path``: ``.jsonl`` / ``.ndjson`` as they are, ``.parquet`` /
     ``.csv`` / ``.tsv`` as an event table (:func:`~ehrlens.data.events.from_events`).
 
     For event tables, ``input_schema`` says which features to build; labels come from the
-    ``labels`` table, or from a ``label_key`` column of the events when it has one.
+    ``labels`` table, or from a ``label_key`` column of the events when it has one;
+    ``identity`` keeps each step's ``visit_id`` and event time for the attribution rows.
 
     Raises:
         FileNotFoundError: no such file.
@@ -63,6 +65,7 @@ def load_samples(
             label_column=label_column,
             columns=columns,
             on_bad_rows=on_bad_rows,
+            identity=identity,
         )
     raise ValueError(
         f"{path}: unknown file type; expected JSON Lines ({', '.join(JSONL_SUFFIXES)}) or an "

@@ -29,6 +29,7 @@ from ..core.ids import find_id_clash
 from ..core.locks import output_lock
 from ..core.progress import progress_bar
 from ..data.dataset import SampleDataset
+from ..data.identity import identity_columns
 from ..models.directory import model_fingerprint
 from .rows import MethodSpec, build_methods, explain_rows
 from .shards import (
@@ -135,6 +136,7 @@ def explain_cohort(
         target_class_idx, **extra,
     )  # fmt: skip
     fingerprint = run_fingerprint(settings)
+    identity = identity_columns(dataset.items)
     n = len(dataset)
     bounds = [(start, min(start + shard_size, n)) for start in range(0, n, shard_size)]
     result = ExplainResult(fingerprint=fingerprint)
@@ -159,7 +161,7 @@ def explain_cohort(
                     continue
             columns = explain_rows(
                 model, dataset, interpreters, range(start, stop), batch_size, target_class_idx,
-                model_id, schema, bar_iter, bucket_by_length,
+                model_id, schema, bar_iter, bucket_by_length, identity,
             )  # fmt: skip
             result.computed.append(index)
             result.num_rows += len(columns["patient_id"])

@@ -17,6 +17,7 @@ import torch
 
 from ..core.modes import eval_mode
 from ..data.dataset import SampleDataset, length_buckets, move_to_device
+from ..data.identity import identity_columns
 from ..interpret.methods import BaseInterpreter
 from ..interpret.registry import make_interpreter
 from .table import concat_columns, method_columns
@@ -52,6 +53,7 @@ def explain_rows(
     schema: Any,
     bar_iter: Any = None,
     bucket_by_length: bool = False,
+    identity: Sequence[str] | None = None,
 ) -> dict[str, list]:
     """Long-format columns for ``dataset[indices]``, explained ``batch_size`` at a time; rows
     in patient order, then method. ``bar_iter`` is advanced once per batch.
@@ -62,8 +64,13 @@ def explain_rows(
     ``bucket_by_length`` batches patients of similar size together
     (:func:`~ehrlens.data.dataset.length_buckets`) and puts the rows back in patient order:
     the same rows, with less padding when lengths vary. Patient ids must then be unique.
+
+    Rows carry the identity columns of ``identity`` (default: those any item of ``dataset``
+    has; see :mod:`ehrlens.data.identity`).
     """
     indices = list(indices)
+    if identity is None:
+        identity = identity_columns(dataset.items)
     if bucket_by_length:
         _require_unique_ids(dataset, indices)
         chunks = length_buckets(dataset, batch_size, indices)
@@ -72,7 +79,8 @@ def explain_rows(
     blocks = []
     with eval_mode(model):
         for chunk in chunks:
-            batch = dataset.collate([dataset[i] for i in chunk])
+            items = [dataset[i] for i in chunk]
+            batch = dataset.collate(items)
             batch = move_to_device(batch, getattr(model, "device", "cpu"))
             per_method = {}
             for name, interpreter in interpreters.items():
@@ -81,7 +89,7 @@ def explain_rows(
                         per_method[name] = interpreter.attribute(target, **batch)
                 else:
                     per_method[name] = interpreter.attribute(target, **batch)
-            blocks.append(method_columns(per_method, batch, schema, model_id))
+            blocks.append(method_columns(per_method, batch, schema, model_id, items, identity))
             if bar_iter is not None:
                 next(bar_iter, None)
     if not bucket_by_length:

@@ -26,6 +26,7 @@ from typing import Any
 
 from ..core import __version__
 from ..core.files import OutputConflictError, atomic_write
+from ..data.identity import IDENTITY_COLUMNS
 from ..interpret.methods import BaseInterpreter
 from .table import ATTRIBUTION_COLUMNS, columns_to_arrow
 
@@ -175,9 +176,10 @@ def finish_manifest(out: Path, fingerprint: str, num_rows: int) -> None:
 def table_digest(table: Any) -> str:
     """SHA-256 (hex) of an attribution table's column data, independent of how it is chunked.
 
-    Covers, per column of :data:`~ehrlens.explain.table.ATTRIBUTION_COLUMNS`, its name and
-    type, which rows are null, and the values: the bytes of each string, the little-endian
-    bytes of each number. A table read back from Parquet has the digest of the one written.
+    Covers, per column of :data:`~ehrlens.explain.table.ATTRIBUTION_COLUMNS` and then per
+    identity column the table has, its name and type, which rows are null, and the values:
+    the bytes of each string, the little-endian bytes of each number (timestamps as their
+    int64 microseconds). A table read back from Parquet has the digest of the one written.
 
     Example:
         >>> table_digest(pq.read_table("attr/part-00000.parquet"))[:16]
@@ -186,10 +188,13 @@ def table_digest(table: Any) -> str:
     import pyarrow as pa
 
     digest = hashlib.sha256()
-    for name in ATTRIBUTION_COLUMNS:
+    names = [*ATTRIBUTION_COLUMNS, *(n for n in IDENTITY_COLUMNS if n in table.column_names)]
+    for name in names:
         column = table.column(name)
         array = column.combine_chunks() if column.num_chunks else pa.array([], column.type)
         digest.update(f"{name}:{array.type}:{len(array)}\0".encode())
+        if pa.types.is_timestamp(array.type):
+            array = array.cast(pa.int64())
         digest.update(np.packbits(array.is_null().to_numpy(zero_copy_only=False)).tobytes())
         if pa.types.is_string(array.type):
             _, offsets, data = array.buffers()

@@ -14,6 +14,13 @@ method         string     method name, e.g. ``"rollout"``
 model_id       string     the model's fingerprint (:func:`model_fingerprint`)
 =============  =========  ==============================================================
 
+When the input carries identity (:mod:`ehrlens.data.identity`), rows carry it too, after
+these columns: ``subject_id`` (int64) and ``prediction_time`` (timestamp[us]) of the sample,
+e.g. of a MEDS sample; ``visit_id`` (string) and ``event_time`` (timestamp[us] for dates,
+float64 for numeric times) of the unit's step, from event tables and MEDS data. A column is
+present when any sample of the run has it, null where a unit has none (a static MEDS step
+has no time).
+
 Padding has no row. Rows come in batch order, then method, then feature, then position.
 Each feature's processor says what its units are and how they read
 (:meth:`~ehrlens.data.processors.FeatureProcessor.long_units`).
@@ -25,12 +32,13 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from torch import Tensor
 
 from ..data.dataset import FittedSchema
+from ..data.identity import IDENTITY_COLUMNS, identity_columns, unit_identity
 from ..data.processors import FeatureProcessor
 
 ATTRIBUTION_COLUMNS = (
@@ -45,26 +53,39 @@ ATTRIBUTION_COLUMNS = (
 )
 
 
-def arrow_schema():
-    """The pyarrow schema of attribution tables (needs ``ehrlens[parquet]``)."""
+def arrow_schema(identity: Sequence[str] = ()):
+    """The pyarrow schema of attribution tables (needs ``ehrlens[parquet]``), with the given
+    identity columns after the fixed ones (``event_time`` as a timestamp here; a table of
+    numeric times has it as float64)."""
     import pyarrow as pa
 
-    return pa.schema(
-        [
-            ("patient_id", pa.string()),
-            ("feature", pa.string()),
-            ("visit", pa.int32()),
-            ("position", pa.int32()),
-            ("code", pa.string()),
-            ("score", pa.float64()),
-            ("method", pa.string()),
-            ("model_id", pa.string()),
-        ]
-    )
+    fields = [
+        ("patient_id", pa.string()),
+        ("feature", pa.string()),
+        ("visit", pa.int32()),
+        ("position", pa.int32()),
+        ("code", pa.string()),
+        ("score", pa.float64()),
+        ("method", pa.string()),
+        ("model_id", pa.string()),
+    ]
+    types = _identity_types()
+    return pa.schema(fields + [(name, types[name]) for name in identity])
 
 
-def _empty_columns() -> dict[str, list]:
-    return {name: [] for name in ATTRIBUTION_COLUMNS}
+def _identity_types() -> dict[str, Any]:
+    import pyarrow as pa
+
+    return {
+        "subject_id": pa.int64(),
+        "prediction_time": pa.timestamp("us"),
+        "visit_id": pa.string(),
+        "event_time": pa.timestamp("us"),
+    }
+
+
+def _empty_columns(identity: Sequence[str] = ()) -> dict[str, list]:
+    return {name: [] for name in (*ATTRIBUTION_COLUMNS, *identity)}
 
 
 def attribution_columns(
@@ -99,6 +120,8 @@ def method_columns(
     batch: Mapping[str, Any],
     schema: FittedSchema,
     model_id: str,
+    items: Sequence[Mapping[str, Any]] | None = None,
+    identity: Sequence[str] | None = None,
 ) -> dict[str, list]:
     """Long-format columns for one batch explained by several methods: rows in patient order,
     then method, then feature, then position.
@@ -111,12 +134,20 @@ def method_columns(
         batch: the explained batch (needs ``patient_id`` and each feature's values).
         schema: the model's fitted schema.
         model_id: written in the ``model_id`` column.
+        items: the batch's dataset items, in batch order, for their identity columns.
+        identity: the identity columns to write (default: those ``items`` carry); pass the
+            whole run's so that every batch has the same columns.
 
     Example:
         >>> per_method = {"rollout": rollout(**batch), "chefer": chefer(**batch)}
         >>> columns = method_columns(per_method, batch, model.schema, model_fingerprint(model))
     """
-    columns = _empty_columns()
+    if items is not None and len(items) != len(batch["patient_id"]):
+        raise ValueError(f"{len(items)} items for a batch of {len(batch['patient_id'])}")
+    if identity is None:
+        identity = identity_columns(items or [])
+    identity = [name for name in IDENTITY_COLUMNS if name in identity]
+    columns = _empty_columns(identity)
     processors = schema.input_processors
     masks = batch.get("masks") or {}
     scores = {
@@ -137,6 +168,11 @@ def method_columns(
                     continue
                 feature_scores = method_scores[key][index]
                 for visit, position, code, unit in units[key]:
+                    for name in identity:
+                        value = None if items is None else unit_identity(
+                            items[index], key, visit, position, name
+                        )  # fmt: skip
+                        columns[name].append(value)
                     columns["patient_id"].append(str(pid))
                     columns["feature"].append(key)
                     columns["visit"].append(visit)
@@ -161,16 +197,25 @@ def _units(processor: Any, values: Tensor, step_mask: Tensor | None):
 
 
 def columns_to_arrow(columns: Mapping[str, list]):
-    """``{column: list}`` -> a pyarrow Table with :func:`arrow_schema`."""
+    """``{column: list}`` -> a pyarrow Table with :func:`arrow_schema` (and the identity
+    columns present; ``event_time`` as float64 when its values are numbers)."""
     import pyarrow as pa
 
-    return pa.Table.from_pydict(dict(columns), schema=arrow_schema())
+    identity = [name for name in IDENTITY_COLUMNS if name in columns]
+    schema = arrow_schema(identity)
+    if "event_time" in columns and any(
+        isinstance(v, (int, float)) and not isinstance(v, bool) for v in columns["event_time"]
+    ):
+        index = schema.get_field_index("event_time")
+        schema = schema.set(index, pa.field("event_time", pa.float64()))
+    ordered = {name: columns[name] for name in schema.names}
+    return pa.Table.from_pydict(ordered, schema=schema)
 
 
 def concat_columns(parts: list[dict[str, list]]) -> dict[str, list]:
-    """Join several ``{column: list}`` blocks in order."""
-    out = _empty_columns()
+    """Join several ``{column: list}`` blocks in order (identity columns as in the first)."""
+    out = _empty_columns([name for name in IDENTITY_COLUMNS if parts and name in parts[0]])
     for part in parts:
-        for name in ATTRIBUTION_COLUMNS:
+        for name in out:
             out[name].extend(part[name])
     return out

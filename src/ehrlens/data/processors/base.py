@@ -307,3 +307,9 @@ class FeatureProcessor(Processor):
         """The event-table rows ``(visit_id, time, code, value)`` of one sample's value;
         :meth:`from_events` reads them back to the same value."""
         raise ValueError(f"feature '{key}': schema {self.schema!r} has no event form")
+
+    def event_steps(self, events: EventRows) -> list[tuple[Any, float]] | None:
+        """Each step of :meth:`from_events`'s value as ``(visit key or None, time)``, in
+        order; ``None`` for a value without steps. Readers turn this into the steps' original
+        ``visit_id`` and event time, which attribution rows carry."""
+        return None

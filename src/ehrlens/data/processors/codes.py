@@ -233,6 +233,11 @@ class SequenceProcessor(CodeProcessor):
         """The feature's codes in time order."""
         return events.rows["code"].tolist()
 
+    def event_steps(self, events: EventRows) -> list[tuple[Any, float]]:
+        """Each code's visit and time."""
+        rows = events.rows
+        return list(zip(rows["visit"].tolist(), rows["time"].tolist(), strict=True))
+
     def to_events(
         self, value: Any, key: str, patient_id: str, names: Sequence[str] | None = None
     ) -> Iterable[EventRow]:
@@ -274,6 +279,10 @@ class NestedSequenceProcessor(CodeProcessor):
     def from_events(self, events: EventRows) -> list[list[str]]:
         """One list of codes per visit of the patient (empty where the feature has none)."""
         return self._codes_by_visit(events)
+
+    def event_steps(self, events: EventRows) -> list[tuple[Any, float]]:
+        """The patient's visits and their times."""
+        return [(v, float(events.visit_times[v])) for v in events.visits]
 
     def to_events(
         self, value: Any, key: str, patient_id: str, names: Sequence[str] | None = None
@@ -390,6 +399,10 @@ class StageNetProcessor(CodeProcessor):
         """``(visit times since the start, codes per visit)``."""
         times = [float(events.visit_times[v] - events.start) for v in events.visits]
         return times, self._codes_by_visit(events)
+
+    def event_steps(self, events: EventRows) -> list[tuple[Any, float]]:
+        """The patient's visits and their times."""
+        return [(v, float(events.visit_times[v])) for v in events.visits]
 
     def to_events(
         self, value: Any, key: str, patient_id: str, names: Sequence[str] | None = None

@@ -243,6 +243,13 @@ class TimeseriesProcessor(NumericProcessor):
                     last[j] = x
         return [float(t - events.start) for t in step_times], grid
 
+    def event_steps(self, events: EventRows) -> list[tuple[Any, float]]:
+        """One step per distinct time (and repeat), as :meth:`from_events` builds them."""
+        rows = events.rows
+        repeat = rows.groupby(["time", "code"], sort=False).cumcount().to_numpy()
+        keys = sorted(set(zip(rows["time"].tolist(), repeat.tolist(), strict=True)))
+        return [(None, float(t)) for t, _ in keys]
+
     def to_events(
         self, value: Any, key: str, patient_id: str, names: Sequence[str] | None = None
     ) -> Iterable[EventRow]:
