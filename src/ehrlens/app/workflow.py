@@ -158,6 +158,39 @@ def select_split(dataset: SampleDataset, split: str, seed: int) -> SampleDataset
     return parts[SPLITS.index(split) - 1]
 
 
+def given_part(dataset: SampleDataset, parts: Mapping[str, str], part: str) -> SampleDataset:
+    """The patients of ``dataset`` that ``parts`` puts in ``part``.
+
+    Raises:
+        ValueError: no patient is in ``part``.
+    """
+    keep = [i for i, pid in enumerate(dataset.patient_ids) if parts.get(str(pid)) == part]
+    if not keep:
+        raise ValueError(f"the given split puts no patient in {part!r}; each part needs one")
+    return dataset.subset(keep)
+
+
+def group_parts(groups: Mapping[str, Any], seed: int = 0) -> dict[str, str]:
+    """``{patient_id: part}``: a 70/15/15 split of the *groups* (e.g. MEDS subjects with
+    several prediction times), so that every patient of one group is in one part.
+
+    Example:
+        >>> group_parts({"7@t1": 7, "7@t2": 7, "8@t1": 8}, seed=0)["7@t2"]
+        'train'
+    """
+    names = sorted({str(g) for g in groups.values()})
+    order = torch.randperm(len(names), generator=torch.Generator().manual_seed(seed)).tolist()
+    shuffled = [names[i] for i in order]
+    bounds = np.round(np.cumsum(SPLIT_FRACTIONS) * len(shuffled)).astype(int)
+    part_of: dict[str, str] = {}
+    start = 0
+    for part, end in zip(PARTS, bounds.tolist(), strict=True):
+        for name in shuffled[start:end]:
+            part_of[name] = part
+        start = end
+    return {pid: part_of[str(g)] for pid, g in groups.items()}
+
+
 def split_record(parts: Mapping[str, SampleDataset]) -> dict[str, list[str]]:
     """``{"train": ids, "val": ids, "test": ids}``: each part's distinct patient ids, in order;
     what a card records so that later commands select the split by patient id.
@@ -194,15 +227,22 @@ def fit_on_splits(
     seed: int = 0,
     metrics: Sequence[str] | None = None,
     progress: bool = False,
+    parts: Mapping[str, str] | None = None,
 ) -> FitResult:
     """Split ``dataset`` 70/15/15 by patient (:func:`select_split`), train a ``model_class``
     with ``hparams`` (monitoring the first metric on val, best epoch restored), score on test.
+
+    ``parts``: ``{patient_id: "train" | "val" | "test"}``, a given split instead (e.g. a MEDS
+    dataset's subject splits); patients in no part are left out.
 
     Example:
         >>> fit = fit_on_splits(dataset, Transformer, {"embedding_dim": 32}, epochs=2)
         >>> fit.test_metrics["roc_auc"]
     """
-    train, val, test = (select_split(dataset, s, seed) for s in ("train", "val", "test"))
+    if parts is None:
+        train, val, test = (select_split(dataset, s, seed) for s in PARTS)
+    else:
+        train, val, test = (given_part(dataset, parts, s) for s in PARTS)
     torch.manual_seed(seed)
     network = model_class(dataset, **dict(hparams))
     trainer = Trainer(network, metrics=metrics, seed=seed, progress=progress)
@@ -233,11 +273,13 @@ def train_model(
     progress: bool = False,
     max_steps: int | None = MAX_STEPS,
     max_codes_per_step: int | None = MAX_CODES_PER_STEP,
+    parts: Mapping[str, str] | None = None,
 ) -> tuple[BaseModel, dict[str, Any]]:
     """Fit processors, split 70/15/15 by patient, train with best-epoch restore, test.
 
     ``max_steps`` / ``max_codes_per_step``: size limits per sample, as in
-    :func:`~ehrlens.data.create_sample_dataset`.
+    :func:`~ehrlens.data.create_sample_dataset`. ``parts``: a given split
+    (:func:`fit_on_splits`).
 
     Returns:
         ``(model, card)`` where the card records the data size, split (fractions, seed and each
@@ -257,13 +299,13 @@ def train_model(
         raise ValueError(f"need at least 10 patients to split and train, got {len(dataset)}")
     fit = fit_on_splits(
         dataset, chosen, hparams or {}, epochs=epochs, lr=lr,
-        batch_size=batch_size, seed=seed, progress=progress,
+        batch_size=batch_size, seed=seed, progress=progress, parts=parts,
     )  # fmt: skip
     card = {
         "data": {
             "n_patients": len(dataset),
             "split": {
-                "fractions": list(SPLIT_FRACTIONS),
+                "fractions": None if parts is not None else list(SPLIT_FRACTIONS),
                 "seed": seed,
                 "patient_ids": split_record({"train": fit.train, "val": fit.val, "test": fit.test}),
             },

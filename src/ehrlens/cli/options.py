@@ -55,18 +55,96 @@ def model_names() -> list[str]:
     return list(model_classes())
 
 
+class MedsRoot(str):
+    """``--data meds:ROOT``: the root folder of a MEDS dataset."""
+
+    @property
+    def root(self) -> Path:
+        return Path(self)
+
+
+class DataType(click.ParamType):
+    """``--data``: an existing file, or ``meds:ROOT`` (a MEDS dataset folder)."""
+
+    name = "PATH|meds:ROOT"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if isinstance(value, (Path, MedsRoot)):
+            return value
+        text = str(value)
+        if text.startswith("meds:"):
+            root = Path(text[len("meds:") :])
+            if not root.is_dir():
+                self.fail(f"MEDS dataset folder {str(root)!r} does not exist", param, ctx)
+            return MedsRoot(root)
+        return click.Path(exists=True, dir_okay=False, path_type=Path).convert(value, param, ctx)
+
+
 data_option = click.option(
     "--data",
-    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    type=DataType(),
     required=True,
-    help="Patients: samples as JSON Lines (.jsonl) or a long-format event table "
-    "(.parquet/.csv: patient_id, visit_id, time, feature, code[, value]).",
+    help="Patients: samples as JSON Lines (.jsonl), a long-format event table "
+    "(.parquet/.csv: patient_id, visit_id, time, feature, code[, value]), or meds:ROOT, a "
+    "MEDS dataset folder (with --labels).",
 )
 labels_option = click.option(
     "--labels",
-    type=click.Path(exists=True, dir_okay=False, path_type=Path),
-    help="For event tables: CSV/Parquet with patient_id and the label column.",
+    type=click.Path(exists=True, path_type=Path),
+    help="For event tables: CSV/Parquet with patient_id and the label column. For MEDS: task "
+    "labels (subject_id, prediction_time, one *_value column), a Parquet file or a folder.",
 )
+
+
+def _feature_groups(
+    ctx: click.Context, param: click.Parameter, values: tuple[str, ...]
+) -> dict[str, list[str]] | None:
+    groups: dict[str, list[str]] = {}
+    for value in values:
+        name, sep, prefixes = value.partition("=")
+        items = [p.strip() for p in prefixes.split(",") if p.strip()]
+        if not sep or not name.strip() or not items:
+            raise click.BadParameter(f"expected NAME=PREFIX[,PREFIX...], got {value!r}")
+        if name.strip() in groups:
+            raise click.BadParameter(f"feature {name.strip()!r} is given twice")
+        groups[name.strip()] = items
+    return groups or None
+
+
+_meds_options = [
+    click.option(
+        "--feature",
+        "features",
+        multiple=True,
+        callback=_feature_groups,
+        metavar="NAME=PREFIX,...",
+        help="MEDS: a feature of the codes with these vocabulary prefixes (or exactly these "
+        "codes), e.g. diagnoses=ICD9CM,ICD10CM; repeat for more [default: one feature per "
+        "prefix, 'other' for codes without one].",
+    ),
+    click.option(
+        "--numeric",
+        multiple=True,
+        metavar="NAME",
+        help="MEDS: build this feature from the numeric_value of its codes (a time series).",
+    ),
+    click.option(
+        "--time-bucket",
+        default=None,
+        metavar="FREQ",
+        help="MEDS: one step per interval (pandas frequency, e.g. 1h, 1D) [default: one step "
+        "per distinct time].",
+    ),
+]
+
+
+def meds_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """``--feature``, ``--numeric`` and ``--time-bucket``: how ``train`` maps MEDS codes."""
+    for option in reversed(_meds_options):
+        command = option(command)
+    return command
+
+
 model_option = click.option(
     "--model",
     "model_dir",

@@ -16,6 +16,7 @@ if TYPE_CHECKING:
     from ...metrics.removal import Ablation
 
 from ..options import (
+    MedsRoot,
     bucket_option,
     data_option,
     labels_option,
@@ -71,7 +72,7 @@ from ..options import (
 @writes("out", "plot")
 def evaluate(
     model_dir: Path,
-    data: Path,
+    data: Path | MedsRoot,
     labels: Path | None,
     methods: tuple[str, ...],
     split: str,

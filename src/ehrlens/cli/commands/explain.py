@@ -10,6 +10,7 @@ from ..errors import handle_errors
 from ..loading import model_and_data
 from ..methods import method_option, method_options, parse_methods
 from ..options import (
+    MedsRoot,
     bucket_option,
     data_option,
     labels_option,
@@ -66,7 +67,7 @@ from ..options import (
 @handle_errors
 def explain(
     model_dir: Path,
-    data: Path,
+    data: Path | MedsRoot,
     labels: Path | None,
     methods: tuple[str, ...],
     out: Path,
@@ -101,7 +102,8 @@ def explain(
         from ...explain.ray_engine import explain_cohort_ray
 
         # JSON Lines are read by Ray Data itself; other inputs go as the parsed samples
-        source = data if split == "all" and data.suffix.lower() == ".jsonl" else samples
+        jsonl = isinstance(data, Path) and data.suffix.lower() == ".jsonl"
+        source = data if split == "all" and jsonl else samples
         result = explain_cohort_ray(
             model_dir, source, options, out_dir=out, batch_size=batch_size,
             shard_size=shard_size, target_class_idx=target, address=address,

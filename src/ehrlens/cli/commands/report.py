@@ -8,7 +8,14 @@ import click
 
 from ..errors import handle_errors, writes
 from ..loading import model_and_data
-from ..options import data_option, labels_option, model_option, sha256_option, size_options
+from ..options import (
+    MedsRoot,
+    data_option,
+    labels_option,
+    model_option,
+    sha256_option,
+    size_options,
+)
 
 #: The file of ``report --heatmaps`` that names each heatmap's patient.
 HEATMAP_INDEX = "index.csv"
@@ -65,7 +72,7 @@ HEATMAP_INDEX = "index.csv"
 @writes("out", "heatmaps")
 def report(
     model_dir: Path,
-    data: Path,
+    data: Path | MedsRoot,
     labels: Path | None,
     attributions: Path,
     out: Path,
@@ -111,6 +118,10 @@ def report(
         }
         check_overwrite([heatmaps / HEATMAP_INDEX, *pictures.values()], overwrite)
     descriptions = read_descriptions(codes) if codes is not None else None
+    if descriptions is None and isinstance(data, MedsRoot):
+        from ...data.meds import code_descriptions
+
+        descriptions = code_descriptions(data.root) or None  # metadata/codes.parquet
     subtitle = f"model {card.get('model_class', '')} {card.get('model_id', '')}"
     write_report(
         out, frame, predictions, descriptions=descriptions, top_k=top_k,

@@ -11,9 +11,11 @@ import click
 from ..errors import handle_errors, writes
 from ..options import (
     LazyChoice,
+    MedsRoot,
     data_option,
     labels_option,
     learning_rate,
+    meds_options,
     model_names,
     quiet_option,
     size_options,
@@ -26,10 +28,12 @@ from ..options import (
     "--schema",
     "schema_path",
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
-    required=True,
-    help='JSON: {"input_schema": {feature: type}, "output_schema": {label: type}}.',
+    default=None,
+    help='JSON: {"input_schema": {feature: type}, "output_schema": {label: type}}; '
+    "required except for MEDS data, whose schema follows from the data and the labels.",
 )
 @labels_option
+@meds_options
 @click.option(
     "--out",
     type=click.Path(file_okay=False, path_type=Path),
@@ -72,9 +76,12 @@ from ..options import (
 @handle_errors
 @writes("out")
 def train(
-    data: Path,
-    schema_path: Path,
+    data: Path | MedsRoot,
+    schema_path: Path | None,
     labels: Path | None,
+    features: dict[str, list[str]] | None,
+    numeric: tuple[str, ...],
+    time_bucket: str | None,
     out: Path,
     model_name: str,
     epochs: int,
@@ -113,24 +120,45 @@ def train(
             f"{out} already holds a model; pass --overwrite to replace it, or choose a new --out"
         )
     check_overwrite([out / WEIGHTS, out / CARD], overwrite, message)
-    schema = read_schema_file(schema_path)
-    label_key = next(iter(schema["output_schema"]))
-    samples = load_samples(
-        data, schema["input_schema"], labels=labels, label_key=label_key,
-        columns=schema.get("columns"),
-    )  # fmt: skip
+    meds_entry, parts = None, None
+    if isinstance(data, MedsRoot):
+        from ...app.meds import card_entry, read_for_training, training_parts
+
+        if labels is None:
+            raise click.UsageError("--data meds:ROOT needs --labels (MEDS task labels)")
+        if schema_path is not None:
+            raise click.UsageError("MEDS data set their own schema; drop --schema")
+        meds, schema = read_for_training(
+            data.root, labels, features=features, numeric=numeric, time_bucket=time_bucket
+        )
+        samples, parts = meds.samples, training_parts(meds, seed)
+        meds_entry = card_entry(meds, data.root, labels)
+    else:
+        if features or numeric or time_bucket:
+            raise click.UsageError("--feature, --numeric and --time-bucket are for meds:ROOT data")
+        if schema_path is None:
+            raise click.UsageError("--schema is required for JSON Lines and event tables")
+        schema = read_schema_file(schema_path)
+        samples = load_samples(
+            data, schema["input_schema"], labels=labels,
+            label_key=next(iter(schema["output_schema"])), columns=schema.get("columns"),
+        )  # fmt: skip
     hparams: dict[str, Any] = {"embedding_dim": embedding_dim, "heads": heads}
     if "num_layers" in inspect.signature(model_class(model_name)).parameters:
         hparams["num_layers"] = layers
     model, card = train_model(
         samples, schema, model=model_name, hparams=hparams, epochs=epochs, lr=lr,
         batch_size=batch_size, seed=seed, progress=not quiet, max_steps=max_steps,
-        max_codes_per_step=max_codes_per_step,
+        max_codes_per_step=max_codes_per_step, parts=parts,
     )  # fmt: skip
-    card["data"].update(path=str(data), sha256=file_sha256(data))
+    if meds_entry is not None:
+        card["meds"] = meds_entry
+        card["data"].update(path=f"meds:{data}", sha256=meds_entry["sha256"])
+    else:
+        card["data"].update(path=str(data), sha256=file_sha256(Path(data)))
     if schema.get("columns"):  # measurement order of numeric event features, kept for scoring
         card["columns"] = schema["columns"]
-    if labels is not None:
+    if labels is not None and meds_entry is None:
         card["data"].update(labels=str(labels), labels_sha256=file_sha256(labels))
     save_model_dir(model, out, card)
     metrics = ", ".join(f"{k} {v:.3f}" for k, v in card["test_metrics"].items() if v is not None)

@@ -1,0 +1,99 @@
+"""MEDS datasets in the train / explain / evaluate / report workflows.
+
+Training reads the dataset with :func:`~ehrlens.data.meds.from_meds`, splits it by subject
+(``subject_splits.parquet``, else a seeded 70/15/15 split of the subjects) and records the
+feature mapping in the model card under ``"meds"``; later commands rebuild the same features
+from the card (:func:`meds_samples_for_model`).
+
+Example:
+    >>> model, card = train_on_meds("meds/", "labels.parquet", epochs=3)
+    >>> data = meds_samples_for_model(card, model.label_key, "meds/", "labels.parquet")
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from ..data.meds import MedsData, MedsOptions, from_meds, meds_digest
+from .workflow import group_parts
+
+#: The card entry holding the MEDS feature mapping.
+CARD_KEY = "meds"
+
+
+def training_parts(data: MedsData, seed: int) -> dict[str, str]:
+    """The split for training: the dataset's subject splits, else a seeded split of the
+    subjects (every sample of a subject in one part)."""
+    if data.parts is not None:
+        return data.parts
+    return group_parts({s["patient_id"]: s["subject_id"] for s in data.samples}, seed)
+
+
+def read_for_training(
+    root: str | os.PathLike,
+    labels: str | os.PathLike,
+    *,
+    features: Mapping[str, Sequence[str]] | None = None,
+    numeric: Sequence[str] = (),
+    time_bucket: str | None = None,
+    label_key: str = "label",
+) -> tuple[MedsData, dict[str, Any]]:
+    """``(data, schema)`` for :func:`~ehrlens.app.workflow.train_model`: the samples and the
+    ``{"input_schema", "output_schema"}`` derived from the data."""
+    data = from_meds(
+        root, labels, features=features, numeric=numeric, time_bucket=time_bucket,
+        label_key=label_key,
+    )  # fmt: skip
+    return data, {"input_schema": data.input_schema, "output_schema": data.output_schema}
+
+
+def card_entry(data: MedsData, root: str | os.PathLike, labels: str | os.PathLike) -> dict:
+    """What a card records of a MEDS training run: options, root, labels, digest."""
+    return {
+        "options": data.options.to_dict(),
+        "root": str(root),
+        "labels": str(labels),
+        "sha256": meds_digest(root, labels),
+    }
+
+
+def meds_options(card: Mapping[str, Any]) -> MedsOptions:
+    """The MEDS feature mapping a model was trained with.
+
+    Raises:
+        ValueError: the model was not trained on MEDS data.
+    """
+    entry = card.get(CARD_KEY)
+    if not isinstance(entry, Mapping) or "options" not in entry:
+        raise ValueError(
+            "the model was not trained on MEDS data (its card has no 'meds' entry), so it "
+            "does not know how to build features from MEDS codes; train it with --data meds:ROOT"
+        )
+    return MedsOptions.from_dict(entry["options"])
+
+
+def meds_samples_for_model(
+    card: Mapping[str, Any],
+    label_key: str,
+    root: str | os.PathLike,
+    labels: str | os.PathLike,
+    shards: Sequence[int] | None = None,
+) -> MedsData:
+    """Samples of a MEDS dataset built as the model's training data were (the card's options).
+
+    Example:
+        >>> data = meds_samples_for_model(card, "label", "meds/", "labels.parquet")
+    """
+    return from_meds(root, labels, options=meds_options(card), label_key=label_key, shards=shards)
+
+
+__all__ = [
+    "CARD_KEY",
+    "card_entry",
+    "meds_options",
+    "meds_samples_for_model",
+    "read_for_training",
+    "training_parts",
+]
