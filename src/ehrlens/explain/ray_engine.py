@@ -447,3 +447,231 @@ def _default_workers(ray: Any, gpus: float) -> int:
     if gpus > 0:
         return max(1, int(resources.get("GPU", 1) // gpus))
     return max(1, int(resources.get("CPU", 1)))
+
+
+#: The identity columns of MEDS rows (every shard writes them, even an empty one).
+MEDS_IDENTITY = ("subject_id", "prediction_time", "event_time")
+
+
+class MedsShardExplainer(ShardExplainer):
+    """Ray Data callable class for MEDS: each call gets one data shard's index, reads that
+    shard and the labels of its subjects on the worker, builds the shard's samples with the
+    model's feature mapping, explains them and writes ``part-<shard>.parquet``."""
+
+    def __init__(
+        self,
+        root: str,
+        labels: str,
+        options: Mapping[str, Any],
+        keep: Sequence[str] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.root = root
+        self.labels = labels
+        self.options = dict(options)
+        self.keep = None if keep is None else set(keep)
+
+    def __call__(self, batch: Any) -> Any:
+        import warnings
+
+        import pandas as pd
+
+        from ..data import create_sample_dataset
+        from ..data.meds import MedsOptions, MedsWarning, from_meds
+        from .table import _empty_columns
+
+        if len(batch) != 1:
+            raise RuntimeError(f"expected one shard per call, got {len(batch)}")
+        index = int(batch["shard"].iloc[0])
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", MedsWarning)  # the driver's own read counts them
+            data = from_meds(
+                self.root, self.labels, options=MedsOptions.from_dict(self.options),
+                label_key=self.model.schema.label_keys[0], shards=[index],
+            )  # fmt: skip
+        samples = data.samples
+        if self.keep is not None:
+            samples = [s for s in samples if s["patient_id"] in self.keep]
+        if samples:
+            dataset = create_sample_dataset(samples, schema=self.model.schema)
+            columns = explain_rows(
+                self.model, dataset, self.interpreters, range(len(dataset)), self.batch_size,
+                self.target, self.model_id, self.model.schema, identity=MEDS_IDENTITY,
+            )  # fmt: skip
+        else:
+            columns = _empty_columns(MEDS_IDENTITY)
+        path = self.out_dir / SHARD_PATTERN.format(index)
+        metadata = shard_metadata(self.fingerprint, index, columns, [])
+        metadata["ehrlens.patients"] = str(batch["patients"].iloc[0])
+        write_shard(path, columns, metadata)
+        return pd.DataFrame({"shard": [index], "rows": [len(columns["patient_id"])]})
+
+
+def meds_shard_samples(
+    root: str | os.PathLike, labels: str | os.PathLike, keep: Sequence[str] | None = None
+) -> list[list[str]]:
+    """The sample ids each data shard is expected to hold (from the labels, sorted), read on
+    the driver from the shards' ``subject_id`` columns only.
+
+    Raises:
+        ValueError: a subject in two shards, or labels for subjects in no shard.
+    """
+    import pyarrow.parquet as pq
+
+    from ..data.meds import data_shards, read_labels, sample_id
+
+    shards = data_shards(root)
+    owner: dict[int, int] = {}
+    for number, path in enumerate(shards):
+        try:
+            subjects = pq.read_table(path, columns=["subject_id"]).column(0).to_pylist()
+        except Exception as error:
+            raise ValueError(f"{path}: cannot read its subject_id column ({error})") from error
+        for subject in set(subjects):
+            if subject in owner:
+                raise ValueError(
+                    f"subject {subject} is in two data shards, {shards[owner[subject]]} and "
+                    f"{path} (MEDS keeps each subject in one shard)"
+                )
+            owner[subject] = number
+    frame, _ = read_labels(labels)
+    unknown = sorted(set(frame["subject_id"].tolist()) - set(owner))
+    if unknown:
+        raise ValueError(
+            f"{labels}: {len(unknown)} labelled subject(s) are in no data shard of {root}, "
+            f"e.g. {unknown[:5]}"
+        )
+    wanted = None if keep is None else set(keep)
+    expected: list[list[str]] = [[] for _ in shards]
+    for subject, when in zip(frame["subject_id"], frame["prediction_time"], strict=True):
+        pid = sample_id(subject, when.to_pydatetime())
+        if wanted is None or pid in wanted:
+            expected[owner[subject]].append(pid)
+    return [sorted(ids) for ids in expected]
+
+
+def explain_meds_ray(
+    model_dir: str | os.PathLike,
+    root: str | os.PathLike,
+    labels: str | os.PathLike,
+    methods: MethodSpec = ("rollout",),
+    *,
+    out_dir: str | os.PathLike,
+    batch_size: int = 64,
+    target_class_idx: int | None = None,
+    address: str | None = None,
+    num_workers: int | None = None,
+    num_gpus_per_worker: float | None = None,
+    progress: bool = False,
+    model_sha256: str | None = None,
+    patient_ids: Sequence[str] | None = None,
+) -> ExplainResult:
+    """Explain a MEDS dataset with Ray Data, one output shard per data shard.
+
+    The driver reads only the shards' ``subject_id`` columns and the labels (to check that
+    each subject is in one shard and to know each shard's samples). Each data shard then goes
+    to an actor, which reads it, builds its samples with the feature mapping recorded in the
+    model's card (:class:`~ehrlens.data.meds.MedsOptions`, the same as the single-process
+    :func:`~ehrlens.data.meds.from_meds`), explains them and writes ``part-<shard>.parquet``.
+    MEDS keeps each subject in one shard, sorted by time, so no global ordering is needed:
+    the shards in order hold the rows of the single-process run in the same order. A re-run
+    verifies each shard file (run fingerprint, index, expected samples, content digest) and
+    recomputes only those that do not verify.
+
+    Args:
+        model_dir: a model directory trained on MEDS data (its card has ``"meds"``).
+        root / labels: the MEDS folder and its task labels (file or folder).
+        methods, batch_size, target_class_idx, address, num_workers, num_gpus_per_worker,
+        progress, model_sha256: as in :func:`explain_cohort_ray`.
+        patient_ids: explain only these samples (e.g. the test split); default all.
+
+    Returns:
+        :class:`~ehrlens.explain.ExplainResult` over the shard files.
+
+    Example:
+        >>> result = explain_meds_ray("model/", "meds/", "labels.parquet", ["rollout"],
+        ...                           out_dir="attr/", num_workers=2)
+        >>> result.to_frame()[["subject_id", "prediction_time", "code", "score"]]
+    """
+    ray = _ray()
+    from ..data.meds import MedsOptions, meds_digest
+    from ..models.directory import load_model_dir
+
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    model, card = load_model_dir(model_dir, expected_sha256=model_sha256)
+    entry = card.get("meds")
+    if not isinstance(entry, Mapping) or "options" not in entry:
+        raise ValueError(f"{model_dir}: the model was not trained on MEDS data (no 'meds' card)")
+    options = MedsOptions.from_dict(entry["options"]).to_dict()
+    interpreters = build_methods(model, methods)
+    recipes = method_recipes(methods, interpreters)
+    expected = meds_shard_samples(root, labels, patient_ids)
+    model_id = card.get("model_id") or ""
+    selection = None
+    if patient_ids is not None:
+        selection = hashlib.sha256("\n".join(sorted(patient_ids)).encode()).hexdigest()[:16]
+    settings = run_settings(
+        model_id, meds_digest(root, labels)[:16], interpreters, batch_size, 0,
+        target_class_idx, engine="ray-meds", meds=options, selection=selection,
+    )  # fmt: skip
+    fingerprint = run_fingerprint(settings)
+    out = Path(out_dir)
+    init_ray(address, num_cpus=None if address is not None else num_workers)
+    context = ray.data.DataContext.get_current()
+    context.execution_options.preserve_order = True
+    context.enable_progress_bars = bool(progress)
+    context.raise_original_map_exception = True
+    with output_lock(out):
+        claim_output_dir(out, fingerprint, settings, len(expected))
+        result = ExplainResult(fingerprint=fingerprint)
+        todo: list[dict[str, Any]] = []
+        for index, ids in enumerate(expected):
+            path = out / SHARD_PATTERN.format(index)
+            result.shards.append(path)
+            done = verified_shard_rows(path, fingerprint, index, patient_hash(ids))
+            if done is None:
+                todo.append({"shard": index, "patients": patient_hash(ids)})
+            else:
+                result.reused.append(index)
+                result.num_rows += done
+        if todo:
+            gpus = _gpus_per_worker(ray, num_gpus_per_worker)
+            workers = max(1, min(num_workers or _default_workers(ray, gpus), len(todo)))
+            summary = _run_unwrapped(
+                lambda: (
+                    ray.data.from_items(todo)
+                    .map_batches(
+                        MedsShardExplainer,
+                        batch_size=1,
+                        batch_format="pandas",
+                        concurrency=workers,
+                        num_cpus=1,
+                        num_gpus=gpus,
+                        fn_constructor_kwargs={
+                            "root": str(root),
+                            "labels": str(labels),
+                            "options": options,
+                            "keep": None if patient_ids is None else list(patient_ids),
+                            "model_dir": str(model_dir),
+                            "methods": recipes,
+                            "out_dir": str(out),
+                            "fingerprint": fingerprint,
+                            "batch_size": batch_size,
+                            "target_class_idx": target_class_idx,
+                            "model_id": model_id,
+                            "model_sha256": model_sha256,
+                        },
+                    )
+                    .to_pandas()
+                )
+            )
+            written = dict(zip(summary["shard"].tolist(), summary["rows"].tolist(), strict=True))
+            missing = {int(t["shard"]) for t in todo} - set(written)
+            if missing:
+                raise RuntimeError(f"shards {sorted(missing)} produced no output")
+            result.computed.extend(sorted(written))
+            result.num_rows += int(sum(written.values()))
+        finish_manifest(out, fingerprint, result.num_rows)
+    return result

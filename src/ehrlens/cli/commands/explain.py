@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import cast
 
 import click
 
@@ -98,7 +99,16 @@ def explain(
         model_dir, data, labels, split, model_sha256, limits
     )
     options = method_options(names, seed)
-    if engine == "ray":
+    if engine == "ray" and isinstance(data, MedsRoot):
+        from ...explain.ray_engine import explain_meds_ray
+
+        result = explain_meds_ray(
+            model_dir, data.root, cast(Path, labels), options, out_dir=out,
+            batch_size=batch_size, target_class_idx=target, address=address,
+            num_workers=workers, progress=not quiet, model_sha256=model_sha256,
+            patient_ids=None if split == "all" else dataset.patient_ids,
+        )  # fmt: skip
+    elif engine == "ray":
         from ...explain.ray_engine import explain_cohort_ray
 
         # JSON Lines are read by Ray Data itself; other inputs go as the parsed samples
