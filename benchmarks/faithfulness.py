@@ -202,7 +202,11 @@ def planted_ceiling(test, ground_truth: dict, k: int) -> dict[str, float]:
 def train_model(name: str, args: argparse.Namespace) -> dict[str, Any]:
     """Generate the cohort, split, train; return the model, test split and training record."""
     layout, model_class = MODELS[name]
-    hparams = (QUICK_HPARAMS if args.quick else HPARAMS)[name]
+    hparams = dict((QUICK_HPARAMS if args.quick else HPARAMS)[name])
+    if name == "StageAttentionNet":
+        hparams["readout"] = args.stagenet_readout
+        if args.stagenet_attention_layers is not None:
+            hparams["attention_layers"] = args.stagenet_attention_layers
     run = train_on_cohort(
         model_class,
         hparams,
@@ -262,6 +266,8 @@ def evaluate_model(name: str, args: argparse.Namespace) -> dict[str, Any]:
     loader = get_dataloader(test, args.batch_size)
     results: dict[str, EvaluationResult] = {}
     for method_name, (method_class, options) in METHODS.items():
+        if args.methods and method_name not in args.methods and method_name != BASELINE:
+            continue
         if method_class is AttnLRP and not capabilities(model).lrp_rules:
             print(f"  {method_name}: skipped ({type(model).__name__} has no AttnLRP rules)")
             continue
@@ -385,6 +391,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--models", nargs="+", choices=tuple(MODELS), default=list(MODELS), help="models to run"
     )
     parser.add_argument(
+        "--methods",
+        nargs="+",
+        choices=tuple(METHODS),
+        default=None,
+        help=f"methods to run ({BASELINE} always runs); default: all",
+    )
+    parser.add_argument(
+        "--stagenet-readout",
+        choices=("last", "mean"),
+        default="last",
+        help="StageAttentionNet readout: the last valid step (default) or the mean over steps",
+    )
+    parser.add_argument(
+        "--stagenet-attention-layers",
+        type=int,
+        default=None,
+        help="StageAttentionNet attention blocks (default: the model's, 1)",
+    )
+    parser.add_argument(
         "--threads", type=int, default=None, help="torch intra-op threads (default: torch's)"
     )
     parser.add_argument("--out", type=Path, default=Path("benchmarks/out/faithfulness.json"))
@@ -441,6 +466,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         "ablation": "zero (codes set to the pad id)",
         "percentages": [1, 5, 10, 20, 50],
         "target": args.target,
+        "methods": args.methods or list(METHODS),
+        "stagenet_readout": args.stagenet_readout,
+        "stagenet_attention_layers": args.stagenet_attention_layers,
         "forward_only_under_inference_mode": [
             n for n, (cls, _) in METHODS.items() if cls.gradient_free
         ],

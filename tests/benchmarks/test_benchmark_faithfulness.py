@@ -47,7 +47,9 @@ def test_faithfulness_benchmark_quick(tmp_path, capsys):
     for name, model in report["models"].items():
         assert _finite(model["test_roc_auc"]), name
         assert model["history"], name
-        assert set(model["methods"]) == METHODS, (name, set(model["methods"]) ^ METHODS)
+        # AttnLRP runs where the model has the rules (Transformer), and is skipped elsewhere
+        expected = METHODS | {"AttnLRP"} if name == "Transformer" else METHODS
+        assert set(model["methods"]) == expected, (name, set(model["methods"]) ^ expected)
         for method, result in model["methods"].items():
             where = (name, method)
             assert result["n_scored"] > 0, where

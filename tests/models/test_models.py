@@ -402,3 +402,41 @@ def test_load_rejects_unsupported_version_and_unknown_class(make_tiny_model, tmp
     torch.save({**checkpoint, "state_dict": state, "checksum": rehashed}, tmp_path / "bad.pt")
     with pytest.raises(ValueError, match=r"do not match.*'head.weight' has shape \(1, 3\)"):
         BaseModel.load(tmp_path / "bad.pt")
+
+
+def test_stage_attention_mean_readout_reads_every_valid_step(tmp_path):
+    """readout="mean": the head sees the mean of the valid steps' states, and the stated
+    readout weights are uniform over valid steps (checked against a forward hook)."""
+    from ehrlens.data.dataset import create_sample_dataset as _create
+    from ehrlens.data.synthetic import generate_cohort as _cohort
+    from ehrlens.models import BaseModel as _Base
+    from ehrlens.models import StageAttentionNet as _Stage
+
+    cohort = _cohort(n_patients=20, layout="stagenet", seed=4)
+    dataset = _create(cohort.samples, cohort.input_schema, cohort.output_schema)
+    torch.manual_seed(0)
+    model = _Stage(dataset, embedding_dim=8, chunk_size=4, levels=2, heads=2, readout="mean")
+    model.eval()
+    batch = dataset.collate([dataset[i] for i in range(6)])
+    key = model.feature_keys[0]
+    states = {}
+    handle = model.norms[key].register_forward_hook(lambda m, i, o: states.update(x=o))
+    with torch.no_grad():
+        out = model(**batch)["logit"]
+    handle.remove()
+    weights = model.get_readout_weights(**batch)[key]
+    mask = model._step_mask(key, batch)
+    for i in range(6):
+        real = mask[i].nonzero()[:, 0]
+        assert torch.allclose(weights[i][real], torch.full((len(real),), 1 / len(real)))
+        assert float(weights[i].sum()) == pytest.approx(1.0)
+    expected = torch.stack([states["x"][i][mask[i]].mean(dim=0) for i in range(6)])
+    pooled = torch.bmm(weights[:, None, :], states["x"])[:, 0]
+    assert torch.allclose(pooled, expected, atol=1e-6)
+    model.save(tmp_path / "m.pt")
+    loaded = _Base.load(tmp_path / "m.pt")
+    assert loaded.hparams["readout"] == "mean"
+    with torch.no_grad():
+        assert torch.allclose(loaded(**batch)["logit"], out)
+    with pytest.raises(ValueError, match="readout must be one of last, mean"):
+        _Stage(dataset, readout="first")

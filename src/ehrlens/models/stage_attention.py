@@ -114,15 +114,21 @@ def last_valid_index(mask: Tensor) -> Tensor:
     return ((positions * mask).argmax(dim=1)).long()
 
 
+#: How :class:`StageAttentionNet` reads a feature's steps out: the last valid step, or the
+#: mean over valid steps.
+READOUTS = ("last", "mean")
+
+
 class StageAttentionNet(AttentionCaptureMixin, BaseModel, GradientInterpretable):
     """StageNet per feature key, then multi-head self-attention over its time steps.
 
     Per key: embedding (one token per step; nested codes are mean-pooled per step), the
     stage-aware LSTM over steps using ``log1p`` of the time gaps (1 when the feature has no
     times), a projection to ``embedding_dim``, ``attention_layers`` pre-norm attention blocks,
-    and the state at the patient's last valid step. The key states are concatenated into a
-    linear head. Attention maps are ``[batch, heads, T, T]``; the readout row is the last valid
-    step.
+    and the state at the patient's last valid step (or, with ``readout="mean"``, the mean of
+    its valid steps' states). The key states are concatenated into a linear head. Attention
+    maps are ``[batch, heads, T, T]``; the readout row is the last valid step (or the uniform
+    row over valid steps).
 
     Args:
         dataset: a :class:`~ehrlens.data.SampleDataset` (or its fitted schema).
@@ -133,6 +139,9 @@ class StageAttentionNet(AttentionCaptureMixin, BaseModel, GradientInterpretable)
         attention_layers: self-attention blocks after StageNet.
         conv_size: StageNet convolution window.
         dropout: dropout after StageNet and inside attention blocks, in ``[0, 1)``.
+        readout: ``"last"`` (the state at the last valid step, StageNet's readout) or
+            ``"mean"`` (the mean of the states over valid steps, which does not privilege the
+            last step; see ``benchmarks/RESULTS.md`` for what it does to explanations).
 
     Raises:
         TypeError / ValueError: a size that is not an int >= 1, heads that do not divide
@@ -158,8 +167,13 @@ class StageAttentionNet(AttentionCaptureMixin, BaseModel, GradientInterpretable)
         attention_layers: int = 1,
         conv_size: int = 10,
         dropout: float = 0.3,
+        readout: str = "last",
     ) -> None:
         name = type(self).__name__
+        if readout not in READOUTS:
+            raise ValueError(
+                f"{name}: readout must be one of {', '.join(READOUTS)}, got {readout!r}"
+            )
         sizes = {
             "embedding_dim": embedding_dim,
             "chunk_size": chunk_size,
@@ -181,6 +195,7 @@ class StageAttentionNet(AttentionCaptureMixin, BaseModel, GradientInterpretable)
             "attention_layers": attention_layers,
             "conv_size": conv_size,
             "dropout": dropout,
+            "readout": readout,
         }
         processors = self.schema.input_processors
         keys = self.feature_keys
@@ -235,9 +250,8 @@ class StageAttentionNet(AttentionCaptureMixin, BaseModel, GradientInterpretable)
                 pooled.append(emb.sum(dim=1).to(x.dtype))
             else:
                 # A patient with no step in this feature reads out zeros, as when scored alone.
-                last = last_valid_index(tokens.mask)
-                has_step = tokens.mask.any(dim=1, keepdim=True).to(x.dtype)
-                pooled.append(x[torch.arange(x.shape[0], device=x.device), last] * has_step)
+                weights = self._readout(tokens.mask).to(x.dtype)  # [batch, T]
+                pooled.append(torch.bmm(weights[:, None, :], x)[:, 0])
         return self.prepare_outputs(self.head(torch.cat(pooled, dim=-1)), batch)
 
     # ------------------------------------------------------------ interpretability
@@ -245,23 +259,30 @@ class StageAttentionNet(AttentionCaptureMixin, BaseModel, GradientInterpretable)
         blocks = {k: cast(nn.ModuleList, self.blocks[k]) for k in self.feature_keys}
         return {k: [cast(EncoderBlock, b).attention for b in v] for k, v in blocks.items()}
 
+    def _readout(self, mask: Tensor) -> Tensor:
+        """Readout weights ``[batch, T]`` over steps: one-hot at the last valid step
+        (``readout="last"``) or uniform over the valid steps (``"mean"``); all 0 for a
+        patient without a step."""
+        w = torch.zeros(mask.shape, device=mask.device)
+        if mask.shape[1] == 0:
+            return w
+        if self.hparams.get("readout", "last") == "mean":
+            real = mask.to(w.dtype)
+            return real / real.sum(dim=1, keepdim=True).clamp(min=1.0)
+        w[torch.arange(mask.shape[0], device=mask.device), last_valid_index(mask)] = 1.0
+        return w * mask.any(dim=1, keepdim=True).to(w.dtype)
+
     def get_readout_weights(self, **data: Any) -> dict[str, Tensor]:
-        """One-hot ``[batch, T]`` at each patient's last valid step."""
-        weights = {}
-        for key in self.feature_keys:
-            mask = self._step_mask(key, data)
-            w = torch.zeros(mask.shape, device=mask.device)
-            if mask.shape[1] > 0:
-                w[torch.arange(mask.shape[0], device=mask.device), last_valid_index(mask)] = 1.0
-            weights[key] = w
-        return weights
+        """``[batch, T]``: one-hot at each patient's last valid step (``readout="last"``), or
+        uniform over its valid steps (``readout="mean"``)."""
+        return {key: self._readout(self._step_mask(key, data)) for key in self.feature_keys}
 
     def get_relevance_tensor(self, R: Mapping[str, Tensor], **data: Any) -> dict[str, Tensor]:
-        """The last valid step's row of each ``[batch, T, T]`` matrix: ``[batch, T]``."""
+        """The readout row of each ``[batch, T, T]`` matrix (``weights @ R``): ``[batch, T]``."""
         out = {}
         for key, r in R.items():
-            last = last_valid_index(self._step_mask(key, data))
-            out[key] = r[torch.arange(r.shape[0], device=r.device), last]
+            w = self._readout(self._step_mask(key, data)).to(r.device, r.dtype)
+            out[key] = torch.bmm(w[:, None, :], r)[:, 0]
         return out
 
     def select_input_positions(
