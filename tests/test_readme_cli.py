@@ -43,5 +43,6 @@ def test_walkthrough_runs(tmp_path, monkeypatch):
         assert result.exit_code == 0, (command, result.output)
     report = (tmp_path / "report.html").read_text()
     assert "Cohort: most influential codes" in report
+    assert "<section id='faithfulness'>" in report  # evaluate's table, read by report
     assert (tmp_path / "faithfulness.png").stat().st_size > 1000
     assert len(list((tmp_path / "attributions").glob("part-*.parquet"))) >= 1

@@ -36,7 +36,7 @@ CARD = {
     "model_class": "Transformer",
     "model_id": "3f2a9c01d4e5",
     "output_schema": {"died": "binary"},
-    "classes": ["alive", "died"],
+    "task": {"label": "died", "mode": "binary", "classes": ["alive", "died"]},
     "data": {"path": "/data/events.parquet", "n_patients": 1000, "n_test": 150},
     "test_metrics": {"roc_auc": 0.8123, "pr_auc": 0.4, "loss": 0.3},
 }
@@ -118,9 +118,14 @@ def test_header_shows_the_model_card(page):
 
 
 def test_card_without_class_names_falls_back_to_indices():
-    card = {k: v for k, v in CARD.items() if k != "classes"}
+    card = {k: v for k, v in CARD.items() if k != "task"}
     tree = parse(render_report(FRAME, card=card, target=0))
     assert card_values(tree.root.find_all("div", "card")[0])["explains"] == "class 0"
+    # 0/1 labels: the class names are the indices, said once
+    digits = dict(CARD, task={"label": "died", "mode": "binary", "classes": ["0", "1"]})
+    tree = parse(render_report(FRAME, PREDICTIONS, card=digits))
+    assert card_values(tree.root.find_all("div", "card")[0])["explains"] == "class 1"
+    assert [o.text() for o in by_id(tree, "filter-label").find_all("option")] == ["any", "0", "1"]
     no_card = parse(render_report(FRAME))
     assert no_card.root.find_all("div", "card") == []
 

@@ -4,10 +4,12 @@
 from .colours import ColourScale, method_scales
 from .header import card_items, class_names, faithfulness_table, read_evaluation
 from .html import patient_predictions, read_descriptions, render_report, write_report
+from .notebook import Explanation
 from .patient import Prediction
 
 __all__ = [
     "ColourScale",
+    "Explanation",
     "Prediction",
     "card_items",
     "class_names",

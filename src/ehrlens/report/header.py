@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 #: Where a card may keep the label's class names, in the order of the model's outputs.
-CLASS_NAME_KEYS = (("classes",), ("label", "classes"), ("data", "classes"))
+CLASS_NAME_KEYS = (("task", "classes"), ("classes",))
 
 #: Summary metrics of an evaluation, their heading and whether higher is better.
 EVALUATION_METRICS: tuple[tuple[str, str, bool], ...] = (
@@ -40,7 +40,7 @@ def class_names(card: Mapping[str, Any] | None) -> list[str] | None:
     """The label's class names in output order, when the card records them; else None.
 
     Example:
-        >>> class_names({"classes": ["low", "mid", "high"]})
+        >>> class_names({"task": {"classes": ["low", "mid", "high"]}})
         ['low', 'mid', 'high']
     """
     if not card:
@@ -58,6 +58,9 @@ def class_names(card: Mapping[str, Any] | None) -> list[str] | None:
 
 def output_mode(card: Mapping[str, Any] | None) -> str | None:
     """The label's output schema (``"binary"``, ``"multiclass"``, ...) from the card."""
+    task = (card or {}).get("task")
+    if isinstance(task, Mapping) and task.get("mode"):
+        return str(task["mode"])
     schema = (card or {}).get("output_schema")
     if isinstance(schema, Mapping) and len(schema) == 1:
         return str(next(iter(schema.values())))
@@ -71,14 +74,14 @@ def explained_class(card: Mapping[str, Any] | None, target: int | None = None) -
     positive class for binary labels and each patient's predicted class for multiclass).
 
     Example:
-        >>> explained_class({"output_schema": {"y": "binary"}, "classes": ["alive", "died"]})
+        >>> explained_class({"task": {"mode": "binary", "classes": ["alive", "died"]}})
         'died (class 1)'
     """
     names = class_names(card)
     mode = output_mode(card)
 
     def named(index: int) -> str:
-        if names is not None and 0 <= index < len(names):
+        if names is not None and 0 <= index < len(names) and names[index] != str(index):
             return f"{names[index]} (class {index})"
         return f"class {index}"
 

@@ -1,13 +1,19 @@
 """A self-contained HTML report of cohort explanations: one file, no network at view time.
 
-The report has a cohort section (the codes that mattered most across patients, per method) and
-one section per patient: the prediction and label, a timeline of visits with every code shaded
-by its score (the exact score shows on hover), and the top codes, with methods side by side.
+The page has a header (the model card: model, data, test AUROC, the class explained), the
+legend (one colour scale per method, shared by every patient) with the controls (method
+toggles, sorting and filtering of patients; plain inline JavaScript), the faithfulness table
+when ``evaluate``'s rows are given, a cohort section (the codes that mattered most across
+patients, per method) and one section per patient (:mod:`~ehrlens.report.patient`): the
+prediction and label, a timeline of visits with every code shaded by its score and its
+description printed under it, and the top codes, with methods side by side. Every CSS rule is
+scoped under ``.ehrlens-report``.
 
 Example:
     >>> frame = explain_cohort(model, dataset, ["rollout", "chefer"]).to_frame()
     >>> predictions = patient_predictions(model, dataset)
-    >>> write_report("report.html", frame, predictions, descriptions={"I10": "Hypertension"})
+    >>> write_report("report.html", frame, predictions, descriptions={"I10": "Hypertension"},
+    ...              card=card, evaluation=read_evaluation("faithfulness.json"))
 """
 
 from __future__ import annotations
@@ -17,62 +23,24 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from ..core.files import atomic_write
-from ..core.modes import eval_mode
-from ..data.dataset import SampleDataset, get_dataloader, move_to_device
 from .colours import ColourScale, method_scales
 from .header import card_html, class_names, faithfulness_table
 from .patient import Prediction, describe, esc, label_text, patient_section
+from .predictions import patient_predictions
 from .script import SCRIPT
 from .style import stylesheet
 
+__all__ = [
+    "Prediction",
+    "patient_predictions",
+    "read_descriptions",
+    "render_report",
+    "write_report",
+]
+
 #: The class of the report's root element; every CSS rule is scoped under it.
 ROOT = ".ehrlens-report"
-
-
-def patient_predictions(
-    model: Any, dataset: SampleDataset, batch_size: int = 256, target: int | None = None
-) -> dict[str, Prediction]:
-    """``{patient_id: Prediction}``: the positive-class probability (binary), the top class's
-    probability and index (multiclass), the largest label probability (multilabel), or the
-    value (regression); the label when the dataset has one.
-
-    ``target`` (multiclass or multilabel): report the probability of that class instead.
-
-    Example:
-        >>> predictions = patient_predictions(model, test_dataset)
-        >>> predictions["P000123"].probability, predictions["P000123"].label
-    """
-    out: dict[str, Prediction] = {}
-    label_key = model.label_key if dataset.has_labels else None
-    with eval_mode(model), torch.inference_mode():
-        for batch in get_dataloader(dataset, batch_size):
-            batch = move_to_device(batch, model.device)
-            y_prob = model(**batch)["y_prob"].float().cpu()  # [batch, outputs]
-            classes: list[int | None] = [None] * y_prob.shape[0]
-            if y_prob.shape[1] == 1:
-                shown = y_prob[:, 0]
-            elif target is not None:
-                if not 0 <= target < y_prob.shape[1]:
-                    raise ValueError(
-                        f"target class {target} is out of range for {y_prob.shape[1]} classes"
-                    )
-                shown = y_prob[:, target]
-                classes = [target] * y_prob.shape[0]
-            else:
-                shown, best = y_prob.max(dim=1)
-                if model.mode == "multiclass":
-                    classes = [int(c) for c in best]
-            labels = None if label_key is None else batch[label_key].cpu()
-            for i, pid in enumerate(batch["patient_id"]):
-                label = None
-                if labels is not None:
-                    value = labels[i].reshape(-1).tolist()
-                    label = value[0] if len(value) == 1 else value
-                out[str(pid)] = Prediction(float(shown[i]), label, classes[i])
-    return out
 
 
 def render_report(
@@ -211,7 +179,7 @@ def _view_section(
 def label_text_named(value: str, names: Sequence[str] | None) -> str:
     """A label option's text: the class name too when the card has names."""
     if names is not None and value.isdigit() and int(value) < len(names):
-        return f"{names[int(value)]} ({value})"
+        return label_text(int(value), names)
     return value
 
 

@@ -58,7 +58,8 @@ def label_text(label: Any, class_names: Sequence[str] | None = None) -> str:
     if isinstance(label, float) and label.is_integer():
         label = int(label)
     if class_names is not None and isinstance(label, int) and 0 <= label < len(class_names):
-        return f"{class_names[label]} ({label})"
+        name = class_names[label]
+        return str(label) if name == str(label) else f"{name} ({label})"
     return str(label)
 
 

@@ -36,7 +36,7 @@ RULES: tuple[tuple[str, str], ...] = (
     ("table", "border-collapse:collapse;font-size:12.5px"),
     ("td,th", "padding:3px 8px;text-align:left;border-bottom:1px solid #eef0f3"),
     ("th", "color:#5a6478;font-weight:600"),
-    ("td.num", "text-align:right;font-variant-numeric:tabular-nums"),
+    ("td.num", "text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap"),
     (".methods", "display:flex;gap:18px;flex-wrap:wrap"),
     (".method", "flex:1 1 440px;min-width:360px"),
     (".timeline", "overflow-x:auto;padding-bottom:6px"),

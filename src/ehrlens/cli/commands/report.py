@@ -44,6 +44,13 @@ HEATMAP_INDEX = "index.csv"
     help="CSV with header code,description.",
 )
 @click.option(
+    "--evaluation",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="Faithfulness table written by `ehrlens evaluate --out` (JSON or CSV), shown in the "
+    "report's header section.",
+)
+@click.option(
     "--top-k",
     type=click.IntRange(min=1),
     default=10,
@@ -77,6 +84,7 @@ def report(
     attributions: Path,
     out: Path,
     codes: Path | None,
+    evaluation: Path | None,
     top_k: int,
     max_patients: int,
     heatmaps: Path | None,
@@ -85,12 +93,14 @@ def report(
     max_codes_per_step: int | None,
     overwrite: bool,
 ) -> None:
-    """Write an HTML report: per patient the prediction, a timeline of visits with codes shaded
-    by score, the top codes, methods side by side; and the cohort's most influential codes."""
+    """Write an HTML report: the model card, a colour legend per method, per patient the
+    prediction, a timeline of visits with codes shaded by score, the top codes, methods side by
+    side; the cohort's most influential codes; with --evaluation, the faithfulness table."""
     from ...core.files import check_overwrite, data_file_name
     from ...explain import read_attributions
     from ...explain.consistency import check_attributions_match
-    from ...report import patient_predictions, read_descriptions, write_report
+    from ...explain.shards import read_run_manifest
+    from ...report import patient_predictions, read_descriptions, read_evaluation, write_report
 
     check_overwrite([out], overwrite)
     limits = {"max_steps": max_steps, "max_codes_per_step": max_codes_per_step}
@@ -103,7 +113,9 @@ def report(
             f"{model_dir} (model {card.get('model_id')})"
         )
     check_attributions_match(frame, dataset, model.schema)
-    predictions = patient_predictions(model, dataset)
+    target = read_run_manifest(attributions).get("settings", {}).get("target_class_idx")
+    rows = read_evaluation(evaluation) if evaluation is not None else None
+    predictions = patient_predictions(model, dataset, target=target)
     explained = [p for p in dict.fromkeys(frame["patient_id"]) if p in predictions]
     missing = len(set(frame["patient_id"])) - len(explained)
     if missing:
@@ -122,10 +134,9 @@ def report(
         from ...data.meds import code_descriptions
 
         descriptions = code_descriptions(data.root) or None  # metadata/codes.parquet
-    subtitle = f"model {card.get('model_class', '')} {card.get('model_id', '')}"
     write_report(
-        out, frame, predictions, descriptions=descriptions, top_k=top_k,
-        subtitle=subtitle, patients=chosen,
+        out, frame, predictions, descriptions=descriptions, top_k=top_k, patients=chosen,
+        card=card, target=target, evaluation=rows,
     )  # fmt: skip
     click.echo(f"wrote {out} ({len(chosen)} of {len(explained)} patients)")
     if heatmaps is not None:

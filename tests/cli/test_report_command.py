@@ -1,0 +1,91 @@
+"""`ehrlens report` puts the model card, the explained class and `evaluate`'s table in the
+report header."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from _html_tree import parse, patient_sections
+from ehrlens.cli.app import main
+from ehrlens.models.directory import load_model_dir
+
+TINY_TRAIN = ["--epochs", "1", "--embedding-dim", "16", "--layers", "1", "--heads", "2", "-q"]
+
+
+def invoke(*args, expect=0):
+    result = CliRunner().invoke(main, [str(a) for a in args])
+    assert result.exit_code == expect, (
+        f"exit {result.exit_code} (expected {expect})\nstdout: {result.stdout}\n"
+        f"stderr: {result.stderr}\n{result.exception!r}"
+    )
+    return result
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("report")
+    data, model = root / "data", root / "model"
+    invoke("synthetic", data, "--patients", 60, "--seed", 1)
+    samples = data / "samples.jsonl"
+    invoke(
+        "train", "--data", samples, "--schema", data / "schema.json", "--out", model,
+        "--seed", 0, *TINY_TRAIN,
+    )  # fmt: skip
+    invoke(
+        "explain", "--model", model, "--data", samples, "-m", "rollout",
+        "--out", root / "attr", "--target", 0, "-q",
+    )  # fmt: skip
+    invoke(
+        "evaluate", "--model", model, "--data", samples, "-m", "rollout,random",
+        "--split", "test", "--bootstrap", 20, "--out", root / "eval.json", "-q",
+    )  # fmt: skip
+    return root, data, model
+
+
+@pytest.mark.slow
+def test_report_header_has_the_card_class_and_faithfulness(run):
+    root, data, model = run
+    invoke(
+        "report", "--model", model, "--data", data / "samples.jsonl",
+        "--attributions", root / "attr", "--out", root / "r.html",
+        "--evaluation", root / "eval.json", "--max-patients", 5,
+    )  # fmt: skip
+    tree = parse((root / "r.html").read_text(encoding="utf-8"))
+    _, card = load_model_dir(model)
+    items = {
+        d.attrs["data-item"]: "".join(d.text_parts)
+        for d in tree.root.find_all("div", "card")[0].children
+    }
+    assert items["model"] == f"Transformer {card['model_id']}"
+    assert items["test"].startswith(f"AUROC {card['test_metrics']['roc_auc']:.3f}")
+    assert items["explains"] == "class 0"  # explain ran with --target 0
+    header = tree.root.find_all("header")[0].child("p").text()
+    assert header == "5 of 60 explained patients shown · methods: rollout"
+    # the risk shown is the probability of the explained class, named as such
+    pills = [p.text() for p in next(iter(patient_sections(tree).values())).find_all("span", "pill")]
+    assert pills[0].startswith("predicted class 0, probability ")
+    table = tree.root.find_all("table", "faithfulness")[0]
+    rows = json.loads((root / "eval.json").read_text())["results"]
+    cells = [[td.text() for td in tr.find_all("td")] for tr in table.find_all("tr")[1:]]
+    assert [c[0] for c in cells] == ["rollout", "random"]
+    for row, got in zip(rows, cells, strict=True):
+        assert got[1].startswith(f"{row['comprehensiveness']:.3f} [")
+        assert got[2].startswith(f"{row['sufficiency']:.3f} [")
+        assert got[3] == str(row["n_scored"])
+
+
+@pytest.mark.slow
+def test_report_refuses_a_file_that_is_not_an_evaluation(run):
+    root, data, model = run
+    bad = root / "not_eval.json"
+    bad.write_text(json.dumps({"rows": []}))
+    result = invoke(
+        "report", "--model", model, "--data", data / "samples.jsonl",
+        "--attributions", root / "attr", "--out", root / "bad.html", "--evaluation", bad,
+        expect=1,
+    )  # fmt: skip
+    assert "not_eval.json: expected evaluation rows" in result.stderr
+    assert not (root / "bad.html").exists()
