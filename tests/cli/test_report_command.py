@@ -10,6 +10,7 @@ from click.testing import CliRunner
 
 from _html_tree import parse, patient_sections
 from ehrlens.cli.app import main
+from ehrlens.explain import read_attributions
 from ehrlens.models.directory import load_model_dir
 
 TINY_TRAIN = ["--epochs", "1", "--embedding-dim", "16", "--layers", "1", "--heads", "2", "-q"]
@@ -37,6 +38,10 @@ def run(tmp_path_factory):
     invoke(
         "explain", "--model", model, "--data", samples, "-m", "rollout",
         "--out", root / "attr", "--target", 0, "-q",
+    )  # fmt: skip
+    invoke(
+        "explain", "--model", model, "--data", data / "events.parquet",
+        "--labels", data / "labels.csv", "-m", "rollout", "--out", root / "from_events", "-q",
     )  # fmt: skip
     invoke(
         "evaluate", "--model", model, "--data", samples, "-m", "rollout,random",
@@ -89,3 +94,23 @@ def test_report_refuses_a_file_that_is_not_an_evaluation(run):
     )  # fmt: skip
     assert "not_eval.json: expected evaluation rows" in result.stderr
     assert not (root / "bad.html").exists()
+
+
+@pytest.mark.slow
+def test_visits_are_labelled_by_the_event_times_of_the_rows(run):
+    root, data, model = run
+    invoke(
+        "report", "--model", model, "--data", data / "events.parquet",
+        "--labels", data / "labels.csv", "--attributions", root / "from_events",
+        "--out", root / "timed.html", "--max-patients", 3,
+    )  # fmt: skip
+    frame = read_attributions(root / "from_events")
+    assert "event_time" in frame.columns
+    sections = patient_sections(parse((root / "timed.html").read_text(encoding="utf-8")))
+    assert len(sections) == 3
+    for pid, section in sections.items():
+        rows = frame[(frame["patient_id"] == pid) & frame["visit"].notna()]
+        first = rows.groupby("visit")["event_time"].min()
+        stamps = [t.strftime("%Y-%m-%d") if hasattr(t, "strftime") else f"t={t:g}" for t in first]
+        feature = section.find_all("div", "feature")[0]  # every visit of the patient
+        assert [v.text() for v in feature.find_all("div", "vlabel")] == stamps

@@ -263,12 +263,12 @@ def test_visit_dates_label_visits_when_the_table_has_times():
         + ["2020-01-01"] * 2,
         format="ISO8601",
     )
-    frame = _frame(ROWS, {"time": times})
+    frame = _frame(ROWS, {"event_time": times})  # the attribution table's column
     sections = patient_sections(parse(render_report(frame)))
     labels = [v.text() for v in sections["a"].find_all("div", "vlabel")]
     assert labels == ["2023-01-04", "2023-02-11"] * 2  # one timeline per method
     assert [v.text() for v in sections["b"].find_all("div", "vlabel")] == ["2024-05-01 08:30"] * 2
-    numeric = _frame(ROWS, {"time": [0.0, 3.5, 0.0, 3.5, 1.0, 1.0, 2.0, 2.0]})
+    numeric = _frame(ROWS, {"time": [0.0, 3.5, 0.0, 3.5, 1.0, 1.0, 2.0, 2.0]})  # also "time"
     sections = patient_sections(parse(render_report(numeric)))
     assert [v.text() for v in sections["a"].find_all("div", "vlabel")][:2] == ["t=0", "t=3.5"]
     plain = patient_sections(parse(render_report(FRAME)))

@@ -61,8 +61,8 @@ def render_report(
 
     Args:
         frame: long-format attributions (pandas DataFrame with the columns of
-            :data:`~ehrlens.explain.ATTRIBUTION_COLUMNS`), one or several methods. A ``time``
-            column (when the input had event times) dates the visits.
+            :data:`~ehrlens.explain.ATTRIBUTION_COLUMNS`), one or several methods. An
+            ``event_time`` column (when the input had event times) dates the visits.
         predictions: ``{patient_id: Prediction}`` shown in each patient's header.
         descriptions: ``{code: description}`` printed under codes and in the tables.
         top_k: codes listed per patient and method, and in the cohort table.

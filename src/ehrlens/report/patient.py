@@ -21,7 +21,7 @@ from typing import Any
 from .colours import ColourScale
 
 #: Columns of the attribution table that may date a visit, first match wins.
-TIME_COLUMNS = ("time", "visit_time", "event_time")
+TIME_COLUMNS = ("event_time", "time")
 
 
 @dataclass(frozen=True)
@@ -82,7 +82,8 @@ def prediction_pills(
 
 def visit_labels(rows: Any) -> dict[int, str]:
     """``{visit: label}`` for one patient's rows: the visit's earliest time when the table has
-    a time column (dates as ``YYYY-MM-DD``, numbers as ``t=3.5``), else ``v0``, ``v1``...
+    a time column (``event_time`` of the attribution table; dates as ``YYYY-MM-DD``, numbers
+    as ``t=3.5``), else ``v0``, ``v1``...
 
     Example:
         >>> visit_labels(frame[frame["patient_id"] == "P1"])
