@@ -255,6 +255,30 @@ def test_evaluate_writes_the_faithfulness_table_and_curves(pipeline):
 
 
 @pytest.mark.slow
+def test_evaluate_attnlrp_with_the_sanity_check(pipeline, tmp_path):
+    result = invoke(
+        "evaluate", "--model", pipeline["model"], "--data", pipeline["data"] / "samples.jsonl",
+        "-m", "attnlrp,random", "--split", "val", "--bootstrap", 20, "--batch-size", 8,
+        "--sanity", tmp_path / "sanity.csv", "--sanity-plot", tmp_path / "sanity.png", "-q",
+    )  # fmt: skip
+    assert "sanity: rank correlation" in result.stdout
+    frame = pd.read_csv(tmp_path / "sanity.csv")
+    assert set(frame["method"]) == {"attnlrp", "random"}
+    assert set(frame["check"]) == {"model_parameter_randomisation"}
+    steps = frame[frame["method"] == "random"]["step"].tolist()
+    assert steps[0] == "head" and len(steps) == len(set(steps))
+    # random scores ignore the weights; AttnLRP's are destroyed once everything is redrawn
+    assert float((frame[frame["method"] == "random"]["mean"] - 1.0).abs().max()) < 1e-9
+    assert float(frame[frame["method"] == "attnlrp"]["mean"].iloc[-1]) < 0.5
+    assert (tmp_path / "sanity.png").read_bytes()[:4] == b"\x89PNG"
+    refused = invoke(
+        "evaluate", "--model", pipeline["model"], "--data", pipeline["data"] / "samples.jsonl",
+        "-m", "random", "--sanity-plot", tmp_path / "other.png", "-q", expect=2,
+    )  # fmt: skip
+    assert "--sanity-plot needs --sanity" in refused.output
+
+
+@pytest.mark.slow
 def test_evaluate_csv_output(pipeline, tmp_path):
     invoke(
         "evaluate", "--model", pipeline["model"], "--data", pipeline["data"] / "samples.jsonl",

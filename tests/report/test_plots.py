@@ -22,6 +22,7 @@ from ehrlens.report.plots import (
     plot_faithfulness_curves,
     plot_layer_correlations,
     plot_patient_heatmap,
+    plot_sanity_checks,
 )
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -175,3 +176,27 @@ def test_layer_correlations_png(tmp_path):
     one = plot_layer_correlations({"chefer": correlations["chefer"]}, tmp_path / "one.png")
     width_one, _ = assert_real_png(one)
     assert width_two > width_one  # one panel per reference
+
+
+def test_sanity_plot_is_a_valid_png_and_refuses_mismatched_steps(tmp_path):
+    from ehrlens.metrics import MetricSummary, SanityResult
+    from ehrlens.metrics.sanity import SanityRow
+
+    def result(method, steps):
+        rows = [
+            SanityRow(
+                step, MetricSummary(0.5 - 0.1 * i, 0.4 - 0.1 * i, 0.6 - 0.1 * i, 8), np.ones(8)
+            )
+            for i, step in enumerate(steps)
+        ]
+        return SanityResult("model_parameter_randomisation", method, rows)
+
+    path = plot_sanity_checks(
+        [result("a", ["head", "*"]), result("b", ["head", "*"])], tmp_path / "s.png"
+    )
+    width, height = png_info(path)
+    assert width > 100 and height > 100
+    with pytest.raises(ValueError, match="steps differ"):
+        plot_sanity_checks([result("a", ["head"]), result("b", ["*"])], tmp_path / "t.png")
+    with pytest.raises(ValueError, match="at least one"):
+        plot_sanity_checks([], tmp_path / "u.png")

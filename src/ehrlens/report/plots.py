@@ -11,7 +11,7 @@ Example:
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -143,5 +143,40 @@ def plot_layer_correlations(correlations: Mapping[str, Any], path: str | os.Path
         ax.set_ylabel("mean Spearman correlation")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
+    figure.tight_layout()
+    return _save(figure, path)
+
+
+def plot_sanity_checks(results: Sequence[Any], path: str | os.PathLike) -> Path:
+    """Sanity checks as lines: the mean rank correlation with the trained model's explanation
+    after each randomisation step, with its bootstrap interval, one line per method
+    (:class:`~ehrlens.metrics.SanityResult` objects, steps in the order they were run).
+
+    Example:
+        >>> results = [ModelParameterRandomisation(m)(model, batch) for m in ("attnlrp", "rollout")]
+        >>> plot_sanity_checks(results, "sanity.png")
+    """
+    plt = _pyplot()
+    if not results:
+        raise ValueError("plot_sanity_checks needs at least one SanityResult")
+    steps = [row.step for row in results[0].rows]
+    figure, ax = plt.subplots(figsize=(max(6.0, 0.35 * len(steps) + 3), 4))
+    x = np.arange(len(steps))
+    for result in results:
+        if [row.step for row in result.rows] != steps:
+            raise ValueError(f"method {result.method!r}: its steps differ from the first result's")
+        means = np.array([row.summary.mean for row in result.rows], dtype=float)
+        low = np.array([row.summary.low for row in result.rows], dtype=float)
+        high = np.array([row.summary.high for row in result.rows], dtype=float)
+        ax.plot(x, means, marker="o", label=result.method)
+        ax.fill_between(x, low, high, alpha=0.15)
+    ax.axhline(0.0, color="grey", linewidth=0.8)
+    ax.set_xticks(x)
+    ax.set_xticklabels(steps, rotation=60, ha="right", fontsize=7)
+    ax.set_xlabel("randomised down to (cascading, output side first)")
+    ax.set_ylabel("rank correlation with the trained model")
+    ax.set_title(results[0].check.replace("_", " "))
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
     figure.tight_layout()
     return _save(figure, path)

@@ -62,6 +62,19 @@ from ..options import (
     default=None,
     help="Write faithfulness curves as PNG (extra ehrlens[plot]).",
 )
+@click.option(
+    "--sanity",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Also run the cascading model-parameter randomisation check (Adebayo et al.) on the "
+    "first --batch-size patients and write its table as JSON (.json) or CSV (.csv).",
+)
+@click.option(
+    "--sanity-plot",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Write the sanity check as PNG (needs --sanity; extra ehrlens[plot]).",
+)
 @click.option("--seed", default=0, show_default=True)
 @sha256_option
 @bucket_option
@@ -69,7 +82,7 @@ from ..options import (
 @overwrite_option
 @quiet_option
 @handle_errors
-@writes("out", "plot")
+@writes("out", "plot", "sanity", "sanity_plot")
 def evaluate(
     model_dir: Path,
     data: Path | MedsRoot,
@@ -81,6 +94,8 @@ def evaluate(
     bootstrap: int,
     out: Path | None,
     plot: Path | None,
+    sanity: Path | None,
+    sanity_plot: Path | None,
     seed: int,
     model_sha256: str | None,
     bucket: bool,
@@ -98,7 +113,9 @@ def evaluate(
     from ...metrics import Evaluator
 
     names = parse_methods(methods)
-    check_overwrite([p for p in (out, plot) if p is not None], overwrite)
+    if sanity_plot is not None and sanity is None:
+        raise click.UsageError("--sanity-plot needs --sanity (the table it draws)")
+    check_overwrite([p for p in (out, plot, sanity, sanity_plot) if p is not None], overwrite)
     torch.manual_seed(seed)
     limits = {"max_steps": max_steps, "max_codes_per_step": max_codes_per_step}
     model, _, dataset, _ = model_and_data(model_dir, data, labels, split, model_sha256, limits)
@@ -132,6 +149,59 @@ def evaluate(
 
         plot_faithfulness_curves(results, plot)
         click.echo(f"wrote {plot}")
+    if sanity is not None:
+        _sanity(model, dataset, names, seed, batch_size, bootstrap, sanity, sanity_plot)
+
+
+def _sanity(
+    model: Any,
+    dataset: Any,
+    names: list[str],
+    seed: int,
+    batch_size: int,
+    bootstrap: int,
+    table: Path,
+    plot: Path | None,
+) -> None:
+    """Cascading model-parameter randomisation of every method on one batch; table + plot."""
+    from ...core.files import atomic_write
+    from ...data import get_dataloader
+    from ...metrics import ModelParameterRandomisation
+
+    batch = next(iter(get_dataloader(dataset, batch_size)))
+    results = [
+        ModelParameterRandomisation(name, options, n_bootstrap=bootstrap, seed=seed)(model, batch)
+        for name, options in method_options(names, seed).items()
+    ]
+    rows = [record for result in results for record in result.to_records()]
+    click.echo(_sanity_table(results))
+    with atomic_write(table) as f:
+        if table.suffix.lower() == ".csv":
+            import csv
+
+            writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(rows)
+        else:
+            json.dump({"sanity": rows}, f, indent=2)
+    click.echo(f"wrote {table}")
+    if plot is not None:
+        from ...report.plots import plot_sanity_checks
+
+        plot_sanity_checks(results, plot)
+        click.echo(f"wrote {plot}")
+
+
+def _sanity_table(results: list[Any]) -> str:
+    """Each method's correlation after the first and after the last randomisation step."""
+    header = f"{'method':22s} {'after ' + 'first step':>26s} {'all randomised':>26s}"
+    lines = ["sanity: rank correlation with the trained model's explanation", header]
+    lines.append("-" * len(header))
+    for result in results:
+        first, last = result.rows[0].summary, result.rows[-1].summary
+        cells = [f"{s.mean:.3f} [{s.low:.3f}, {s.high:.3f}]" for s in (first, last)]
+        lines.append(f"{result.method:22s} {cells[0]:>26s} {cells[1]:>26s}")
+    return "\n".join(lines)
 
 
 def _evaluation_table(rows: list[dict[str, Any]]) -> str:
