@@ -24,7 +24,7 @@ from ehrlens.explain import (
 )
 from ehrlens.explain.shards import table_digest
 from ehrlens.explain.table import arrow_schema
-from ehrlens.interpret import AttentionRollout
+from ehrlens.interpret import AttentionRollout, score_levels
 from ehrlens.models import StageAttentionNet, Transformer
 
 METHODS = ["rollout", "chefer", "random"]
@@ -125,8 +125,11 @@ def test_scores_are_the_interpreters_scores(dataset, model):
     batch = dataset.collate([dataset[i] for i in range(BATCH)])
     with torch.inference_mode():
         scores = AttentionRollout(model).attribute(**batch)
+    levels = score_levels(AttentionRollout(model))
     direct = pd.DataFrame(
-        attribution_columns(scores, batch, model.schema, "rollout", model_fingerprint(model))
+        attribution_columns(
+            scores, batch, model.schema, "rollout", model_fingerprint(model), levels
+        )
     )
     head = frame[frame["patient_id"].isin(batch["patient_id"])].reset_index(drop=True)
     pd.testing.assert_frame_equal(

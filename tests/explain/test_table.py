@@ -71,7 +71,7 @@ def test_every_layout_gives_one_row_per_non_padding_unit(dataset):
     assert list(columns) == list(ATTRIBUTION_COLUMNS)
 
     def row(pid, feature, visit, position, code, score):
-        return (pid, feature, visit, position, code, float(score), "rollout", "abc123")
+        return (pid, feature, visit, position, code, float(score), "rollout", "abc123", None)
 
     expected = [
         # patient a: features in schema order, then positions
@@ -118,11 +118,29 @@ def test_unseen_codes_are_named_unk_and_absent_features_are_skipped(dataset):
     scores = {"seq": torch.tensor([[0.25, 0.5]]), "vis": torch.tensor([[[1.0, 2.0]]])}
     columns = attribution_columns(scores, batch, dataset.schema, "flow", "m")
     assert _rows(columns) == [
-        ("c", "seq", None, 0, "<unk>", 0.25, "flow", "m"),
-        ("c", "seq", None, 1, "x", 0.5, "flow", "m"),
-        ("c", "vis", 0, 0, "q", 1.0, "flow", "m"),
-        ("c", "vis", 0, 1, "<unk>", 2.0, "flow", "m"),
+        ("c", "seq", None, 0, "<unk>", 0.25, "flow", "m", None),
+        ("c", "seq", None, 1, "x", 0.5, "flow", "m", None),
+        ("c", "vis", 0, 0, "q", 1.0, "flow", "m", None),
+        ("c", "vis", 0, 1, "<unk>", 2.0, "flow", "m", None),
     ]
+
+
+def test_level_column_says_code_or_visit_per_feature(dataset):
+    batch = dataset.collate([dataset[0]])
+    s = _scores(batch)
+    levels = {"seq": "code", "vis": "visit", "stg": "visit"}
+    columns = attribution_columns(s, batch, dataset.schema, "rollout", "m", levels)
+    by_feature = {}
+    for feature, level in zip(columns["feature"], columns["level"], strict=True):
+        by_feature.setdefault(feature, set()).add(level)
+    assert by_feature == {
+        "seq": {"code"},
+        "vis": {"visit"},
+        "stg": {"visit"},
+        "flat": {None},  # not stated: null, never a guess
+        "labs": {None},
+        "demo": {None},
+    }
 
 
 def test_unknown_processor_is_a_type_error(dataset):
@@ -148,6 +166,7 @@ def test_arrow_schema_and_conversion(dataset):
         "double",
         "string",
         "string",
+        "string",
     ]
     batch = dataset.collate([dataset[0], dataset[1]])
     first = attribution_columns(_scores(batch), batch, dataset.schema, "rollout", "id")
@@ -169,6 +188,7 @@ def test_arrow_schema_and_conversion(dataset):
             "score": 0.0,
             "method": "rollout",
             "model_id": "id",
+            "level": None,
         }
     ]
     assert columns_to_arrow(concat_columns([])).num_rows == 0

@@ -76,7 +76,7 @@ def expected_chips(frame: pd.DataFrame, pid: str, descriptions=None) -> list[tup
 
 # ----------------------------------------------------------------------------- hand-built
 def _frame(rows) -> pd.DataFrame:
-    frame = pd.DataFrame(rows, columns=ATTRIBUTION_COLUMNS)
+    frame = pd.DataFrame(rows, columns=ATTRIBUTION_COLUMNS[: len(rows[0])])  # level optional
     frame["visit"] = frame["visit"].astype("float64")  # as Parquet gives it back: NaN for null
     return frame
 

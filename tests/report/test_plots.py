@@ -61,7 +61,7 @@ def assert_real_png(path, min_bytes=8_000):
 
 
 def _frame(rows, visit_dtype="float64"):
-    frame = pd.DataFrame(rows, columns=ATTRIBUTION_COLUMNS)
+    frame = pd.DataFrame(rows, columns=ATTRIBUTION_COLUMNS[: len(rows[0])])  # level optional
     if visit_dtype is not None:
         frame["visit"] = frame["visit"].astype(visit_dtype)
     return frame

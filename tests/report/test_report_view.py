@@ -14,7 +14,7 @@ from ehrlens.report import Prediction, read_evaluation, render_report
 
 
 def _frame(rows, extra=None) -> pd.DataFrame:
-    frame = pd.DataFrame(rows, columns=ATTRIBUTION_COLUMNS)
+    frame = pd.DataFrame(rows, columns=ATTRIBUTION_COLUMNS[: len(rows[0])])  # level optional
     frame["visit"] = frame["visit"].astype("float64")
     for name, values in (extra or {}).items():
         frame[name] = values

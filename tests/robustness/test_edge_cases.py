@@ -149,7 +149,8 @@ def test_all_unknown_codes_are_real_inputs(dataset, name, method):
     if method in ("rollout", "flow", "raw"):  # attention reaches every real position
         for key in CODE_KEYS:
             assert bool((scores[key][batch[key] != 0] > 0).all()), key
-    ranked = code_relevance(scores, batch, model.schema, sample=0)
+    per_code = dict.fromkeys(CODE_KEYS, "code")  # every score on its code, visits too
+    ranked = code_relevance(scores, batch, model.schema, sample=0, levels=per_code)
     assert {code for _, code in ranked} == {"<unk>"}
 
 

@@ -18,6 +18,7 @@ import torch
 from ..core.modes import eval_mode
 from ..data.dataset import SampleDataset, length_buckets, move_to_device
 from ..data.identity import identity_columns
+from ..interpret.levels import score_level
 from ..interpret.methods import BaseInterpreter
 from ..interpret.registry import make_interpreter
 from .table import concat_columns, method_columns
@@ -67,6 +68,9 @@ def explain_rows(
 
     Rows carry the identity columns of ``identity`` (default: those any item of ``dataset``
     has; see :mod:`ehrlens.data.identity`).
+
+    The ``level`` column says, per method and feature, whether a score is the unit's own or
+    its visit's (:func:`~ehrlens.interpret.score_level`).
     """
     indices = list(indices)
     if identity is None:
@@ -83,13 +87,19 @@ def explain_rows(
             batch = dataset.collate(items)
             batch = move_to_device(batch, getattr(model, "device", "cpu"))
             per_method = {}
+            levels = {
+                name: {k: score_level(i, k, batch.get(k)) for k in schema.feature_keys}
+                for name, i in interpreters.items()
+            }
             for name, interpreter in interpreters.items():
                 if type(interpreter).gradient_free:
                     with torch.inference_mode():
                         per_method[name] = interpreter.attribute(target, **batch)
                 else:
                     per_method[name] = interpreter.attribute(target, **batch)
-            blocks.append(method_columns(per_method, batch, schema, model_id, items, identity))
+            blocks.append(
+                method_columns(per_method, batch, schema, model_id, items, identity, levels)
+            )
             if bar_iter is not None:
                 next(bar_iter, None)
     if not bucket_by_length:

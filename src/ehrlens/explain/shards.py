@@ -90,6 +90,7 @@ def run_settings(
     kept in its manifest. ``extra`` adds engine-specific entries."""
     return {
         **extra,
+        "columns": list(ATTRIBUTION_COLUMNS),  # a folder of another table layout is another run
         "model_id": model_id,
         "data": data,
         "methods": method_settings(interpreters),

@@ -12,6 +12,10 @@ code           string     decoded code (``"<unk>"`` for codes unseen in training
 score          float64    the method's score for that unit
 method         string     method name, e.g. ``"rollout"``
 model_id       string     the model's fingerprint (:func:`model_fingerprint`)
+level          string     ``"code"``: the score is this unit's own; ``"visit"``: it is the
+                          score of the unit's visit (or step), the same on each of its
+                          units (an attention method on a model that pools visits); null
+                          when the caller did not say (:func:`~ehrlens.interpret.score_level`)
 =============  =========  ==============================================================
 
 When the input carries identity (:mod:`ehrlens.data.identity`), rows carry it too, after
@@ -50,6 +54,7 @@ ATTRIBUTION_COLUMNS = (
     "score",
     "method",
     "model_id",
+    "level",
 )
 
 
@@ -68,6 +73,7 @@ def arrow_schema(identity: Sequence[str] = ()):
         ("score", pa.float64()),
         ("method", pa.string()),
         ("model_id", pa.string()),
+        ("level", pa.string()),
     ]
     types = _identity_types()
     return pa.schema(fields + [(name, types[name]) for name in identity])
@@ -94,6 +100,7 @@ def attribution_columns(
     schema: FittedSchema,
     method: str,
     model_id: str,
+    levels: Mapping[str, str] | None = None,
 ) -> dict[str, list]:
     """Long-format columns for one batch explained by one method (see the module docstring).
 
@@ -103,6 +110,8 @@ def attribution_columns(
         schema: the model's fitted schema, to decode codes and know each feature's layout.
         method: name written in the ``method`` column.
         model_id: written in the ``model_id`` column.
+        levels: ``{feature: "code" | "visit"}`` written in the ``level`` column
+            (:func:`~ehrlens.interpret.score_levels` of the interpreter); null when absent.
 
     Returns:
         ``{column: list}`` for :data:`ATTRIBUTION_COLUMNS`; padding has no row.
@@ -112,7 +121,10 @@ def attribution_columns(
         >>> columns = attribution_columns(scores, batch, model.schema, "rollout", "3f2a9c01d4e5")
         >>> pd.DataFrame(columns)                                 # one row per real code
     """
-    return method_columns({method: attributions}, batch, schema, model_id)
+    per_method_levels = None if levels is None else {method: levels}
+    return method_columns(
+        {method: attributions}, batch, schema, model_id, levels=per_method_levels
+    )
 
 
 def method_columns(
@@ -122,6 +134,7 @@ def method_columns(
     model_id: str,
     items: Sequence[Mapping[str, Any]] | None = None,
     identity: Sequence[str] | None = None,
+    levels: Mapping[str, Mapping[str, str]] | None = None,
 ) -> dict[str, list]:
     """Long-format columns for one batch explained by several methods: rows in patient order,
     then method, then feature, then position.
@@ -137,6 +150,8 @@ def method_columns(
         items: the batch's dataset items, in batch order, for their identity columns.
         identity: the identity columns to write (default: those ``items`` carry); pass the
             whole run's so that every batch has the same columns.
+        levels: ``{method: {feature: "code" | "visit"}}`` for the ``level`` column; null
+            where absent.
 
     Example:
         >>> per_method = {"rollout": rollout(**batch), "chefer": chefer(**batch)}
@@ -167,6 +182,7 @@ def method_columns(
                 if key not in method_scores:
                     continue
                 feature_scores = method_scores[key][index]
+                level = ((levels or {}).get(method) or {}).get(key)
                 for visit, position, code, unit in units[key]:
                     for name in identity:
                         value = None if items is None else unit_identity(
@@ -181,6 +197,7 @@ def method_columns(
                     columns["score"].append(float(feature_scores[unit]))
                     columns["method"].append(method)
                     columns["model_id"].append(model_id)
+                    columns["level"].append(level)
     return columns
 
 

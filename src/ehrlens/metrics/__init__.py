@@ -3,7 +3,7 @@ sanity checks by randomisation."""
 
 from .evaluator import EvaluationResult, Evaluator, MetricSummary, bootstrap_interval
 from .faithfulness import DEFAULT_PERCENTAGES, FaithfulnessResult, RemovalFaithfulness
-from .recovery import RecoveryScores, signal_recovery
+from .recovery import RecoveryScores, signal_recovery, within_visit_signal_auroc
 from .removal import rank_units, remove_units, top_fraction_mask, unit_mask
 from .sanity import (
     DataRandomisation,
@@ -30,4 +30,5 @@ __all__ = [
     "signal_recovery",
     "top_fraction_mask",
     "unit_mask",
+    "within_visit_signal_auroc",
 ]

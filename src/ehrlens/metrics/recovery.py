@@ -2,7 +2,8 @@
 
 Scores are aggregated per ``(feature, code)`` of a patient (a code in several visits sums its
 scores, see :func:`ehrlens.interpret.code_relevance`) and compared with the planted codes the
-patient has, from :class:`ehrlens.data.SyntheticCohort` ground truth.
+patient has, from :class:`ehrlens.data.SyntheticCohort` ground truth. A visit-level score
+counts on each code of its visit: the codes of a visit tie (half a pair each in the AUROC).
 """
 
 from __future__ import annotations
@@ -76,7 +77,8 @@ def signal_recovery(
         if patient not in ground_truth:
             raise KeyError(f"patient {patient!r} has no ground truth")
         planted = {(f, c) for f, codes in ground_truth[patient].items() for c in codes}
-        totals = code_relevance(attributions, batch, schema, i)
+        per_code = dict.fromkeys(attributions, "code")  # planted codes are ranked as codes
+        totals = code_relevance(attributions, batch, schema, i, levels=per_code)
         ranked = sorted(totals.items(), key=lambda item: (-item[1], item[0]))
         codes = [code for code, _ in ranked]
         hits = sum(code in planted for code in codes[:k])
@@ -91,4 +93,56 @@ def signal_recovery(
                 n_planted=len(present),
             )
         )
+    return out
+
+
+def within_visit_signal_auroc(
+    attributions: Mapping[str, Tensor],
+    batch: Mapping[str, Any],
+    schema: FittedSchema,
+    ground_truth: Mapping[str, Mapping[str, list[str]]],
+) -> np.ndarray:
+    """Per patient: how well scores tell planted codes from the other codes of their visit.
+
+    For every visit of a code feature laid out as visits (``[batch, visits, codes]``) that
+    holds at least one planted code and one other code, the AUROC (ties count half) of the
+    scores separating the planted codes from the co-visit ones; a patient's value is the
+    mean over such visits (``nan`` when the patient has none). A visit-level score, the same
+    on every code of a visit, gives exactly 0.5.
+
+    Args:
+        attributions: ``{key: scores shaped like batch[key]}``.
+        batch: the explained batch (``patient_id`` keys the ground truth).
+        schema: the model's fitted schema, to decode code ids.
+        ground_truth: ``{patient_id: {feature: [planted codes]}}``.
+
+    Returns:
+        ``float64 [batch]``.
+
+    Example:
+        >>> scores = AttentionRollout(code_transformer).attribute(**batch)
+        >>> within_visit_signal_auroc(scores, batch, model.schema, cohort.ground_truth)
+        array([0.75, nan, 1.  , ...])
+    """
+    out = np.full(len(batch["patient_id"]), np.nan)
+    for i, patient in enumerate(batch["patient_id"]):
+        if patient not in ground_truth:
+            raise KeyError(f"patient {patient!r} has no ground truth")
+        per_visit = []
+        for key, scores in attributions.items():
+            processor = schema.input_processors.get(key)
+            values = batch[key]
+            if processor is None or not processor.holds_codes or values.dim() != 3:
+                continue
+            planted = set(ground_truth[patient].get(key, ()))
+            ids, own = values[i].cpu(), scores[i].detach().double().cpu()
+            real = processor.unit_mask(ids)
+            for v in range(ids.shape[0]):
+                codes = processor.decode(ids[v][real[v]].tolist())
+                labels = np.array([code in planted for code in codes], dtype=bool)
+                value = _auroc(own[v][real[v]].numpy(), labels)
+                if np.isfinite(value):
+                    per_visit.append(value)
+        if per_visit:
+            out[i] = float(np.mean(per_visit))
     return out
