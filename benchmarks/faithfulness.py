@@ -61,7 +61,12 @@ from ehrlens.interpret import (
     RawAttention,
 )
 from ehrlens.interpret.api import capabilities
-from ehrlens.metrics import EvaluationResult, Evaluator, bootstrap_interval
+from ehrlens.metrics import (
+    EvaluationResult,
+    Evaluator,
+    ModelParameterRandomisation,
+    bootstrap_interval,
+)
 from ehrlens.models import StageAttentionNet, Transformer
 
 MODELS = {
@@ -90,6 +95,11 @@ COLUMNS = (
     ("signal_auroc", "signal AUROC ↑"),
 )
 BASELINE = "RandomBaseline"
+#: Cascading randomisation steps of the sanity check, output side first (glob patterns).
+SANITY_LAYERS = {
+    "Transformer": ["head", "encoders.*.norm", "encoders.*.blocks.1", "encoders.*.blocks.0", "*"],
+    "StageAttentionNet": ["head", "norms.*", "blocks.*", "projections.*", "stagenets.*", "*"],
+}
 
 
 class Explainer:
@@ -278,6 +288,7 @@ def evaluate_model(name: str, args: argparse.Namespace) -> dict[str, Any]:
         finally:
             explainer.close()
         print(f"  {method_name}: {time.perf_counter() - start:.1f} s", flush=True)
+    sanity = sanity_checks(name, model, test, results, args) if args.sanity else {}
     baseline = results[BASELINE]
     predicted = predicted_classes(model, loader)
     methods = {}
@@ -290,9 +301,56 @@ def evaluate_model(name: str, args: argparse.Namespace) -> dict[str, Any]:
             methods[method_name]["minus_random"] = paired_difference(
                 result, baseline, args.n_bootstrap, args.seed
             )
+        if method_name in sanity:
+            methods[method_name]["sanity"] = sanity[method_name]
     record["n_predicted_positive"] = int(predicted.sum())
     record["n_predicted_negative"] = int(len(predicted) - predicted.sum())
     return {**record, "methods": methods}
+
+
+def sanity_checks(
+    name: str, model: Any, test: Any, results: dict[str, Any], args: argparse.Namespace
+) -> dict[str, list[dict[str, Any]]]:
+    """Cascading model-parameter randomisation of every evaluated method on the first
+    ``--sanity-patients`` test patients: rank correlation with the trained model's explanation
+    after each step (mean and bootstrap interval over patients)."""
+    batch = next(iter(get_dataloader(test, args.sanity_patients)))
+    out = {}
+    for method_name in results:
+        method_class, options = METHODS[method_name]
+        check = ModelParameterRandomisation(
+            method_class,
+            options(args.ig_steps),
+            layers=SANITY_LAYERS[name],
+            n_bootstrap=args.n_bootstrap,
+            seed=args.seed,
+        )
+        start = time.perf_counter()
+        context = torch.inference_mode() if method_class.gradient_free else nullcontext()
+        with context:
+            result = check(model, batch)
+        out[method_name] = result.to_records()
+        print(f"  sanity {method_name}: {time.perf_counter() - start:.1f} s", flush=True)
+    return out
+
+
+def sanity_table(name: str, report: dict[str, Any]) -> str:
+    """Rank correlation after each cascading randomisation step; * = interval below 0.5."""
+    methods = {m: r["sanity"] for m, r in report["methods"].items() if "sanity" in r}
+    if not methods:
+        return ""
+    steps = [row["step"] for row in next(iter(methods.values()))]
+    lines = [
+        f"{name}: cascading randomisation, rank correlation with the trained model's "
+        "explanation (mean [95% CI] over patients; randomised down to the step named)",
+        "",
+        "| method | " + " | ".join(f"`{s}`" for s in steps) + " |",
+        "|---|" + "---|" * len(steps),
+    ]
+    for method_name, rows in methods.items():
+        cells = [_interval(row) for row in rows]
+        lines.append(f"| {method_name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
 def _interval(summary: dict[str, float]) -> str:
@@ -410,6 +468,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="StageAttentionNet attention blocks (default: the model's, 1)",
     )
     parser.add_argument(
+        "--sanity",
+        action="store_true",
+        help="also run the cascading model-parameter randomisation check for each method",
+    )
+    parser.add_argument(
+        "--sanity-patients",
+        type=int,
+        default=64,
+        help="test patients of the sanity check (one batch)",
+    )
+    parser.add_argument(
         "--threads", type=int, default=None, help="torch intra-op threads (default: torch's)"
     )
     parser.add_argument("--out", type=Path, default=Path("benchmarks/out/faithfulness.json"))
@@ -444,6 +513,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(difference_table(name, report))
         print()
         print(class_table(name, report))
+        if args.sanity:
+            print()
+            print(sanity_table(name, report))
     meta = {
         "ehrlens": ehrlens.__version__,
         "torch": torch.__version__,
@@ -467,6 +539,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         "percentages": [1, 5, 10, 20, 50],
         "target": args.target,
         "methods": args.methods or list(METHODS),
+        "sanity": args.sanity,
+        "sanity_patients": args.sanity_patients,
+        "sanity_layers": SANITY_LAYERS,
         "stagenet_readout": args.stagenet_readout,
         "stagenet_attention_layers": args.stagenet_attention_layers,
         "forward_only_under_inference_mode": [

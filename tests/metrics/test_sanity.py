@@ -99,3 +99,24 @@ def test_data_randomisation_against_itself_and_another_model(case):
     b = explanation_vectors(InputXGradient(other).attribute(**batch), batch, model)
     expected = [spearmanr(x, y).statistic for x, y in zip(a, b, strict=True)]
     assert np.allclose(different.rows[0].per_sample, expected, atol=1e-6, equal_nan=True)
+
+
+def test_layer_patterns_match_modules_and_everything_inside_them(case):
+    import copy
+
+    from ehrlens.metrics.sanity import randomise_parameters
+
+    _, model, _ = case
+    generator = torch.Generator().manual_seed(0)
+    copied = copy.deepcopy(model)
+    n_block = sum(1 for n, _ in model.named_parameters() if ".blocks.1." in n)
+    assert randomise_parameters(copied, "encoders.*.blocks.1", generator) == n_block
+    assert randomise_parameters(copied, "head", generator) == 2  # weight and bias
+    changed = {
+        n
+        for n, p in copied.named_parameters()
+        if not torch.equal(p, dict(model.named_parameters())[n])
+    }
+    assert changed == {
+        n for n, _ in model.named_parameters() if ".blocks.1." in n or n.startswith("head.")
+    }

@@ -118,7 +118,7 @@ def _matches(parameter: str, pattern: str) -> bool:
     return (
         fnmatch.fnmatchcase(module, pattern)
         or fnmatch.fnmatchcase(parameter, pattern)
-        or module.startswith(pattern + ".")
+        or fnmatch.fnmatchcase(module, pattern + ".*")  # a module and everything inside it
     )
 
 
