@@ -48,8 +48,8 @@ import numpy as np
 import torch
 
 import ehrlens
-from ehrlens.app.workflow import train_on_cohort
-from ehrlens.data import get_dataloader
+from ehrlens.app.workflow import fit_on_splits, train_on_cohort
+from ehrlens.data import create_sample_dataset, get_dataloader
 from ehrlens.interpret import (
     AttentionFlow,
     AttentionRollout,
@@ -62,6 +62,7 @@ from ehrlens.interpret import (
 )
 from ehrlens.interpret.api import capabilities
 from ehrlens.metrics import (
+    DataRandomisation,
     EvaluationResult,
     Evaluator,
     ModelParameterRandomisation,
@@ -289,6 +290,10 @@ def evaluate_model(name: str, args: argparse.Namespace) -> dict[str, Any]:
             explainer.close()
         print(f"  {method_name}: {time.perf_counter() - start:.1f} s", flush=True)
     sanity = sanity_checks(name, model, test, results, args) if args.sanity else {}
+    if args.data_randomisation:
+        shuffled = data_randomisation(name, model, cohort, test, results, args)
+        for method_name, records in shuffled.items():
+            sanity.setdefault(method_name, []).extend(records)
     baseline = results[BASELINE]
     predicted = predicted_classes(model, loader)
     methods = {}
@@ -334,6 +339,35 @@ def sanity_checks(
     return out
 
 
+def data_randomisation(
+    name: str, model: Any, cohort: Any, test: Any, results: dict[str, Any], args: argparse.Namespace
+) -> dict[str, list[dict[str, Any]]]:
+    """Train the same architecture on the cohort with its labels shuffled (seeded), then
+    rank-correlate each method's explanations of both models on the first
+    ``--sanity-patients`` test patients (:class:`DataRandomisation`)."""
+    rng = np.random.default_rng(args.seed)
+    labels = [s["label"] for s in cohort.samples]
+    order = rng.permutation(len(labels))
+    samples = [{**s, "label": labels[j]} for s, j in zip(cohort.samples, order, strict=True)]
+    dataset = create_sample_dataset(samples, schema=model.schema)
+    start = time.perf_counter()
+    fit = fit_on_splits(
+        dataset, type(model), dict(model.hparams), epochs=args.epochs, lr=args.lr, seed=args.seed
+    )
+    print(f"  shuffled-label {name} trained in {time.perf_counter() - start:.0f} s", flush=True)
+    batch = next(iter(get_dataloader(test, args.sanity_patients)))
+    out = {}
+    for method_name in results:
+        method_class, options = METHODS[method_name]
+        check = DataRandomisation(
+            method_class, options(args.ig_steps), n_bootstrap=args.n_bootstrap, seed=args.seed
+        )
+        context = torch.inference_mode() if method_class.gradient_free else nullcontext()
+        with context:
+            out[method_name] = check(model, fit.model.eval(), batch).to_records()
+    return out
+
+
 def sanity_table(name: str, report: dict[str, Any]) -> str:
     """Rank correlation after each cascading randomisation step; * = interval below 0.5."""
     methods = {m: r["sanity"] for m, r in report["methods"].items() if "sanity" in r}
@@ -341,8 +375,9 @@ def sanity_table(name: str, report: dict[str, Any]) -> str:
         return ""
     steps = [row["step"] for row in next(iter(methods.values()))]
     lines = [
-        f"{name}: cascading randomisation, rank correlation with the trained model's "
-        "explanation (mean [95% CI] over patients; randomised down to the step named)",
+        f"{name}: sanity checks, rank correlation with the trained model's explanation "
+        "(mean [95% CI] over patients; cascading randomisation down to the step named; "
+        "`random_labels`: a model trained on shuffled labels)",
         "",
         "| method | " + " | ".join(f"`{s}`" for s in steps) + " |",
         "|---|" + "---|" * len(steps),
@@ -473,6 +508,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="also run the cascading model-parameter randomisation check for each method",
     )
     parser.add_argument(
+        "--data-randomisation",
+        action="store_true",
+        help="also train on shuffled labels and compare each method's explanations",
+    )
+    parser.add_argument(
         "--sanity-patients",
         type=int,
         default=64,
@@ -513,7 +553,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(difference_table(name, report))
         print()
         print(class_table(name, report))
-        if args.sanity:
+        if args.sanity or args.data_randomisation:
             print()
             print(sanity_table(name, report))
     meta = {
@@ -541,6 +581,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "methods": args.methods or list(METHODS),
         "sanity": args.sanity,
         "sanity_patients": args.sanity_patients,
+        "data_randomisation": args.data_randomisation,
         "sanity_layers": SANITY_LAYERS,
         "stagenet_readout": args.stagenet_readout,
         "stagenet_attention_layers": args.stagenet_attention_layers,
