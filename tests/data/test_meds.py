@@ -89,7 +89,7 @@ def test_hand_built_dataset_gives_exactly_the_expected_samples(hand_built):
             "static": [["SEX//F", "HEIGHT"], []],
             "labs": ([0.0], [[80.0, 37.0]]),
             "label": 0,
-            "steps": {
+            "step_identity": {
                 "dx": {"event_time": [None, f]},
                 "static": {"event_time": [None, f]},
                 "labs": {"event_time": [f]},
@@ -103,7 +103,7 @@ def test_hand_built_dataset_gives_exactly_the_expected_samples(hand_built):
             "static": [["SEX//F", "HEIGHT"], [], []],
             "labs": ([0.0, 25.5 / 24], [[80.0, 37.0], [95.0, 37.0]]),  # TEMP carried forward
             "label": 1,
-            "steps": {
+            "step_identity": {
                 "dx": {"event_time": [None, f, e]},
                 "static": {"event_time": [None, f, e]},
                 "labs": {"event_time": [f, e]},
@@ -117,7 +117,7 @@ def test_hand_built_dataset_gives_exactly_the_expected_samples(hand_built):
             "static": [["SEX//M"], []],
             "labs": ([0.0], [[120.0, 0.0]]),  # no TEMP yet: 0.0
             "label": 0,
-            "steps": {
+            "step_identity": {
                 "dx": {"event_time": [None, m]},
                 "static": {"event_time": [None, m]},
                 "labs": {"event_time": [m]},
@@ -131,7 +131,7 @@ def test_hand_built_dataset_gives_exactly_the_expected_samples(hand_built):
             "static": [["SEX//M"], [], []],
             "labs": ([0.0], [[120.0, 0.0]]),
             "label": 1,
-            "steps": {
+            "step_identity": {
                 "dx": {"event_time": [None, m, n]},
                 "static": {"event_time": [None, m, n]},
                 "labs": {"event_time": [m]},
@@ -164,7 +164,7 @@ def test_default_features_are_the_vocabulary_prefixes_and_no_event_after_predict
     assert data.samples[1]["LAB"] == [[], ["LAB//HR", "LAB//TEMP"], ["LAB//HR"]]
     for sample in data.samples:  # the LEAK feature exists, and holds nothing
         assert sample["LEAK"] == [[] for _ in sample["LEAK"]]
-        for steps in sample["steps"].values():
+        for steps in sample["step_identity"].values():
             assert all(s is None or s <= sample["prediction_time"] for s in steps["event_time"])
     dataset = create_sample_dataset(data.samples, data.input_schema, data.output_schema)
     assert "LEAK//AFTER" not in dataset.input_processors["LEAK"].vocabulary.code_to_id
@@ -186,7 +186,7 @@ def test_leakage_property_on_a_generated_dataset(tmp_path):
         allowed = events[events["time"].isna() | (events["time"] <= sample["prediction_time"])]
         held = sum(len(codes) for key in data.input_schema for codes in sample[key])
         assert held == len(allowed)
-        for steps in sample["steps"].values():
+        for steps in sample["step_identity"].values():
             assert all(s is None or s <= sample["prediction_time"] for s in steps["event_time"])
     assert data.options.features == {"dynamic": ["dynamic"], "static": ["static"]}
 
@@ -197,7 +197,7 @@ def test_time_buckets_merge_the_events_of_one_interval(hand_built):
     # 2020-01-01 and 2020-01-02 share a 2-day bucket (from the epoch): one step after the
     # static one
     assert data.samples[1]["dx"] == [[], ["ICD10CM//I10", "ICD10CM//E11"]]
-    assert data.samples[1]["steps"]["dx"]["event_time"] == [None, t("2020-01-01T08:00")]
+    assert data.samples[1]["step_identity"]["dx"]["event_time"] == [None, t("2020-01-01T08:00")]
 
 
 def test_label_kinds_set_the_output_schema(hand_built, tmp_path):

@@ -39,16 +39,18 @@ def test_event_table_steps_keep_their_visit_id_and_time():
     samples = from_events(_events(), SCHEMA, labels=None, identity=True)
     a, b = samples
     jan1, jan3 = datetime(2020, 1, 1), datetime(2020, 1, 3, 12)
-    assert a["steps"] == {
+    assert a["step_identity"] == {
         "dx": {"visit_id": ["v1", "v2"], "event_time": [jan1, jan3]},
         # a code of a sequence: its visit's id, and the visit's time
         "meds": {"visit_id": ["v1"], "event_time": [datetime(2020, 1, 1)]},
     }  # fmt: skip
-    assert b["steps"] == {  # no visit_id: visits are the distinct times
+    assert b["step_identity"] == {  # no visit_id: visits are the distinct times
         "dx": {"visit_id": [None, None], "event_time": [datetime(2021, 5, d) for d in (1, 2)]},
         "meds": {"visit_id": [None], "event_time": [datetime(2021, 5, 2)]},
     }  # fmt: skip
-    assert "steps" not in from_events(_events(), SCHEMA)[0]  # the default keeps samples as before
+    assert (
+        "step_identity" not in from_events(_events(), SCHEMA)[0]
+    )  # the default keeps samples as before
 
 
 def test_rows_carry_each_units_visit_id_and_event_time():
@@ -95,16 +97,17 @@ def test_numeric_times_stay_numbers(tmp_path):
 def test_item_identity_follows_truncation_and_refuses_short_lists():
     sample = {
         "patient_id": "p", "subject_id": 7, "prediction_time": datetime(2020, 1, 9),
-        "steps": {"dx": {"event_time": [datetime(2020, 1, d) for d in (1, 2, 3)]}},
+        "step_identity": {"dx": {"event_time": [datetime(2020, 1, d) for d in (1, 2, 3)]}},
     }  # fmt: skip
     kept = item_identity(sample, {"dx": torch.zeros(2, 1)}, "sample 0")  # the last 2 kept
-    assert kept["steps"]["dx"]["event_time"] == [datetime(2020, 1, 2), datetime(2020, 1, 3)]
+    assert kept["step_identity"]["dx"]["event_time"] == [datetime(2020, 1, 2), datetime(2020, 1, 3)]
     assert kept["identity"] == {"subject_id": 7, "prediction_time": datetime(2020, 1, 9)}
     assert unit_identity(kept, "dx", 1, 0, "event_time") == datetime(2020, 1, 3)
     assert unit_identity(kept, "dx", None, 0, "event_time") == datetime(2020, 1, 2)
     assert unit_identity(kept, "other", 0, 0, "event_time") is None
     with pytest.raises(
         ValueError,
-        match=r"sample 0, feature 'dx': 'steps' lists 3 event_time value\(s\) for 4 step\(s\)",
+        match=r"sample 0, feature 'dx': 'step_identity' lists 3 event_time value\(s\) "
+        r"for 4 step\(s\)",
     ):
         item_identity(sample, {"dx": torch.zeros(4, 1)}, "sample 0")

@@ -12,6 +12,7 @@ from .dataset import (
     move_to_device,
     split_by_patient,
 )
+from .meds import MedsData, MedsOptions, from_meds
 from .processors import PAD_ID, UNK_ID, FeatureProcessor, register_processor
 from .synthetic import SyntheticCohort, generate_cohort
 
@@ -23,9 +24,12 @@ __all__ = [
     "FeatureProcessor",
     "FittedSchema",
     "LengthBucketSampler",
+    "MedsData",
+    "MedsOptions",
     "SampleDataset",
     "SyntheticCohort",
     "create_sample_dataset",
+    "from_meds",
     "generate_cohort",
     "get_dataloader",
     "length_buckets",

@@ -241,7 +241,7 @@ def from_events(
             column order, e.g. ``{"labs": ["glucose", "sodium"]}``; by default the names seen
             in the table, sorted (numeric names by value: ``"2"`` before ``"10"``).
         on_bad_rows: ``"error"`` or ``"skip"`` (drop them, with a warning that counts them).
-        identity: also give each sample ``"steps"``: per feature, each step's ``visit_id``
+        identity: also give each sample ``"step_identity"``: per feature, each step's ``visit_id``
             (None where the table has none) and event time (a ``datetime`` for dates, the
             number as given otherwise), which attribution rows then carry (see
             :func:`build_samples`).
@@ -385,10 +385,9 @@ def build_samples(
 
     Returns:
         One sample per patient, in order of the patient's first row; with ``identity`` each
-        carries
-        ``sample["steps"][feature] = {"visit_id": [...], "event_time": [...]}``, one entry per
-        step of the feature's value, for features whose processor has steps
-        (:meth:`~ehrlens.data.processors.FeatureProcessor.event_steps`).
+        carries ``sample["step_identity"][feature] = {"visit_id": [...], "event_time":
+        [...]}``, one entry per step of the feature's value, for features whose processor has
+        steps (:meth:`~ehrlens.data.processors.FeatureProcessor.event_steps`).
 
     Example:
         >>> samples = build_samples(frame, {"dx": NestedSequenceProcessor()}, dated=True)
@@ -397,7 +396,7 @@ def build_samples(
     kinds = {key: processor.event_kind for key, processor in processors.items()}
     frame = frame.sort_values(["time", "row"], kind="stable")
     measurement_names = _measurement_names(frame, kinds, columns)
-    code_features = [k for k, kind in kinds.items() if kind == "codes"]
+    code_features = {k for k, kind in kinds.items() if kind == "codes"}
     samples = []
     order = pd.unique(frame.sort_values("row")["patient_id"])
     groups = dict(tuple(frame.groupby("patient_id", sort=False)))
@@ -405,16 +404,22 @@ def build_samples(
         rows = groups[pid]
         sample: dict[str, Any] = {"patient_id": pid}
         start = rows["time"].min() if dated else 0.0
-        coded = rows[rows["feature"].isin(code_features)]
-        visit_order = list(pd.unique(coded.sort_values(["time", "row"])["visit"]))
-        visit_time = coded.groupby("visit", sort=False)["time"].min()
+        # rows are in (time, row) order: a visit's first code row is its earliest
+        visit_time: dict[Any, float] = {}
+        for feature, visit, time in zip(
+            rows["feature"].tolist(), rows["visit"].tolist(), rows["time"].tolist(), strict=True
+        ):
+            if feature in code_features and visit not in visit_time:
+                visit_time[visit] = time
+        visit_order = list(visit_time)
         identity_of = _step_identity(rows) if identity else None
+        by_feature = dict(tuple(rows.groupby("feature", sort=False)))
         steps: dict[str, dict[str, list]] = {}
         for key, processor in processors.items():
             events = EventRows(
                 key=key,
                 patient_id=pid,
-                rows=rows[rows["feature"] == key],
+                rows=by_feature.get(key, rows.iloc[0:0]),
                 visits=visit_order,
                 visit_times=visit_time,
                 start=start,
@@ -425,7 +430,7 @@ def build_samples(
             if identity_of is not None and keyed is not None:
                 steps[key] = identity_of(keyed)
         if steps:
-            sample["steps"] = steps
+            sample["step_identity"] = steps
         if labels is not None:
             if pid not in labels:
                 raise ValueError(f"patient '{pid}': no label '{label_key}' in the labels table")
@@ -437,13 +442,21 @@ def build_samples(
 def _step_identity(rows: Any) -> Any:
     """A function: ``[(visit key, time)]`` -> ``{"visit_id": [...], "event_time": [...]}``.
 
-    A step of a visit gets the visit's source id and its earliest original time; a step
-    without a visit gets the original time of its events."""
-    first = rows.sort_values(["time", "row"], kind="stable")
-    by_visit = first.groupby("visit", sort=False).first()
-    visit_ids = by_visit["visit_id"].to_dict()
-    visit_stamps = first.groupby("visit", sort=False)["stamp"].first().to_dict()
-    time_stamps = dict(zip(first["time"].tolist(), first["stamp"].tolist(), strict=True))
+    ``rows`` are one patient's rows in time order. A step of a visit gets the visit's source
+    id and its earliest original time; a step without a visit gets the earliest original
+    time of its events."""
+    visit_ids: dict[Any, Any] = {}
+    visit_stamps: dict[Any, Any] = {}
+    time_stamps: dict[float, Any] = {}
+    columns = (rows["visit"].tolist(), rows["visit_id"].tolist(), rows["stamp"].tolist())
+    for visit, time, given, stamp in zip(
+        columns[0], rows["time"].tolist(), columns[1], columns[2], strict=True
+    ):
+        if visit_ids.get(visit) is None and not _is_null(given):
+            visit_ids[visit] = given
+        if not _is_null(stamp):
+            visit_stamps.setdefault(visit, stamp)
+            time_stamps.setdefault(time, stamp)
 
     def identity(keyed: list[tuple[Any, float]]) -> dict[str, list]:
         ids, stamps = [], []

@@ -4,7 +4,7 @@ A sample may carry, besides ``patient_id``:
 
 - sample identity (:data:`SAMPLE_IDENTITY`): ``subject_id`` and ``prediction_time``, e.g. one
   MEDS sample per (subject, prediction time);
-- step identity (:data:`STEP_IDENTITY`) under ``sample["steps"]``:
+- step identity (:data:`STEP_IDENTITY`) under ``sample["step_identity"]``:
   ``{feature: {"visit_id": [...], "event_time": [...]}}``, one entry per step of the
   feature's value (a code of a ``"sequence"``, a visit, a time step), as the event readers
   build it.
@@ -16,7 +16,7 @@ for its row of the attribution table.
 Example:
     >>> sample = {"patient_id": "7@2010-05-11T18:00:00", "subject_id": 7,
     ...           "prediction_time": datetime(2010, 5, 11, 18), "dx": [["I10"], ["E11"]],
-    ...           "steps": {"dx": {"visit_id": [None, None],
+    ...           "step_identity": {"dx": {"visit_id": [None, None],
     ...                            "event_time": [datetime(2010, 5, 1), datetime(2010, 5, 9)]}}}
     >>> item_identity(sample, {"dx": torch.tensor([[2], [3]])}, "sample 0")["identity"]
     {'subject_id': 7, 'prediction_time': datetime.datetime(2010, 5, 11, 18, 0)}
@@ -31,12 +31,12 @@ from torch import Tensor
 
 #: Sample-level identity keys a sample may carry, in column order.
 SAMPLE_IDENTITY = ("subject_id", "prediction_time")
-#: Step-level identity under ``sample["steps"][feature]``, in column order.
+#: Step-level identity under ``sample["step_identity"][feature]``, in column order.
 STEP_IDENTITY = ("visit_id", "event_time")
 #: Every identity column an attribution row may carry, in order.
 IDENTITY_COLUMNS = SAMPLE_IDENTITY + STEP_IDENTITY
 #: The sample key holding step identity.
-STEPS_KEY = "steps"
+STEPS_KEY = "step_identity"
 
 
 def _n_steps(value: Any) -> int | None:
@@ -51,7 +51,7 @@ def _n_steps(value: Any) -> int | None:
 def item_identity(
     sample: Mapping[str, Any], processed: Mapping[str, Any], where: str
 ) -> dict[str, Any]:
-    """``{"identity": ..., "steps": ...}`` to keep with a processed item (keys only for what
+    """``{"identity": ..., "step_identity": ...}`` to keep with a processed item (keys only for what
     the sample has).
 
     Step lists are cut to the processed value's steps, keeping the last ones (as

@@ -28,6 +28,7 @@ How samples are built (:func:`from_meds`):
   their own. Code features are ``"nested_sequence"`` (or ``"stagenet"`` with times).
 - Features named in ``numeric`` are ``"timeseries"`` of the ``numeric_value`` of their
   codes (one column per code); their rows without a value are left out, with a count.
+- ``text_value`` and extension columns are not used.
 - Splits come from ``metadata/subject_splits.parquet`` (``train`` / ``tuning`` /
   ``held_out`` -> train / val / test), by subject.
 
@@ -579,7 +580,7 @@ def from_meds(
         subject, when = identity[sample["patient_id"]]
         sample["subject_id"] = int(subject)
         sample["prediction_time"] = when.to_pydatetime()
-        for steps in sample.get("steps", {}).values():
+        for steps in sample.get("step_identity", {}).values():
             steps.pop("visit_id", None)  # MEDS steps are times, not visits
     if not samples:
         raise ValueError(f"{root}: no sample has an event at or before its prediction time")
