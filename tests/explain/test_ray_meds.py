@@ -91,3 +91,37 @@ def test_ray_selection_and_a_model_without_a_mapping(meds_model, ray_runtime):
     assert sorted(set(result.to_frame()["patient_id"])) == sorted(chosen)
     with pytest.raises(ValueError, match="not trained on MEDS data"):
         explain_meds_ray(tmp / "plain", root, labels, ["rollout"], out_dir=tmp / "x")
+
+
+def test_command_line_ray_on_meds_reads_no_samples_on_the_driver(
+    meds_model, ray_runtime, monkeypatch
+):
+    from click.testing import CliRunner
+
+    from ehrlens.cli import loading
+    from ehrlens.cli.app import main
+
+    tmp, root, labels, _ = meds_model
+    data = ["--data", f"meds:{root}", "--labels", str(labels)]
+
+    def run(*args):
+        result = CliRunner().invoke(main, [str(a) for a in args])
+        assert result.exit_code == 0, (result.stdout, result.stderr, repr(result.exception))
+        return result
+
+    model = tmp / "cli-model"
+    run("train", *data, "--out", model, "--epochs", "1", "--embedding-dim", "8", "--heads", "2",
+        "--layers", "1", "-q")  # fmt: skip
+    common = ["--model", model, *data, "--split", "test", "--batch-size", BATCH, "-q"]
+    run("explain", *common, "--no-bucket", "--out", tmp / "cli-local")
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the driver built samples")
+
+    monkeypatch.setattr(loading, "model_and_data", refuse)
+    import ehrlens.cli.commands.explain as command
+
+    monkeypatch.setattr(command, "model_and_data", refuse)
+    out = run("explain", *common, "--engine", "ray", "--workers", 2, "--out", tmp / "cli-ray")
+    assert "4 patients x 1 method(s)" in out.stdout  # the held-out subject's 4 samples
+    _same_rows(pd.read_parquet(tmp / "cli-ray"), pd.read_parquet(tmp / "cli-local"))

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
-from typing import cast
+from typing import Any
 
 import click
 
@@ -95,20 +96,20 @@ def explain(
     torch.manual_seed(seed)
     names = parse_methods(methods)
     limits = {"max_steps": max_steps, "max_codes_per_step": max_codes_per_step}
+    options = method_options(names, seed)
+    if engine == "ray" and isinstance(data, MedsRoot):
+        # each worker reads its own data shard: nothing is turned into samples here
+        result = _explain_meds_ray(
+            model_dir, data, labels, options, out, split, batch_size, target, address,
+            workers, quiet, model_sha256,
+        )  # fmt: skip
+        n_patients = len(set(result.to_arrow().column("patient_id").to_pylist()))
+        _summary(n_patients, names, result, out)
+        return
     model, card, dataset, samples = model_and_data(
         model_dir, data, labels, split, model_sha256, limits
     )
-    options = method_options(names, seed)
-    if engine == "ray" and isinstance(data, MedsRoot):
-        from ...explain.ray_engine import explain_meds_ray
-
-        result = explain_meds_ray(
-            model_dir, data.root, cast(Path, labels), options, out_dir=out,
-            batch_size=batch_size, target_class_idx=target, address=address,
-            num_workers=workers, progress=not quiet, model_sha256=model_sha256,
-            patient_ids=None if split == "all" else dataset.patient_ids,
-        )  # fmt: skip
-    elif engine == "ray":
+    if engine == "ray":
         from ...explain.ray_engine import explain_cohort_ray
 
         # JSON Lines are read by Ray Data itself; other inputs go as the parsed samples
@@ -125,8 +126,52 @@ def explain(
             out_dir=out, shard_size=shard_size, model_id=card.get("model_id"),
             progress=not quiet, bucket_by_length=bucket,
         )  # fmt: skip
+    _summary(len(dataset), names, result, out)
+
+
+def _summary(n_patients: int, names: list[str], result: Any, out: Path) -> None:
     click.echo(
-        f"{len(dataset)} patients x {len(names)} method(s): {result.num_rows} rows in "
+        f"{n_patients} patients x {len(names)} method(s): {result.num_rows} rows in "
         f"{len(result.shards)} shard(s) under {out} "
         f"({len(result.computed)} computed, {len(result.reused)} already complete)"
     )
+
+
+def _explain_meds_ray(
+    model_dir: Path,
+    data: MedsRoot,
+    labels: Path | None,
+    options: dict[str, Any],
+    out: Path,
+    split: str,
+    batch_size: int,
+    target: int | None,
+    address: str | None,
+    workers: int | None,
+    quiet: bool,
+    model_sha256: str | None,
+) -> Any:
+    """``explain --engine ray --data meds:ROOT``: the split's samples by the ids the card
+    records, each data shard read and explained on a worker."""
+    from ...app.splits import recorded_patients
+    from ...explain.ray_engine import explain_meds_ray
+    from ...models.directory import CARD
+
+    if labels is None:
+        raise click.UsageError("--data meds:ROOT needs --labels (MEDS task labels)")
+    chosen = None
+    if split != "all":
+        card_path = model_dir / CARD
+        card = json.loads(card_path.read_text()) if card_path.exists() else {}
+        recorded = recorded_patients(card)
+        if split == "new" or recorded is None:
+            raise click.UsageError(
+                f"--split {split} with --engine ray on MEDS data needs the split's ids in the "
+                "model's card (train, val or test); use --engine local for 'new'"
+            )
+        chosen = recorded[split]
+    return explain_meds_ray(
+        model_dir, data.root, labels, options, out_dir=out, batch_size=batch_size,
+        target_class_idx=target, address=address, num_workers=workers, progress=not quiet,
+        model_sha256=model_sha256, patient_ids=chosen,
+    )  # fmt: skip
