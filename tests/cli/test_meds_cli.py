@@ -135,7 +135,9 @@ def test_hand_built_dataset_gives_the_expected_rows(tmp_path):
     assert "DX//AFTER" not in set(frame["code"])  # after every prediction time
     assert len(frame) == 12 * 2 + 6  # A and SEX for each, RISK for the odd ones
     invoke("report", "--model", model, *data, "--attributions", attr, "--out", tmp_path / "r.html")
-    assert "the planted risk code" in (tmp_path / "r.html").read_text()
+    page = (tmp_path / "r.html").read_text()
+    assert "the planted risk code" in page  # metadata/codes.parquet
+    assert "2020-01-02 08:00" in page  # the visits' real times, from event_time
 
 
 def test_meds_usage_errors(tmp_path):
