@@ -122,9 +122,7 @@ def attribution_columns(
         >>> pd.DataFrame(columns)                                 # one row per real code
     """
     per_method_levels = None if levels is None else {method: levels}
-    return method_columns(
-        {method: attributions}, batch, schema, model_id, levels=per_method_levels
-    )
+    return method_columns({method: attributions}, batch, schema, model_id, levels=per_method_levels)
 
 
 def method_columns(
