@@ -110,13 +110,15 @@ class ShardExplainer:
         model_id: str,
         threads: int = 1,
         model_sha256: str | None = None,
+        device: str = "cpu",
     ) -> None:
         import torch
 
         from ..models.directory import load_model_dir
 
         torch.set_num_threads(max(1, int(threads)))
-        self.model, _ = load_model_dir(model_dir, expected_sha256=model_sha256)
+        model, _ = load_model_dir(model_dir, expected_sha256=model_sha256)
+        self.model = model.to(device)  # batches follow the model's device (explain.rows)
         self.interpreters = rebuild_methods(self.model, methods)
         self.out_dir = Path(out_dir)
         self.fingerprint = fingerprint
@@ -227,6 +229,7 @@ def explain_cohort_ray(
         address: Ray cluster address; ``None`` starts a local runtime on this machine's cores.
         num_workers: actors (default: the cluster's CPUs, or GPUs when ``num_gpus_per_worker``).
         num_gpus_per_worker: GPUs per actor; default 1 when the cluster has GPUs, else 0.
+            With GPUs, each actor moves its model to its GPU (``"cuda"``) and explains there.
         columns: measurement names of numeric features, for event tables.
         progress: Ray Data's progress bars.
         model_sha256: SHA-256 of ``model.pt`` that the driver and every worker verify
@@ -333,6 +336,7 @@ def explain_cohort_ray(
                         "batch_size": batch_size,
                         "target_class_idx": target_class_idx,
                         "model_id": model_id,
+                        "device": "cuda" if gpus > 0 else "cpu",
                         "model_sha256": model_sha256,
                     },
                 ).to_pandas()

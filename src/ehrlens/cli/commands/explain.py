@@ -60,6 +60,12 @@ from ..options import (
 @click.option("--address", default=None, help="Ray cluster address (default: start locally).")
 @click.option("--workers", default=None, type=int, help="Ray workers (default: all CPUs).")
 @click.option(
+    "--device",
+    type=click.Choice(["cpu", "cuda"]),
+    default=None,
+    help="Where to explain (default: CPU; with --engine ray, GPUs when the cluster has them).",
+)
+@click.option(
     "--seed", default=0, show_default=True, help="Seed of methods that take one (e.g. random)."
 )
 @sha256_option
@@ -80,6 +86,7 @@ def explain(
     engine: str,
     address: str | None,
     workers: int | None,
+    device: str | None,
     seed: int,
     model_sha256: str | None,
     bucket: bool,
@@ -93,6 +100,8 @@ def explain(
 
     from ...explain import explain_cohort
 
+    if device == "cuda" and not torch.cuda.is_available():
+        raise click.UsageError("--device cuda: no CUDA device is available to torch here")
     torch.manual_seed(seed)
     names = parse_methods(methods)
     limits = {"max_steps": max_steps, "max_codes_per_step": max_codes_per_step}
@@ -119,8 +128,10 @@ def explain(
             model_dir, source, options, out_dir=out, batch_size=batch_size,
             shard_size=shard_size, target_class_idx=target, address=address,
             num_workers=workers, progress=not quiet, model_sha256=model_sha256,
+            num_gpus_per_worker=None if device is None else float(device == "cuda"),
         )  # fmt: skip
     else:
+        model = model.to(device or "cpu")
         result = explain_cohort(
             model, dataset, options, batch_size=batch_size, target_class_idx=target,
             out_dir=out, shard_size=shard_size, model_id=card.get("model_id"),

@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Every GPU check of the explanation-cost work in one short run (about 5 minutes on one
+# H200): the CUDA-only tests, then the benchmarks with --device cuda. Results land in
+# benchmarks/out/gpu/ (JSON) and gpu_check.log; copy the tables into benchmarks/RESULTS.md.
+#
+#     bash benchmarks/gpu_check.sh            # PYTHON=... to choose the interpreter
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYTHON="${PYTHON:-python}"
+OUT="${OUT_DIR:-benchmarks/out/gpu}"
+mkdir -p "$OUT"
+export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}" HF_HUB_OFFLINE=1
+"$PYTHON" -c "import torch; assert torch.cuda.is_available(), 'no CUDA device'; print(torch.cuda.get_device_name(0))"
+nvidia-smi --query-gpu=name,memory.total,utilization.gpu --format=csv || true
+"$PYTHON" -m pytest -q -p no:cacheprovider tests/gpu 2>&1 | tee "$OUT/tests.log"
+"$PYTHON" benchmarks/explain_cost.py --device cuda --repeats 3 --out "$OUT/explain_cost.json" | tee "$OUT/explain_cost.md"
+"$PYTHON" benchmarks/hf_memory.py --device cuda --chefer --out "$OUT/hf_memory.json" | tee "$OUT/hf_memory.md"
+"$PYTHON" benchmarks/speed.py --device cuda --layers 6 --seqs 1024 --batches 32 --no-loader --no-large --repeats 3 --out "$OUT/speed.json" | tee "$OUT/speed.md"
+echo "done: $OUT"
