@@ -172,6 +172,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--configs", nargs="+", default=["minilm", "modernbert"])
     parser.add_argument("--budget-gib", type=float, default=20.0)
+    parser.add_argument(
+        "--lengths", type=int, nargs="+", default=None, help="part 2 lengths (default per config)"
+    )
     parser.add_argument("--chefer", action="store_true", help="also forward+backward and Chefer")
     parser.add_argument("--no-goal", action="store_true", help="skip part 1 (512 x 16)")
     parser.add_argument("--no-ladder", action="store_true", help="skip part 2 (longest input)")
@@ -210,7 +213,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.no_ladder:
         budget_mib = args.budget_gib * 1024
         for name in args.configs:
-            ladder = [16, 32, 64] if args.quick else LADDERS[name]
+            ladder = [16, 32, 64] if args.quick else (args.lengths or LADDERS[name])
             for m in ("inference", "rollout", "rollout_output_attentions"):
                 points: list[tuple[int, float]] = []
                 for tokens in ladder:
