@@ -14,6 +14,11 @@ export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}" HF_HUB_OFFLINE=1
 nvidia-smi --query-gpu=name,memory.total,utilization.gpu --format=csv || true
 "$PYTHON" -m pytest -q -p no:cacheprovider tests/gpu 2>&1 | tee "$OUT/tests.log"
 "$PYTHON" benchmarks/explain_cost.py --device cuda --repeats 3 --out "$OUT/explain_cost.json" | tee "$OUT/explain_cost.md"
-"$PYTHON" benchmarks/hf_memory.py --device cuda --chefer --out "$OUT/hf_memory.json" | tee "$OUT/hf_memory.md"
+"$PYTHON" benchmarks/hf_memory.py --device cuda --chefer --no-ladder --out "$OUT/hf_goal.json" | tee "$OUT/hf_goal.md"
+for config in minilm modernbert; do
+  "$PYTHON" benchmarks/hf_memory.py --device cuda --no-goal --configs "$config" --budget-gib 120 \
+    --lengths 1024 2048 4096 8192 --out "$OUT/hf_longest_$config.json" | tee "$OUT/hf_longest_$config.md"
+done
+"$PYTHON" benchmarks/propagation.py --device cuda --out "$OUT/propagation.json" | tee "$OUT/propagation.md"
 "$PYTHON" benchmarks/speed.py --device cuda --layers 6 --seqs 1024 --batches 32 --no-loader --no-large --repeats 3 --out "$OUT/speed.json" | tee "$OUT/speed.md"
 echo "done: $OUT"

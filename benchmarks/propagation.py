@@ -11,6 +11,7 @@ both ways. Ratios are to the floor measured in the same run.
 
     python benchmarks/propagation.py            # full table
     python benchmarks/propagation.py --quick    # seconds; used by the test suite
+    python benchmarks/propagation.py --device cuda
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from pathlib import Path
 import torch
 
 from ehrlens.app.random_models import random_code_batch, random_code_transformer
+from ehrlens.data import move_to_device
 from ehrlens.interpret import AttentionRollout, CheferRelevance
 from ehrlens.models import Transformer
 
@@ -45,20 +47,26 @@ def build_models(layers: int, dim: int, heads: int) -> tuple[Transformer, Transf
     return row, full.eval()
 
 
-def timed(fn, repeats: int) -> list[float]:
+def timed(fn, repeats: int, device: str = "cpu") -> list[float]:
     out = []
     for _ in range(repeats):
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
         start = time.perf_counter()
         fn()
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
         out.append(time.perf_counter() - start)
     return out
 
 
-def run(configs: list[tuple[int, int, int]], repeats: int, dim: int, heads: int) -> list[dict]:
+def run(
+    configs: list[tuple[int, int, int]], repeats: int, dim: int, heads: int, device: str = "cpu"
+) -> list[dict]:
     rows = []
     for layers, seq, batch_size in configs:
-        row_model, full_model = build_models(layers, dim, heads)
-        batch = random_code_batch(row_model, batch_size, seq, seed=seq)
+        row_model, full_model = (m.to(device) for m in build_models(layers, dim, heads))
+        batch = move_to_device(random_code_batch(row_model, batch_size, seq, seed=seq), device)
 
         def inference(model=row_model, batch=batch):
             with torch.inference_mode():
@@ -89,7 +97,7 @@ def run(configs: list[tuple[int, int, int]], repeats: int, dim: int, heads: int)
         times = {name: [] for name in cases}
         for _ in range(repeats):  # interleaved, so drifts hit every case alike
             for name, fn in cases.items():
-                times[name] += timed(fn, 1)
+                times[name] += timed(fn, 1, device)
         floor = statistics.median(times["inference"])
         for name, samples in times.items():
             median = statistics.median(samples)
@@ -124,6 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="tiny sizes, a few seconds")
     parser.add_argument("--repeats", type=int, default=None)
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--out", type=Path, default=Path("benchmarks/out/propagation.json"))
     args = parser.parse_args(argv)
     if args.quick:
@@ -132,11 +141,14 @@ def main(argv: list[str] | None = None) -> int:
         configs = [(n, s, 8) for n in (2, 6) for s in (64, 256, 1024)]
         repeats, dim, heads = args.repeats or 5, 128, 4
     torch.manual_seed(0)
-    rows = run(configs, repeats, dim, heads)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: no CUDA device is available")
+    rows = run(configs, repeats, dim, heads, args.device)
     print(table(rows))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     meta = {
         "torch": torch.__version__,
+        "device": args.device,
         "threads": torch.get_num_threads(),
         "machine": platform.machine(),
         "processor": platform.processor() or "unknown",
