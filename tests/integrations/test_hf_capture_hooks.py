@@ -4,6 +4,7 @@ fused over heads at capture for forward-only methods, never through ``output_att
 from __future__ import annotations
 
 import copy
+import threading
 from typing import Any
 
 import pytest
@@ -135,3 +136,27 @@ def test_map_checks_do_not_copy_and_still_refuse_bad_maps():
     mask = real.clone()
     mask[1, 3:] = False
     check_attention_map("Model", 1, padded, mask)
+
+
+def test_a_forward_in_another_thread_during_capture_is_not_recorded(refs):
+    model = tiny_bert()
+    encoder = HuggingFaceEncoder(copy.deepcopy(model))
+    batch = token_batch()
+    first = next(iter(attention_modules(encoder.model)))
+
+    def run_elsewhere(module, args, output):  # inside the captured forward, at layer 0
+        if threading.current_thread() is threading.main_thread():
+            other = threading.Thread(target=lambda: encoder.model(**batch))
+            other.start()
+            other.join()
+
+    handle = first.register_forward_hook(run_elsewhere)
+    try:
+        with torch.inference_mode(), capture_attention(encoder, batch, head_fusion="mean"):
+            layers = encoder.get_attention_layers()["input_ids"]
+    finally:
+        handle.remove()
+    _, maps = refs.attentions(refs.eager_copy(model), batch)
+    assert len(layers) == len(maps) == 3
+    for (fused, _), full in zip(layers, maps, strict=True):
+        torch.testing.assert_close(fused[:, 0], full.detach().mean(dim=1), rtol=0, atol=1e-7)

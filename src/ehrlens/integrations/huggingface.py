@@ -244,7 +244,11 @@ class HuggingFaceEncoder(nn.Module, GradientInterpretable):
         store = self._capture
         store.begin()
 
+        thread = threading.get_ident()
+
         def on_attention(module: nn.Module, args: Any, kwargs: Any, output: Any) -> None:
+            if threading.get_ident() != thread:  # another thread's forward of the same model
+                return
             index = self._attention_modules[module]
             attention = output[index] if isinstance(output, (tuple, list)) else None
             if attention is None:
