@@ -86,7 +86,7 @@ RULES: tuple[tuple[str, str], ...] = (
     (".controls", "display:flex;flex-wrap:wrap;gap:10px 22px;align-items:center;font-size:13px"),
     (".controls label", "white-space:nowrap"),
     (".controls input[type=search]", "width:200px"),
-    (".better", "color:#6b7488;font-weight:400;font-size:11px"),
+    (".better", "display:block;color:#6b7488;font-weight:400;font-size:11px"),
     (".hidden", "display:none !important"),
 )
 
