@@ -185,3 +185,65 @@ def test_flow_on_codes_matches_networkx(dataset, layers):
         for j, (v, c) in enumerate(codes):
             assert scores[b, v, c].item() == pytest.approx(flows[1 + j], rel=1e-6, abs=1e-9)
         assert float(scores[b].sum()) == pytest.approx(sum(flows[1 : 1 + len(codes)]), rel=1e-6)
+
+
+def _softmax_share(attention, gradient):
+    """``sum(R_A) - sum(R_scores)`` of one softmax under AttnLRP (the uniform rule gives the
+    map half of ``A V``'s relevance; Proposition 3.1 for the scores)."""
+    h = gradient / 2
+    centred = h - (attention * h).sum(dim=-1, keepdim=True)
+    return (attention * h).sum() - (torch.xlogy(attention, attention) * centred).sum()
+
+
+def test_attnlrp_on_codes_conserves_the_logit(dataset):
+    """Logit = relevance of the codes + shares of the additive constants ([CLS], segment and
+    visit encodings, biases) + the softmax bias terms, each computed here on its own."""
+    from ehrlens.interpret import AttnLRP
+    from ehrlens.interpret.api import lrp_rules
+    from ehrlens.models.embedding import sinusoidal_encoding
+
+    torch.manual_seed(2)
+    model = CodeTransformer(dataset, embedding_dim=8, heads=2, num_layers=2).double().eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("bias"):
+                p.normal_(std=0.3)
+    batch = full_batch(dataset)
+    scores = AttnLRP(model).attribute(**batch)["dx"].double()
+    embeds = {}
+
+    def keep(module, inputs, output):
+        embeds["dx"] = output.detach().requires_grad_(True)
+        return embeds["dx"]
+
+    handle = model.get_embedding_layers()["dx"].register_forward_hook(keep)
+    params = dict(model.named_parameters())
+    try:
+        with torch.enable_grad(), lrp_rules(model):
+            model.set_attention_hooks(True, capture_gradients=True)
+            logit = model(**batch)["logit"][:, 0]
+            maps = [a for a, _ in model.get_attention_layers()["dx"]]
+            wrt = [embeds["dx"], *maps, *params.values()]
+            grads = torch.autograd.grad(logit.sum(), wrt, allow_unused=True)
+    finally:
+        model.set_attention_hooks(False)
+        model.clear_attention_capture()
+        handle.remove()
+    grads = [torch.zeros_like(t) if g is None else g for t, g in zip(wrt, grads, strict=True)]
+    unit_grad, map_grads = grads[0], grads[1 : 1 + len(maps)]
+    param_grads = dict(zip(params, grads[1 + len(maps) :], strict=True))
+    values = batch["dx"]
+    visits = torch.arange(values.shape[1], dtype=torch.float64)[None, :, None].expand(values.shape)
+    encodings = sinusoidal_encoding(visits, 8)  # [batch, visits, codes, 8]
+    shares = {
+        "visit encodings": (encodings * unit_grad * (values != 0)[..., None]).sum(),
+        "cls": (params["cls.dx"] * param_grads["cls.dx"]).sum(),
+        "segments": (params["segments.dx.weight"] * param_grads["segments.dx.weight"]).sum(),
+        "biases": sum((params[n] * param_grads[n]).sum() for n in params if n.endswith("bias")),
+        "softmax": sum(_softmax_share(a.detach(), g) for a, g in zip(maps, map_grads, strict=True)),
+    }
+    total = scores.sum() + sum(shares.values())
+    assert float(total.detach()) == pytest.approx(float(logit.detach().sum()), rel=1e-6)
+    for name, share in shares.items():
+        assert abs(float(share.detach())) > 1e-8, name
+    assert (scores[values == 0] == 0).all()

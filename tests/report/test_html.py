@@ -47,7 +47,7 @@ def timeline_chips(section: Node) -> list[tuple]:
                             feature,
                             visit,
                             chip.attrs["data-code"],
-                            chip.attrs["data-score"],
+                            chip.attrs.get("data-score"),  # none on a visit-level code
                             chip.attrs["title"],
                         )
                     )
@@ -61,6 +61,11 @@ def expected_chips(frame: pd.DataFrame, pid: str, descriptions=None) -> list[tup
         name = row.code
         if descriptions and row.code in descriptions:
             name = f"{row.code} — {descriptions[row.code]}"
+        if getattr(row, "level", None) == "visit":  # the score sits on the visit, once
+            out.append(
+                (row.method, row.feature, visit, row.code, None, f"{name}: scored with its visit")
+            )
+            continue
         out.append(
             (
                 row.method,

@@ -21,7 +21,7 @@ in the batch with the most codes.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, cast
 
 import torch
@@ -34,6 +34,7 @@ from .base import BaseModel, feature_values
 from .capture import ENCODER_MODEL_CAPABILITIES, AttentionCaptureMixin
 from .embedding import FeatureEmbedding, sinusoidal_encoding
 from .hparams import check_dropout, check_heads, check_size
+from .lrp import LRPRulesMixin
 
 
 @dataclass
@@ -74,7 +75,7 @@ def token_layout(real: Tensor, visit_of_position: Tensor, shape: tuple[int, ...]
     return TokenLayout(index, mask, visit_of_position[index], shape)
 
 
-class CodeTransformer(AttentionCaptureMixin, BaseModel, GradientInterpretable):
+class CodeTransformer(AttentionCaptureMixin, LRPRulesMixin, BaseModel, GradientInterpretable):
     """BEHRT-style transformer: every code is a token; visits enter as embeddings.
 
     One encoder per feature key (as :class:`~ehrlens.models.Transformer`): a learned [CLS]
@@ -106,7 +107,8 @@ class CodeTransformer(AttentionCaptureMixin, BaseModel, GradientInterpretable):
     """
 
     short_name = "code_transformer"
-    interpret_capabilities = ENCODER_MODEL_CAPABILITIES
+    #: The encoder models' capabilities plus the AttnLRP rules (``set_lrp_rules``).
+    interpret_capabilities = replace(ENCODER_MODEL_CAPABILITIES, lrp_rules=True)
     layer_count_hparams = frozenset({"num_layers"})
 
     def __init__(
@@ -220,6 +222,12 @@ class CodeTransformer(AttentionCaptureMixin, BaseModel, GradientInterpretable):
     def attention_modules(self) -> dict[str, list[MultiHeadAttention]]:
         blocks = {k: cast(nn.ModuleList, self.blocks[k]) for k in self.feature_keys}
         return {k: [cast(EncoderBlock, b).attention for b in v] for k, v in blocks.items()}
+
+    def lrp_linear_modules(self) -> tuple[type[nn.Module], ...]:
+        """Modules whose own code is linear (AttnLRP, :mod:`.lrp`): the unit embeddings'
+        wrapper, residual sums of the blocks, the [CLS] tokens, and the segment embeddings,
+        constants added to the tokens (their share of the logit stays, like a position's)."""
+        return (FeatureEmbedding, EncoderBlock, nn.ParameterDict, nn.Embedding)
 
     def get_readout_weights(self, **data: Any) -> dict[str, Tensor]:
         """One-hot ``[batch, 1 + n_tokens]`` at the [CLS] position (0) for every key."""

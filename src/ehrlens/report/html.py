@@ -190,6 +190,16 @@ def _cohort_section(
     blocks = []
     for method in methods:
         sub = frame[frame["method"] == method]
+        if "level" in sub:  # a visit's score repeated on its codes is not a code's score
+            visit_level = sub["level"] == "visit"
+            if visit_level.all():
+                blocks.append(
+                    f"<div class='method' data-method='{esc(method)}'><h3>{esc(method)}</h3>"
+                    "<p class='note'>Scored per visit (one score for all codes of a visit): "
+                    "no ranking of codes.</p></div>"
+                )
+                continue
+            sub = sub[~visit_level]
         per_patient = sub.groupby(["feature", "code", "patient_id"], sort=False)["score"].sum()
         totals = per_patient.groupby(level=[0, 1], sort=False).agg(["sum", "count"])
         totals["mean"] = totals["sum"] / n_patients

@@ -123,6 +123,27 @@ def code_chip(
     )
 
 
+def visit_level(rows: Any) -> bool:
+    """Whether ``rows`` (one method's rows of one visit) hold a visit-level score: the
+    ``level`` column says ``"visit"`` (the visit's score repeated on each of its codes)."""
+    return (
+        rows is not None
+        and "level" in rows
+        and len(rows) > 0
+        and bool((rows["level"] == "visit").all())
+    )
+
+
+def plain_chip(code: str, descriptions: Mapping[str, str] | None) -> str:
+    """A code without a score of its own (its visit is scored), unshaded."""
+    description = (descriptions or {}).get(code)
+    desc = f"<span class='desc'>{esc(description)}</span>" if description else ""
+    return (
+        f"<span class='code' data-code='{esc(code)}' title='{esc(describe(code, descriptions))}"
+        f": scored with its visit'><span class='cname'>{esc(code)}</span>{desc}</span>"
+    )
+
+
 def visit_cell(
     visit: int | None,
     rows: Any,
@@ -130,8 +151,23 @@ def visit_cell(
     descriptions: Mapping[str, str] | None,
     label: str | None = None,
 ) -> str:
-    """One visit of one feature (or a flat feature's only cell): its codes in position order."""
+    """One visit of one feature (or a flat feature's only cell): its codes in position order.
+
+    A visit-level score (:func:`visit_level`) is shown once, on the visit, above its codes,
+    which are left unshaded: the method did not score them apart."""
     chips = ""
+    if visit is not None and visit_level(rows):
+        ordered = rows.sort_values("position", kind="stable")
+        score = float(ordered["score"].iloc[0])
+        shown = label if label is not None else f"v{visit}"
+        codes = "".join(plain_chip(code, descriptions) for code in ordered["code"])
+        return (
+            f"<div class='visit' data-visit='{visit}' data-level='visit'>"
+            f"<div class='vlabel' title='visit {visit}'>{esc(shown)}</div>"
+            f"<div class='vscore' data-score='{score:.6g}' title='visit {visit}: score "
+            f"{score:.6g}, one score for all its codes' style='{scale.style(score)}'>"
+            f"visit {score:.3g}</div>{codes}</div>"
+        )
     if rows is not None:
         ordered = rows.sort_values("position", kind="stable")
         chips = "".join(
@@ -173,13 +209,21 @@ def feature_row(
 
 
 def top_codes_table(rows: Any, descriptions: Mapping[str, str] | None, top_k: int) -> str:
-    """The ``top_k`` codes by score summed per ``(feature, code)``."""
-    totals = rows.groupby(["feature", "code"], sort=False)["score"].sum()
-    ranked = totals.sort_values(ascending=False, kind="stable").head(top_k)
+    """The ``top_k`` codes by score summed per ``(feature, code)``; visit-level rows count
+    once per visit (``visit 2: I21.4, I10``), not once per code of the visit."""
+    per_visit = (rows["level"] == "visit").to_numpy() if "level" in rows else None
+    entries: list[tuple[str, str, float]] = []
+    code_rows = rows if per_visit is None else rows[~per_visit]
+    totals = code_rows.groupby(["feature", "code"], sort=False)["score"].sum()
+    entries += [(f, describe(c, descriptions), float(v)) for (f, c), v in totals.items()]
+    if per_visit is not None and per_visit.any():
+        for (feature, visit), group in rows[per_visit].groupby(["feature", "visit"], sort=False):
+            codes = ", ".join(group.sort_values("position", kind="stable")["code"])
+            entries.append((feature, f"visit {int(visit)}: {codes}", float(group["score"].iloc[0])))
+    ranked = sorted(entries, key=lambda e: -e[2])[:top_k]  # stable: ties keep their order
     body = "".join(
-        f"<tr><td>{esc(feature)}</td><td>{esc(describe(code, descriptions))}</td>"
-        f"<td class='num'>{score:.4f}</td></tr>"
-        for (feature, code), score in ranked.items()
+        f"<tr><td>{esc(feature)}</td><td>{esc(code)}</td><td class='num'>{score:.4f}</td></tr>"
+        for feature, code, score in ranked
     )
     return (
         f"<h3>top {top_k} codes</h3><table><tr><th>feature</th><th>code</th><th>score</th></tr>"

@@ -62,6 +62,10 @@ RULES: tuple[tuple[str, str], ...] = (
         "padding:1px 4px;margin:1px 0;border-radius:3px;border:1px solid #e3e6eb;"
         "overflow:hidden;overflow-wrap:anywhere",
     ),
+    (
+        ".vscore",
+        "font-size:10.5px;padding:1px 4px;margin:1px 0 2px;border-radius:3px;white-space:nowrap",
+    ),
     (".code .desc", "display:block;font:10px system-ui,sans-serif;opacity:.85;white-space:normal"),
     (".visit.flat .code", "display:inline-block;max-width:150px"),
     (
