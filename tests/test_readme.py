@@ -1,13 +1,16 @@
 """The README's usage example runs as written."""
 
 import re
+import textwrap
 from pathlib import Path
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 
 
 def python_blocks() -> list[str]:
-    return re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.DOTALL)
+    """Every ```python block, dedented (blocks inside list items are indented)."""
+    blocks = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.DOTALL)
+    return [textwrap.dedent(block) for block in blocks]
 
 
 def test_readme_has_a_usage_example():

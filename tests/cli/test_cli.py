@@ -238,8 +238,9 @@ def test_evaluate_writes_the_faithfulness_table_and_curves(pipeline):
     root = pipeline["root"]
     lines = pipeline["evaluate"].stdout.splitlines()
     assert lines[0].split() == ["method", "comprehensiveness", "sufficiency", "s/1000", "pts"]
+    assert lines[1].split() == ["(higher", "is", "better)", "(lower", "is", "better)"]
     number = r"-?\d\.\d{3}"
-    for line, method in zip(lines[2:4], ["rollout", "random"], strict=True):
+    for line, method in zip(lines[3:5], ["rollout", "random"], strict=True):
         cell = rf"{number} \[{number}, {number}\]"
         assert re.fullmatch(rf"{method}\s+{cell}\s+{cell}\s+\d+\.\d\d", line), line
     assert f"wrote {root / 'eval.json'}" in lines and f"wrote {root / 'curves.png'}" in lines
@@ -477,13 +478,13 @@ def test_unknown_method_exits_2_and_lists_the_choices(pipeline, tmp_path):
         "explain", "--model", pipeline["model"], "--data", pipeline["data"] / "samples.jsonl",
         "-m", "rollout,lime", "--out", tmp_path / "a", expect=2,
     )  # fmt: skip
-    assert "unknown method(s) ['lime']; choose from rollout, flow, chefer" in result.stderr
+    assert "unknown method 'lime'; choose from rollout, flow, chefer" in result.stderr
     assert not (tmp_path / "a").exists()
     result = invoke(
         "evaluate", "--model", pipeline["model"], "--data", pipeline["data"] / "samples.jsonl",
         "-m", "shap", expect=2,
     )  # fmt: skip
-    assert "unknown method(s) ['shap']" in result.stderr
+    assert "unknown method 'shap'" in result.stderr
 
 
 # ----------------------------------------------------------------------------- bad input: 1

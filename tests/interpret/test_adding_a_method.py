@@ -155,4 +155,4 @@ def test_help_and_choices_forget_an_unregistered_method(files, tmp_path):
     args = ["explain", "--model", model_dir, "--data", data, "-m", "toy_positions"]
     result = CliRunner().invoke(main, [str(a) for a in [*args, "--out", tmp_path / "a"]])
     assert result.exit_code == 2
-    assert "unknown method(s) ['toy_positions']; choose from rollout, flow" in result.stderr
+    assert "unknown method 'toy_positions'; choose from rollout, flow" in result.stderr

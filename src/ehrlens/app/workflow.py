@@ -37,6 +37,7 @@ from ..data.events import to_events
 from ..data.synthetic import Layout
 from ..metrics.prediction import compute_metrics
 from ..models import BaseModel, model_class
+from .task import small_split_warning, task_record
 from .trainer import Trainer
 
 SPLITS = ("all", "train", "val", "test")
@@ -115,13 +116,15 @@ def write_synthetic_cohort(
     with atomic_write(files["codes"]) as f:
         writer = csv.writer(f)
         writer.writerow(["code", "description"])
-        writer.writerows(sorted(_code_descriptions(cohort).items()))
+        writer.writerows(sorted(code_descriptions(cohort).items()))
     with atomic_write(files["ground_truth"]) as f:
         json.dump(cohort.ground_truth, f)
     return files
 
 
-def _code_descriptions(cohort: Any) -> dict[str, str]:
+def code_descriptions(cohort: Any) -> dict[str, str]:
+    """``{code: description}`` of a synthetic cohort's codes, naming the planted risk factors,
+    the interaction and the distractors (the ``codes.csv`` of :func:`write_synthetic_cohort`)."""
     kinds = {"diagnoses": "diagnosis", "procedures": "procedure", "drugs": "drug"}
     out: dict[str, str] = {}
     for sample in cohort.samples:
@@ -283,7 +286,9 @@ def train_model(
 
     Returns:
         ``(model, card)`` where the card records the data size, split (fractions, seed and each
-        part's patient ids), settings, per-epoch history and validation/test metrics, for
+        part's patient ids), settings, per-epoch history and validation/test metrics, the task
+        (``task``: label, mode and class names in output order), and ``warnings`` (a test
+        split too small for its metrics), for
         :func:`~ehrlens.models.directory.save_model_dir`.
 
     Example:
@@ -325,6 +330,13 @@ def train_model(
         },
         "test_metrics": {k: _finite(v) for k, v in fit.test_metrics.items()},
     }
+    task = task_record(fit.model)
+    card["task"] = task
+    label = task["label"]
+    classes = task["classes"] if task["mode"] in ("binary", "multiclass") else None
+    labels = [fit.test[i][label] for i in range(len(fit.test))]
+    warning = small_split_warning("test", labels, list(fit.test_metrics), classes)
+    card["warnings"] = [warning] if warning else []
     return fit.model, card
 
 
@@ -368,6 +380,7 @@ def train_on_cohort(
     epochs: int = 8,
     lr: float = 2e-3,
     batch_size: int = 64,
+    progress: bool = False,
 ) -> CohortRun:
     """Generate a cohort, split it 70/15/15 by patient, train with early-best restore, score.
 
@@ -379,7 +392,7 @@ def train_on_cohort(
     dataset = create_sample_dataset(cohort.samples, cohort.input_schema, cohort.output_schema)
     fit = fit_on_splits(
         dataset, model_class, hparams, epochs=epochs, lr=lr, batch_size=batch_size, seed=seed,
-        metrics=["roc_auc", "pr_auc"],
+        metrics=["roc_auc", "pr_auc"], progress=progress,
     )  # fmt: skip
     test = fit.test
     in_test = set(test.patient_ids)

@@ -13,6 +13,7 @@ import click
 
 from ..core import __version__
 from .commands.demo import demo
+from .commands.describe import describe
 from .commands.evaluate import evaluate
 from .commands.explain import explain
 from .commands.report import HEATMAP_INDEX, report
@@ -56,6 +57,7 @@ def main() -> None:
     A typical session:
       ehrlens synthetic data/                      # or bring your own patients
       ehrlens train --data data/samples.jsonl --schema data/schema.json --out model/
+      ehrlens describe --model model/                # classes, data, test metrics
       ehrlens explain --model model/ --data data/samples.jsonl -m rollout,chefer --out attr/
       ehrlens evaluate --model model/ --data data/samples.jsonl -m rollout,random
       ehrlens report --model model/ --data data/samples.jsonl --attributions attr/ \\
@@ -63,5 +65,5 @@ def main() -> None:
     """
 
 
-for _command in (synthetic, train, explain, evaluate, report, demo):
+for _command in (synthetic, train, describe, explain, evaluate, report, demo):
     main.add_command(_command)

@@ -37,22 +37,36 @@ def fail(message: str, code: int) -> NoReturn:
 
 
 def handle_errors(command: Callable[..., Any]) -> Callable[..., Any]:
-    """Turn library errors into a one-line message and a documented exit code."""
+    """Turn library errors into a one-line message and a documented exit code; show warnings
+    as :mod:`ehrlens.cli.quiet` describes (``-q``: the command's ``quiet`` argument)."""
 
     @wraps(command)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from .quiet import command_output
+
         try:
-            return command(*args, **kwargs)
+            with command_output(bool(kwargs.get("quiet", False))):
+                return command(*args, **kwargs)
         except OutputConflictError as error:
             fail(str(error), EXIT_OUTPUT_CONFLICT)
         except KeyError as error:
             fail(f"missing key {error}", EXIT_BAD_INPUT)
         except (ValueError, TypeError, OSError, ImportError) as error:
-            fail(str(error), EXIT_BAD_INPUT)
+            fail(_command_line_terms(str(error)), EXIT_BAD_INPUT)
         except KeyboardInterrupt:
             fail("interrupted; run the same command again to resume", EXIT_INTERRUPTED)
 
     return wrapper
+
+
+#: Library keyword arguments named in error messages -> their command-line spelling.
+_TERMS = {"on_bad_rows='skip'": "--on-bad-rows skip"}
+
+
+def _command_line_terms(message: str) -> str:
+    for library, option in _TERMS.items():
+        message = message.replace(library, option)
+    return message
 
 
 def writes(*options: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:

@@ -20,6 +20,7 @@ def load_data(
     card: dict[str, Any],
     label_key: str,
     input_schema: dict[str, str],
+    on_bad_rows: str = "error",
 ) -> list[dict[str, Any]]:
     """Samples of ``data``: a MEDS dataset built with the card's feature mapping, or a file
     (event tables with each step's identity, for the attribution rows)."""
@@ -33,7 +34,7 @@ def load_data(
 
     return load_samples(
         data, input_schema, labels=labels, label_key=label_key, columns=card.get("columns"),
-        identity=True,
+        identity=True, on_bad_rows=on_bad_rows,
     )  # fmt: skip
 
 
@@ -44,10 +45,12 @@ def model_and_data(
     split: str,
     model_sha256: str | None = None,
     limits: dict[str, int | None] | None = None,
+    on_bad_rows: str = "error",
 ) -> tuple[BaseModel, dict[str, Any], SampleDataset, list[dict[str, Any]]]:
     """``(model, card, dataset, samples)`` for the chosen split of the patients in ``data``,
     selected by the patient ids the card records (see :mod:`ehrlens.app.splits`);
-    ``limits``: ``max_steps`` / ``max_codes_per_step`` of the dataset."""
+    ``limits``: ``max_steps`` / ``max_codes_per_step`` of the dataset; ``on_bad_rows``: of
+    event tables (:func:`~ehrlens.data.events.from_events`)."""
     from ..app.splits import recorded_patients, select_recorded_split
     from ..core.files import file_sha256
     from ..data import MAX_CODES_PER_STEP, MAX_STEPS, create_sample_dataset
@@ -55,7 +58,7 @@ def model_and_data(
 
     model, card = load_model_dir(model_dir, expected_sha256=model_sha256)
     label_key = model.schema.label_keys[0]
-    samples = load_data(data, labels, card, label_key, model.schema.input_schema)
+    samples = load_data(data, labels, card, label_key, model.schema.input_schema, on_bad_rows)
     limits = limits or {"max_steps": MAX_STEPS, "max_codes_per_step": MAX_CODES_PER_STEP}
     dataset = create_sample_dataset(
         samples,

@@ -163,7 +163,29 @@ split_option = click.option(
 overwrite_option = click.option(
     "--overwrite", is_flag=True, help="Replace output files that already exist."
 )
-quiet_option = click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
+quiet_option = click.option(
+    "--quiet",
+    "-q",
+    is_flag=True,
+    help="No progress bars, and no warnings or logs of other libraries (scikit-learn, Ray); "
+    "ehrlens's own warnings are still shown.",
+)
+on_bad_rows_option = click.option(
+    "--on-bad-rows",
+    type=click.Choice(["error", "skip"]),
+    default="error",
+    show_default=True,
+    help="Event tables: stop at rows that cannot be read (error, naming them), or drop them "
+    "with a warning that counts them (skip).",
+)
+target_option = click.option(
+    "--target",
+    default=None,
+    metavar="CLASS",
+    help="Class to explain, by name or index (default: the positive class of a binary model, "
+    "the predicted class of a multiclass one). The classes, in output order, are in the "
+    "model's card: `ehrlens describe --model DIR`.",
+)
 bucket_option = click.option(
     "--bucket/--no-bucket",
     default=True,

@@ -1,4 +1,10 @@
-"""Patient samples -> processors -> padded tensors."""
+"""Patient samples -> processors -> padded tensors; samples from files and event tables.
+
+Example:
+    >>> from ehrlens.data import from_events, load_samples
+    >>> samples = from_events("events.parquet", {"diagnoses": "nested_sequence"},
+    ...                       labels="labels.csv")
+"""
 
 from .dataset import (
     MAX_CODES_PER_STEP,
@@ -12,8 +18,10 @@ from .dataset import (
     move_to_device,
     split_by_patient,
 )
+from .events import EventTableWarning, from_events, to_events
 from .meds import MedsData, MedsOptions, from_meds
 from .processors import PAD_ID, UNK_ID, FeatureProcessor, register_processor
+from .sources import load_samples
 from .synthetic import SyntheticCohort, generate_cohort
 
 __all__ = [
@@ -21,6 +29,7 @@ __all__ = [
     "MAX_STEPS",
     "PAD_ID",
     "UNK_ID",
+    "EventTableWarning",
     "FeatureProcessor",
     "FittedSchema",
     "LengthBucketSampler",
@@ -29,11 +38,14 @@ __all__ = [
     "SampleDataset",
     "SyntheticCohort",
     "create_sample_dataset",
+    "from_events",
     "from_meds",
     "generate_cohort",
     "get_dataloader",
     "length_buckets",
+    "load_samples",
     "move_to_device",
     "register_processor",
     "split_by_patient",
+    "to_events",
 ]

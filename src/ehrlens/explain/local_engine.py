@@ -26,7 +26,6 @@ from typing import Any
 import torch
 
 from ..core.ids import find_id_clash
-from ..core.locks import output_lock
 from ..core.progress import progress_bar
 from ..data.dataset import SampleDataset
 from ..data.identity import identity_columns
@@ -35,7 +34,7 @@ from .rows import MethodSpec, build_methods, explain_rows
 from .shards import (
     SHARD_PATTERN,
     ExplainResult,
-    claim_output_dir,
+    claimed_output,
     finish_manifest,
     patient_hash,
     run_fingerprint,
@@ -86,6 +85,7 @@ def explain_cohort(
     progress: bool = False,
     on_shard: Callable[[int, Path], None] | None = None,
     bucket_by_length: bool = False,
+    overwrite: bool = False,
 ) -> ExplainResult:
     """Explain every patient of ``dataset`` with every method; optionally write Parquet shards.
 
@@ -108,6 +108,8 @@ def explain_cohort(
             patient order and each patient's scores are those of an unbucketed run (within
             float rounding; the ``random`` method draws other numbers). Recorded in the run's
             settings, so a folder of an unbucketed run is not resumed by a bucketed one.
+        overwrite: replace the previous run's manifest and shards in ``out_dir`` (other
+            files are kept) instead of resuming it or refusing a different run.
 
     Returns:
         :class:`ExplainResult`; ``to_frame()`` gives the table.
@@ -141,9 +143,10 @@ def explain_cohort(
     bounds = [(start, min(start + shard_size, n)) for start in range(0, n, shard_size)]
     result = ExplainResult(fingerprint=fingerprint)
     out = None if out_dir is None else Path(out_dir)
-    with nullcontext() if out is None else output_lock(out):
-        if out is not None:
-            claim_output_dir(out, fingerprint, settings, len(bounds))
+    claim = (
+        None if out is None else claimed_output(out, fingerprint, settings, len(bounds), overwrite)
+    )
+    with nullcontext() if claim is None else claim:
         parts = []
         bar = progress_bar(range(0, n, batch_size), progress, desc="explain", unit="batch")
         bar_iter = iter(bar)

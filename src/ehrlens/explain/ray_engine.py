@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
 import os
 from collections.abc import Mapping, Sequence
@@ -43,14 +44,13 @@ from pathlib import Path
 from typing import Any
 
 from ..core.files import file_sha256
-from ..core.locks import output_lock
 from ..interpret.methods import BaseInterpreter
 from ..interpret.registry import class_path, load_class
 from .rows import MethodSpec, build_methods, explain_rows
 from .shards import (
     SHARD_PATTERN,
     ExplainResult,
-    claim_output_dir,
+    claimed_output,
     finish_manifest,
     patient_hash,
     run_fingerprint,
@@ -70,20 +70,25 @@ def _ray():
     return ray
 
 
-def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
+def init_ray(address: str | None = None, num_cpus: int | None = None, quiet: bool = False) -> None:
     """Connect to the Ray cluster at ``address``, or start a local runtime on ``num_cpus``
-    cores (default: all). Does nothing when Ray is already initialised.
+    cores (default: all). Does nothing when Ray is already initialised. ``quiet``: Ray's
+    own loggers (``ray``, ``ray.data``) report errors only.
 
     Example:
         >>> init_ray("ray://head:10001")   # or init_ray() for this machine's cores
     """
     ray = _ray()
+    if quiet:
+        for name in ("ray", "ray.data", "ray.train", "ray.tune"):
+            logging.getLogger(name).setLevel(logging.ERROR)
     if ray.is_initialized():
         return
+    level = {"logging_level": logging.ERROR} if quiet else {}
     if address is not None:
-        ray.init(address=address, log_to_driver=False)
+        ray.init(address=address, log_to_driver=False, **level)
     else:
-        ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
+        ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False, **level)
 
 
 #: How a method travels to the workers: ``(class path "module:qualname", constructor options)``.
@@ -211,6 +216,8 @@ def explain_cohort_ray(
     columns: Mapping[str, Sequence[str]] | None = None,
     progress: bool = False,
     model_sha256: str | None = None,
+    overwrite: bool = False,
+    quiet: bool = False,
 ) -> ExplainResult:
     """Explain every patient with Ray Data; write the same shards as
     :func:`~ehrlens.explain.explain_cohort`.
@@ -234,6 +241,8 @@ def explain_cohort_ray(
         progress: Ray Data's progress bars.
         model_sha256: SHA-256 of ``model.pt`` that the driver and every worker verify
             before loading it (see :meth:`~ehrlens.models.BaseModel.load`).
+        overwrite: as in :func:`~ehrlens.explain.explain_cohort`.
+        quiet: start a local Ray runtime that logs only errors.
 
     Returns:
         :class:`~ehrlens.explain.ExplainResult` over the shard files.
@@ -256,7 +265,7 @@ def explain_cohort_ray(
     model, card = load_model_dir(model_dir, expected_sha256=model_sha256)
     interpreters = build_methods(model, methods)
     options = method_recipes(methods, interpreters)
-    init_ray(address, num_cpus=None if address is not None else num_workers)
+    init_ray(address, num_cpus=None if address is not None else num_workers, quiet=quiet)
     context = ray.data.DataContext.get_current()
     context.execution_options.preserve_order = True
     context.enable_progress_bars = bool(progress)
@@ -282,8 +291,7 @@ def explain_cohort_ray(
     fingerprint = run_fingerprint(settings)
     out = Path(out_dir)
     n_shards = math.ceil(len(order) / shard_size)
-    with output_lock(out):
-        claim_output_dir(out, fingerprint, settings, n_shards)
+    with claimed_output(out, fingerprint, settings, n_shards, overwrite):
         result = ExplainResult(fingerprint=fingerprint)
         todo = []
         for index in range(n_shards):
@@ -570,6 +578,8 @@ def explain_meds_ray(
     progress: bool = False,
     model_sha256: str | None = None,
     patient_ids: Sequence[str] | None = None,
+    overwrite: bool = False,
+    quiet: bool = False,
 ) -> ExplainResult:
     """Explain a MEDS dataset with Ray Data, one output shard per data shard.
 
@@ -587,7 +597,7 @@ def explain_meds_ray(
         model_dir: a model directory trained on MEDS data (its card has ``"meds"``).
         root / labels: the MEDS folder and its task labels (file or folder).
         methods, batch_size, target_class_idx, address, num_workers, num_gpus_per_worker,
-        progress, model_sha256: as in :func:`explain_cohort_ray`.
+        progress, model_sha256, overwrite, quiet: as in :func:`explain_cohort_ray`.
         patient_ids: explain only these samples (e.g. the test split); default all.
 
     Returns:
@@ -622,13 +632,12 @@ def explain_meds_ray(
     )  # fmt: skip
     fingerprint = run_fingerprint(settings)
     out = Path(out_dir)
-    init_ray(address, num_cpus=None if address is not None else num_workers)
+    init_ray(address, num_cpus=None if address is not None else num_workers, quiet=quiet)
     context = ray.data.DataContext.get_current()
     context.execution_options.preserve_order = True
     context.enable_progress_bars = bool(progress)
     context.raise_original_map_exception = True
-    with output_lock(out):
-        claim_output_dir(out, fingerprint, settings, len(expected))
+    with claimed_output(out, fingerprint, settings, len(expected), overwrite):
         result = ExplainResult(fingerprint=fingerprint)
         todo: list[dict[str, Any]] = []
         for index, ids in enumerate(expected):

@@ -19,13 +19,16 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Mapping, Sequence
+import re
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ..core import __version__
 from ..core.files import OutputConflictError, atomic_write
+from ..core.locks import output_lock
 from ..data.identity import IDENTITY_COLUMNS
 from ..interpret.methods import BaseInterpreter
 from .table import ATTRIBUTION_COLUMNS, columns_to_arrow
@@ -143,7 +146,8 @@ def claim_output_dir(out: Path, fingerprint: str, settings: dict, n_shards: int)
                 f"{out} holds attributions of a different run (model {old.get('model_id')}, "
                 f"methods {sorted(old.get('methods', {}))}) than this one (model "
                 f"{settings.get('model_id')}, methods {sorted(settings.get('methods', {}))}); "
-                "nothing was changed. Write to a new folder, or delete that one yourself."
+                "nothing was changed. Write to a new folder, or replace that run with "
+                "--overwrite (overwrite=True)."
             )
     else:
         foreign = sorted(p.name for p in out.glob("part-*.parquet"))
@@ -163,6 +167,60 @@ def claim_output_dir(out: Path, fingerprint: str, settings: dict, n_shards: int)
             json.dump(record, f, indent=2, sort_keys=True)
     for stale in out.glob(".part-*.tmp"):  # left by a killed run of ours
         stale.unlink(missing_ok=True)
+
+
+#: Names of the files a run writes into its folder (besides the manifest).
+_RUN_FILE = re.compile(r"part-\d{5}\.parquet|\.part-.*\.tmp")
+
+
+def _run_files(out: Path) -> list[Path]:
+    return sorted(p for p in out.iterdir() if p.is_file() and _RUN_FILE.fullmatch(p.name))
+
+
+def clear_run_files(out: Path) -> list[Path]:
+    """Remove the previous explain run in ``out``: its manifest and its shard files (names
+    ``part-NNNNN.parquet``, temporaries), nothing else. A folder without a manifest is left
+    alone (its ``part-*`` files are not known to be ours). Returns the removed paths."""
+    manifest = out / MANIFEST
+    if not manifest.is_file():
+        return []
+    removed = _run_files(out)
+    for path in removed:
+        path.unlink(missing_ok=True)
+    manifest.unlink()
+    return [*removed, manifest]
+
+
+@contextmanager
+def claimed_output(
+    out: Path, fingerprint: str, settings: dict, n_shards: int, overwrite: bool = False
+) -> Iterator[None]:
+    """Hold ``out``'s output lock and claim it for this run (:func:`claim_output_dir`) while
+    the block runs. ``overwrite=True`` first removes a previous run's manifest and shards
+    (:func:`clear_run_files`). If the block fails before any shard exists, the manifest this
+    call wrote is removed again (and the folder, if this call created it and it is empty), so
+    that a corrected re-run is not refused as a different run.
+
+    Example:
+        >>> with claimed_output(out, fingerprint, settings, n_shards=3):
+        ...     write_shard(out / SHARD_PATTERN.format(0), columns, metadata)
+    """
+    existed = out.exists()
+    with output_lock(out):
+        if overwrite and existed:
+            clear_run_files(out)
+        had_manifest = (out / MANIFEST).exists()
+        claim_output_dir(out, fingerprint, settings, n_shards)
+        try:
+            yield
+        except BaseException:
+            if not had_manifest and not any(out.glob("part-*.parquet")):
+                (out / MANIFEST).unlink(missing_ok=True)
+                for stale in out.glob(".part-*.tmp"):
+                    stale.unlink(missing_ok=True)
+                if not existed and not any(out.iterdir()):
+                    out.rmdir()
+            raise
 
 
 def finish_manifest(out: Path, fingerprint: str, num_rows: int) -> None:

@@ -10,7 +10,7 @@ import click
 
 from ..errors import handle_errors, writes
 from ..loading import model_and_data
-from ..methods import method_option, method_options, parse_methods
+from ..methods import check_method_options, method_option, method_options, parse_methods
 
 if TYPE_CHECKING:
     from ...metrics.removal import Ablation
@@ -21,12 +21,14 @@ from ..options import (
     data_option,
     labels_option,
     model_option,
+    on_bad_rows_option,
     overwrite_option,
     quiet_option,
     sha256_option,
     size_options,
     split_option,
 )
+from ..quiet import warn
 
 
 @click.command()
@@ -79,6 +81,7 @@ from ..options import (
 @sha256_option
 @bucket_option
 @size_options
+@on_bad_rows_option
 @overwrite_option
 @quiet_option
 @handle_errors
@@ -101,12 +104,16 @@ def evaluate(
     bucket: bool,
     max_steps: int | None,
     max_codes_per_step: int | None,
+    on_bad_rows: str,
     overwrite: bool,
     quiet: bool,
 ) -> None:
-    """Faithfulness of each method: comprehensiveness and sufficiency with 95% CIs."""
+    """Faithfulness of each method: comprehensiveness (the drop in the explained class's
+    probability when a method's top inputs are removed; higher is better) and sufficiency (the
+    drop when only they are kept; lower is better), with 95% bootstrap CIs."""
     import torch
 
+    from ...app.task import MIN_SPLIT_PATIENTS
     from ...core.files import atomic_write, check_overwrite
     from ...data import get_dataloader
     from ...interpret.registry import make_interpreter
@@ -118,7 +125,14 @@ def evaluate(
     check_overwrite([p for p in (out, plot, sanity, sanity_plot) if p is not None], overwrite)
     torch.manual_seed(seed)
     limits = {"max_steps": max_steps, "max_codes_per_step": max_codes_per_step}
-    model, _, dataset, _ = model_and_data(model_dir, data, labels, split, model_sha256, limits)
+    model, _, dataset, _ = model_and_data(
+        model_dir, data, labels, split, model_sha256, limits, on_bad_rows
+    )
+    if len(dataset) < MIN_SPLIT_PATIENTS:
+        warn(
+            f"{len(dataset)} patient(s) in --split {split}: the confidence intervals of "
+            f"faithfulness from fewer than {MIN_SPLIT_PATIENTS} patients are wide and unstable"
+        )
     evaluator = Evaluator(
         model,
         ablation=cast("Ablation", ablation),  # a click.Choice of the two
@@ -127,7 +141,9 @@ def evaluate(
         progress=not quiet,
     )
     results = {}
-    for name, options in method_options(names, seed).items():
+    chosen = method_options(names, seed)
+    check_method_options(model, chosen)
+    for name, options in chosen.items():
         method = make_interpreter(name, model, **options)
         loader = get_dataloader(dataset, batch_size, bucket_by_length=bucket)
         results[name] = evaluator.evaluate(loader, method, name)
@@ -209,7 +225,8 @@ def _evaluation_table(rows: list[dict[str, Any]]) -> str:
         return f"{row[metric]:.3f} [{row[metric + '_low']:.3f}, {row[metric + '_high']:.3f}]"
 
     header = f"{'method':22s} {'comprehensiveness':>26s} {'sufficiency':>26s} {'s/1000 pts':>10s}"
-    lines = [header, "-" * len(header)]
+    direction = f"{'':22s} {'(higher is better)':>26s} {'(lower is better)':>26s} {'':>10s}"
+    lines = [header, direction.rstrip(), "-" * len(header)]
     for row in rows:
         lines.append(
             f"{row['method']:22s} {cell(row, 'comprehensiveness'):>26s} "

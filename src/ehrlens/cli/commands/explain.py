@@ -10,17 +10,20 @@ import click
 
 from ..errors import handle_errors
 from ..loading import model_and_data
-from ..methods import method_option, method_options, parse_methods
+from ..methods import check_method_options, method_option, method_options, parse_methods
 from ..options import (
     MedsRoot,
     bucket_option,
     data_option,
     labels_option,
     model_option,
+    on_bad_rows_option,
+    overwrite_option,
     quiet_option,
     sha256_option,
     size_options,
     split_option,
+    target_option,
 )
 
 
@@ -44,12 +47,7 @@ from ..options import (
     show_default=True,
     help="Patients per shard.",
 )
-@click.option(
-    "--target",
-    type=int,
-    default=None,
-    help="Class to explain (default: positive class / predicted class).",
-)
+@target_option
 @click.option(
     "--engine",
     type=click.Choice(["local", "ray"]),
@@ -71,6 +69,8 @@ from ..options import (
 @sha256_option
 @bucket_option
 @size_options
+@on_bad_rows_option
+@overwrite_option
 @quiet_option
 @handle_errors
 def explain(
@@ -82,7 +82,7 @@ def explain(
     split: str,
     batch_size: int,
     shard_size: int,
-    target: int | None,
+    target: str | None,
     engine: str,
     address: str | None,
     workers: int | None,
@@ -92,12 +92,19 @@ def explain(
     bucket: bool,
     max_steps: int | None,
     max_codes_per_step: int | None,
+    on_bad_rows: str,
+    overwrite: bool,
     quiet: bool,
 ) -> None:
     """Explain every patient with each method; write long-format Parquet attributions
-    (patient_id, feature, visit, position, code, score, method, model_id)."""
+    (patient_id, feature, visit, position, code, score, method, model_id).
+
+    A folder that holds this run's output resumes it; --overwrite replaces a previous run's
+    manifest and shards there (other files are kept). A run that fails before writing any
+    shard leaves no manifest behind."""
     import torch
 
+    from ...app.task import card_classes, resolve_target
     from ...explain import explain_cohort
 
     if device == "cuda" and not torch.cuda.is_available():
@@ -110,14 +117,16 @@ def explain(
         # each worker reads its own data shard: nothing is turned into samples here
         result = _explain_meds_ray(
             model_dir, data, labels, options, out, split, batch_size, target, address,
-            workers, quiet, model_sha256,
+            workers, quiet, model_sha256, overwrite,
         )  # fmt: skip
         n_patients = len(set(result.to_arrow().column("patient_id").to_pylist()))
         _summary(n_patients, names, result, out)
         return
     model, card, dataset, samples = model_and_data(
-        model_dir, data, labels, split, model_sha256, limits
+        model_dir, data, labels, split, model_sha256, limits, on_bad_rows
     )
+    target_index = resolve_target(target, card_classes(card, model))
+    check_method_options(model, options)
     if engine == "ray":
         from ...explain.ray_engine import explain_cohort_ray
 
@@ -126,16 +135,17 @@ def explain(
         source = data if split == "all" and jsonl else samples
         result = explain_cohort_ray(
             model_dir, source, options, out_dir=out, batch_size=batch_size,
-            shard_size=shard_size, target_class_idx=target, address=address,
+            shard_size=shard_size, target_class_idx=target_index, address=address,
             num_workers=workers, progress=not quiet, model_sha256=model_sha256,
             num_gpus_per_worker=None if device is None else float(device == "cuda"),
+            overwrite=overwrite, quiet=quiet,
         )  # fmt: skip
     else:
         model = model.to(device or "cpu")
         result = explain_cohort(
-            model, dataset, options, batch_size=batch_size, target_class_idx=target,
+            model, dataset, options, batch_size=batch_size, target_class_idx=target_index,
             out_dir=out, shard_size=shard_size, model_id=card.get("model_id"),
-            progress=not quiet, bucket_by_length=bucket,
+            progress=not quiet, bucket_by_length=bucket, overwrite=overwrite,
         )  # fmt: skip
     _summary(len(dataset), names, result, out)
 
@@ -156,11 +166,12 @@ def _explain_meds_ray(
     out: Path,
     split: str,
     batch_size: int,
-    target: int | None,
+    target: str | None,
     address: str | None,
     workers: int | None,
     quiet: bool,
     model_sha256: str | None,
+    overwrite: bool,
 ) -> Any:
     """``explain --engine ray --data meds:ROOT``: the split's samples by the ids the card
     records, each data shard read and explained on a worker."""
@@ -170,10 +181,13 @@ def _explain_meds_ray(
 
     if labels is None:
         raise click.UsageError("--data meds:ROOT needs --labels (MEDS task labels)")
+    from ...app.task import card_classes, resolve_target
+
     chosen = None
+    card_path = model_dir / CARD
+    card = json.loads(card_path.read_text()) if card_path.exists() else {}
+    target_index = resolve_target(target, card_classes(card))
     if split != "all":
-        card_path = model_dir / CARD
-        card = json.loads(card_path.read_text()) if card_path.exists() else {}
         recorded = recorded_patients(card)
         if split == "new" or recorded is None:
             raise click.UsageError(
@@ -183,6 +197,7 @@ def _explain_meds_ray(
         chosen = recorded[split]
     return explain_meds_ray(
         model_dir, data.root, labels, options, out_dir=out, batch_size=batch_size,
-        target_class_idx=target, address=address, num_workers=workers, progress=not quiet,
-        model_sha256=model_sha256, patient_ids=chosen,
+        target_class_idx=target_index, address=address, num_workers=workers,
+        progress=not quiet, model_sha256=model_sha256, patient_ids=chosen, overwrite=overwrite,
+        quiet=quiet,
     )  # fmt: skip

@@ -13,6 +13,7 @@ from ..options import (
     data_option,
     labels_option,
     model_option,
+    on_bad_rows_option,
     sha256_option,
     size_options,
 )
@@ -74,6 +75,7 @@ HEATMAP_INDEX = "index.csv"
 )
 @sha256_option
 @size_options
+@on_bad_rows_option
 @click.option("--overwrite", is_flag=True, help="Replace an existing --out file and heatmap files.")
 @handle_errors
 @writes("out", "heatmaps")
@@ -91,6 +93,7 @@ def report(
     model_sha256: str | None,
     max_steps: int | None,
     max_codes_per_step: int | None,
+    on_bad_rows: str,
     overwrite: bool,
 ) -> None:
     """Write an HTML report: the model card, a colour legend per method, per patient the
@@ -104,7 +107,9 @@ def report(
 
     check_overwrite([out], overwrite)
     limits = {"max_steps": max_steps, "max_codes_per_step": max_codes_per_step}
-    model, card, dataset, _ = model_and_data(model_dir, data, labels, "all", model_sha256, limits)
+    model, card, dataset, _ = model_and_data(
+        model_dir, data, labels, "all", model_sha256, limits, on_bad_rows
+    )
     frame = read_attributions(attributions)
     ids = sorted(set(frame["model_id"]))
     if ids != [card.get("model_id")]:

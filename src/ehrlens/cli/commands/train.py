@@ -17,9 +17,11 @@ from ..options import (
     learning_rate,
     meds_options,
     model_names,
+    on_bad_rows_option,
     quiet_option,
     size_options,
 )
+from ..quiet import warn
 
 
 @click.command()
@@ -71,6 +73,7 @@ from ..options import (
 )
 @click.option("--seed", default=0, show_default=True, help="Seed of the split and training.")
 @size_options
+@on_bad_rows_option
 @click.option("--overwrite", is_flag=True, help="Replace an existing model in --out.")
 @quiet_option
 @handle_errors
@@ -93,6 +96,7 @@ def train(
     seed: int,
     max_steps: int | None,
     max_codes_per_step: int | None,
+    on_bad_rows: str,
     overwrite: bool,
     quiet: bool,
 ) -> None:
@@ -142,6 +146,7 @@ def train(
         samples = load_samples(
             data, schema["input_schema"], labels=labels,
             label_key=next(iter(schema["output_schema"])), columns=schema.get("columns"),
+            on_bad_rows=on_bad_rows,
         )  # fmt: skip
     hparams: dict[str, Any] = {"embedding_dim": embedding_dim, "heads": heads}
     if "num_layers" in inspect.signature(model_class(model_name)).parameters:
@@ -163,4 +168,11 @@ def train(
     save_model_dir(model, out, card)
     metrics = ", ".join(f"{k} {v:.3f}" for k, v in card["test_metrics"].items() if v is not None)
     click.echo(f"test: {metrics}")
+    for warning in card.get("warnings", []):
+        warn(warning)
+    classes = card["task"]["classes"]
+    if classes and card["task"]["mode"] in ("multiclass", "multilabel"):
+        click.echo(
+            "classes (output order): " + ", ".join(f"{i}: {c}" for i, c in enumerate(classes))
+        )
     click.echo(f"wrote {out / WEIGHTS} and {out / CARD}")
