@@ -79,9 +79,11 @@ def ref_flow_scores(
     model: nn.Module,
     batch: dict[str, Any],
     head_fusion: str = "mean",
-    normalize: bool = False,
+    normalize: str | bool = False,
 ) -> dict[str, np.ndarray]:
-    """Per feature ``[batch, n_inputs]`` flow scores of the model's readout (padding 0)."""
+    """Per feature ``[batch, n_inputs]`` flow scores of the model's readout (padding 0);
+    ``normalize``: ``"patient"`` divides by each patient's sum over every feature,
+    ``"per_feature"`` by each feature's own sum, ``False`` keeps the raw flows."""
     maps = ref_capture(model, batch)
     out = {}
     for key, layer_maps in maps.items():
@@ -100,10 +102,16 @@ def ref_flow_scores(
             if isinstance(model, Transformer):
                 flows = flows[1:]  # drop [CLS]
             flows = flows * real[b]
-            if normalize and flows.sum() > 0:
+            if normalize == "per_feature" and flows.sum() > 0:
                 flows = flows / flows.sum()
             scores[b] = flows
         out[key] = scores
+    if normalize == "patient":
+        totals = sum(s.sum(axis=1) for s in out.values())
+        for key, s in out.items():
+            out[key] = np.divide(
+                s, totals[:, None], out=np.zeros_like(s), where=totals[:, None] > 0
+            )
     return out
 
 
@@ -361,9 +369,9 @@ def test_flow_at_least_rollout_and_at_most_one(name, layout, layers):
 
 
 @pytest.mark.parametrize(("name", "layout", "layers"), MODEL_CASES, ids=MODEL_IDS)
-def test_normalized_scores_sum_to_one_over_real_positions(name, layout, layers):
+def test_per_feature_scores_sum_to_one_over_each_features_real_positions(name, layout, layers):
     dataset, model, batch = make_case(name, layout, layers)
-    scores = AttentionFlow(model).attribute(**batch)
+    scores = AttentionFlow(model, normalize="per_feature").attribute(**batch)
     raw = AttentionFlow(model, normalize=False).attribute(**batch)
     for key in dataset.feature_keys:
         real = torch.as_tensor(ref_real(batch[key]))
@@ -385,11 +393,60 @@ def test_normalized_scores_sum_to_one_over_real_positions(name, layout, layers):
         torch.testing.assert_close(per_position, expected, rtol=1e-5, atol=1e-7)
 
 
+@pytest.mark.parametrize(("name", "layout", "layers"), MODEL_CASES, ids=MODEL_IDS)
+def test_patient_scores_sum_to_one_across_all_features(name, layout, layers):
+    dataset, model, batch = make_case(name, layout, layers)
+    scores = AttentionFlow(model).attribute(**batch)  # normalize="patient", the default
+    raw = AttentionFlow(model, normalize="none").attribute(**batch)
+    per_position = {k: torch.as_tensor(position_scores(scores[k])) for k in dataset.feature_keys}
+    raw_position = {k: torch.as_tensor(position_scores(raw[k])) for k in dataset.feature_keys}
+    totals = sum(p.sum(dim=1) for p in per_position.values())
+    raw_totals = sum(p.sum(dim=1) for p in raw_position.values())
+    assert len(dataset.feature_keys) > 1 and (raw_totals > 0).all()
+    torch.testing.assert_close(totals, torch.ones_like(totals), rtol=0, atol=1e-6)
+    for key in dataset.feature_keys:  # one divisor per patient, shared by its features
+        expected = raw_position[key] / raw_totals[:, None]
+        torch.testing.assert_close(per_position[key], expected, rtol=1e-5, atol=1e-7)
+
+
+def test_patient_normalisation_by_hand():
+    from ehrlens.interpret.methods.flow import _normalized_per_patient
+
+    scores = {
+        "dx": torch.tensor([[1.0, 3.0, 0.0], [0.0, 0.0, 0.0]]),
+        "rx": torch.tensor([[[4.0, 4.0], [0.0, 0.0]], [[0.0, 0.0], [0.0, 0.0]]]),  # 2 visits
+    }
+    out = _normalized_per_patient(scores)
+    # patient 0: total 1 + 3 + 4 + 4 = 12 (nested values are summed as given); patient 1: 0
+    torch.testing.assert_close(out["dx"], torch.tensor([[1 / 12, 3 / 12, 0.0], [0.0, 0.0, 0.0]]))
+    torch.testing.assert_close(
+        out["rx"], torch.tensor([[[1 / 3, 1 / 3], [0.0, 0.0]], [[0.0, 0.0], [0.0, 0.0]]])
+    )
+    # a feature without real units in a sample stays out of that sample's total
+    present = {"dx": torch.tensor([True, True]), "rx": torch.tensor([False, True])}
+    out = _normalized_per_patient(scores, present)
+    torch.testing.assert_close(out["dx"][0], torch.tensor([0.25, 0.75, 0.0]))
+
+
+@pytest.mark.parametrize("value", ["per_patient", "sum", 1])
+def test_an_unknown_normalisation_is_refused(value):
+    _, model, _ = make_case("Transformer", "sequence", 1)
+    with pytest.raises(ValueError, match=r"normalize must be one of \('patient', 'per_feature'"):
+        AttentionFlow(model, normalize=value)
+
+
+def test_true_and_false_keep_their_meaning():
+    _, model, _ = make_case("Transformer", "sequence", 1)
+    assert AttentionFlow(model, normalize=True).normalize == "patient"
+    assert AttentionFlow(model, normalize=False).normalize == "none"
+
+
+@pytest.mark.parametrize("normalize", ["patient", "per_feature"])
 @pytest.mark.parametrize(("name", "layout", "layers"), MODEL_CASES[2:], ids=MODEL_IDS[2:])
-def test_normalized_matches_networkx_reference(name, layout, layers):
+def test_normalized_matches_networkx_reference(name, layout, layers, normalize):
     _, model, batch = make_case(name, layout, layers, batch_size=4)
-    scores = AttentionFlow(model).attribute(**batch)
-    expected = ref_flow_scores(model, batch, normalize=True)
+    scores = AttentionFlow(model, normalize=normalize).attribute(**batch)
+    expected = ref_flow_scores(model, batch, normalize=normalize)
     for key, exp in expected.items():
         assert_rel_close(position_scores(scores[key]), exp, rtol=1e-5, atol=1e-8)
 

@@ -224,7 +224,7 @@ def test_register_refuses_what_is_not_a_concrete_method(restore_registry):
 #: Non-default constructor arguments of each built-in (flow's n_jobs=1 keeps it in-process).
 ARGUMENTS = {
     "rollout": {"head_fusion": "max", "discard_ratio": 0.25, "low_memory": True, "block_rows": 3},
-    "flow": {"head_fusion": "min", "normalize": False, "max_seq_len": 64, "n_jobs": 1},
+    "flow": {"head_fusion": "min", "normalize": "per_feature", "max_seq_len": 64, "n_jobs": 1},
     "chefer": {},
     "raw_attention": {"layer": 0, "head_fusion": "max"},
     "input_x_gradient": {},

@@ -43,8 +43,12 @@ class AttentionFlow(BaseInterpreter):
         model: an :class:`~ehrlens.interpret.AttentionInterpretable` model that states its
             readout weights.
         head_fusion: ``"mean"``, ``"max"`` or ``"min"`` over heads (as rollout).
-        normalize: divide each sample's scores by their sum over its real input positions
-            (as the paper's code); ``False`` returns raw max-flow values.
+        normalize: ``"patient"`` (default; ``True`` is the same): divide each patient's
+            scores by their sum over every real input position of every feature, so that a
+            patient's position scores sum to 1 across all features; ``"per_feature"``: divide
+            each feature's scores by their own sum (each feature of a patient sums to 1, so a
+            patient with three features totals 3: the paper's code, which has one input
+            sequence); ``"none"`` (``False``): raw max-flow values.
         max_seq_len: longest attention sequence accepted.
         n_jobs: worker processes for the samples of a batch (``1``: in this process;
             ``-1``: one per CPU). Workers start on first use and are reused; call
@@ -65,13 +69,13 @@ class AttentionFlow(BaseInterpreter):
         self,
         model: AttentionInterpretable,
         head_fusion: str = "mean",
-        normalize: bool = True,
+        normalize: str = "patient",
         max_seq_len: int = 256,
         n_jobs: int = 1,
     ) -> None:
         super().__init__(model)
         self.head_fusion = check_head_fusion(head_fusion)
-        self.normalize = bool(normalize)
+        self.normalize = _normalization(normalize)
         self.max_seq_len = int(max_seq_len)
         if n_jobs == 0 or n_jobs < -1:
             raise ValueError(f"n_jobs must be a positive number of processes or -1, got {n_jobs}")
@@ -122,8 +126,10 @@ class AttentionFlow(BaseInterpreter):
     def attribute(self, target_class_idx: TargetIndex = None, **batch: Any) -> dict[str, Tensor]:
         """Flow scores shaped like each feature's batch tensor; padding exactly 0.
 
-        With ``normalize=True`` each sample's scores over its real input positions sum to 1
-        (all zeros when no flow reaches the readout, e.g. an empty feature).
+        With ``normalize="patient"`` (default) each patient's scores over the real input
+        positions of all its features sum to 1; with ``"per_feature"`` those of each feature
+        do (all zeros when no flow reaches the readout, e.g. an empty feature). A nested
+        visit is one position: each of its codes shows the visit's score.
         ``target_class_idx`` is ignored (flow is class-agnostic) but must be valid.
         """
         self._check_unused_target(target_class_idx, batch)
@@ -153,8 +159,14 @@ class AttentionFlow(BaseInterpreter):
             dtype = working_dtype(maps[0].dtype)
             flows[key] = torch.from_numpy(np.stack(values)).to(maps[0].device, dtype)
         scores = select_input_positions(self.model, flows, batch)
-        if self.normalize:
+        if self.normalize == "per_feature":
             scores = {key: _normalized(s) for key, s in scores.items()}
+        elif self.normalize == "patient":
+            # A feature with no real unit (an empty code list) adds nothing to the patient's
+            # total: its padding positions may still carry flow, which the output drops.
+            units = self._input_scores({k: torch.ones_like(s) for k, s in scores.items()}, batch)
+            present = {k: units[k].reshape(units[k].shape[0], -1).ne(0).any(-1) for k in scores}
+            scores = _normalized_per_patient(scores, present)
         return self._input_scores(scores, batch)
 
 
@@ -164,3 +176,38 @@ def _normalized(scores: Tensor) -> Tensor:
     total = scores.reshape(scores.shape[0], -1).sum(dim=-1)
     total = total.reshape(-1, *(1,) * (scores.dim() - 1))
     return torch.where(total > 0, scores / torch.where(total > 0, total, 1), 0.0)
+
+
+#: The values of ``AttentionFlow(normalize=...)``.
+NORMALIZATIONS = ("patient", "per_feature", "none")
+
+
+def _normalization(value: bool | str) -> str:
+    if value is True:
+        return "patient"
+    if value is False or value is None:
+        return "none"
+    if isinstance(value, str) and value in NORMALIZATIONS:
+        return value
+    raise ValueError(f"normalize must be one of {NORMALIZATIONS} (or True / False), got {value!r}")
+
+
+def _normalized_per_patient(
+    scores: dict[str, Tensor], present: dict[str, Tensor] | None = None
+) -> dict[str, Tensor]:
+    """Every feature's scores of a sample divided by the sample's sum over all features;
+    ``present[key]`` (``[batch]`` bool) leaves a feature out of the sums of samples where it
+    holds no real unit."""
+    total: Tensor | None = None
+    for key, s in scores.items():
+        part = s.reshape(s.shape[0], -1).sum(dim=-1).to(torch.float64).cpu()
+        if present is not None:
+            part = torch.where(present[key].cpu(), part, 0.0)
+        total = part if total is None else total + part
+    if total is None:
+        return scores
+    out = {}
+    for key, s in scores.items():
+        t = total.to(s.device, s.dtype).reshape(-1, *(1,) * (s.dim() - 1))
+        out[key] = torch.where(t > 0, s / torch.where(t > 0, t, 1), 0.0)
+    return out
