@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.ehrlens-installed
 
-.PHONY: demo test lint format clean
+.PHONY: demo demo-full test lint format clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -15,8 +15,13 @@ $(STAMP): pyproject.toml | $(PY)
 	$(PY) -m pip install --quiet -e ".[dev]"
 	touch $(STAMP)
 
+# About a minute: one small model, ends by writing ehrlens-demo/report.html.
 demo: $(STAMP)
 	$(PY) -m ehrlens.app.demo
+
+# The full-size run: two models, many minutes.
+demo-full: $(STAMP)
+	$(PY) -m ehrlens.app.demo --full
 
 test: $(STAMP)
 	$(PY) -m pytest

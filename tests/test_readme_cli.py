@@ -31,7 +31,7 @@ def walkthrough() -> list[list[str]]:
 
 def test_walkthrough_names_every_step():
     steps = [c[0] for c in walkthrough()]
-    assert steps == ["synthetic", "train", "explain", "evaluate", "report"]
+    assert steps == ["synthetic", "train", "describe", "explain", "evaluate", "report"]
 
 
 @pytest.mark.slow

@@ -451,7 +451,7 @@ def test_help_names_every_command_and_the_exit_codes():
         "explain": ["--model", "--method", "--out", "--shard-size", "--split", "--seed"],
         "evaluate": ["--method", "--bootstrap", "--ablation", "--out", "--plot", "--seed"],
         "report": ["--attributions", "--codes", "--top-k", "--max-patients", "--heatmaps"],
-        "demo": ["--patients", "--epochs", "--seed"],
+        "demo": ["--full", "--patients", "--epochs", "--seed", "--out"],
     }
     for command, names in options.items():
         sub = invoke(command, "-h").stdout
@@ -694,13 +694,18 @@ def test_synthetic_seed(tmp_path):
 
 
 @pytest.mark.slow
-def test_demo_command():
-    result = invoke("demo", "--patients", 60, "--epochs", 1, "--explain", 1, "--seed", 0)
-    assert "ehrlens demo: synthetic cohort of 60 patients (seed 0)" in result.stdout
-    assert "Transformer: test AUROC" in result.stdout
-    assert "StageAttentionNet: test AUROC" in result.stdout
+def test_demo_command(tmp_path):
+    out = tmp_path / "demo"
+    result = invoke(
+        "demo", "--patients", 60, "--epochs", 1, "--explain", 2, "--seed", 0, "--out", out, "-q"
+    )
+    assert "synthetic cohort of 60 patients, seed 0" in result.stdout
+    assert "Transformer: generate the cohort and train 1 epoch(s)" in result.stdout
+    assert "test AUROC" in result.stdout
     for method in ("rollout", "flow", "chefer"):
         assert result.stdout.count(f"{method:8s} top 5:") == 2, method
+    assert result.stdout.splitlines()[-1] == f"report: {(out / 'report.html').resolve()}"
+    assert "--full" in invoke("demo", "--help").stdout
 
 
 # ----------------------------------------------------------------------------- kill and resume

@@ -64,10 +64,10 @@ def test_method_options_are_parsed_as_the_types_of_their_defaults():
         "flow": {"max_seq_len": 512},
     }
     assert parse_methods(
-        ("rollout:head_fusion=min,discard_ratio=0.25:low_memory=yes", "flow:normalize=False")
+        ("rollout:head_fusion=min,discard_ratio=0.25:low_memory=yes", "flow:normalize=per_feature")
     ) == {
         "rollout": {"head_fusion": "min", "discard_ratio": 0.25, "low_memory": True},
-        "flow": {"normalize": False},
+        "flow": {"normalize": "per_feature"},
     }
     # default None: none, an integer, or text
     assert parse_methods(("integrated_gradients:internal_batch_size=none",)) == {
@@ -97,7 +97,7 @@ def test_method_and_option_names_are_case_insensitive_and_methods_listed_once():
         ),
         ("flow:max_seq_len=big", "-m flow:max_seq_len=big: max_seq_len of flow is an integer"),
         ("rollout:discard_ratio=x", "discard_ratio of rollout is a number, got 'x'"),
-        ("flow:normalize=maybe", "normalize of flow is true or false, got 'maybe'"),
+        ("rollout:low_memory=maybe", "low_memory of rollout is true or false, got 'maybe'"),
         ("head_fusion=max", "option 'head_fusion=max' comes before any method name"),
         ("rollout:head_fusion", "-m rollout:head_fusion: expected OPTION=VALUE"),
         ("chefer:seed=1", "chefer has no option 'seed' (its options: none)"),

@@ -50,7 +50,7 @@ def test_recipes_of_names_options_and_instances(model):
         "rollout": (ROLLOUT, {"head_fusion": "min"}),
         "f": (
             FLOW,
-            {"head_fusion": "mean", "normalize": False, "max_seq_len": 32, "n_jobs": 1},
+            {"head_fusion": "mean", "normalize": "none", "max_seq_len": 32, "n_jobs": 1},
         ),
         "noise": (RANDOM, {"seed": 3}),
     }

@@ -1,57 +1,121 @@
-"""End-to-end demo on built-in synthetic data: train two models, explain a few patients.
+"""End-to-end demo on built-in synthetic data: train, explain, and write the HTML report.
 
-Run with ``python -m ehrlens.app.demo`` (``make demo``). It generates a cohort with planted
-signal codes, trains a :class:`~ehrlens.models.Transformer` and a
-:class:`~ehrlens.models.StageAttentionNet`, prints each one's test AUROC next to the
-best achievable (the cohort's noise-free risk), then explains the highest-risk test patients
-with attention rollout, attention flow and Chefer relevance and marks which of their top codes
-were planted.
+Run with ``python -m ehrlens.app.demo`` (``make demo``; about a minute on two CPU cores). It
+generates a cohort with planted signal codes, trains a small
+:class:`~ehrlens.models.Transformer` (progress shown), prints its test AUROC next to the best
+achievable (the cohort's noise-free risk), explains the highest-risk test patients with
+attention rollout, attention flow and Chefer relevance, prints which of their top codes were
+planted, and ends by writing the HTML report and printing its path.
+
+``--full`` is the full-size run: a larger cohort, wider models, more epochs, and a
+:class:`~ehrlens.models.StageAttentionNet` too (many minutes on a laptop).
+
+Example:
+    >>> main(["--out", "demo-out"])   # writes demo-out/report.html
 """
 
 from __future__ import annotations
 
 import argparse
+import time
 from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from ..core.files import OutputConflictError, check_overwrite
 from ..data import get_dataloader
 from ..data.synthetic import Layout
-from ..interpret import AttentionFlow, AttentionRollout, CheferRelevance, top_codes
+from ..explain import explain_cohort
 from ..models import BaseModel, StageAttentionNet, Transformer
-from .workflow import train_on_cohort
+from ..report import patient_predictions, write_report
+from .workflow import code_descriptions, train_on_cohort
 
-MODELS: dict[str, tuple[Layout, type[BaseModel], dict[str, Any]]] = {
-    "Transformer": ("sequence", Transformer, {"embedding_dim": 64, "heads": 4, "num_layers": 2}),
-    "StageAttentionNet": (
-        "stagenet",
-        StageAttentionNet,
-        {"embedding_dim": 64, "chunk_size": 32, "levels": 3, "heads": 4},
-    ),
-}
+#: Where the demo writes its report unless told otherwise (replaced by the next demo run).
+DEFAULT_OUT = Path("ehrlens-demo")
+REPORT = "report.html"
+METHODS = ("rollout", "flow", "chefer")
 
 
-def _explain(model, dataset, cohort, n_patients: int, k: int) -> None:
-    with torch.inference_mode():
-        y_prob = torch.cat([model(**b)["y_prob"] for b in get_dataloader(dataset, 256)])
-    highest = np.argsort(-y_prob[:, 0].numpy(), kind="stable")[:n_patients]
-    batch = dataset.collate([dataset[int(i)] for i in highest])
-    with torch.inference_mode():  # the forward-only methods
-        risk = model(**batch)["y_prob"][:, 0]
-        rollout = AttentionRollout(model).attribute(**batch)
-        flow = AttentionFlow(model).attribute(**batch)
-    chefer = CheferRelevance(model).attribute(**batch)  # needs gradients
-    for i, pid in enumerate(batch["patient_id"]):
-        planted = {(f, c) for f, codes in cohort.ground_truth[pid].items() for c in codes}
-        label = int(batch["label"][i].item())
-        print(f"  patient {pid}  label={label}  predicted risk={risk[i]:.2f}")
-        print(f"    planted signal: {_codes(sorted(planted)) or '(none)'}")
-        for name, scores in (("rollout", rollout), ("flow", flow), ("chefer", chefer)):
-            top = top_codes(scores, batch, model.schema, i, k=k)
-            shown = ", ".join(f"{c}{'*' if (f, c) in planted else ''} {s:.3f}" for f, c, s in top)
-            print(f"    {name:8s} top {k}: {shown}")
+@dataclass(frozen=True)
+class Settings:
+    """One demo size: cohort, epochs, learning rate, patients explained, the models trained."""
+
+    patients: int
+    epochs: int
+    lr: float
+    explain: int
+    models: dict[str, tuple[Layout, type[BaseModel], dict[str, Any]]] = field(default_factory=dict)
+
+
+#: Test AUROC 0.767 against a best achievable 0.837 with seed 0 (benchmarks/RESULTS.md).
+QUICK = Settings(
+    patients=1500,
+    epochs=5,
+    lr=5e-3,
+    explain=30,
+    models={
+        "Transformer": (
+            "sequence",
+            Transformer,
+            {"embedding_dim": 32, "heads": 2, "num_layers": 2},
+        ),
+    },
+)
+FULL = Settings(
+    patients=3000,
+    epochs=8,
+    lr=2e-3,
+    explain=50,
+    models={
+        "Transformer": (
+            "sequence",
+            Transformer,
+            {"embedding_dim": 64, "heads": 4, "num_layers": 2},
+        ),
+        "StageAttentionNet": (
+            "stagenet",
+            StageAttentionNet,
+            {"embedding_dim": 64, "chunk_size": 32, "levels": 3, "heads": 4},
+        ),
+    },
+)
+
+
+class _Steps:
+    """Numbered progress lines with the time each step took."""
+
+    def __init__(self, total: int) -> None:
+        self.total, self.done, self.start = total, 0, time.perf_counter()
+        self.began = self.start
+
+    def begin(self, what: str) -> None:
+        self.done += 1
+        self.began = time.perf_counter()
+        print(f"[{self.done}/{self.total}] {what} ...", flush=True)
+
+    def end(self, note: str = "") -> None:
+        took = time.perf_counter() - self.began
+        print(f"      done in {took:.1f}s{'; ' + note if note else ''}", flush=True)
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.start
+
+
+def _print_top_codes(frame: Any, planted: dict[str, set[tuple[str, str]]], pids, k: int) -> None:
+    for pid in pids:
+        rows = frame[frame["patient_id"] == pid]
+        print(f"  patient {pid}: planted {_codes(sorted(planted[pid])) or '(none)'}")
+        for method in METHODS:
+            top = rows[rows["method"] == method].nlargest(k, "score")
+            shown = ", ".join(
+                f"{c}{'*' if (f, c) in planted[pid] else ''} {s:.3f}"
+                for f, c, s in zip(top["feature"], top["code"], top["score"], strict=True)
+            )
+            print(f"    {method:8s} top {k}: {shown}")
 
 
 def _codes(pairs: Sequence[tuple[str, str]]) -> str:
@@ -59,41 +123,112 @@ def _codes(pairs: Sequence[tuple[str, str]]) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m ehrlens.app.demo", description=__doc__)
-    parser.add_argument("--patients", type=int, default=3000, help="cohort size")
-    parser.add_argument("--epochs", type=int, default=8, help="training epochs per model")
-    parser.add_argument("--explain", type=int, default=4, help="test patients to explain")
+    parser = argparse.ArgumentParser(
+        prog="python -m ehrlens.app.demo", description=__doc__.split("\n\n")[0]
+    )
+    parser.add_argument(
+        "--full", action="store_true", help="the full-size run (two models, many minutes)"
+    )
+    parser.add_argument("--patients", type=int, default=None, help="cohort size")
+    parser.add_argument("--epochs", type=int, default=None, help="training epochs per model")
+    parser.add_argument(
+        "--explain", type=int, default=None, help="highest-risk test patients explained"
+    )
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=DEFAULT_OUT,
+        help=f"folder of the report (default {DEFAULT_OUT}/, whose report the next demo run "
+        "replaces)",
+    )
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing report")
+    parser.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads (default 1: for models this small, more threads gain little and "
+        "lose much on a busy machine)",
+    )
     args = parser.parse_args(argv)
+    size = FULL if args.full else QUICK
+    patients = size.patients if args.patients is None else args.patients
+    epochs = size.epochs if args.epochs is None else args.epochs
+    n_explain = size.explain if args.explain is None else args.explain
+    for name, value in (("--patients", patients), ("--epochs", epochs), ("--explain", n_explain)):
+        if value < 1:
+            parser.error(f"{name} must be >= 1, got {value}")
+    report = args.out / REPORT
+    try:
+        check_overwrite([report], args.overwrite or args.out == DEFAULT_OUT)
+    except OutputConflictError as error:
+        parser.exit(3, f"error: {error}\n")
 
+    if args.threads < 1:
+        parser.error(f"--threads must be >= 1, got {args.threads}")
+    torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
-    print(f"ehrlens demo: synthetic cohort of {args.patients} patients (seed {args.seed})")
-    results: dict[str, float] = {}
-    for name, (layout, model_class, hparams) in MODELS.items():
+    steps = _Steps(total=3 * len(size.models) + 1)
+    print(
+        f"ehrlens demo ({'full size' if args.full else 'quick; --full for the full-size run'}): "
+        f"synthetic cohort of {patients} patients, seed {args.seed}"
+    )
+    frames, summary, first = [], [], None
+    for name, (layout, model_class, hparams) in size.models.items():
+        steps.begin(f"{name}: generate the cohort and train {epochs} epoch(s)")
         run = train_on_cohort(
-            model_class,
-            hparams,
-            n_patients=args.patients,
-            layout=layout,
-            seed=args.seed,
-            epochs=args.epochs,
+            model_class, hparams, n_patients=patients, layout=layout, seed=args.seed,
+            epochs=epochs, lr=size.lr, progress=not args.quiet,
+        )  # fmt: skip
+        auroc = run.test_metrics["roc_auc"]
+        steps.end(
+            f"test AUROC {auroc:.3f} (higher is better; best achievable {run.oracle_roc_auc:.3f}"
+            f", chance 0.500), AUPRC {run.test_metrics['pr_auc']:.3f}"
         )
-        if not results:
+        summary.append(f"{name} test AUROC {auroc:.3f} (best {run.oracle_roc_auc:.3f})")
+        if first is None:
+            first = run
             signal = _codes(sorted(run.cohort.signal_codes))
-            print(f"  positive rate {run.cohort.positive_rate:.2f}; planted codes: {signal}")
-        metrics = run.test_metrics
-        results[name] = metrics["roc_auc"]
-        print(
-            f"\n{name}: test AUROC {metrics['roc_auc']:.3f} "
-            f"(best achievable {run.oracle_roc_auc:.3f}, chance 0.500), "
-            f"AUPRC {metrics['pr_auc']:.3f}, trained in {run.train_seconds:.0f}s"
-        )
-        print(
-            f"  top codes of the {args.explain} highest-risk test patients "
-            "(* = planted signal code):"
-        )
-        _explain(run.model, run.test, run.cohort, args.explain, k=5)
-    print("\nsummary: " + ", ".join(f"{n} test AUROC {a:.3f}" for n, a in results.items()))
+            print(f"      positive rate {run.cohort.positive_rate:.2f}; planted codes: {signal}")
+
+        steps.begin(f"{name}: explain the {n_explain} highest-risk test patients")
+        with torch.inference_mode():
+            y_prob = torch.cat([run.model(**b)["y_prob"] for b in get_dataloader(run.test, 256)])
+        highest = np.argsort(-y_prob[:, 0].numpy(), kind="stable")[:n_explain]
+        chosen = run.test.subset([int(i) for i in highest])
+        frame = explain_cohort(
+            run.model, chosen, list(METHODS), batch_size=16, progress=not args.quiet,
+            model_id=name,
+        ).to_frame()  # fmt: skip
+        steps.end(f"{len(frame)} rows ({', '.join(METHODS)})")
+
+        steps.begin(f"{name}: top codes of the 2 highest-risk patients (* = planted signal)")
+        planted = {
+            pid: {(f, c) for f, codes in run.cohort.ground_truth[pid].items() for c in codes}
+            for pid in chosen.patient_ids
+        }
+        _print_top_codes(frame, planted, chosen.patient_ids[:2], k=5)
+        frame["patient_id"] = [f"{name}/{pid}" for pid in frame["patient_id"]]
+        predictions = patient_predictions(run.model, chosen)
+        frames.append((frame, {f"{name}/{pid}": p for pid, p in predictions.items()}))
+        steps.end()
+
+    steps.begin(f"write the HTML report to {report}")
+    import pandas as pd
+
+    assert first is not None
+    frame = pd.concat([f for f, _ in frames], ignore_index=True)
+    predictions = {pid: p for _, preds in frames for pid, p in preds.items()}
+    report.parent.mkdir(parents=True, exist_ok=True)
+    write_report(
+        report, frame, predictions, descriptions=code_descriptions(first.cohort),
+        title="ehrlens demo", subtitle="; ".join(summary),
+        patients=sorted(predictions, key=lambda p: -predictions[p].probability),
+    )  # fmt: skip
+    steps.end()
+    print(f"\nsummary: {'; '.join(summary)}; {steps.elapsed():.0f}s in all")
+    print(f"report: {report.resolve()}")
     return 0
 
 
