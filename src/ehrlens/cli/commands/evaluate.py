@@ -172,7 +172,7 @@ def evaluate(
 def _sanity(
     model: Any,
     dataset: Any,
-    names: list[str],
+    names: dict[str, dict[str, Any]],
     seed: int,
     batch_size: int,
     bootstrap: int,

@@ -150,7 +150,7 @@ def explain(
     _summary(len(dataset), names, result, out)
 
 
-def _summary(n_patients: int, names: list[str], result: Any, out: Path) -> None:
+def _summary(n_patients: int, names: dict[str, Any], result: Any, out: Path) -> None:
     click.echo(
         f"{n_patients} patients x {len(names)} method(s): {result.num_rows} rows in "
         f"{len(result.shards)} shard(s) under {out} "
