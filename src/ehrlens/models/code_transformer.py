@@ -33,7 +33,7 @@ from .attention import EncoderBlock, MultiHeadAttention
 from .base import BaseModel, feature_values
 from .capture import ENCODER_MODEL_CAPABILITIES, AttentionCaptureMixin
 from .embedding import FeatureEmbedding, sinusoidal_encoding
-from .hparams import check_dropout, check_heads, check_size
+from .hparams import check_attention_hparams
 from .lrp import LRPRulesMixin
 
 
@@ -119,22 +119,10 @@ class CodeTransformer(AttentionCaptureMixin, LRPRulesMixin, BaseModel, GradientI
         num_layers: int = 2,
         dropout: float = 0.1,
     ) -> None:
-        name = type(self).__name__
-        for hparam, value in (
-            ("embedding_dim", embedding_dim),
-            ("heads", heads),
-            ("num_layers", num_layers),
-        ):
-            check_size(name, hparam, value)
-        check_heads(name, embedding_dim, heads)
-        check_dropout(name, dropout)
+        sizes = {"embedding_dim": embedding_dim, "heads": heads, "num_layers": num_layers}
+        check_attention_hparams(type(self).__name__, sizes, dropout)
         super().__init__(dataset)
-        self.hparams = {
-            "embedding_dim": embedding_dim,
-            "heads": heads,
-            "num_layers": num_layers,
-            "dropout": dropout,
-        }
+        self.hparams = {**sizes, "dropout": dropout}
         processors = self.schema.input_processors
         keys = self.feature_keys
         self.embeddings = nn.ModuleDict(

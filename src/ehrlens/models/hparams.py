@@ -43,3 +43,19 @@ def check_heads(model: str, embedding_dim: int, heads: int) -> None:
         raise ValueError(
             f"{model}: embedding_dim {embedding_dim} must be divisible by heads {heads}"
         )
+
+
+def check_attention_hparams(model: str, sizes: dict[str, Any], dropout: Any) -> None:
+    """Check an attention model's sizes, head split and dropout in one call.
+
+    ``sizes`` holds every whole-number hyperparameter (``embedding_dim`` and ``heads`` among
+    them); each must be at least 1, ``heads`` must divide ``embedding_dim`` and ``dropout`` lie
+    in ``[0, 1)``. Errors name the model and the hyperparameter.
+
+    Example:
+        >>> check_attention_hparams("Transformer", {"embedding_dim": 64, "heads": 4}, 0.1)
+    """
+    for hparam, value in sizes.items():
+        check_size(model, hparam, value)
+    check_heads(model, sizes["embedding_dim"], sizes["heads"])
+    check_dropout(model, dropout)

@@ -24,7 +24,7 @@ from .attention import EncoderBlock, MultiHeadAttention
 from .base import BaseModel, feature_values
 from .capture import ENCODER_MODEL_CAPABILITIES, AttentionCaptureMixin
 from .embedding import FeatureEmbedding
-from .hparams import check_dropout, check_heads, check_size
+from .hparams import check_attention_hparams
 
 
 def cumax(x: Tensor, reverse: bool = False) -> Tensor:
@@ -182,21 +182,9 @@ class StageAttentionNet(AttentionCaptureMixin, BaseModel, GradientInterpretable)
             "attention_layers": attention_layers,
             "conv_size": conv_size,
         }
-        for hparam, value in sizes.items():
-            check_size(name, hparam, value)
-        check_heads(name, embedding_dim, heads)
-        check_dropout(name, dropout)
+        check_attention_hparams(name, sizes, dropout)
         super().__init__(dataset)
-        self.hparams = {
-            "embedding_dim": embedding_dim,
-            "chunk_size": chunk_size,
-            "levels": levels,
-            "heads": heads,
-            "attention_layers": attention_layers,
-            "conv_size": conv_size,
-            "dropout": dropout,
-            "readout": readout,
-        }
+        self.hparams = {**sizes, "dropout": dropout, "readout": readout}
         processors = self.schema.input_processors
         keys = self.feature_keys
         self.embeddings = nn.ModuleDict(
