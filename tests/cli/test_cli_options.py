@@ -1,4 +1,4 @@
-"""The command-line options of issue 19: method options (``-m name:option=value``),
+"""The command-line options: method options (``-m name:option=value``),
 case-insensitive method names, ``explain --overwrite``, no manifest left by a run that wrote
 nothing, ``--target`` by class name, ``describe``, ``--on-bad-rows``, ``-q`` and the warning
 for a split too small for its metrics."""
