@@ -114,6 +114,7 @@ def test_every_method_on_random_models_and_batches(case):
         scores = build(model).attribute(**batch)
         assert set(scores) == set(dataset.feature_keys), method
         again = build(twin).attribute(**batch)
+        flow_totals, flow_present = [], []
         for key, value in scores.items():
             where = f"{method}, feature '{key}'"
             real = real_mask(batch, key)
@@ -125,6 +126,15 @@ def test_every_method_on_random_models_and_batches(case):
                 assert bool((value >= 0).all()), where
             if method in ("rollout", "rollout_low_memory", "flow"):
                 _check_shares(method, name, value, real, where)
+            if method == "flow":
+                positions, present = _positions(value, real)
+                flow_totals.append(positions.sum(dim=1))
+                flow_present.append(present.any(dim=1))
+        if method == "flow":  # normalised per patient: all of a patient's features sum to 1
+            expected = torch.stack(flow_present).any(dim=0).to(flow_totals[0].dtype)
+            torch.testing.assert_close(
+                torch.stack(flow_totals).sum(dim=0), expected, atol=1e-5, rtol=0, msg="flow"
+            )
         if method == "random":  # random scores depend on the batch shape, by design
             continue
         for i, single in enumerate(singles):
@@ -145,9 +155,9 @@ def _check_shares(method: str, name: str, value, real, where: str) -> None:
     assert bool((scores <= 1 + 1e-6).all()), f"{where}: above 1"
     totals = scores.sum(dim=1)
     non_empty = present.any(dim=1)
-    if method == "flow" or name == "StageAttentionNet":
+    if method != "flow" and name == "StageAttentionNet":
         expected = non_empty.to(totals.dtype)  # 1 where the feature has a real position
         torch.testing.assert_close(totals, expected, atol=1e-5, rtol=0, msg=where)
-    else:  # Transformer rollout: the [CLS] position keeps a share
+    else:  # flow: this feature's share of the patient's 1; Transformer rollout: [CLS] keeps some
         assert bool((totals <= 1 + 1e-6).all()), where
         assert bool((totals[non_empty] > 0).all()), where

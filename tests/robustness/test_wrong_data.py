@@ -45,7 +45,7 @@ def test_item_3_the_test_split_is_carried_by_patient_id(cli_cohort, tmp_path):
     assert not set(explained) & (set(recorded["train"]) | set(recorded["val"]))
     result = invoke("evaluate", "--model", model_dir, "--data", data, "-m", "random",
                     "--split", "test", "--bootstrap", 5, "-q")  # fmt: skip
-    assert result.stdout.splitlines()[2].startswith("random")
+    assert any(line.startswith("random") for line in result.stdout.splitlines()), result.stdout
 
     # a patient the model never saw is "new", never "test"
     newcomer = dict(samples[0], patient_id="NEWCOMER")
