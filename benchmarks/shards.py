@@ -54,7 +54,7 @@ def shard_columns(
 ) -> tuple[dict, list[str]]:
     """Long-format columns of one shard: each patient ``units`` codes over visits, x methods."""
     columns = {k: [] for k in ("patient_id", "feature", "visit", "position", "code", "score")}
-    columns.update(method=[], model_id=[])
+    columns.update(method=[], model_id=[], level=[])
     ids = [f"P{index * patients + i:07d}" for i in range(patients)]
     for pid in ids:
         n = max(1, int(rng.gauss(units, units / 4)))
@@ -70,6 +70,7 @@ def shard_columns(
                 columns["score"].append(rng.random())
                 columns["method"].append(method)
                 columns["model_id"].append("3f2a9c01d4e5")
+                columns["level"].append("code")
     return columns, ids
 
 

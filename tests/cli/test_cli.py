@@ -325,9 +325,13 @@ def test_report_is_a_self_contained_page_of_the_riskiest_patients(pipeline):
                 continue
             chips.append((attrs["data-code"], attrs["title"]))
         rows = frame[frame["patient_id"] == pid]
-        expected = [
-            (code, f"{code} — {descriptions[code]}: score {score:.6g}")
-            for code, score in zip(rows["code"], rows["score"], strict=True)
+        expected = [  # a visit-level score is shown once on its visit, not on each code
+            (
+                code,
+                f"{code} — {descriptions[code]}: "
+                + ("scored with its visit" if level == "visit" else f"score {score:.6g}"),
+            )
+            for code, score, level in zip(rows["code"], rows["score"], rows["level"], strict=True)
         ]
         assert Counter(chips) == Counter(expected), pid
         pills = [
