@@ -114,7 +114,7 @@ def evaluate(
     import torch
 
     from ...app.task import MIN_SPLIT_PATIENTS
-    from ...core.files import atomic_write, check_overwrite
+    from ...core.files import check_overwrite
     from ...data import get_dataloader
     from ...interpret.registry import make_interpreter
     from ...metrics import Evaluator
@@ -150,15 +150,7 @@ def evaluate(
     rows = [r.to_dict() for r in results.values()]
     click.echo(_evaluation_table(rows))
     if out is not None:
-        with atomic_write(out) as f:
-            if out.suffix.lower() == ".csv":
-                import csv
-
-                writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-                writer.writeheader()
-                writer.writerows(rows)
-            else:
-                json.dump({"results": rows}, f, indent=2)
+        _write_rows(out, rows, "results")
         click.echo(f"wrote {out}")
     if plot is not None:
         from ...report.plots import plot_faithfulness_curves
@@ -180,7 +172,6 @@ def _sanity(
     plot: Path | None,
 ) -> None:
     """Cascading model-parameter randomisation of every method on one batch; table + plot."""
-    from ...core.files import atomic_write
     from ...data import get_dataloader
     from ...metrics import ModelParameterRandomisation
 
@@ -191,21 +182,28 @@ def _sanity(
     ]
     rows = [record for result in results for record in result.to_records()]
     click.echo(_sanity_table(results))
-    with atomic_write(table) as f:
-        if table.suffix.lower() == ".csv":
-            import csv
-
-            writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-            writer.writeheader()
-            writer.writerows(rows)
-        else:
-            json.dump({"sanity": rows}, f, indent=2)
+    _write_rows(table, rows, "sanity")
     click.echo(f"wrote {table}")
     if plot is not None:
         from ...report.plots import plot_sanity_checks
 
         plot_sanity_checks(results, plot)
         click.echo(f"wrote {plot}")
+
+
+def _write_rows(path: Path, rows: list[dict[str, Any]], key: str) -> None:
+    """Write table rows atomically: CSV for a ``.csv`` path, else JSON ``{key: rows}``."""
+    from ...core.files import atomic_write
+
+    with atomic_write(path) as f:
+        if path.suffix.lower() == ".csv":
+            import csv
+
+            writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(rows)
+        else:
+            json.dump({key: rows}, f, indent=2)
 
 
 def _sanity_table(results: list[Any]) -> str:
