@@ -1,5 +1,7 @@
 """Forward-only capture fused over heads stores [batch, 1, seq, seq] equal to fusing later."""
 
+import copy
+
 import pytest
 import torch
 
@@ -26,7 +28,10 @@ def model_and_batch():
     ],
 )
 def test_fused_capture_equals_fusing_per_head_maps(model_and_batch, fusion, reduce):
+    # Fused capture computes the map in blocks of query rows, so float32 may differ from the
+    # whole-map product in the last bit; float64 shows that only rounding differs.
     model, batch = model_and_batch
+    model = copy.deepcopy(model).double()
     with torch.inference_mode():
         with capture_attention(model, batch):
             per_head = model.get_attention_layers()
@@ -35,7 +40,42 @@ def test_fused_capture_equals_fusing_per_head_maps(model_and_batch, fusion, redu
     for key in per_head:
         for (full, _), (small, grad) in zip(per_head[key], fused[key], strict=True):
             assert full.shape[1] == 4 and small.shape[1] == 1 and grad is None
-            torch.testing.assert_close(small[:, 0], reduce(full), rtol=0, atol=0)
+            assert small.dtype == torch.float64
+            torch.testing.assert_close(small[:, 0], reduce(full), rtol=0, atol=1e-15)
+
+
+def test_fused_capture_never_forms_a_layers_per_head_map_whole(model_and_batch):
+    model, batch = model_and_batch
+    rows_seen: dict[int, list[tuple[int, int]]] = {}
+    modules = [m for ms in model.attention_modules().values() for m in ms]
+    for index, module in enumerate(modules):
+
+        def spy(q, k, mask, _original=module.attention_weights, _index=index):
+            rows_seen.setdefault(_index, []).append((q.shape[2], k.shape[2]))
+            return _original(q, k, mask)
+
+        module.attention_weights = spy
+    try:
+        with torch.inference_mode(), capture_attention(model, batch, head_fusion="mean"):
+            fused = [a for layers in model.get_attention_layers().values() for a, _ in layers]
+    finally:
+        for module in modules:
+            del module.attention_weights
+    assert sorted(rows_seen) == list(range(len(modules)))
+    for index, attention in enumerate(fused):
+        seq = attention.shape[-1]
+        assert seq > 1  # so a single block would be the whole map
+        assert all(rows < keys == seq for rows, keys in rows_seen[index])
+        assert sum(rows for rows, _ in rows_seen[index]) == seq
+
+
+def test_fused_capture_forward_gives_the_models_output(model_and_batch):
+    model, batch = model_and_batch
+    with torch.inference_mode():
+        plain = model(**batch)["logit"]
+        with capture_attention(model, batch, head_fusion="mean") as forward:
+            captured = forward.outputs["logit"]
+    torch.testing.assert_close(captured, plain, rtol=0, atol=1e-6)
 
 
 def test_fused_capture_is_forward_only(model_and_batch):
@@ -66,3 +106,16 @@ def test_discard_count_follows_python_float_arithmetic():
     pruned = discard_lowest(attention, 0.29)
     dropped = int((pruned[0, 0] == 0).sum())
     assert dropped == int(0.29 * 100) == 28
+
+
+def test_whole_map_fused_capture_equals_fusing_per_head_maps_bit_for_bit(model_and_batch):
+    model, batch = model_and_batch
+    with torch.inference_mode():
+        with capture_attention(model, batch):
+            per_head = model.get_attention_layers()
+        with capture_attention(model, batch, head_fusion="mean", whole_maps=True):
+            fused = model.get_attention_layers()
+    for key in per_head:
+        for (full, _), (small, _) in zip(per_head[key], fused[key], strict=True):
+            assert small.shape[1] == 1
+            torch.testing.assert_close(small[:, 0], full.mean(1), rtol=0, atol=0)

@@ -30,12 +30,12 @@ CASES = {
 @pytest.mark.parametrize("case", sorted(CASES))
 @pytest.mark.parametrize("fusion", ["mean", "max", "min"])
 @pytest.mark.parametrize("discard", [0.0, 0.4])
-@pytest.mark.parametrize("block_rows", [1, 3, 256])
+@pytest.mark.parametrize("block_rows", [1, 3, 256, None])
 def test_low_memory_equals_stored_maps(case, fusion, discard, block_rows):
     layout, model_class, kwargs = CASES[case]
     model, batch = make(layout, model_class, **kwargs)
     with torch.inference_mode():
-        stored = AttentionRollout(model, fusion, discard).attribute(**batch)
+        stored = AttentionRollout(model, fusion, discard, low_memory=False).attribute(**batch)
         low = AttentionRollout(
             model, fusion, discard, low_memory=True, block_rows=block_rows
         ).attribute(**batch)
@@ -72,6 +72,55 @@ def test_models_without_key_capture_are_refused():
     AttentionInterpretable.register(MapsOnly)
     with pytest.raises(TypeError, match="key_capture"):
         AttentionRollout(MapsOnly(), low_memory=True)
+    assert AttentionRollout(MapsOnly()).recomputes_maps({}) is False  # "auto" keeps maps
     model, _ = make("sequence", Transformer, num_layers=1)
     with pytest.raises(ValueError, match="block_rows"):
         AttentionRollout(model, low_memory=True, block_rows=0)
+
+
+def _one_feature(heads, layers):
+    cohort = generate_cohort(n_patients=20, layout="sequence", seed=11)
+    schema = {"diagnoses": cohort.input_schema["diagnoses"]}
+    samples = [
+        {k: v for k, v in s.items() if k in schema or k not in cohort.input_schema}
+        for s in cohort.samples
+    ]
+    dataset = create_sample_dataset(samples, schema, cohort.output_schema)
+    torch.manual_seed(0)
+    model = Transformer(dataset, embedding_dim=16, heads=heads, num_layers=layers).eval()
+    return model, next(iter(get_dataloader(dataset, batch_size=7)))
+
+
+@pytest.mark.parametrize(
+    ("heads", "layers", "recomputes"),
+    [(4, 6, False), (4, 8, False), (4, 9, True), (1, 2, False), (1, 3, True), (2, 5, True)],
+)
+def test_auto_keeps_maps_while_they_fit_in_the_forwards_own_attention(heads, layers, recomputes):
+    # One feature: kept maps are layers * seq^2 values, the plain forward's per-head scores
+    # and softmax 2 * heads * seq^2, whatever the batch and length.
+    model, batch = _one_feature(heads, layers)
+    auto = AttentionRollout(model)
+    assert auto.low_memory == "auto"
+    assert auto.recomputes_maps(batch) is recomputes
+    assert AttentionRollout(model, low_memory=True).recomputes_maps(batch) is True
+    assert AttentionRollout(model, low_memory=False).recomputes_maps(batch) is False
+    with torch.inference_mode():
+        scores = auto.attribute(**batch)
+        kept = AttentionRollout(model, low_memory=False).attribute(**batch)
+    torch.testing.assert_close(scores["diagnoses"], kept["diagnoses"], rtol=1e-5, atol=1e-6)
+
+
+def test_auto_adds_up_every_features_maps():
+    # Three features of 3 layers at 2 heads: 3 * 3 maps kept when the features are of equal
+    # length would outgrow 2 * 2; the decision follows the batch's lengths.
+    model, batch = make("sequence", Transformer, num_layers=3)
+    lengths = {key: batch[key].shape[1] + 1 for key in model.feature_keys}  # [CLS] + codes
+    kept = sum(3 * n * n for n in lengths.values())
+    transient = max(2 * 2 * n * n for n in lengths.values())
+    assert AttentionRollout(model).recomputes_maps(batch) is (kept > transient)
+
+
+def test_low_memory_must_be_auto_or_a_bool():
+    model, _ = make("sequence", Transformer, num_layers=2)
+    with pytest.raises(ValueError, match="low_memory must be 'auto', True or False"):
+        AttentionRollout(model, low_memory="yes")

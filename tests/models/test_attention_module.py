@@ -96,6 +96,63 @@ def test_row_without_real_keys_stays_finite():
     assert torch.all(torch.isfinite(seen[0]))
 
 
+def _long_inputs(batch: int = 3, seq: int = 11, dim: int = 8, dtype=torch.float64):
+    torch.manual_seed(2)
+    x = torch.randn(batch, seq, dim, dtype=dtype)
+    lengths = torch.tensor([seq, 7, 1])[:batch]
+    return x, torch.arange(seq)[None, :] < lengths[:, None]
+
+
+@pytest.mark.parametrize("heads", [1, 2, 4])
+def test_block_hooks_see_every_query_row_once_in_order(heads):
+    mha = MultiHeadAttention(dim=8, heads=heads).double().eval()
+    x, mask = _long_inputs()
+    full = []
+    handle = mha.register_attention_hook(lambda m, a: full.append(a))
+    with torch.no_grad():
+        plain_out = mha(x, mask)
+    handle.remove()
+    blocks = []
+    handle = mha.register_attention_block_hook(lambda m, rows, a: blocks.append((rows, a)))
+    with torch.no_grad():
+        blocked_out = mha(x, mask)
+    handle.remove()
+    step = -(-11 // (2 * heads))  # ceil(seq / (2 * heads)); far below block_values here
+    assert mha.attention_block_rows(3, 11) == step
+    assert [(r.start, r.stop) for r, _ in blocks] == [
+        (start, min(start + step, 11)) for start in range(0, 11, step)
+    ]
+    for rows, weights in blocks:
+        assert weights.shape == (3, heads, rows.stop - rows.start, 11)
+        torch.testing.assert_close(weights, full[0][:, :, rows], rtol=0, atol=1e-12)
+    torch.testing.assert_close(blocked_out, plain_out, rtol=0, atol=1e-12)
+
+
+def test_blocks_are_bounded_by_half_a_fused_map_and_by_block_values():
+    mha = MultiHeadAttention(dim=8, heads=4)
+    assert mha.attention_block_rows(32, 1024) == (1 << 22) // (32 * 4 * 1024) == 32
+    assert mha.attention_block_rows(1, 64) == 8  # ceil(64 / 8): half a fused map
+    assert mha.attention_block_rows(64, 1 << 15) == 1  # never fewer than one row
+    mha.block_values = 2 * (4 * 4 * 11)  # two rows of 11 keys, batch 4, 4 heads
+    assert mha.attention_block_rows(4, 11) == 2
+
+
+def test_block_hooks_get_one_block_when_a_map_hook_also_listens():
+    mha = MultiHeadAttention(dim=8, heads=4).double().eval()
+    x, mask = _long_inputs()
+    maps, blocks = [], []
+    h1 = mha.register_attention_hook(lambda m, a: maps.append(a))
+    h2 = mha.register_attention_block_hook(lambda m, rows, a: blocks.append((rows, a)))
+    assert mha.has_attention_hooks
+    with torch.no_grad():
+        mha(x, mask)
+    h1.remove()
+    h2.remove()
+    assert not mha.has_attention_hooks
+    assert len(blocks) == 1 and blocks[0][0] == slice(0, 11)
+    assert blocks[0][1] is maps[0]
+
+
 def test_dim_must_be_divisible_by_heads():
     with pytest.raises(ValueError, match="divisible"):
         MultiHeadAttention(dim=10, heads=3)

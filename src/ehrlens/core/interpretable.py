@@ -19,7 +19,9 @@ Optional, each declared by one flag of :class:`Capabilities` in the class attrib
 - ``fusion_at_capture``: ``set_attention_hooks(True, capture_gradients=False,
   head_fusion="mean")`` stores maps already fused over heads, ``[batch, 1, seq, seq]``.
 - ``key_capture``: ``set_attention_hooks(True, capture_gradients=False, keys_only=True)``
-  stores queries and keys, read with ``get_attention_keys()``.
+  stores queries and keys, read with ``get_attention_keys()``; with ``fusion_at_capture``,
+  such a model also accepts ``whole_maps=True`` next to ``head_fusion`` (maps computed whole,
+  not in blocks of query rows).
 - ``stated_readout``: ``get_readout_weights(**data)`` and ``select_input_positions(...)``
   state the readout over attention positions up front (row propagation, flow's sink).
 - ``embedding_layers``: ``get_embedding_layers()`` gives each feature's per-unit embedding
@@ -178,6 +180,7 @@ class ForwardOnlyCapture(Protocol):
         capture_gradients: bool = True,
         head_fusion: str | None = None,
         keys_only: bool = False,
+        whole_maps: bool = False,
     ) -> None: ...
 
 
@@ -213,6 +216,14 @@ class KeyCapture(Protocol):
     """A model with ``Capabilities.key_capture``: queries and keys per layer and feature."""
 
     def get_attention_keys(self) -> Mapping[str, list[Any]]: ...
+
+
+class AttentionHeads(Protocol):
+    """A model with ``Capabilities.key_capture`` that lists its attention heads:
+    ``attention_heads()`` -> ``{feature_key: [heads of each layer, input side first]}``
+    (read by rollout's ``low_memory="auto"``)."""
+
+    def attention_heads(self) -> Mapping[str, list[int]]: ...
 
 
 class LRPRulesModel(Protocol):

@@ -42,6 +42,7 @@ import torch
 from torch import Tensor, nn
 
 from ..core.interpretable import (
+    AttentionHeads,
     AttentionInterpretable,
     Capabilities,
     CheferInterpretable,
@@ -412,6 +413,7 @@ def capture_attention(
     head_fusion: str | None = None,
     keys_only: bool = False,
     gradient_fusion: GradientFusion | None = None,
+    whole_maps: bool = False,
 ) -> Iterator[CapturedForward]:
     """Enable capture, run ``model(**batch)`` in eval mode, and always clean up.
 
@@ -444,6 +446,9 @@ def capture_attention(
             ``gradient_fusion``; differentiate ``model.get_gradient_anchors()`` and read
             ``model.get_fused_gradients()``). No per-head map or gradient outlives its layer's
             backward.
+        whole_maps: with ``head_fusion``, on models with ``key_capture`` (which otherwise
+            fuse block by block of query rows): compute each layer's map whole, as the plain
+            forward does, so exact ties between weights stay exact.
 
     Example:
         >>> with capture_attention(model, batch) as captured:
@@ -482,7 +487,10 @@ def capture_attention(
                     True, capture_gradients=True, gradient_fusion=gradient_fusion
                 )
             elif head_fusion is not None and caps.fusion_at_capture:
-                hooks.set_attention_hooks(True, capture_gradients=False, head_fusion=head_fusion)
+                whole = {"whole_maps": True} if whole_maps and caps.key_capture else {}
+                hooks.set_attention_hooks(
+                    True, capture_gradients=False, head_fusion=head_fusion, **whole
+                )
             else:
                 hooks.set_attention_hooks(True, capture_gradients=gradients)
             if caps.forward_only:
@@ -558,6 +566,7 @@ def _legacy_forward(model: Any, batch: Mapping[str, Any], autograd: bool) -> Any
 
 __all__ = [
     "DEFAULT_PAD_ID",
+    "AttentionHeads",
     "AttentionInterpretable",
     "Capabilities",
     "CapturedForward",

@@ -3,7 +3,9 @@
 Every model computes attention here, so capture is written once: :class:`MultiHeadAttention`
 passes each post-softmax, pre-dropout map ``[batch, heads, seq, seq]`` to its attention hooks
 (registered with :meth:`MultiHeadAttention.register_attention_hook`, removable handles as in
-PyTorch); :mod:`ehrlens.models.capture` holds the hooks that store maps and gradients.
+PyTorch), or block by block of query rows to its attention block hooks
+(:meth:`MultiHeadAttention.register_attention_block_hook`); :mod:`ehrlens.models.capture`
+holds the hooks that store maps and gradients.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
 AttentionHook = Callable[["MultiHeadAttention", Tensor], None]
+AttentionBlockHook = Callable[["MultiHeadAttention", slice, Tensor], None]
 QueryKeyHook = Callable[["MultiHeadAttention", Tensor, Tensor, Tensor], None]
 
 
@@ -51,6 +54,7 @@ class MultiHeadAttention(nn.Module):
         self.proj = nn.Linear(dim, dim)
         self.dropout = nn.Dropout(dropout)
         self._attention_hooks: OrderedDict[int, AttentionHook] = OrderedDict()
+        self._attention_block_hooks: OrderedDict[int, AttentionBlockHook] = OrderedDict()
         self._query_key_hooks: OrderedDict[int, QueryKeyHook] = OrderedDict()
 
     def register_attention_hook(self, hook: AttentionHook) -> RemovableHandle:
@@ -58,6 +62,48 @@ class MultiHeadAttention(nn.Module):
         handle = RemovableHandle(self._attention_hooks)
         self._attention_hooks[handle.id] = hook
         return handle
+
+    def register_attention_block_hook(self, hook: AttentionBlockHook) -> RemovableHandle:
+        """Call ``hook(module, rows, weights)`` for each block of query rows of every forward.
+
+        ``rows`` is a ``slice(start, stop)`` of query positions and ``weights`` their
+        post-softmax map ``[batch, heads, stop - start, seq]``; the blocks of one forward come
+        in order and cover every row once. While only block hooks listen (no
+        :meth:`register_attention_hook` hook), the forward computes attention in blocks of
+        :meth:`attention_block_rows` rows, so the per-head map ``[batch, heads, seq, seq]``
+        never exists whole: a hook that keeps a head-fused map ``[batch, seq, seq]`` then
+        costs less memory than the map the plain forward forms. The output is the same up to
+        floating-point rounding. With a map hook also registered, block hooks get one block
+        of all rows. Returns a removable handle.
+
+        Example:
+            >>> fused = {}
+            >>> def keep(module, rows, weights):
+            ...     fused.setdefault("map", weights.new_zeros(2, 5, 5))[:, rows] = weights.mean(1)
+            >>> handle = mha.register_attention_block_hook(keep)
+            >>> _ = mha(torch.randn(2, 5, 8), torch.ones(2, 5, dtype=torch.bool))
+            >>> handle.remove()
+        """
+        handle = RemovableHandle(self._attention_block_hooks)
+        self._attention_block_hooks[handle.id] = hook
+        return handle
+
+    #: Most per-head weights one block holds (``batch * heads * rows * seq``): 4 Mi values,
+    #: 16 MiB in float32, small enough for the allocator to reuse memory between blocks.
+    block_values: int = 1 << 22
+
+    def attention_block_rows(self, batch: int, seq: int) -> int:
+        """Query rows per block when only block hooks listen.
+
+        ``min(ceil(seq / (2 * heads)), block_values // (batch * heads * seq))``, at least 1:
+        a block's per-head weights ``[batch, heads, rows, seq]`` hold at most half as many
+        values as one head-fused map ``[batch, seq, seq]``, and at most
+        :attr:`block_values`. Blocks that small are also faster than the whole map on CPU
+        (they are reused from the allocator instead of being fresh pages each time).
+        """
+        by_map = math.ceil(seq / (2 * self.heads))
+        by_size = self.block_values // max(1, batch * self.heads * seq)
+        return max(1, min(by_map, by_size))
 
     def register_query_key_hook(self, hook: QueryKeyHook) -> RemovableHandle:
         """Call ``hook(module, q, k, mask)`` on every forward, before attention is formed.
@@ -78,7 +124,11 @@ class MultiHeadAttention(nn.Module):
     @property
     def has_attention_hooks(self) -> bool:
         """Whether any attention or query-key hook is registered."""
-        return bool(self._attention_hooks) or bool(self._query_key_hooks)
+        return (
+            bool(self._attention_hooks)
+            or bool(self._attention_block_hooks)
+            or bool(self._query_key_hooks)
+        )
 
     def attention_weights(self, q: Tensor, k: Tensor, mask: Tensor) -> Tensor:
         """Post-softmax weights ``[batch, heads, rows, seq]`` of queries ``q`` over keys ``k``.
@@ -97,11 +147,31 @@ class MultiHeadAttention(nn.Module):
         q, k, v = self.qkv(x).view(batch, seq, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)
         for query_key_hook in tuple(self._query_key_hooks.values()):
             query_key_hook(self, q, k, mask)
-        attention = self.attention_weights(q, k, mask)
-        for attention_hook in tuple(self._attention_hooks.values()):
-            attention_hook(self, attention)
-        out = self.dropout(attention) @ v  # [batch, heads, seq, head_dim]
+        if self._attention_block_hooks and not self._attention_hooks and seq > 0:
+            out = self._attend_in_blocks(q, k, v, mask)
+        else:
+            attention = self.attention_weights(q, k, mask)
+            for attention_hook in tuple(self._attention_hooks.values()):
+                attention_hook(self, attention)
+            for block_hook in tuple(self._attention_block_hooks.values()):
+                block_hook(self, slice(0, seq), attention)
+            out = self.dropout(attention) @ v  # [batch, heads, seq, head_dim]
         return self.proj(out.transpose(1, 2).reshape(batch, seq, self.dim))
+
+    def _attend_in_blocks(self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor) -> Tensor:
+        """``softmax(q k^T) v`` computed for blocks of query rows, each block shown to the
+        block hooks: ``[batch, heads, seq, head_dim]``."""
+        batch, _, seq, _ = q.shape
+        step = self.attention_block_rows(batch, seq)
+        hooks = tuple(self._attention_block_hooks.values())
+        outputs = []
+        for start in range(0, seq, step):
+            rows = slice(start, min(start + step, seq))
+            attention = self.attention_weights(q[:, :, rows], k, mask)
+            for block_hook in hooks:
+                block_hook(self, rows, attention)
+            outputs.append(self.dropout(attention) @ v)
+        return torch.cat(outputs, dim=2)
 
 
 class EncoderBlock(nn.Module):

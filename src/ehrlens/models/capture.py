@@ -5,11 +5,12 @@
 own models, and directly with the maps a wrapped model returns (the Hugging Face adapter), so
 both follow the same rules:
 
-- forward-only capture stores a detached map (optionally fused over heads) and registers no
-  autograd hook; gradient capture keeps the map in the graph and a tensor hook stores its
-  gradient when a backward pass reaches it; with a gradient fusion, that hook stores only
-  ``fn(map, gradient)`` ``[batch, seq, seq]`` and drops the per-head map, so neither the map
-  nor its gradient outlives the layer's backward;
+- forward-only capture stores a detached map (optionally fused over heads, then block by
+  block of query rows as the module computes them) and registers no autograd hook;
+  gradient capture keeps the map in the graph and a tensor hook stores its gradient when a
+  backward pass reaches it; with a gradient fusion, that hook stores only
+  ``fn(map, gradient)`` ``[batch, seq, seq]`` and drops the per-head map, so neither the
+  map nor its gradient outlives the layer's backward;
 - each recorded forward replaces what the slot held before;
 - switching capture off stops recording but keeps the last capture (and the gradient hook an
   outstanding backward needs) until the next enabled forward or an explicit clear;
@@ -140,6 +141,26 @@ class AttentionSlot:
         else:
             self.attention = attention.detach()
 
+    def record_block(self, rows: slice, attention: Tensor) -> None:
+        """Store a block of query rows ``[batch, heads, len(rows), seq]`` of the map, fused
+        over heads (forward-only capture with ``head_fusion``).
+
+        The first block of a forward (``rows.start == 0``) replaces the previous capture with
+        an empty ``[batch, 1, seq, seq]`` map that this and the following blocks fill.
+        """
+        if not self.records_this_thread():
+            return
+        if self.head_fusion is None or self.capture_gradients:
+            raise RuntimeError("record_block is for forward-only capture with head_fusion")
+        fused = fuse_heads(attention.detach(), self.head_fusion)
+        if rows.start == 0:
+            self.clear()
+            batch, _, seq = fused.shape
+            self.attention = fused.new_empty(batch, 1, seq, seq)
+        if self.attention is None:
+            raise RuntimeError("attention blocks must start at query row 0")
+        self.attention[:, 0, rows] = fused
+
     def record_keys(self, keys: CapturedKeys) -> None:
         """Store one forward's queries and keys (replacing the previous capture)."""
         if not self.records_this_thread():
@@ -202,6 +223,7 @@ class AttentionCapture:
         head_fusion: str | None = None,
         keys_only: bool = False,
         gradient_fusion: GradientFusion | None = None,
+        whole_maps: bool = False,
     ) -> None:
         if (head_fusion is not None or keys_only) and capture_gradients:
             raise ValueError("head_fusion and keys_only at capture are for forward-only capture")
@@ -211,6 +233,8 @@ class AttentionCapture:
         self._query: Tensor | None = None
         if keys_only:
             self._handle = module.register_query_key_hook(self._on_query_key)
+        elif head_fusion is not None and not whole_maps:  # no per-head map exists whole
+            self._handle = module.register_attention_block_hook(self._on_attention_block)
         else:
             self._handle = module.register_attention_hook(self._on_attention)
             if gradient_fusion is not None:  # the queries anchor the backward to this map
@@ -237,6 +261,9 @@ class AttentionCapture:
     def _on_attention(self, module: MultiHeadAttention, attention: Tensor) -> None:
         query, self._query = self._query, None
         self.slot.record(attention, anchor=query)
+
+    def _on_attention_block(self, module: MultiHeadAttention, rows: slice, block: Tensor) -> None:
+        self.slot.record_block(rows, block)
 
     def stop(self) -> None:
         """Unregister the module hooks; keep the last capture."""
@@ -289,6 +316,11 @@ class AttentionCaptureMixin:
         """``{feature_key: [MultiHeadAttention per layer, input side first]}``."""
         raise NotImplementedError
 
+    def attention_heads(self) -> dict[str, list[int]]:
+        """``{feature_key: [heads of each layer, input side first]}``."""
+        modules = self.attention_modules()
+        return {key: [module.heads for module in layers] for key, layers in modules.items()}
+
     def _captures(self) -> dict[str, list[AttentionCapture]]:
         return self.__dict__.setdefault("_attention_captures", {})
 
@@ -299,6 +331,7 @@ class AttentionCaptureMixin:
         head_fusion: str | None = None,
         keys_only: bool = False,
         gradient_fusion: GradientFusion | None = None,
+        whole_maps: bool = False,
     ) -> None:
         """Start (or stop) storing every layer's attention map [and its gradient].
 
@@ -312,7 +345,14 @@ class AttentionCaptureMixin:
                 ``torch.no_grad()`` and ``torch.inference_mode()``).
             head_fusion: forward-only: store each layer's map fused over heads
                 (``"mean"``, ``"max"``, ``"min"``) as ``[batch, 1, seq, seq]`` instead of
-                ``[batch, heads, seq, seq]``, a ``heads``-fold saving.
+                ``[batch, heads, seq, seq]``, a ``heads``-fold saving. The forward then
+                computes attention in blocks of query rows
+                (:meth:`~MultiHeadAttention.register_attention_block_hook`), so no layer's
+                per-head map exists whole and the stored maps cost less than the per-head map
+                the plain forward forms.
+            whole_maps: with ``head_fusion``: compute each map whole, as the plain forward
+                does, instead of in row blocks (the values then match the plain forward's bit
+                for bit, where blocks may differ in the last bit).
             keys_only: forward-only: store each layer's queries and keys instead of its map
                 (:meth:`get_attention_keys`), ``seq / head_dim`` times less again.
             gradient_fusion: with ``capture_gradients``: ``fn(attention, gradient) ->
@@ -330,7 +370,9 @@ class AttentionCaptureMixin:
         self.__dict__["_attention_capture_used"] = True
         for key, modules in self.attention_modules().items():
             captures[key] = [
-                AttentionCapture(m, capture_gradients, head_fusion, keys_only, gradient_fusion)
+                AttentionCapture(
+                    m, capture_gradients, head_fusion, keys_only, gradient_fusion, whole_maps
+                )
                 for m in modules
             ]
 

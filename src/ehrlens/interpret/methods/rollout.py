@@ -10,6 +10,7 @@ from torch import Tensor
 
 from ...core.fusion import check_head_fusion, fuse_heads
 from ..api import (
+    AttentionHeads,
     AttentionInterpretable,
     KeyCapture,
     attention_layers,
@@ -67,9 +68,11 @@ def fused_attention_layers(
 
     Forward-only capture (no autograd hook), fused over heads at capture time where the
     model supports it (otherwise here), then :func:`discard_lowest` per layer, input side
-    first.
+    first. With a discard, maps are computed whole (``whole_maps``), so weights the plain
+    forward ties exactly stay tied and are dropped in the documented order.
     """
-    with capture_attention(model, batch, head_fusion=head_fusion):
+    whole_maps = discard_ratio > 0
+    with capture_attention(model, batch, head_fusion=head_fusion, whole_maps=whole_maps):
         layers = attention_layers(model, detach=True)
     return {
         key: [discard_lowest(fuse_heads(a, head_fusion), discard_ratio) for a, _ in maps]
@@ -82,14 +85,15 @@ def low_memory_rollout_rows(
     layers: list[CapturedKeys],
     head_fusion: str,
     discard_ratio: float = 0.0,
-    block_rows: int = 256,
+    block_rows: int | None = None,
 ) -> Tensor:
     """Rollout readout rows from captured queries/keys, recomputing maps in row blocks.
 
     Same result as carrying ``readout`` down the stored fused maps, but only one block of
     ``block_rows`` query rows of one layer's map (``[batch, heads, block_rows, seq]``) exists
-    at a time. Blocks whose rows carry no relevance are skipped (e.g. all but the readout
-    block in the top layer).
+    at a time (``None``: the attention module's own block size,
+    :meth:`~ehrlens.models.MultiHeadAttention.attention_block_rows`). Blocks whose rows carry
+    no relevance are skipped (e.g. all but the readout block in the top layer).
 
     Shapes: ``readout`` ``[batch, seq]`` -> ``[batch, seq]``.
 
@@ -103,8 +107,9 @@ def low_memory_rollout_rows(
     rows = readout.to(working_dtype(layers[0].query.dtype)) if layers else readout
     for layer in reversed(layers):
         mixed = torch.zeros_like(rows)
-        for start in range(0, layer.seq_len, block_rows):
-            part = rows[:, start : start + block_rows]
+        step = block_rows or layer.module.attention_block_rows(rows.shape[0], layer.seq_len)
+        for start in range(0, layer.seq_len, step):
+            part = rows[:, start : start + step]
             if not bool(part.any()):
                 continue
             block = slice(start, start + part.shape[1])
@@ -126,18 +131,26 @@ class AttentionRollout(BaseInterpreter):
     layers. Gradient-free: runs under ``torch.no_grad()`` and ``torch.inference_mode()`` and
     registers no autograd hook. Class-agnostic: ``target_class_idx`` is accepted and ignored.
 
-    Memory: by default every layer's fused map ``[batch, seq, seq]`` is kept until the
-    top-down pass. ``low_memory=True`` keeps each layer's queries and keys instead and
-    recomputes the maps in blocks of ``block_rows`` rows during that pass: peak memory stays
-    near plain inference for about one extra ``QK^T`` and softmax per layer (models with
-    ``Capabilities.key_capture`` that state their readout).
+    Memory: with ``low_memory=False`` every layer's fused map ``[batch, seq, seq]`` is kept
+    until the top-down pass; ehrlens's models compute it in blocks of query rows during the
+    forward, so no per-head map ``[batch, heads, seq, seq]`` exists whole and ``layers`` fused
+    maps cost no more than the ``2 * heads`` the plain forward's attention briefly holds
+    whenever ``layers <= 2 * heads``. ``low_memory=True`` keeps each layer's queries and keys
+    instead and recomputes the maps in blocks of rows during that pass: peak memory stays near
+    plain inference whatever the depth, for about one extra ``QK^T`` and softmax per layer
+    (models with ``Capabilities.key_capture`` that state their readout). ``"auto"`` (the
+    default) recomputes only when the kept maps, ``sum over features of layers * seq^2``
+    values, would outgrow the largest layer's ``2 * heads * seq^2``; models without key
+    capture keep maps.
 
     Args:
         model: an :class:`~ehrlens.interpret.AttentionInterpretable` model.
         head_fusion: ``"mean"``, ``"max"`` or ``"min"`` over heads.
         discard_ratio: fraction in ``[0, 1)`` of each row's lowest weights to drop.
-        low_memory: recompute maps from captured queries and keys (see above).
-        block_rows: query rows recomputed at a time with ``low_memory``.
+        low_memory: ``"auto"``, ``True`` (recompute maps from captured queries and keys) or
+            ``False`` (keep fused maps); see above. Scores are the same either way.
+        block_rows: query rows recomputed at a time with ``low_memory``; ``None``: the
+            attention module's block size (at most 4 Mi per-head values a block).
 
     Returns of :meth:`attribute`:
         ``{feature_key: scores}`` shaped like ``batch[feature_key]`` (``[batch, seq]`` codes,
@@ -160,23 +173,25 @@ class AttentionRollout(BaseInterpreter):
         model: AttentionInterpretable,
         head_fusion: str = "mean",
         discard_ratio: float = 0.0,
-        low_memory: bool = False,
-        block_rows: int = 256,
+        low_memory: bool | str = "auto",
+        block_rows: int | None = None,
     ) -> None:
         super().__init__(model)
         self.head_fusion = check_head_fusion(head_fusion)
         if not 0.0 <= float(discard_ratio) < 1.0:
             raise ValueError(f"discard_ratio must be in [0, 1), got {discard_ratio}")
         self.discard_ratio = float(discard_ratio)
-        if low_memory and not capabilities(model).key_capture:
+        if low_memory != "auto" and not isinstance(low_memory, bool):
+            raise ValueError(f"low_memory must be 'auto', True or False, got {low_memory!r}")
+        if low_memory is True and not capabilities(model).key_capture:
             raise TypeError(
                 f"low_memory rollout recomputes maps from captured queries and keys, which "
                 f"{type(model).__name__} does not offer (Capabilities.key_capture)"
             )
-        if block_rows < 1:
+        if block_rows is not None and block_rows < 1:
             raise ValueError(f"block_rows must be >= 1, got {block_rows}")
-        self.low_memory = bool(low_memory)
-        self.block_rows = int(block_rows)
+        self.low_memory = low_memory
+        self.block_rows = None if block_rows is None else int(block_rows)
 
     def attribute(self, target_class_idx: TargetIndex = None, **batch: Any) -> dict[str, Tensor]:
         """Rollout scores for each feature (see the class docstring); no gradients needed.
@@ -185,11 +200,35 @@ class AttentionRollout(BaseInterpreter):
         model, as for every method.
         """
         self._check_unused_target(target_class_idx, batch)
-        if self.low_memory:
+        if self.recomputes_maps(batch):
             return self._input_scores(self._low_memory_relevance(batch), batch)
         layers = fused_attention_layers(self.model, batch, self.head_fusion, self.discard_ratio)
         relevance = readout_relevance(self.model, layers, rollout_step, batch)
         return self._input_scores(relevance, batch)
+
+    def recomputes_maps(self, batch: Mapping[str, Any]) -> bool:
+        """Whether :meth:`attribute` recomputes maps from queries and keys for ``batch``.
+
+        ``low_memory=True``/``False`` decide; ``"auto"`` recomputes when the model captures
+        keys, states its readout and lists its heads (``attention_heads()``), and keeping
+        every layer's fused map would take more values than the largest layer's per-head
+        attention in the plain forward (``2 * heads * seq^2``: its scores and its softmax).
+        """
+        if self.low_memory != "auto":
+            return bool(self.low_memory)
+        if not capabilities(self.model).key_capture:
+            return False
+        heads_of = getattr(self.model, "attention_heads", None)
+        weights = readout_weights(self.model, batch)
+        if heads_of is None or weights is None:
+            return False
+        heads = cast(AttentionHeads, self.model).attention_heads()
+        sizes = {key: weights[key].shape[-1] ** 2 for key in heads if key in weights}
+        kept = sum(len(heads[key]) * size for key, size in sizes.items())
+        transient = max(
+            (2 * max(heads[key], default=1) * size for key, size in sizes.items()), default=0
+        )
+        return kept > transient
 
     def _low_memory_relevance(self, batch: Mapping[str, Any]) -> dict[str, Tensor]:
         weights = readout_weights(self.model, batch)
