@@ -104,6 +104,7 @@ def test_auto_keeps_maps_while_they_fit_in_the_forwards_own_attention(heads, lay
     assert auto.recomputes_maps(batch) is recomputes
     assert AttentionRollout(model, low_memory=True).recomputes_maps(batch) is True
     assert AttentionRollout(model, low_memory=False).recomputes_maps(batch) is False
+    assert AttentionRollout(model, discard_ratio=0.2).recomputes_maps(batch) is False
     with torch.inference_mode():
         scores = auto.attribute(**batch)
         kept = AttentionRollout(model, low_memory=False).attribute(**batch)

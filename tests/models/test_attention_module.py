@@ -181,3 +181,19 @@ def test_models_expose_their_attention_modules(make_tiny_model, name):
     # Patient b has one real code: the padded code positions get exactly zero weight.
     assert torch.all(maps[0][1, :, :, seq - 2 :] == 0)
     assert not any(m.has_attention_hooks for m in modules["codes"])
+
+
+def test_a_forward_seen_only_by_query_key_hooks_is_computed_in_blocks():
+    mha = MultiHeadAttention(dim=8, heads=4).double().eval()
+    x, mask = _long_inputs()
+    with torch.no_grad():
+        plain = mha(x, mask)
+    rows = []
+    original = mha.attention_weights
+    mha.attention_weights = lambda q, k, m: rows.append(q.shape[2]) or original(q, k, m)
+    handle = mha.register_query_key_hook(lambda m, q, k, mask: None)
+    with torch.no_grad():
+        blocked = mha(x, mask)
+    handle.remove()
+    assert rows == [2] * 5 + [1]  # ceil(11 / 8) = 2 rows a block
+    torch.testing.assert_close(blocked, plain, rtol=0, atol=1e-12)

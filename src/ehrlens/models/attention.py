@@ -72,7 +72,8 @@ class MultiHeadAttention(nn.Module):
         :meth:`register_attention_hook` hook), the forward computes attention in blocks of
         :meth:`attention_block_rows` rows, so the per-head map ``[batch, heads, seq, seq]``
         never exists whole: a hook that keeps a head-fused map ``[batch, seq, seq]`` then
-        costs less memory than the map the plain forward forms. The output is the same up to
+        costs less memory than the map the plain forward forms. (The same holds while only
+        query-key hooks listen.) The output is the same up to
         floating-point rounding. With a map hook also registered, block hooks get one block
         of all rows. Returns a removable handle.
 
@@ -147,7 +148,7 @@ class MultiHeadAttention(nn.Module):
         q, k, v = self.qkv(x).view(batch, seq, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)
         for query_key_hook in tuple(self._query_key_hooks.values()):
             query_key_hook(self, q, k, mask)
-        if self._attention_block_hooks and not self._attention_hooks and seq > 0:
+        if self._computes_in_blocks() and seq > 0:
             out = self._attend_in_blocks(q, k, v, mask)
         else:
             attention = self.attention_weights(q, k, mask)
@@ -157,6 +158,12 @@ class MultiHeadAttention(nn.Module):
                 block_hook(self, slice(0, seq), attention)
             out = self.dropout(attention) @ v  # [batch, heads, seq, head_dim]
         return self.proj(out.transpose(1, 2).reshape(batch, seq, self.dim))
+
+    def _computes_in_blocks(self) -> bool:
+        """No hook needs the whole map, and one listens: block hooks, or query-key hooks
+        (whose capture recomputes maps from queries and keys)."""
+        listening = bool(self._attention_block_hooks) or bool(self._query_key_hooks)
+        return listening and not self._attention_hooks
 
     def _attend_in_blocks(self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor) -> Tensor:
         """``softmax(q k^T) v`` computed for blocks of query rows, each block shown to the

@@ -141,7 +141,7 @@ class AttentionRollout(BaseInterpreter):
     (models with ``Capabilities.key_capture`` that state their readout). ``"auto"`` (the
     default) recomputes only when the kept maps, ``sum over features of layers * seq^2``
     values, would outgrow the largest layer's ``2 * heads * seq^2``; models without key
-    capture keep maps.
+    capture, and rollout with a discard, keep maps.
 
     Args:
         model: an :class:`~ehrlens.interpret.AttentionInterpretable` model.
@@ -213,10 +213,12 @@ class AttentionRollout(BaseInterpreter):
         keys, states its readout and lists its heads (``attention_heads()``), and keeping
         every layer's fused map would take more values than the largest layer's per-head
         attention in the plain forward (``2 * heads * seq^2``: its scores and its softmax).
+        With a ``discard_ratio``, ``"auto"`` keeps maps computed whole, so weights the plain
+        forward ties exactly are dropped in the documented order.
         """
         if self.low_memory != "auto":
             return bool(self.low_memory)
-        if not capabilities(self.model).key_capture:
+        if self.discard_ratio > 0 or not capabilities(self.model).key_capture:
             return False
         heads_of = getattr(self.model, "attention_heads", None)
         weights = readout_weights(self.model, batch)
