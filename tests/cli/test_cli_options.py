@@ -73,6 +73,9 @@ def test_method_options_are_parsed_as_the_types_of_their_defaults():
     assert parse_methods(("integrated_gradients:internal_batch_size=none",)) == {
         "integrated_gradients": {"internal_batch_size": None}
     }
+    # default "auto": the words of a boolean are booleans, other text stays text
+    assert parse_methods(("rollout:low_memory=false",)) == {"rollout": {"low_memory": False}}
+    assert parse_methods(("rollout:low_memory=auto",)) == {"rollout": {"low_memory": "auto"}}
     assert parse_methods(("integrated_gradients:internal_batch_size=4",)) == {
         "integrated_gradients": {"internal_batch_size": 4}
     }

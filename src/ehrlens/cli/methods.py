@@ -2,8 +2,9 @@
 
 ``-m rollout:head_fusion=max,flow:max_seq_len=512`` is rollout with ``head_fusion="max"`` and
 flow with ``max_seq_len=512``. A value is read as the type of the option's default (``int``,
-``float``, ``bool``: true/false/yes/no/1/0, ``str``); an option whose default is ``None`` takes
-``none``, an integer, a number or text. Further options of the same method follow after a
+``float``, ``bool``: true/false/yes/no/1/0, ``str``: the text, or a boolean for the words
+above); an option whose default is ``None`` takes ``none``, an integer, a number or text.
+Further options of the same method follow after a
 comma or a colon: ``-m rollout:head_fusion=max,discard_ratio=0.1``. Method names and option
 names are case-insensitive. Unknown names, and values of the wrong type, are refused with a
 message that names the method and the option; values the method itself refuses are reported
@@ -113,8 +114,8 @@ def _value(method: str, key: str, text: str, default: Any) -> Any:
             return float(text)
         except ValueError:
             raise _bad(f"{shown}: {key} of {method} is a number, got {text!r}") from None
-    if isinstance(default, str):
-        return text
+    if isinstance(default, str):  # booleans too, for options like low_memory="auto"
+        return True if lowered in _TRUE else False if lowered in _FALSE else text
     if lowered in ("none", "null"):
         return None
     for kind in (int, float):
