@@ -8,6 +8,9 @@ default rollout within 1.10x inference time and 1.2x inference peak memory; Chef
 Methods (all on the same model and batch):
 
 - ``inference``: the model's forward under ``torch.inference_mode()``; floor of rollout;
+- ``inference_in_blocks``: CONTEXT, the same forward with a no-op attention block hook on
+  every layer, so attention is computed in blocks of query rows as in rollout's capture
+  forward (what inference would cost if it were computed that way too);
 - ``rollout``: :class:`AttentionRollout` with its defaults, under ``inference_mode``;
 - ``rollout_keep_maps`` / ``rollout_low_memory``: ``low_memory=False`` / ``True`` explicitly;
 - ``forward_backward``: forward, ``logit[:, 0].sum().backward()``, grads set to None; floor of
@@ -53,7 +56,13 @@ import speed
 from ehrlens.interpret import AttentionRollout, CheferRelevance
 from ehrlens.models import Transformer
 
-ROLLOUT_METHODS = ("inference", "rollout", "rollout_keep_maps", "rollout_low_memory")
+ROLLOUT_METHODS = (
+    "inference",
+    "inference_in_blocks",
+    "rollout",
+    "rollout_keep_maps",
+    "rollout_low_memory",
+)
 CHEFER_METHODS = ("forward_backward", "chefer", "chefer_per_head")
 METHODS = ROLLOUT_METHODS + CHEFER_METHODS
 FLOORS = {m: "inference" for m in ROLLOUT_METHODS} | {m: "forward_backward" for m in CHEFER_METHODS}
@@ -89,6 +98,19 @@ def method_callable(method: str, model: Transformer, batch: dict) -> Callable[[]
                 return model(**batch)["logit"]
 
         return run
+    if method == "inference_in_blocks":
+        modules = [m for layers in model.attention_modules().values() for m in layers]
+
+        def run_in_blocks() -> Any:
+            handles = [m.register_attention_block_hook(lambda *_: None) for m in modules]
+            try:
+                with torch.inference_mode():
+                    return model(**batch)["logit"]
+            finally:
+                for handle in handles:
+                    handle.remove()
+
+        return run_in_blocks
     if method.startswith("rollout"):
         options = {"rollout_keep_maps": {"low_memory": False}}
         options["rollout_low_memory"] = {"low_memory": True}
@@ -168,12 +190,16 @@ def _agreement(results: dict[str, Any]) -> dict[str, dict]:
     """Largest score difference of each rollout / Chefer variant to its default."""
     out: dict[str, dict] = {}
     for variant, default in (
+        ("inference_in_blocks", "inference"),
         ("rollout_keep_maps", "rollout"),
         ("rollout_low_memory", "rollout"),
         ("chefer_per_head", "chefer"),
     ):
         if variant in results and default in results:
-            diff = (results[variant]["codes"].double() - results[default]["codes"].double()).abs()
+            got, want = results[variant], results[default]
+            if isinstance(got, dict):  # scores per feature; inference returns logits
+                got, want = got["codes"], want["codes"]
+            diff = (got.double() - want.double()).abs()
             out[variant] = {f"max_abs_diff_to_{default}": float(diff.max())}
     return out
 
