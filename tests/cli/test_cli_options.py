@@ -100,7 +100,6 @@ def test_method_and_option_names_are_case_insensitive_and_methods_listed_once():
         ),
         ("flow:max_seq_len=big", "-m flow:max_seq_len=big: max_seq_len of flow is an integer"),
         ("rollout:discard_ratio=x", "discard_ratio of rollout is a number, got 'x'"),
-        ("rollout:low_memory=maybe", "low_memory of rollout is true or false, got 'maybe'"),
         ("head_fusion=max", "option 'head_fusion=max' comes before any method name"),
         ("rollout:head_fusion", "-m rollout:head_fusion: expected OPTION=VALUE"),
         ("chefer:seed=1", "chefer has no option 'seed' (its options: none)"),
@@ -165,11 +164,18 @@ def test_a_value_the_method_refuses_is_bad_usage_and_nothing_is_written(trained,
         "-m", "rollout:discard_ratio=1.5", expect=2,
     )  # fmt: skip
     assert "-m rollout:discard_ratio=1.5: discard_ratio must be in [0, 1)" in result.stderr
+    result = invoke(
+        "evaluate", "--model", model_dir, "--data", data / "samples.jsonl",
+        "-m", "rollout:low_memory=maybe", expect=2,
+    )  # fmt: skip
+    assert "-m rollout:low_memory=maybe: low_memory must be 'auto', True or False" in (
+        result.stderr
+    )
 
 
 def test_the_help_lists_each_methods_options():
     text = " ".join(invoke("explain", "--help").stdout.split())
-    assert "options: head_fusion=mean, discard_ratio=0.0, low_memory=false" in text
+    assert "options: head_fusion=mean, discard_ratio=0.0, low_memory=auto" in text
     assert "-m rollout:head_fusion=max,flow:max_seq_len=512" in text
 
 

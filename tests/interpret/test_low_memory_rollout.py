@@ -125,3 +125,25 @@ def test_low_memory_must_be_auto_or_a_bool():
     model, _ = make("sequence", Transformer, num_layers=2)
     with pytest.raises(ValueError, match="low_memory must be 'auto', True or False"):
         AttentionRollout(model, low_memory="yes")
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+@pytest.mark.parametrize("low_memory", ["auto", True, False])
+def test_every_path_stays_within_1e_6_of_rollout_on_whole_maps(case, low_memory):
+    # Whole maps, fused after capture: the path rollout took before maps were formed in
+    # blocks of query rows (float32 here, as users run it).
+    from ehrlens.interpret.methods.propagation import readout_relevance
+    from ehrlens.interpret.methods.rollout import rollout_step
+
+    layout, model_class, kwargs = CASES[case]
+    model, batch = make(layout, model_class, **kwargs)
+    rollout = AttentionRollout(model, low_memory=low_memory)
+    with torch.inference_mode():
+        with capture_attention(model, batch):
+            whole = {k: [a.mean(1) for a, _ in v] for k, v in model.get_attention_layers().items()}
+        expected = rollout._input_scores(
+            readout_relevance(model, whole, rollout_step, batch), batch
+        )
+        scores = rollout.attribute(**batch)
+    for key in expected:
+        torch.testing.assert_close(scores[key], expected[key], rtol=0, atol=1e-6)
