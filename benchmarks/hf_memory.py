@@ -12,6 +12,9 @@ before it; ``torch.cuda.max_memory_allocated`` on CUDA):
 
 - ``inference``: the wrapped model's forward under ``torch.inference_mode()``, no capture;
 - ``rollout``: :class:`AttentionRollout` (maps captured by forward hooks, fused at capture);
+- ``rollout_low_memory``: the same with ``low_memory=True``: each attention module's call is
+  kept (its input hidden states), and the maps are recomputed one layer at a time during the
+  top-down pass;
 - ``rollout_output_attentions``: BASELINE, the same adapter made to capture through
   ``output_attentions=True`` (the previous path: every layer's per-head map held to the end);
 - ``forward_backward`` and ``chefer``: with ``--chefer``.
@@ -47,7 +50,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import speed
 
 RESULT_TAG = "HF_MEMORY_RESULT "
-METHODS = ("inference", "rollout", "rollout_output_attentions")
+METHODS = ("inference", "rollout", "rollout_low_memory", "rollout_output_attentions")
 CHEFER_METHODS = ("forward_backward", "chefer")
 LADDERS = {"minilm": [512, 1024, 2048, 4096], "modernbert": [256, 512, 1024]}
 
@@ -93,6 +96,9 @@ def run_method(method: str, encoder: Any, batch: dict) -> Any:
     if method in ("rollout", "rollout_output_attentions"):
         with torch.inference_mode():
             return AttentionRollout(encoder).attribute(**batch)
+    if method == "rollout_low_memory":
+        with torch.inference_mode():
+            return AttentionRollout(encoder, low_memory=True).attribute(**batch)
     if method == "forward_backward":
         out = encoder(**batch)
         out["logit"][:, 0].sum().backward()
@@ -175,6 +181,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--lengths", type=int, nargs="+", default=None, help="part 2 lengths (default per config)"
     )
+    parser.add_argument(
+        "--ladder-methods", nargs="+", default=list(METHODS), choices=METHODS, help="part 2"
+    )
     parser.add_argument("--chefer", action="store_true", help="also forward+backward and Chefer")
     parser.add_argument("--no-goal", action="store_true", help="skip part 1 (512 x 16)")
     parser.add_argument("--no-ladder", action="store_true", help="skip part 2 (longest input)")
@@ -214,7 +223,7 @@ def main(argv: list[str] | None = None) -> int:
         budget_mib = args.budget_gib * 1024
         for name in args.configs:
             ladder = [16, 32, 64] if args.quick else (args.lengths or LADDERS[name])
-            for m in ("inference", "rollout", "rollout_output_attentions"):
+            for m in args.ladder_methods:
                 points: list[tuple[int, float]] = []
                 for tokens in ladder:
                     if points:

@@ -37,7 +37,9 @@ def test_hf_memory_quick_run_measures_every_method(tmp_path):
     out = tmp_path / "hf_memory.json"
     assert load("hf_memory").main(["--quick", "--no-ladder", "--out", str(out)]) == 0
     goal = json.loads(out.read_text())["goal"]
-    assert [row["method"] for row in goal] == ["inference", "rollout", "rollout_output_attentions"]
+    assert [row["method"] for row in goal] == [
+        "inference", "rollout", "rollout_low_memory", "rollout_output_attentions",
+    ]  # fmt: skip
     assert all(row.get("peak_mib", 0) > 0 for row in goal), goal
 
 

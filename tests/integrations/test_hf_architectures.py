@@ -58,6 +58,8 @@ SUPPORTED: dict[str, dict[str, Any]] = {
         "num_labels": 2,
     },
 }
+#: Maps come from ``output_attentions`` (no attention module listed for hooks).
+LISTS_NO_ATTENTION_MODULES = ("deberta-v2", "mpnet", "roformer")
 REFUSED: dict[str, tuple[dict[str, Any], type[Exception], str]] = {
     # local windows: maps are [batch, heads, tokens, window + 1]
     "longformer": ({"attention_window": [4, 4]}, ValueError, "attention of layer 0 is"),
@@ -114,6 +116,16 @@ def test_supported_architecture(model_type, refs):
         rollout = AttentionRollout(encoder).attribute(**batch)["input_ids"]
     chefer = CheferRelevance(encoder).attribute(**batch)["input_ids"]
     torch.testing.assert_close(rollout, refs.rollout(maps, mask), **TOL)
+    # Maps recomputed from each attention module's captured call, one layer at a time; models
+    # whose attention modules are not listed (maps from output_attentions) refuse, naming it.
+    low_memory = AttentionRollout(encoder, low_memory=True)
+    with torch.inference_mode():
+        if model_type in LISTS_NO_ATTENTION_MODULES:
+            with pytest.raises(TypeError, match="lists no attention modules"):
+                low_memory.attribute(**batch)
+        else:
+            recomputed = low_memory.attribute(**batch)["input_ids"]
+            torch.testing.assert_close(recomputed, refs.rollout(maps, mask), **TOL)
     torch.testing.assert_close(chefer, refs.chefer(maps, grads, mask), **TOL)
 
     assert bool((rollout[1, 5:] == 0).all()) and bool((chefer[1, 5:] == 0).all())

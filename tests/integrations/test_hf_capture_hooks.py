@@ -160,3 +160,52 @@ def test_a_forward_in_another_thread_during_capture_is_not_recorded(refs):
     assert len(layers) == len(maps) == 3
     for (fused, _), full in zip(layers, maps, strict=True):
         torch.testing.assert_close(fused[:, 0], full.detach().mean(dim=1), rtol=0, atol=1e-7)
+
+
+def test_key_capture_keeps_each_layers_call_not_its_map():
+    from ehrlens.integrations.huggingface import CapturedLayerCall
+
+    encoder = HuggingFaceEncoder(tiny_bert())
+    assert capabilities(encoder).key_capture
+    batch = token_batch()
+    with torch.inference_mode():
+        with capture_attention(encoder, batch):
+            maps = [a for a, _ in encoder.get_attention_layers()["input_ids"]]
+        with capture_attention(encoder, batch, keys_only=True):
+            with pytest.raises(RuntimeError, match="no attention captured"):
+                encoder.get_attention_layers()
+            calls = encoder.get_attention_keys()["input_ids"]
+            assert (
+                [type(c) for c in calls]
+                == [CapturedLayerCall] * len(maps)
+                == [CapturedLayerCall] * 3
+            )
+            for call, attention in zip(calls, maps, strict=True):
+                assert call.seq_len == attention.shape[-1] == call.block_rows() == 11
+                torch.testing.assert_close(call.weights(), attention, rtol=0, atol=0)
+                torch.testing.assert_close(call.weights(slice(0, 1)), attention[:, :, :1])
+    with pytest.raises(RuntimeError, match="no attention module calls captured"):
+        encoder.get_attention_keys()  # cleared when the capture block ended
+    with pytest.raises(ValueError, match="forward-only"):
+        encoder.set_attention_hooks(True, capture_gradients=True, keys_only=True)
+
+
+def test_low_memory_rollout_recomputes_layers_in_eval_mode(refs):
+    # Dropout on: recomputing outside eval mode would change the maps.
+    model = tiny_bert()
+    model.config.attention_probs_dropout_prob = 0.5
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.5
+    encoder = HuggingFaceEncoder(model).train()
+    batch = token_batch()
+    with torch.inference_mode():
+        kept = AttentionRollout(encoder, low_memory=False).attribute(**batch)["input_ids"]
+        recomputed = AttentionRollout(encoder, low_memory=True).attribute(**batch)["input_ids"]
+    torch.testing.assert_close(recomputed, kept, **TOL)
+    assert encoder.training  # the caller's mode is back
+
+
+def test_auto_keeps_maps_on_hugging_face_models():
+    encoder = HuggingFaceEncoder(tiny_bert())
+    assert AttentionRollout(encoder).recomputes_maps(token_batch()) is False

@@ -147,6 +147,7 @@ class HuggingFaceEncoder(nn.Module, GradientInterpretable):
     interpret_capabilities = Capabilities(
         forward_only=True,
         fusion_at_capture=True,
+        key_capture=True,
         stated_readout=True,
         embedding_layers=True,
         clear_capture=True,
@@ -256,6 +257,9 @@ class HuggingFaceEncoder(nn.Module, GradientInterpretable):
                 return
             layer = store.layers_seen
             check_attention_map(name, layer, attention, real)
+            if store.keys_only:
+                store.record_call(CapturedLayerCall.of(module, args, kwargs, index))
+                return
             anchor = args[0] if args else kwargs.get("hidden_states")
             store.record_layer(attention, anchor if isinstance(anchor, Tensor) else None)
 
@@ -309,6 +313,7 @@ class HuggingFaceEncoder(nn.Module, GradientInterpretable):
         capture_gradients: bool = True,
         head_fusion: str | None = None,
         gradient_fusion: GradientFusion | None = None,
+        keys_only: bool = False,
     ) -> None:
         """Start (or stop) storing every layer's attention map [and its gradient].
 
@@ -329,13 +334,24 @@ class HuggingFaceEncoder(nn.Module, GradientInterpretable):
                 :class:`~ehrlens.models.capture.AttentionSlot`); read
                 :meth:`get_fused_gradients` after differentiating
                 :meth:`get_gradient_anchors`.
+            keys_only: forward-only: store no map but each attention module's call (its
+                input hidden states and keyword arguments, ``[batch, tokens, hidden]`` per
+                layer), from which :meth:`get_attention_keys` recomputes one layer's map at
+                a time (rollout's ``low_memory=True``).
         """
         if enabled:
-            if head_fusion is not None and capture_gradients:
-                raise ValueError("head_fusion at capture is for forward-only capture")
+            if (head_fusion is not None or keys_only) and capture_gradients:
+                raise ValueError(
+                    "head_fusion and keys_only at capture are for forward-only capture"
+                )
+            if keys_only and not self._attention_modules:
+                raise TypeError(
+                    f"{type(self.model).__name__} lists no attention modules, so its layers "
+                    "cannot be recomputed (keys_only); use the default capture of maps"
+                )
             if gradient_fusion is not None and not capture_gradients:
                 raise ValueError("gradient_fusion at capture needs capture_gradients=True")
-            self._capture.enable(bool(capture_gradients), head_fusion, gradient_fusion)
+            self._capture.enable(bool(capture_gradients), head_fusion, gradient_fusion, keys_only)
         else:
             self._capture.enabled = False
 
@@ -379,6 +395,17 @@ class HuggingFaceEncoder(nn.Module, GradientInterpretable):
                 "no attention captured yet: run a forward after set_attention_hooks(True)"
             )
         return {FEATURE_KEY: [(s.attention, s.gradient) for s in slots if s.attention is not None]}
+
+    def get_attention_keys(self) -> dict[str, list[CapturedLayerCall]]:
+        """``{"input_ids": [CapturedLayerCall per layer]}`` (``keys_only`` capture): what
+        recomputes each layer's map ``[batch, heads, tokens, tokens]``, input side first."""
+        store = self._capture
+        if not store.calls:
+            raise RuntimeError(
+                "no attention module calls captured: call set_attention_hooks(True, "
+                "capture_gradients=False, keys_only=True) and run a forward"
+            )
+        return {FEATURE_KEY: list(store.calls)}
 
     def get_gradient_anchors(self) -> list[Tensor]:
         """What to differentiate so the backward reaches every captured map
@@ -455,6 +482,64 @@ class HuggingFaceEncoder(nn.Module, GradientInterpretable):
         return {FEATURE_KEY: self.model.get_input_embeddings()}
 
 
+def _detached(value: Any) -> Any:
+    """``value`` with every tensor in it (tuples, lists, dicts) detached."""
+    if isinstance(value, Tensor):
+        return value.detach()
+    if isinstance(value, (tuple, list)):
+        return type(value)(_detached(v) for v in value)
+    if isinstance(value, dict):
+        return {k: _detached(v) for k, v in value.items()}
+    return value
+
+
+class CapturedLayerCall:
+    """One attention module's call in a captured forward: enough to recompute its map.
+
+    Holds the module, its (detached) positional and keyword arguments, and where the map is
+    in its output. :meth:`weights` calls the module again (no gradients) and returns the map,
+    the same as the forward's: encoders in eval mode are deterministic. Only the layer's
+    inputs ``[batch, tokens, hidden]`` are kept, not its ``[batch, heads, tokens, tokens]``
+    map; the masks and position embeddings are the forward's own objects, shared by layers.
+
+    Example:
+        >>> encoder.set_attention_hooks(True, capture_gradients=False, keys_only=True)
+        >>> _ = encoder(**batch)
+        >>> layer = encoder.get_attention_keys()["input_ids"][0]
+        >>> layer.weights().shape           # [batch, heads, tokens, tokens]
+        >>> encoder.set_attention_hooks(False)
+    """
+
+    def __init__(self, module: nn.Module, args: tuple, kwargs: dict, index: int) -> None:
+        self.module, self.args, self.kwargs, self.index = module, args, kwargs, index
+
+    @classmethod
+    def of(cls, module: nn.Module, args: Any, kwargs: Any, index: int) -> CapturedLayerCall:
+        return cls(module, _detached(tuple(args)), _detached(dict(kwargs)), index)
+
+    @property
+    def _hidden(self) -> Tensor:
+        return self.args[0] if self.args else self.kwargs["hidden_states"]
+
+    @property
+    def seq_len(self) -> int:
+        return int(self._hidden.shape[1])
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self._hidden.dtype
+
+    def block_rows(self) -> int:
+        """A Hugging Face layer is recomputed whole: all its query rows at once."""
+        return self.seq_len
+
+    def weights(self, rows: slice = slice(None)) -> Tensor:
+        """The layer's map ``[batch, heads, len(rows), tokens]``, recomputed."""
+        with torch.no_grad():
+            output = self.module(*self.args, **self.kwargs)
+        return output[self.index][:, :, rows]
+
+
 class _AttentionStore:
     """The adapter's capture state: one :class:`~ehrlens.models.capture.AttentionSlot` per
     layer (the store every ehrlens model uses), created when capture is enabled and fed with
@@ -470,16 +555,20 @@ class _AttentionStore:
         self.thread = threading.get_ident()
         self.layers_seen = 0
         self.missing = False
+        self.keys_only = False
+        self.calls: list[CapturedLayerCall] = []
 
     def enable(
         self,
         gradients: bool,
         head_fusion: str | None = None,
         gradient_fusion: GradientFusion | None = None,
+        keys_only: bool = False,
     ) -> None:
         self.clear()
         self.enabled, self.gradients, self.used = True, gradients, True
         self.head_fusion, self.gradient_fusion = head_fusion, gradient_fusion
+        self.keys_only = keys_only
         self.thread = threading.get_ident()
 
     def _new_slot(self) -> AttentionSlot:
@@ -488,9 +577,13 @@ class _AttentionStore:
     def begin(self) -> None:
         """A hooked forward starts: its layers replace the slots in call order."""
         self.clear_slots()
-        self.slots = []
+        self.slots = None if self.keys_only else []
         self.layers_seen = 0
         self.missing = False
+
+    def record_call(self, call: CapturedLayerCall) -> None:
+        self.calls.append(call)
+        self.layers_seen += 1
 
     def record_layer(self, attention: Tensor, anchor: Tensor | None) -> None:
         slot = self._new_slot()
@@ -518,6 +611,7 @@ class _AttentionStore:
         for slot in self.slots or []:
             slot.clear()
         self.slots = None
+        self.calls = []
 
     def clear(self) -> None:
         self.clear_slots()

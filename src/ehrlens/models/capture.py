@@ -69,6 +69,14 @@ class CapturedKeys:
         """Attention weights of the query ``rows``: ``[batch, heads, len(rows), seq]``."""
         return self.module.attention_weights(self.query[:, :, rows], self.key, self.mask)
 
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.query.dtype
+
+    def block_rows(self) -> int:
+        """Query rows to recompute at a time (the module's block size)."""
+        return self.module.attention_block_rows(self.key.shape[0], self.seq_len)
+
 
 class AttentionSlot:
     """One layer's latest captured map ``[batch, heads, seq, seq]``, gradient or keys.

@@ -91,9 +91,11 @@ def low_memory_rollout_rows(
 
     Same result as carrying ``readout`` down the stored fused maps, but only one block of
     ``block_rows`` query rows of one layer's map (``[batch, heads, block_rows, seq]``) exists
-    at a time (``None``: the attention module's own block size,
-    :meth:`~ehrlens.models.MultiHeadAttention.attention_block_rows`). Blocks whose rows carry
-    no relevance are skipped (e.g. all but the readout block in the top layer).
+    at a time (``None``: the layer's own ``block_rows()``, for ehrlens's models
+    :meth:`~ehrlens.models.MultiHeadAttention.attention_block_rows`; a Hugging Face layer is
+    recomputed whole). Blocks whose rows carry no relevance are skipped (e.g. all but the
+    readout block in the top layer). ``layers`` are any objects with ``weights(rows)``,
+    ``seq_len``, ``dtype`` and ``block_rows()``.
 
     Shapes: ``readout`` ``[batch, seq]`` -> ``[batch, seq]``.
 
@@ -104,10 +106,10 @@ def low_memory_rollout_rows(
         >>> readout = model.get_readout_weights(**batch)["diagnoses"]   # one-hot at [CLS]
         >>> rows = low_memory_rollout_rows(readout, layers, "mean")     # [batch, 1 + seq]
     """
-    rows = readout.to(working_dtype(layers[0].query.dtype)) if layers else readout
+    rows = readout.to(working_dtype(layers[0].dtype)) if layers else readout
     for layer in reversed(layers):
         mixed = torch.zeros_like(rows)
-        step = block_rows or layer.module.attention_block_rows(rows.shape[0], layer.seq_len)
+        step = block_rows or layer.block_rows()
         for start in range(0, layer.seq_len, step):
             part = rows[:, start : start + step]
             if not bool(part.any()):
@@ -238,12 +240,13 @@ class AttentionRollout(BaseInterpreter):
             raise TypeError(
                 "low_memory rollout needs the model's readout weights (get_readout_weights)"
             )
+        # Maps are recomputed inside the block: in eval mode, under the model's lock.
         with capture_attention(self.model, batch, keys_only=True):
             captured = cast(KeyCapture, self.model).get_attention_keys()
-        rows = {
-            key: low_memory_rollout_rows(
-                weights[key], layers, self.head_fusion, self.discard_ratio, self.block_rows
-            )
-            for key, layers in captured.items()
-        }
+            rows = {
+                key: low_memory_rollout_rows(
+                    weights[key], layers, self.head_fusion, self.discard_ratio, self.block_rows
+                )
+                for key, layers in captured.items()
+            }
         return select_input_positions(self.model, rows, batch)
