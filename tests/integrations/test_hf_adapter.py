@@ -154,6 +154,39 @@ def test_tokenizer_extras_are_accepted(wrapped, tokenizer):
     assert bool((scores[~special_or_pad] > 0).all())
 
 
+@pytest.mark.parametrize(
+    "method", ["rollout", "flow", "chefer", "attnlrp", "integrated_gradients", "random"]
+)
+def test_every_method_gives_special_tokens_and_padding_exactly_0(wrapped, tokenizer, method):
+    from ehrlens.interpret.registry import make_interpreter
+
+    encoding = tokenizer(
+        ["short", "a longer sentence"],
+        padding=True,
+        return_tensors="pt",
+        return_special_tokens_mask=True,
+    )
+    interpreter = make_interpreter(method, wrapped)
+    if interpreter.gradient_free:
+        with torch.inference_mode():
+            scores = interpreter.attribute(**encoding)["input_ids"]
+    else:
+        scores = interpreter.attribute(**encoding)["input_ids"]
+    special_or_pad = (encoding["special_tokens_mask"] == 1) | (encoding["attention_mask"] == 0)
+    assert bool(special_or_pad.any()) and bool((~special_or_pad).any())
+    assert bool((scores[special_or_pad] == 0).all()), method
+    assert bool((scores[~special_or_pad] != 0).any()), method
+    # without the tokenizer's mask, special tokens are scored like any token
+    plain = {k: v for k, v in encoding.items() if k != "special_tokens_mask"}
+    if interpreter.gradient_free:
+        with torch.inference_mode():
+            unmasked = interpreter.attribute(**plain)["input_ids"]
+    else:
+        unmasked = interpreter.attribute(**plain)["input_ids"]
+    special = (encoding["special_tokens_mask"] == 1) & (encoding["attention_mask"] == 1)
+    assert bool((unmasked[special] != 0).any()), method
+
+
 def test_modes_follow_the_head_config(classifier):
     model = copy.deepcopy(classifier)
     encoder = HuggingFaceEncoder(model)

@@ -452,6 +452,12 @@ class HuggingFaceEncoder(nn.Module, GradientInterpretable):
         scored = scored_positions(data)
         return {key: row.masked_fill(~scored.to(row.device), 0.0) for key, row in relevance.items()}
 
+    def get_scored_inputs(self, **data: Any) -> dict[str, Tensor]:
+        """``{"input_ids": bool [batch, tokens]}``: the positions every method scores (real
+        tokens, minus special tokens when the batch has ``special_tokens_mask``); the others
+        get exactly 0 from every method, gradient-based ones included."""
+        return {FEATURE_KEY: scored_positions(data)}
+
     def set_lrp_rules(self, enabled: bool) -> None:
         """Attach (``True``) or remove (``False``) the AttnLRP rules on the wrapped encoder.
 

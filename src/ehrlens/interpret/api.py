@@ -380,6 +380,33 @@ def select_input_positions(
     return dict(rows)
 
 
+def mask_unscored_inputs(
+    model: Any, scores: Mapping[str, Tensor], batch: Mapping[str, Any]
+) -> dict[str, Tensor]:
+    """``scores`` with exactly 0 where the model says an input position is not scored.
+
+    A model may define ``get_scored_inputs(**data) -> {key: bool [batch, *positions]}``
+    (the Hugging Face adapter: real tokens minus the tokenizer's ``special_tokens_mask``);
+    every method's scores pass through here, so the same positions are 0 whatever the
+    method. Models without it are returned as they are (their padding is already 0).
+
+    Example:
+        >>> scores = mask_unscored_inputs(encoder, {"input_ids": raw}, encoding)
+    """
+    method = getattr(model, "get_scored_inputs", None)
+    if method is None:
+        return dict(scores)
+    out = dict(scores)
+    for key, scored in (method(**batch) or {}).items():
+        if key not in out:
+            continue
+        values = out[key]
+        keep = scored.to(device=values.device, dtype=torch.bool)
+        keep = keep.reshape(keep.shape + (1,) * (values.dim() - keep.dim()))
+        out[key] = values.masked_fill(~keep, 0.0)
+    return out
+
+
 # ------------------------------------------------------------------------- capture
 def plain_tensors(batch: Mapping[str, Any]) -> dict[str, Any]:
     """Copies of inference-mode tensors, which autograd may not save for backward."""
@@ -589,6 +616,7 @@ __all__ = [
     "feature_value",
     "input_view",
     "lrp_rules",
+    "mask_unscored_inputs",
     "model_lock",
     "plain_tensors",
     "readout_weights",

@@ -16,7 +16,7 @@ from typing import Any, cast
 import torch
 from torch import Tensor, nn
 
-from ..api import EmbeddingLayers, lrp_rules, plain_tensors
+from ..api import EmbeddingLayers, lrp_rules, mask_unscored_inputs, plain_tensors
 from .base import (
     BaseInterpreter,
     TargetIndex,
@@ -139,4 +139,4 @@ class AttnLRP(BaseInterpreter):
             spread = processor.scores_to_inputs(key, relevance, values, masks.get(key))
             out[key] = spread.to(torch.float32)
         check_finite_scores(out, batch)
-        return out
+        return mask_unscored_inputs(self.model, out, batch)

@@ -24,6 +24,7 @@ from ..api import (
     capabilities,
     describe,
     input_view,
+    mask_unscored_inputs,
 )
 
 TargetIndex = int | Tensor | None
@@ -146,9 +147,10 @@ class BaseInterpreter(ABC):
         raw input (tuple features: over their value tensor), padding exactly 0, by each
         feature's processor (:func:`map_to_input_shapes` with the model's processors)."""
         view = input_view(self.description, batch)
-        return map_to_input_shapes(
+        scores = map_to_input_shapes(
             relevance, view, self.description.pad_ids, self.description.processors
         )
+        return mask_unscored_inputs(self.model, scores, batch)
 
 
 _NAME = re.compile(r"[a-z][a-z0-9_]*")

@@ -8,7 +8,7 @@ import torch
 from torch import Tensor
 
 from ...core.fusion import check_head_fusion
-from ..api import AttentionInterpretable, input_view
+from ..api import AttentionInterpretable, input_view, mask_unscored_inputs
 from .base import BaseInterpreter, TargetIndex, feature_processor
 from .propagation import readout_relevance
 from .rollout import fused_attention_layers
@@ -57,7 +57,7 @@ class RandomBaseline(BaseInterpreter):
             noise = torch.rand(values.shape, generator=generator).to(values.device)
             real = feature_processor(self.model, key, values).unit_mask(values, masks.get(key))
             out[key] = noise * real
-        return out
+        return mask_unscored_inputs(self.model, out, batch)
 
 
 def _attention_step(rows: Tensor, attention: Tensor) -> Tensor:

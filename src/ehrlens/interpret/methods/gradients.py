@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 
 from ...core.modes import eval_mode
-from ..api import EmbeddingLayers, plain_tensors
+from ..api import EmbeddingLayers, mask_unscored_inputs, plain_tensors
 from .base import (
     BaseInterpreter,
     TargetIndex,
@@ -132,7 +132,7 @@ class _LayerGradientMethod(BaseInterpreter):
             spread = processor.scores_to_inputs(key, scores, values, masks.get(key))
             out[key] = spread.to(torch.float32)
         check_finite_scores(out, batch)
-        return out
+        return mask_unscored_inputs(self.model, out, batch)
 
 
 class InputXGradient(_LayerGradientMethod):
