@@ -125,3 +125,29 @@ def test_raw_attention_is_the_last_layers_cls_row(wrapped, reference_model, padd
     with torch.inference_mode():
         got = RawAttention(wrapped).attribute(**padded_batch)["input_ids"]
     torch.testing.assert_close(got, expected, **TOL)
+
+
+def test_removal_metrics_use_the_vocabularys_pad_id():
+    # RoBERTa: <s> is id 0 and <pad> id 1. Units are the real tokens (<s> included), and a
+    # removed token becomes <pad>, not id 0.
+    from transformers import RobertaConfig, RobertaForSequenceClassification
+
+    from ehrlens.metrics import RemovalFaithfulness, rank_units, remove_units
+    from ehrlens.metrics.removal import model_processors
+
+    config = RobertaConfig(
+        vocab_size=64, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
+        intermediate_size=32, max_position_embeddings=40, num_labels=2, pad_token_id=1,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    encoder = HuggingFaceEncoder(RobertaForSequenceClassification(config).eval())
+    ids = torch.tensor([[0, 9, 10, 11, 2], [0, 12, 2, 1, 1]])
+    batch = {"input_ids": ids, "attention_mask": (ids != 1).long()}
+    scores = {"input_ids": torch.tensor([[5.0, 4, 3, 2, 1], [5.0, 4, 3, 0, 0]])}
+    processors = model_processors(encoder, batch, scores)
+    keys, rank, real = rank_units(scores, batch, processors)
+    assert real.tolist() == [[True] * 5, [True, True, True, False, False]]
+    removed = remove_units(batch, keys, rank == 0, "zero", processors)["input_ids"]
+    assert removed.tolist() == [[1, 9, 10, 11, 2], [1, 12, 2, 1, 1]]
+    result = RemovalFaithfulness(encoder, percentages=(20,))(scores, batch)
+    assert result.n_scored == 2

@@ -22,7 +22,7 @@ from torch import Tensor
 
 from ..core.modes import eval_mode
 from ..interpret.api import describe
-from .removal import Ablation, rank_units, remove_units, top_fraction_mask
+from .removal import Ablation, model_processors, rank_units, remove_units, top_fraction_mask
 
 DEFAULT_PERCENTAGES = (1, 5, 10, 20, 50)
 SampleFilter = str | Callable[[Tensor, Tensor], Tensor]
@@ -191,7 +191,7 @@ class RemovalFaithfulness:
         with eval_mode(self.model):
             base = _class_probability(self.model, batch, target)
             scored = _filter(self.sample_filter, probabilities, target).to(target.device)
-            processors = describe(self.model).processors
+            processors = model_processors(self.model, batch, attributions)
             keys, rank, real = rank_units(attributions, batch, processors)
             comprehensive, sufficient = [], []
             for q in self.percentages:

@@ -26,6 +26,31 @@ from ..data.processors import Ablation, FeatureProcessor, processor_for_tensor
 Processors = Mapping[str, FeatureProcessor] | None
 
 
+def model_processors(
+    model: Any, batch: Mapping[str, Any], keys: Any
+) -> dict[str, FeatureProcessor]:
+    """``{key: processor}`` that ranks and removes each feature's units for ``model``: its
+    fitted processor, or one read off ``batch[key]`` with the model's pad id for ``key``
+    (``pad_ids``; a Hugging Face encoder's vocabulary pad id), so padding is recognised and
+    removed codes become padding whatever the model's pad id.
+
+    Example:
+        >>> processors = model_processors(encoder, encoding, ["input_ids"])
+    """
+    from ..interpret.api import describe
+
+    description = describe(model)
+    out: dict[str, FeatureProcessor] = {}
+    for key in keys:
+        fitted = description.processors.get(key)
+        out[key] = (
+            fitted
+            if fitted is not None
+            else processor_for_tensor(batch[key], description.pad_id(key))
+        )
+    return out
+
+
 def _processor(processors: Processors, key: str, values: Tensor) -> FeatureProcessor:
     processor = (processors or {}).get(key)
     return processor_for_tensor(values) if processor is None else processor

@@ -33,9 +33,8 @@ import torch
 from torch import Tensor, nn
 
 from ..interpret import BaseInterpreter, make_interpreter
-from ..interpret.api import describe
 from .evaluator import MetricSummary, bootstrap_interval
-from .removal import unit_mask
+from .removal import model_processors, unit_mask
 
 __all__ = [
     "DataRandomisation",
@@ -87,8 +86,8 @@ def explanation_vectors(
 ) -> list[np.ndarray]:
     """Each sample's scores at its real input units, features concatenated in key order:
     one vector per sample (padding left out)."""
-    processors = describe(model).processors
     keys = sorted(scores)
+    processors = model_processors(model, batch, keys)
     per_sample: list[list[np.ndarray]] = []
     for key in keys:
         values = batch[key]
