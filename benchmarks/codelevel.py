@@ -40,7 +40,7 @@ import torch
 
 import ehrlens
 from ehrlens.app.workflow import train_on_cohort
-from ehrlens.data import get_dataloader
+from ehrlens.data import get_dataloader, move_to_device
 from ehrlens.interpret import (
     AttentionFlow,
     AttentionRollout,
@@ -95,8 +95,9 @@ def auroc_interval(model: Any, test: Any, n_bootstrap: int, seed: int) -> dict[s
     probs, labels = [], []
     with torch.inference_mode():
         for batch in get_dataloader(test, 256):
-            probs.append(model(**batch)["y_prob"][:, 0].numpy())
-            labels.append(batch["label"].reshape(-1).numpy())
+            batch = move_to_device(batch, model.device)
+            probs.append(model(**batch)["y_prob"][:, 0].cpu().numpy())
+            labels.append(batch["label"].reshape(-1).cpu().numpy())
     p, y = np.concatenate(probs), np.concatenate(labels)
     rng = np.random.default_rng(seed)
     draws = []
@@ -118,6 +119,7 @@ def evaluate_model(name: str, args: argparse.Namespace) -> dict[str, Any]:
         seed=args.seed,
         epochs=args.epochs,
         lr=args.lr,
+        device=args.device,
     )
     model, test, cohort = run.model.eval(), run.test, run.cohort
     record: dict[str, Any] = {
@@ -150,6 +152,7 @@ def evaluate_model(name: str, args: argparse.Namespace) -> dict[str, Any]:
         start = time.perf_counter()
         within = []
         for batch in loader:
+            batch = move_to_device(batch, model.device)
             scores = Explainer(method).attribute(**batch)
             within.append(
                 within_visit_signal_auroc(scores, batch, model.schema, cohort.ground_truth)
@@ -231,8 +234,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         help="skip the Evaluator (comprehensiveness, sufficiency, cohort signal AUROC)",
     )
     parser.add_argument("--quick", action="store_true", help="tiny run (seconds)")
+    parser.add_argument(
+        "--device", default="cpu", choices=["cpu", "cuda"], help="where to train and explain"
+    )
     parser.add_argument("--out", type=Path, default=Path("benchmarks/codelevel.json"))
     args = parser.parse_args(argv)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: no CUDA device is available")
     args.methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     unknown = sorted(set(args.methods) - set(METHODS))
     if unknown:

@@ -49,7 +49,7 @@ import torch
 
 import ehrlens
 from ehrlens.app.workflow import fit_on_splits, train_on_cohort
-from ehrlens.data import create_sample_dataset, get_dataloader
+from ehrlens.data import create_sample_dataset, get_dataloader, move_to_device
 from ehrlens.interpret import (
     AttentionFlow,
     AttentionRollout,
@@ -192,7 +192,8 @@ def predicted_classes(model: Any, loader: Any) -> np.ndarray:
     out = []
     with torch.inference_mode():
         for batch in loader:
-            out.append((model(**batch)["y_prob"][:, 0] >= 0.5).long().numpy())
+            batch = move_to_device(batch, model.device)
+            out.append((model(**batch)["y_prob"][:, 0] >= 0.5).long().cpu().numpy())
     return np.concatenate(out)
 
 
@@ -226,6 +227,7 @@ def train_model(name: str, args: argparse.Namespace) -> dict[str, Any]:
         seed=args.seed,
         epochs=args.epochs,
         lr=args.lr,
+        device=args.device,
     )
     model, cohort, test = run.model, run.cohort, run.test
     n_test_split = len(test)
@@ -521,8 +523,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--threads", type=int, default=None, help="torch intra-op threads (default: torch's)"
     )
+    parser.add_argument(
+        "--device", default="cpu", choices=["cpu", "cuda"], help="where to train and explain"
+    )
     parser.add_argument("--out", type=Path, default=Path("benchmarks/out/faithfulness.json"))
     args = parser.parse_args(argv)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: no CUDA device is available")
     if args.quick:
         args.patients = args.patients or 400
         args.epochs = args.epochs or 2

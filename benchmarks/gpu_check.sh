@@ -21,4 +21,6 @@ for config in minilm modernbert; do
 done
 "$PYTHON" benchmarks/propagation.py --device cuda --out "$OUT/propagation.json" | tee "$OUT/propagation.md"
 "$PYTHON" benchmarks/speed.py --device cuda --layers 6 --seqs 1024 --batches 32 --no-loader --no-large --repeats 3 --out "$OUT/speed.json" | tee "$OUT/speed.md"
+"$PYTHON" benchmarks/faithfulness.py --quick --device cuda --out "$OUT/faithfulness_quick.json" | tee "$OUT/faithfulness_quick.md"
+"$PYTHON" benchmarks/codelevel.py --quick --device cuda --out "$OUT/codelevel_quick.json" | tee "$OUT/codelevel_quick.md"
 echo "done: $OUT"

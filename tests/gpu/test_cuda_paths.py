@@ -96,3 +96,26 @@ def test_ray_engine_gpu_workers_give_the_cpu_rows(files):
     finally:
         ray.shutdown()
     _assert_same_rows(_rows(root / "ray_cpu"), _rows(root / "ray_gpu"))
+
+
+def test_evaluating_a_model_trained_on_cuda_equals_cpu(files):
+    # Trainer puts the model on CUDA when one is present; the loader's batches stay on CPU.
+    from ehrlens.data import get_dataloader
+    from ehrlens.metrics import Evaluator, RemovalFaithfulness
+
+    _, _, dataset, model = files
+    gpu_model = Transformer(dataset, embedding_dim=16, heads=2, num_layers=2)
+    gpu_model.load_state_dict(model.state_dict())
+    gpu_model = gpu_model.to("cuda").eval()
+    loader = get_dataloader(dataset.subset(range(48)), 16)
+    results = {}
+    for where, m in (("cpu", model), ("cuda", gpu_model)):
+        evaluator = Evaluator(m, sample_filter="all", n_bootstrap=20, seed=0)
+        results[where] = evaluator.evaluate(loader, AttentionRollout(m), name="rollout")
+    for metric in ("comprehensiveness", "sufficiency"):
+        cpu, gpu = (results[w].summaries[metric].mean for w in ("cpu", "cuda"))
+        assert abs(cpu - gpu) < 1e-4, metric
+    batch = next(iter(loader))  # direct use: a CPU batch and CPU scores on a CUDA model
+    scores = AttentionRollout(model).attribute(**batch)
+    direct = RemovalFaithfulness(gpu_model, percentages=(20,))(scores, batch)
+    assert direct.comprehensiveness.device.type == "cuda" and direct.n_scored == 16

@@ -231,12 +231,14 @@ def fit_on_splits(
     metrics: Sequence[str] | None = None,
     progress: bool = False,
     parts: Mapping[str, str] | None = None,
+    device: str | None = None,
 ) -> FitResult:
     """Split ``dataset`` 70/15/15 by patient (:func:`select_split`), train a ``model_class``
     with ``hparams`` (monitoring the first metric on val, best epoch restored), score on test.
 
     ``parts``: ``{patient_id: "train" | "val" | "test"}``, a given split instead (e.g. a MEDS
-    dataset's subject splits); patients in no part are left out.
+    dataset's subject splits); patients in no part are left out. ``device``: where to train
+    (default: CUDA when available, as :class:`~ehrlens.Trainer`); the model stays there.
 
     Example:
         >>> fit = fit_on_splits(dataset, Transformer, {"embedding_dim": 32}, epochs=2)
@@ -248,7 +250,7 @@ def fit_on_splits(
         train, val, test = (given_part(dataset, parts, s) for s in PARTS)
     torch.manual_seed(seed)
     network = model_class(dataset, **dict(hparams))
-    trainer = Trainer(network, metrics=metrics, seed=seed, progress=progress)
+    trainer = Trainer(network, metrics=metrics, seed=seed, progress=progress, device=device)
     monitor = trainer.metrics[0] if trainer.metrics else None
     start = time.perf_counter()
     history = trainer.train(
@@ -381,6 +383,7 @@ def train_on_cohort(
     lr: float = 2e-3,
     batch_size: int = 64,
     progress: bool = False,
+    device: str | None = None,
 ) -> CohortRun:
     """Generate a cohort, split it 70/15/15 by patient, train with early-best restore, score.
 
@@ -392,7 +395,7 @@ def train_on_cohort(
     dataset = create_sample_dataset(cohort.samples, cohort.input_schema, cohort.output_schema)
     fit = fit_on_splits(
         dataset, model_class, hparams, epochs=epochs, lr=lr, batch_size=batch_size, seed=seed,
-        metrics=["roc_auc", "pr_auc"], progress=progress,
+        metrics=["roc_auc", "pr_auc"], progress=progress, device=device,
     )  # fmt: skip
     test = fit.test
     in_test = set(test.patient_ids)

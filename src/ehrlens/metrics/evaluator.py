@@ -14,7 +14,13 @@ import torch
 
 from ..core.progress import progress_bar
 from ..data.dataset import LengthBucketSampler
-from .faithfulness import DEFAULT_PERCENTAGES, RemovalFaithfulness, SampleFilter, Target
+from .faithfulness import (
+    DEFAULT_PERCENTAGES,
+    RemovalFaithfulness,
+    SampleFilter,
+    Target,
+    on_model_device,
+)
 from .recovery import signal_recovery
 from .removal import Ablation
 
@@ -156,6 +162,7 @@ class Evaluator:
         positions: list[np.ndarray] = []
         bar = progress_bar(dataloader, self.progress, desc=f"evaluate {name}")
         for number, batch in enumerate(bar):
+            batch = on_model_device(self.model, batch)  # a model trained on a GPU stays there
             targets = self.faithfulness.targets(batch)
             start = time.perf_counter()
             attributions = method.attribute(target_class_idx=targets[1], **batch)
@@ -173,7 +180,7 @@ class Evaluator:
                 per_q[f"comprehensiveness@{q:g}"] = result.comprehensiveness[:, i]
                 per_q[f"sufficiency@{q:g}"] = result.sufficiency[:, i]
             for metric, tensor in per_q.items():
-                values.setdefault(metric, []).append(tensor.numpy())
+                values.setdefault(metric, []).append(tensor.detach().cpu().numpy())
             if self.ground_truth is not None:
                 scored = result.scored.tolist()
                 schema = self.model.schema

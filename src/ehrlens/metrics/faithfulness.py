@@ -21,6 +21,7 @@ import torch
 from torch import Tensor
 
 from ..core.modes import eval_mode
+from ..data.dataset import move_to_device
 from ..interpret.api import describe
 from .removal import Ablation, model_processors, rank_units, remove_units, top_fraction_mask
 
@@ -77,6 +78,23 @@ class FaithfulnessResult:
             "comprehensiveness": (self.comprehensiveness.sum(0) / n).tolist(),
             "sufficiency": (self.sufficiency.sum(0) / n).tolist(),
         }
+
+
+def on_model_device(model: Any, batch: Mapping[str, Any]) -> dict[str, Any]:
+    """``batch`` with its tensors on the model's device (``model.device``, else its first
+    parameter's), so a model trained on a GPU is scored on CPU batches as loaders give them."""
+    device = getattr(model, "device", None)
+    if device is None:
+        parameter = next(iter(model.parameters()), None) if hasattr(model, "parameters") else None
+        device = None if parameter is None else parameter.device
+    return dict(batch) if device is None else move_to_device(batch, device)
+
+
+def _device_of(batch: Mapping[str, Any]) -> torch.device:
+    for value in batch.values():
+        if isinstance(value, Tensor):
+            return value.device
+    return torch.device("cpu")
 
 
 def _class_probability(model: Any, batch: Mapping[str, Any], target: Tensor) -> Tensor:
@@ -164,6 +182,7 @@ class RemovalFaithfulness:
         Pass the class to the explanation method as ``target_class_idx`` so that it explains
         what is measured.
         """
+        batch = on_model_device(self.model, batch)
         with eval_mode(self.model):
             probabilities = self.model(**batch)["y_prob"]
         predicted = _predicted_class(self.model, probabilities)
@@ -187,6 +206,9 @@ class RemovalFaithfulness:
         ``targets`` is :meth:`targets` of the same batch when the caller already has it
         (saves one forward).
         """
+        batch = on_model_device(self.model, batch)
+        device = _device_of(batch)
+        attributions = {k: v.to(device) for k, v in attributions.items()}
         probabilities, target = self.targets(batch) if targets is None else targets
         with eval_mode(self.model):
             base = _class_probability(self.model, batch, target)
