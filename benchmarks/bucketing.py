@@ -65,6 +65,7 @@ def run(args: argparse.Namespace) -> dict:
     dataset = create_sample_dataset(samples, {"diagnoses": "nested_sequence"}, {"label": "binary"})
     torch.manual_seed(args.seed)
     model = Transformer(dataset, embedding_dim=64, heads=4, num_layers=args.layers).eval()
+    model = model.to(args.device)  # explain_cohort moves each batch to the model's device
     rows = []
     warm_up = dataset.subset(range(min(args.batch_size, len(dataset))))
     for method in args.methods:
@@ -149,9 +150,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--quick", action="store_true", help="tiny run to check the script")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/out/bucketing.json"))
     args = parser.parse_args(argv)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: no CUDA device is available")
     if args.quick:
         args.patients, args.long_every, args.long_visits, args.long_codes = 40, 10, 30, 6
         args.batch_size, args.repeats, args.threads = 8, 1, 1
