@@ -235,8 +235,10 @@ def train(args: argparse.Namespace) -> tuple[Transformer, Any, dict[str, Any]]:
         seed=args.seed,
         epochs=args.epochs,
         lr=args.lr,
+        device=args.device,
     )
-    model, cohort, test = run.model, run.cohort, run.test
+    # The analysis (per-token ablations, graph flows) is written for CPU tensors.
+    model, cohort, test = run.model.cpu(), run.cohort, run.test
     record = {
         "positive_rate": cohort.positive_rate,
         "n_train": len(run.train),
@@ -434,7 +436,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--threads", type=int, default=None, help="torch intra-op threads (default: torch's)"
     )
     parser.add_argument("--out", type=Path, default=Path("benchmarks/out/paper_table.json"))
+    parser.add_argument(
+        "--device", default="cpu", choices=["cpu", "cuda"], help="where to train (analysis: CPU)"
+    )
     args = parser.parse_args(argv)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: no CUDA device is available")
     if args.quick:
         args.patients = args.patients or 400
         args.epochs = args.epochs or 2
