@@ -53,7 +53,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import speed
 
-from ehrlens.interpret import AttentionRollout, CheferRelevance
+from ehrlens.interpret import AttentionRollout
 from ehrlens.models import Transformer
 
 ROLLOUT_METHODS = (
@@ -90,14 +90,8 @@ def build(layers: int, dim: int, heads: int, device: str, per_head: bool = False
 
 
 def method_callable(method: str, model: Transformer, batch: dict) -> Callable[[], Any]:
-    """A zero-argument function that runs ``method`` once on ``batch``."""
-    if method == "inference":
-
-        def run() -> Any:
-            with torch.inference_mode():
-                return model(**batch)["logit"]
-
-        return run
+    """A zero-argument function that runs ``method`` once on ``batch``: this benchmark's own
+    variants here, the rest as :func:`speed.method_callable` runs them."""
     if method == "inference_in_blocks":
         modules = [m for layers in model.attention_modules().values() for m in layers]
 
@@ -111,29 +105,17 @@ def method_callable(method: str, model: Transformer, batch: dict) -> Callable[[]
                     handle.remove()
 
         return run_in_blocks
-    if method.startswith("rollout"):
-        options = {"rollout_keep_maps": {"low_memory": False}}
-        options["rollout_low_memory"] = {"low_memory": True}
-        rollout = AttentionRollout(model, **options.get(method, {}))
+    if method == "rollout_keep_maps":
+        rollout = AttentionRollout(model, low_memory=False)
 
         def explain() -> Any:
             with torch.inference_mode():
                 return rollout.attribute(**batch)
 
         return explain
-    if method == "forward_backward":
-
-        def backward() -> Any:
-            out = model(**batch)
-            out["logit"][:, 0].sum().backward()
-            model.zero_grad(set_to_none=True)
-            return out["logit"].detach()
-
-        return backward
-    if method in ("chefer", "chefer_per_head"):
-        chefer = CheferRelevance(model)
-        return lambda: chefer.attribute(**batch)
-    raise ValueError(f"unknown method {method!r}")
+    if method == "chefer_per_head":  # the same interpreter on the per-head model class
+        method = "chefer"
+    return speed.method_callable(method, model, batch)
 
 
 def model_for(method: str, layers: int, dim: int, heads: int, device: str) -> Transformer:

@@ -533,10 +533,12 @@ class CapturedLayerCall:
 
     @property
     def dtype(self) -> torch.dtype:
+        """The dtype of the layer's input hidden states."""
         return self._hidden.dtype
 
-    def block_rows(self) -> int:
-        """A Hugging Face layer is recomputed whole: all its query rows at once."""
+    def block_rows(self, requested: int | None = None) -> int:
+        """All query rows, whatever is ``requested``: the module computes its map whole, so
+        smaller blocks would recompute the whole layer once per block."""
         return self.seq_len
 
     def weights(self, rows: slice = slice(None)) -> Tensor:

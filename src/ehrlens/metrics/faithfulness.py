@@ -82,7 +82,11 @@ class FaithfulnessResult:
 
 def on_model_device(model: Any, batch: Mapping[str, Any]) -> dict[str, Any]:
     """``batch`` with its tensors on the model's device (``model.device``, else its first
-    parameter's), so a model trained on a GPU is scored on CPU batches as loaders give them."""
+    parameter's), so a model trained on a GPU is scored on CPU batches as loaders give them.
+
+    Example:
+        >>> batch = on_model_device(model, next(iter(loader)))   # model on "cuda": moved
+    """
     device = getattr(model, "device", None)
     if device is None:
         parameter = next(iter(model.parameters()), None) if hasattr(model, "parameters") else None

@@ -72,10 +72,10 @@ class MultiHeadAttention(nn.Module):
         :meth:`register_attention_hook` hook), the forward computes attention in blocks of
         :meth:`attention_block_rows` rows, so the per-head map ``[batch, heads, seq, seq]``
         never exists whole: a hook that keeps a head-fused map ``[batch, seq, seq]`` then
-        costs less memory than the map the plain forward forms. (The same holds while only
-        query-key hooks listen.) The output is the same up to
-        floating-point rounding. With a map hook also registered, block hooks get one block
-        of all rows. Returns a removable handle.
+        costs less memory than the map the plain forward forms (the same holds while only
+        query-key hooks listen). The output is the same up to floating-point rounding. With a
+        map hook also registered, block hooks get one block of all rows. Returns a removable
+        handle.
 
         Example:
             >>> fused = {}

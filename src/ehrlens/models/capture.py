@@ -71,10 +71,13 @@ class CapturedKeys:
 
     @property
     def dtype(self) -> torch.dtype:
+        """The dtype of the recomputed weights (the queries')."""
         return self.query.dtype
 
-    def block_rows(self) -> int:
-        """Query rows to recompute at a time (the module's block size)."""
+    def block_rows(self, requested: int | None = None) -> int:
+        """Query rows to recompute at a time: ``requested``, else the module's block size."""
+        if requested is not None:
+            return requested
         return self.module.attention_block_rows(self.key.shape[0], self.seq_len)
 
 

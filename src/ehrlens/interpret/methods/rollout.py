@@ -91,11 +91,12 @@ def low_memory_rollout_rows(
 
     Same result as carrying ``readout`` down the stored fused maps, but only one block of
     ``block_rows`` query rows of one layer's map (``[batch, heads, block_rows, seq]``) exists
-    at a time (``None``: the layer's own ``block_rows()``, for ehrlens's models
+    at a time; each layer decides with ``layer.block_rows(block_rows)`` (ehrlens's models:
+    ``block_rows``, or ``None`` for
     :meth:`~ehrlens.models.MultiHeadAttention.attention_block_rows`; a Hugging Face layer is
-    recomputed whole). Blocks whose rows carry no relevance are skipped (e.g. all but the
-    readout block in the top layer). ``layers`` are any objects with ``weights(rows)``,
-    ``seq_len``, ``dtype`` and ``block_rows()``.
+    recomputed whole, once). Blocks whose rows carry no relevance are skipped (e.g. all but
+    the readout block in the top layer). ``layers`` are any objects with ``weights(rows)``,
+    ``seq_len``, ``dtype`` and ``block_rows(requested)``.
 
     Shapes: ``readout`` ``[batch, seq]`` -> ``[batch, seq]``.
 
@@ -109,7 +110,7 @@ def low_memory_rollout_rows(
     rows = readout.to(working_dtype(layers[0].dtype)) if layers else readout
     for layer in reversed(layers):
         mixed = torch.zeros_like(rows)
-        step = block_rows or layer.block_rows()
+        step = layer.block_rows(block_rows)
         for start in range(0, layer.seq_len, step):
             part = rows[:, start : start + step]
             if not bool(part.any()):
@@ -222,9 +223,8 @@ class AttentionRollout(BaseInterpreter):
             return bool(self.low_memory)
         if self.discard_ratio > 0 or not capabilities(self.model).key_capture:
             return False
-        heads_of = getattr(self.model, "attention_heads", None)
         weights = readout_weights(self.model, batch)
-        if heads_of is None or weights is None:
+        if not hasattr(self.model, "attention_heads") or weights is None:
             return False
         heads = cast(AttentionHeads, self.model).attention_heads()
         sizes = {key: weights[key].shape[-1] ** 2 for key in heads if key in weights}
