@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from ..core.modes import eval_mode
 from ..data.dataset import move_to_device
@@ -80,25 +80,25 @@ class FaithfulnessResult:
         }
 
 
+def model_device(model: Any) -> torch.device | None:
+    """Where ``model`` computes: ``model.device``, else its first parameter's device;
+    ``None`` for a model with neither."""
+    device = getattr(model, "device", None)
+    if device is None and isinstance(model, nn.Module):
+        parameter = next(model.parameters(), None)
+        device = None if parameter is None else parameter.device
+    return device
+
+
 def on_model_device(model: Any, batch: Mapping[str, Any]) -> dict[str, Any]:
-    """``batch`` with its tensors on the model's device (``model.device``, else its first
-    parameter's), so a model trained on a GPU is scored on CPU batches as loaders give them.
+    """``batch`` with its tensors on the model's device (:func:`model_device`), so a model
+    trained on a GPU is scored on CPU batches as loaders give them.
 
     Example:
         >>> batch = on_model_device(model, next(iter(loader)))   # model on "cuda": moved
     """
-    device = getattr(model, "device", None)
-    if device is None:
-        parameter = next(iter(model.parameters()), None) if hasattr(model, "parameters") else None
-        device = None if parameter is None else parameter.device
+    device = model_device(model)
     return dict(batch) if device is None else move_to_device(batch, device)
-
-
-def _device_of(batch: Mapping[str, Any]) -> torch.device:
-    for value in batch.values():
-        if isinstance(value, Tensor):
-            return value.device
-    return torch.device("cpu")
 
 
 def _class_probability(model: Any, batch: Mapping[str, Any], target: Tensor) -> Tensor:
@@ -210,9 +210,10 @@ class RemovalFaithfulness:
         ``targets`` is :meth:`targets` of the same batch when the caller already has it
         (saves one forward).
         """
-        batch = on_model_device(self.model, batch)
-        device = _device_of(batch)
-        attributions = {k: v.to(device) for k, v in attributions.items()}
+        device = model_device(self.model)
+        if device is not None:
+            batch = move_to_device(batch, device)
+            attributions = {k: v.to(device) for k, v in attributions.items()}
         probabilities, target = self.targets(batch) if targets is None else targets
         with eval_mode(self.model):
             base = _class_probability(self.model, batch, target)

@@ -37,18 +37,9 @@ def model_processors(
     Example:
         >>> processors = model_processors(encoder, encoding, ["input_ids"])
     """
-    from ..interpret.api import describe
+    from ..interpret.methods.base import feature_processor
 
-    description = describe(model)
-    out: dict[str, FeatureProcessor] = {}
-    for key in keys:
-        fitted = description.processors.get(key)
-        out[key] = (
-            fitted
-            if fitted is not None
-            else processor_for_tensor(batch[key], description.pad_id(key))
-        )
-    return out
+    return {key: feature_processor(model, key, batch[key]) for key in keys}
 
 
 def _processor(processors: Processors, key: str, values: Tensor) -> FeatureProcessor:
