@@ -198,7 +198,7 @@ def test_modes_follow_the_head_config(classifier):
     with pytest.raises(ValueError, match="mode must be one of"):
         HuggingFaceEncoder(model, mode="ordinal")
     with pytest.raises(ValueError, match="readout must be one of"):
-        HuggingFaceEncoder(model, readout="last")
+        HuggingFaceEncoder(model, readout="pooler")
 
 
 # ----------------------------------------------------------------------------- errors

@@ -1,35 +1,47 @@
-"""Explain Hugging Face encoders (BERT family) with ehrlens' methods (extra ``ehrlens[hf]``).
+"""Explain Hugging Face models, encoders and decoders, with ehrlens' methods (``ehrlens[hf]``).
 
-:class:`HuggingFaceEncoder` wraps a ``transformers`` encoder, with or without a
-sequence-classification head, as a :class:`~ehrlens.interpret.GradientInterpretable` model, so
-:class:`~ehrlens.interpret.AttentionRollout`, :class:`~ehrlens.interpret.AttentionFlow` and
-:class:`~ehrlens.interpret.CheferRelevance` explain it with the same call as ehrlens' own
-models, keyed by ``"input_ids"``::
+:class:`HuggingFaceModel` wraps a ``transformers`` model as a
+:class:`~ehrlens.interpret.GradientInterpretable` model, so every ehrlens method (rollout,
+flow, raw attention, Chefer, AttnLRP, the gradient baselines) explains it with the same call
+as ehrlens' own models, keyed by ``"input_ids"``::
 
-    AttentionRollout(encoder).attribute(input_ids=..., attention_mask=...)
+    AttentionRollout(HuggingFaceModel(model)).attribute(input_ids=..., attention_mask=...)
     # -> {"input_ids": Tensor [batch, tokens]}
+
+It takes BERT-family encoders, decoders (GPT-2, Llama, Qwen2, Mistral families: causal
+attention, rotary positions, grouped-query attention, sliding windows) with a
+sequence-classification head or a language-model head (the logit of a chosen next token),
+and custom ``PreTrainedModel`` classes built around standard blocks (a CEHR-BERT-shaped model
+with its own embeddings and extra inputs, passed through unchanged).
+:class:`HuggingFaceEncoder` is the same adapter restricted to encoders.
 
 How the adapter works:
 
-- Attention maps are taken as each layer produces them: a forward hook on every attention
-  module the model lists for its ``attentions`` output (``_can_record_outputs``) reads the
-  module's returned map, checks it, and stores it, fused over heads at once for forward-only
-  methods (``[batch, 1, tokens, tokens]``), so the full ``output_attentions`` tuple of per-head
-  maps is never held. Models that list no attention modules are run with
-  ``output_attentions=True`` instead (same numbers, more memory). Only the eager attention
-  implementation returns maps, so the wrapped model is switched to ``"eager"`` (logged at INFO
-  level on the ``ehrlens.integrations.huggingface`` logger; the switch stays on the model).
+- Attention modules are found by what they are (:mod:`.hf_modules`): the standard
+  ``transformers`` attention classes, the classes a model declares in
+  ``_can_record_outputs["attentions"]``, or the modules passed as ``attention_modules``.
+  A forward hook on each reads the module's returned map, checks it, and stores it, fused
+  over heads at once for forward-only methods (``[batch, 1, tokens, tokens]``), so the full
+  ``output_attentions`` tuple of per-head maps is never held. Models with no attention module
+  found are run with ``output_attentions=True`` instead (same numbers, more memory). Only the
+  eager attention implementation returns maps, so the wrapped model is switched to
+  ``"eager"`` (logged at INFO level on the ``ehrlens.integrations.huggingface`` logger; the
+  switch stays on the model).
 - Gradients, when an interpreter asks for them, are captured by tensor hooks on the maps
   (post-softmax, in eval mode identical to the maps the values are mixed with); Chefer's
   ``clamp(grad * A)`` is fused over heads in that hook (``Capabilities.gradient_fusion``).
-- The readout is the [CLS] position (0), as BERT-family classification heads read out
-  (``readout="mean"``: the average over real tokens, for mean-pooled outputs).
+- The readout is the [CLS] position (0) for encoders, as BERT-family classification heads
+  read out, and the last real token for decoders, as their heads and next-token predictions
+  read out (left and right padding alike); ``readout="mean"``: the average over real tokens.
+- Decoders get ``position_ids`` counted over real tokens (so a left-padded sample has the
+  positions it has alone) and ``use_cache=False``, unless the batch gives them.
 - Each captured forward checks the maps: ``[batch, heads, tokens, tokens]``, post-softmax
-  (rows sum to 1) and bidirectional; architectures that break this (decoders, pooled, windowed
-  or sparse attention, raw scores) are refused with an error naming the model class.
-- Scores stay aligned with ``input_ids``: every real token, the special tokens [CLS] and [SEP]
-  included, gets a score; padding (``attention_mask == 0``) gets exactly 0. Pass the
-  tokenizer's ``special_tokens_mask`` in the batch to give special tokens 0 as well.
+  (rows sum to 1), bidirectional for encoders and causal for decoders; architectures that
+  break this (pooled, chunked or sparse attention, raw scores) are refused with an error
+  naming the model class.
+- Scores stay aligned with ``input_ids``: every real token, special tokens included, gets a
+  score; padding (``attention_mask == 0``) gets exactly 0. Pass the tokenizer's
+  ``special_tokens_mask`` in the batch to give special tokens 0 as well.
 - :func:`token_scores_to_words` sums token scores into words with their character spans.
 
 Importing this module needs ``transformers``; ``import ehrlens`` does not.
@@ -37,10 +49,11 @@ Importing this module needs ``transformers``; ``import ehrlens`` does not.
 
 from __future__ import annotations
 
+import inspect
 import logging
 import threading
-from collections.abc import Mapping
-from typing import Any, NamedTuple, cast
+from collections.abc import Mapping, Sequence
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor, nn
@@ -58,6 +71,7 @@ from ..core.outputs import probabilities
 from ..interpret.api import GradientInterpretable
 from ..models.capture import AttentionSlot
 from ..models.lrp import ELEMENTWISE_ACTIVATIONS, LRPRules
+from .hf_modules import find_attention_modules, has_attention, head_kind, is_causal
 from .hf_outputs import OutputFn, cls_projection, last_hidden_state, pool, similarity_to
 from .hf_words import WordScore, token_scores_to_words
 
@@ -65,6 +79,7 @@ __all__ = [
     "FEATURE_KEY",
     "LRP_MODEL_TYPES",
     "HuggingFaceEncoder",
+    "HuggingFaceModel",
     "OutputFn",
     "WordScore",
     "cls_projection",
@@ -84,64 +99,82 @@ TOKENIZER_ONLY_KEYS = frozenset(
     {"offset_mapping", "special_tokens_mask", "overflow_to_sample_mapping", "length"}
 )
 MODES = ("binary", "multiclass", "multilabel", "regression")
-READOUTS = ("cls", "mean")
+READOUTS = ("cls", "mean", "last")
 _PROBLEM_TYPES = {"regression": "regression", "multi_label_classification": "multilabel"}
 
 
-class HuggingFaceEncoder(nn.Module, GradientInterpretable):
-    """A ``transformers`` encoder as an ehrlens :class:`~ehrlens.interpret.GradientInterpretable`.
+class HuggingFaceModel(nn.Module, GradientInterpretable):
+    """A ``transformers`` encoder or decoder as an ehrlens
+    :class:`~ehrlens.interpret.GradientInterpretable`.
 
     ``forward(input_ids, attention_mask=None, **inputs)`` runs the wrapped model and returns
     ``{"logit": [batch, outputs], "y_prob": [batch, outputs], "model_output": ...}`` (plus
-    ``"loss"`` when the model computed one). The logit is the classification head's
-    ``logits`` by default, or what ``output_fn(model_outputs, batch)`` returns (``[batch]``
-    becomes ``[batch, 1]``). Tokenizer-only keys (``offset_mapping``,
-    ``special_tokens_mask``, ...) are accepted and not passed to the model, so
-    ``encoder(**tokenizer(...))`` works.
+    ``"loss"`` when the model computed one). The logit is
+
+    - a sequence-classification head's ``logits``;
+    - a language-model head's next-token logits at the readout token, ``[batch, vocab]``
+      (``mode="multiclass"``: ``target_class_idx`` is the token id, or code id, whose logit
+      is explained; ``None`` explains the predicted next token);
+    - or what ``output_fn(model_outputs, batch)`` returns (``[batch]`` becomes
+      ``[batch, 1]``).
+
+    Further inputs (``token_type_ids``, or a custom model's ages, dates and visit segments)
+    are passed to the model unchanged; tokenizer-only keys (``offset_mapping``,
+    ``special_tokens_mask``, ...) are dropped, so ``wrapped(**tokenizer(...))`` works.
 
     Explanations are keyed by ``"input_ids"`` and shaped ``[batch, tokens]``: all real tokens
-    ([CLS] and [SEP] included) are scored, padding gets exactly 0, and so do special tokens
-    when the batch carries the tokenizer's ``special_tokens_mask``. The readout is [CLS]
-    (position 0), as BERT-family classification heads read out; ``readout="mean"`` reads
-    out the average over real tokens instead, matching a mean-pooled output such as
-    ``similarity_to(reference, pooling="mean")``.
+    are scored, padding gets exactly 0, and so do special tokens when the batch carries the
+    tokenizer's ``special_tokens_mask``.
 
     Construction switches the model to eager attention (the only implementation that returns
     attention maps), in place, and logs it at INFO level.
 
     Args:
-        model: a ``transformers.PreTrainedModel`` encoder (BERT, RoBERTa, DistilBERT, ELECTRA,
-            ...): a base model (``AutoModel``, with ``output_fn``) or one with a
-            sequence-classification head (``AutoModelForSequenceClassification``).
+        model: a ``transformers.PreTrainedModel``: an encoder (BERT family), a decoder (GPT-2,
+            Llama, Qwen2, Mistral families), with a sequence-classification head, a
+            language-model head (``...ForCausalLM``), or none (then give ``output_fn``); or a
+            custom ``PreTrainedModel`` whose attention modules are standard ``transformers``
+            classes or declared (see :mod:`ehrlens.integrations.hf_modules`).
         output_fn: ``output_fn(model_outputs, batch) -> Tensor [batch] or [batch, outputs]``,
-            the scalar(s) to explain; required without a classification head. See
-            :func:`similarity_to` and :func:`cls_projection`.
+            the scalar(s) to explain; required without a head. See :func:`similarity_to` and
+            :func:`cls_projection`.
         mode: how logits are explained (as ehrlens models' ``mode``): ``"binary"``,
             ``"multiclass"``, ``"multilabel"`` or ``"regression"``. Default: from the head's
-            ``config.problem_type`` and ``num_labels`` (``"multiclass"`` for several labels,
-            ``"binary"`` for one); ``"regression"`` (explain output 0) with ``output_fn``.
-        readout: attention positions the explained output reads: ``"cls"`` (one-hot at
-            position 0) or ``"mean"`` (uniform over real tokens, ``attention_mask``).
+            ``config.problem_type`` and ``num_labels``; ``"multiclass"`` for a language-model
+            head; ``"regression"`` (explain output 0) with ``output_fn``.
+        readout: attention positions the explained output reads: ``"cls"`` (position 0;
+            the default for encoders), ``"last"`` (the last real token; the default for
+            decoders) or ``"mean"`` (uniform over real tokens, ``attention_mask``).
+        attention_modules: the attention modules, input side first, when they are neither
+            standard classes nor declared: a list (each returns its map at output index 1)
+            or ``{module: index of its map in the module's output}``.
 
     Attributes:
         model: the wrapped ``transformers`` model (eager attention).
         feature_keys: ``["input_ids"]``.
         mode: the explained mode (see ``mode`` above).
-        pad_ids: ``{"input_ids": config.pad_token_id}``, the padding id of the vocabulary
-            (RoBERTa: 1), for code that must tell padding from real tokens by id.
+        causal: whether the model's self-attention is causal (a decoder).
+        pad_ids: ``{"input_ids": config.pad_token_id}``, the padding id of the vocabulary.
 
     Raises:
-        TypeError: ``model`` is not a ``transformers`` model, or returns no attention maps.
-        ValueError: the model is a decoder or encoder-decoder, has no classification head and
-            no ``output_fn`` was given, or (at the first explanation) its maps are not
-            post-softmax ``[batch, heads, tokens, tokens]`` self-attention.
+        TypeError: ``model`` is not a ``transformers`` model.
+        ValueError: an encoder-decoder model; no head and no ``output_fn``; a readout that
+            does not fit (``"cls"`` for a decoder, anything but ``"last"`` for next-token
+            logits); or (at the first explanation) maps that are not post-softmax ``[batch,
+            heads, tokens, tokens]`` self-attention.
 
     Example:
-        >>> model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=2)
-        >>> encoder = HuggingFaceEncoder(model)
-        >>> batch = tokenizer(["chest pain", "no complaints"], padding=True, return_tensors="pt")
+        >>> from transformers import LlamaConfig, LlamaForCausalLM
+        >>> config = LlamaConfig(vocab_size=32, hidden_size=16, intermediate_size=32,
+        ...                      num_hidden_layers=2, num_attention_heads=4,
+        ...                      num_key_value_heads=2)
+        >>> wrapped = HuggingFaceModel(LlamaForCausalLM(config))
+        >>> batch = {"input_ids": torch.tensor([[0, 5, 6, 7]]),
+        ...          "attention_mask": torch.tensor([[0, 1, 1, 1]])}      # left padding
         >>> with torch.inference_mode():
-        ...     scores = AttentionRollout(encoder).attribute(**batch)  # {"input_ids": [2, t]}
+        ...     scores = AttentionRollout(wrapped).attribute(target_class_idx=9, **batch)
+        >>> scores["input_ids"].shape, float(scores["input_ids"][0, 0])
+        (torch.Size([1, 4]), 0.0)
     """
 
     interpret_capabilities = Capabilities(
@@ -160,26 +193,51 @@ class HuggingFaceEncoder(nn.Module, GradientInterpretable):
         model: Any,
         output_fn: OutputFn | None = None,
         mode: str | None = None,
-        readout: str = "cls",
+        readout: str | None = None,
+        attention_modules: Sequence[nn.Module] | Mapping[nn.Module, int] | None = None,
     ) -> None:
         super().__init__()
-        check_encoder(model)
-        if readout not in READOUTS:
-            raise ValueError(f"readout must be one of {READOUTS}, got {readout!r}")
-        if output_fn is None and not has_classification_head(model):
+        check_model(model)
+        name = type(model).__name__
+        self.head = head_kind(model)
+        if output_fn is None and self.head is None:
             raise ValueError(
-                f"{type(model).__name__} has no sequence-classification head, so there is no "
-                "logit to explain: pass output_fn=... (e.g. similarity_to(reference) or "
-                "cls_projection(weight)), or load AutoModelForSequenceClassification"
+                f"{name} has no sequence-classification head (nor a language-model head), so "
+                "there is no logit to explain: pass output_fn=... (e.g. "
+                "similarity_to(reference) or cls_projection(weight)), or load "
+                "AutoModelForSequenceClassification / AutoModelForCausalLM"
             )
         if output_fn is not None and not callable(output_fn):
             raise TypeError(
                 "output_fn must be callable as output_fn(model_outputs, batch) -> Tensor, got "
                 f"{type(output_fn).__name__}"
             )
+        found = declared_attention_modules(model, attention_modules)
+        if not found and not has_attention(model):
+            raise ValueError(
+                f"{name} has no attention modules (no submodule is an attention class): "
+                "ehrlens explains attention-based models; state-space and recurrent "
+                "architectures (Mamba, RWKV, ...) are not supported"
+            )
+        self.causal = is_causal(model, found) or self.head == "causal_lm"
+        if readout is None:
+            readout = "last" if self.causal else "cls"
+        if readout not in READOUTS:
+            raise ValueError(f"readout must be one of {READOUTS}, got {readout!r}")
+        if self.causal and readout == "cls":
+            raise ValueError(
+                f"{name} has causal self-attention: its first token sees only itself, so "
+                "readout='cls' would explain nothing; use readout='last' (the default for "
+                "decoders) or 'mean'"
+            )
+        if output_fn is None and self.head == "causal_lm" and readout != "last":
+            raise ValueError(
+                f"{name} predicts the next token at the last real token: readout must be "
+                f"'last' for its next-token logits, got {readout!r}"
+            )
         self.model = model
         self.output_fn = output_fn
-        self.mode = resolve_mode(model, output_fn, mode)
+        self.mode = resolve_mode(model, output_fn, mode, self.head)
         self.readout = readout
         self.feature_keys = [FEATURE_KEY]
         self.pad_ids: dict[str, int | None] = {
@@ -187,7 +245,8 @@ class HuggingFaceEncoder(nn.Module, GradientInterpretable):
         }
         use_eager_attention(model)
         self._capture = _AttentionStore()
-        self._attention_modules = attention_modules(model)
+        self._attention_modules = found
+        self._forward_parameters = forward_parameters(model)
 
     @property
     def device(self) -> torch.device:
@@ -213,6 +272,8 @@ class HuggingFaceEncoder(nn.Module, GradientInterpretable):
         model_inputs = {k: v for k, v in inputs.items() if k not in TOKENIZER_ONLY_KEYS}
         if attention_mask is not None:
             model_inputs["attention_mask"] = attention_mask
+        if self.causal:
+            self._decoder_inputs(input_ids, attention_mask, model_inputs)
         store = self._capture
         capturing = store.records_this_thread()
         if capturing and self._attention_modules:
@@ -222,7 +283,11 @@ class HuggingFaceEncoder(nn.Module, GradientInterpretable):
                 model_inputs["output_attentions"] = True
             outputs = self.model(input_ids=input_ids, **model_inputs)
             if capturing:
-                store.record(checked_attentions(self.model, outputs, input_ids, attention_mask))
+                store.record(
+                    checked_attentions(
+                        self.model, outputs, input_ids, attention_mask, causal=self.causal
+                    )
+                )
         batch = {FEATURE_KEY: input_ids, "attention_mask": attention_mask, **inputs}
         logit = self._logit(outputs, batch)
         out: dict[str, Any] = {
@@ -234,6 +299,22 @@ class HuggingFaceEncoder(nn.Module, GradientInterpretable):
         if loss is not None:
             out["loss"] = loss
         return out
+
+    def _decoder_inputs(
+        self, input_ids: Tensor, attention_mask: Tensor | None, model_inputs: dict[str, Any]
+    ) -> None:
+        """Positions counted over real tokens and no cache, where the model takes them and
+        the batch does not give them; for a classification head, check that it reads the
+        token the explanation reads out."""
+        takes = self._forward_parameters
+        if attention_mask is not None and "position_ids" not in model_inputs:
+            if takes is None or "position_ids" in takes:
+                positions = attention_mask.long().cumsum(dim=1) - 1
+                model_inputs["position_ids"] = positions.clamp(min=0)
+        if "use_cache" not in model_inputs and (takes is None or "use_cache" in takes):
+            model_inputs["use_cache"] = False
+        if self.head == "sequence_classification" and self.output_fn is None:
+            check_head_position(self.model, input_ids, attention_mask, self.readout)
 
     def _hooked_forward(
         self, input_ids: Tensor, attention_mask: Tensor | None, model_inputs: dict[str, Any]
@@ -256,7 +337,7 @@ class HuggingFaceEncoder(nn.Module, GradientInterpretable):
                 store.missing = True
                 return
             layer = store.layers_seen
-            check_attention_map(name, layer, attention, real)
+            check_attention_map(name, layer, attention, real, causal=self.causal)
             if store.keys_only:
                 store.record_call(CapturedLayerCall.of(module, args, kwargs, index))
                 return
@@ -277,7 +358,7 @@ class HuggingFaceEncoder(nn.Module, GradientInterpretable):
             raise TypeError(
                 f"{name} returned no attention maps from its attention modules (attention "
                 f"implementation {getattr(self.model.config, '_attn_implementation', None)!r}); "
-                "HuggingFaceEncoder needs a model that exposes its self-attention maps "
+                "ehrlens needs a model that exposes its self-attention maps "
                 "[batch, heads, tokens, tokens]"
             )
         store.end()
@@ -292,6 +373,9 @@ class HuggingFaceEncoder(nn.Module, GradientInterpretable):
         else:
             value = getattr(outputs, "logits", None)
             source = f"{type(self.model).__name__}.logits"
+            if self.head == "causal_lm" and isinstance(value, Tensor) and value.dim() == 3:
+                last = last_real_positions(batch)  # next-token logits at the last real token
+                value = value[torch.arange(batch_size, device=value.device), last.to(value.device)]
         if not isinstance(value, Tensor):
             raise TypeError(
                 f"{source} must be a tensor [batch] or [batch, outputs], got {type(value).__name__}"
@@ -421,20 +505,26 @@ class HuggingFaceEncoder(nn.Module, GradientInterpretable):
     # ------------------------------------------------------------------ readout
     def get_readout_weights(self, **data: Any) -> dict[str, Tensor]:
         """Readout weights ``[batch, tokens]``: one-hot at [CLS] (position 0) with
-        ``readout="cls"``, ``attention_mask / n_real_tokens`` with ``readout="mean"``."""
+        ``readout="cls"``, at the last real token with ``"last"``, ``attention_mask /
+        n_real_tokens`` with ``"mean"``."""
         input_ids = data[FEATURE_KEY]
         if self.readout == "mean":
             real = real_tokens(data).to(torch.get_default_dtype())
             weights = real / real.sum(dim=1, keepdim=True).clamp(min=1.0)
         else:
             weights = torch.zeros(input_ids.shape, device=input_ids.device)
-            weights[:, 0] = 1.0
+            if self.readout == "last":
+                rows = torch.arange(input_ids.shape[0], device=input_ids.device)
+                weights[rows, last_real_positions(data).to(input_ids.device)] = 1.0
+            else:
+                weights[:, 0] = 1.0
         return {FEATURE_KEY: weights}
 
     def get_relevance_tensor(self, R: Mapping[str, Tensor], **data: Any) -> dict[str, Tensor]:
         """The readout row of each ``[batch, tokens, tokens]`` matrix: ``[batch, tokens]``.
 
-        ``readout="cls"``: the [CLS] row; ``"mean"``: the average of the real tokens' rows.
+        ``readout="cls"``: the [CLS] row; ``"last"``: the last real token's row; ``"mean"``:
+        the average of the real tokens' rows.
         Every token keeps its position; padding (and special tokens, when the batch has
         ``special_tokens_mask``) get exactly 0.
         """
@@ -486,6 +576,43 @@ class HuggingFaceEncoder(nn.Module, GradientInterpretable):
         [PAD]).
         """
         return {FEATURE_KEY: self.model.get_input_embeddings()}
+
+
+class HuggingFaceEncoder(HuggingFaceModel):
+    """:class:`HuggingFaceModel` for encoders only (BERT family): decoders and
+    encoder-decoders are refused, and the readout is [CLS] (position 0) by default.
+
+    Args:
+        model: a ``transformers.PreTrainedModel`` encoder (BERT, RoBERTa, DistilBERT, ELECTRA,
+            ...): a base model (``AutoModel``, with ``output_fn``) or one with a
+            sequence-classification head (``AutoModelForSequenceClassification``).
+        output_fn / mode / attention_modules: as for :class:`HuggingFaceModel`.
+        readout: ``"cls"`` (one-hot at position 0), ``"mean"`` (uniform over real tokens,
+            matching a mean-pooled output such as ``similarity_to(reference,
+            pooling="mean")``) or ``"last"``.
+
+    Raises:
+        ValueError: the model is a decoder or encoder-decoder (use :class:`HuggingFaceModel`
+            for decoders), or as :class:`HuggingFaceModel`.
+
+    Example:
+        >>> model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=2)
+        >>> encoder = HuggingFaceEncoder(model)
+        >>> batch = tokenizer(["chest pain", "no complaints"], padding=True, return_tensors="pt")
+        >>> with torch.inference_mode():
+        ...     scores = AttentionRollout(encoder).attribute(**batch)  # {"input_ids": [2, t]}
+    """
+
+    def __init__(
+        self,
+        model: Any,
+        output_fn: OutputFn | None = None,
+        mode: str | None = None,
+        readout: str = "cls",
+        attention_modules: Sequence[nn.Module] | Mapping[nn.Module, int] | None = None,
+    ) -> None:
+        check_encoder(model)
+        super().__init__(model, output_fn, mode, readout, attention_modules)
 
 
 def _detached(value: Any) -> Any:
@@ -667,50 +794,132 @@ def bert_lrp_rules(model: Any) -> LRPRules:
 
 
 # ---------------------------------------------------------------------- checks and helpers
+def check_model(model: Any) -> None:
+    """Refuse what no adapter here explains, naming the model class.
+
+    Raises:
+        TypeError: not a ``transformers.PreTrainedModel``.
+        ValueError: an encoder-decoder model (its cross-attention mixes two sequences).
+    """
+    if not isinstance(model, transformers.PreTrainedModel):
+        raise TypeError(
+            "HuggingFaceModel wraps a transformers PreTrainedModel (e.g. "
+            f"AutoModel.from_pretrained(...)); got {type(model).__name__}"
+        )
+    if getattr(model.config, "is_encoder_decoder", False):
+        raise ValueError(
+            f"{type(model).__name__} is an encoder-decoder model; ehrlens explains "
+            "self-attention encoders read out at [CLS] (BERT family) and decoder-only models "
+            "read out at the last token (GPT-2, Llama, Qwen2, Mistral), not cross-attention"
+        )
+
+
 def check_encoder(model: Any) -> None:
-    """Refuse what the adapter cannot explain, naming the model class.
+    """Refuse what :class:`HuggingFaceEncoder` cannot explain, naming the model class.
 
     Raises:
         TypeError: not a ``transformers.PreTrainedModel``.
         ValueError: an encoder-decoder, or a decoder (causal self-attention).
     """
-    if not isinstance(model, transformers.PreTrainedModel):
-        raise TypeError(
-            "HuggingFaceEncoder wraps a transformers PreTrainedModel encoder (e.g. "
-            f"AutoModel.from_pretrained(...)); got {type(model).__name__}"
-        )
+    check_model(model)
     name = type(model).__name__
-    config = model.config
-    if getattr(config, "is_encoder_decoder", False):
-        raise ValueError(
-            f"{name} is an encoder-decoder model; HuggingFaceEncoder explains encoders with "
-            "bidirectional self-attention read out at [CLS] (BERT family)"
-        )
-    causal = getattr(config, "is_decoder", False) or any(
-        getattr(module, "is_causal", False) is True for module in model.modules()
-    )
-    if causal:
+    if is_causal(model):
         raise ValueError(
             f"{name} has causal (decoder) self-attention; HuggingFaceEncoder explains encoders "
             "with bidirectional self-attention read out at [CLS] (BERT family), not "
-            "decoder-only models"
+            "decoder-only models: wrap it with HuggingFaceModel"
         )
 
 
 def has_classification_head(model: Any) -> bool:
     """Whether ``model`` is a sequence-classification model (its ``logits`` are explained)."""
-    from transformers.models.auto.modeling_auto import (
-        MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES,
+    return head_kind(model) == "sequence_classification"
+
+
+def declared_attention_modules(
+    model: Any, given: Sequence[nn.Module] | Mapping[nn.Module, int] | None
+) -> dict[nn.Module, int]:
+    """``{attention module: index of its map}``: ``given`` (checked to be submodules of
+    ``model``) or found by class (:func:`~.hf_modules.find_attention_modules`)."""
+    if given is None:
+        return find_attention_modules(model)
+    pairs = dict(given) if isinstance(given, Mapping) else {module: 1 for module in given}
+    inside = {id(m) for m in model.modules()}
+    for module in pairs:
+        if not isinstance(module, nn.Module) or id(module) not in inside:
+            raise ValueError(
+                f"attention_modules must be submodules of {type(model).__name__}; got "
+                f"{type(module).__name__}"
+            )
+    if not pairs:
+        raise ValueError("attention_modules is empty: list the model's attention modules")
+    return pairs
+
+
+def forward_parameters(model: Any) -> frozenset[str] | None:
+    """The keyword names ``model.forward`` takes, or ``None`` when it takes any
+    (``**kwargs``) or has no readable signature."""
+    try:
+        parameters = inspect.signature(model.forward).parameters
+    except (TypeError, ValueError):
+        return None
+    return frozenset(
+        name for name, p in parameters.items() if p.kind is not inspect.Parameter.VAR_KEYWORD
     )
 
-    names: set[str] = set()
-    for value in MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES.values():
-        names.update((value,) if isinstance(value, str) else value)
-    cls_name = type(model).__name__
-    return cls_name in names or cls_name.endswith("ForSequenceClassification")
+
+def last_real_positions(data: Mapping[str, Any]) -> Tensor:
+    """``long [batch]``: the position of each sample's last real token (``attention_mask``),
+    left or right padding alike; the last position without a mask.
+
+    Raises:
+        ValueError: a sample with no real token, naming its row.
+    """
+    real = real_tokens(data)
+    empty = torch.nonzero(~real.any(dim=1)).flatten().tolist()
+    if empty:
+        raise ValueError(
+            f"row {empty[0]} of {FEATURE_KEY} has no real token (attention_mask is all 0): "
+            "there is no last token to read out"
+        )
+    positions = torch.arange(real.shape[1], device=real.device)
+    return (positions * real).argmax(dim=1)
 
 
-def resolve_mode(model: Any, output_fn: OutputFn | None, mode: str | None) -> str:
+def check_head_position(
+    model: Any, input_ids: Tensor, attention_mask: Tensor | None, readout: str
+) -> None:
+    """A decoder's classification head reads the last token that is not ``pad_token_id``
+    (``transformers``' rule); refuse a batch where that is not the last real token of
+    ``attention_mask``, which the explanation reads out, naming the first such row."""
+    if readout != "last":
+        return
+    config = model.config
+    text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
+    pad = getattr(text_config, "pad_token_id", None)
+    tokens = input_ids.shape[1]
+    if pad is None:
+        head = torch.full((input_ids.shape[0],), tokens - 1, device=input_ids.device)
+        rule = "the last position (config.pad_token_id is None)"
+    else:
+        positions = torch.arange(tokens, device=input_ids.device)
+        head = (positions * (input_ids != pad)).argmax(dim=1)
+        rule = f"the last token that is not pad_token_id={pad}"
+    last = last_real_positions({FEATURE_KEY: input_ids, "attention_mask": attention_mask})
+    differ = torch.nonzero(head != last.to(head.device)).flatten().tolist()
+    if differ:
+        row = differ[0]
+        raise ValueError(
+            f"{type(model).__name__}: row {row}: the classification head reads token "
+            f"{int(head[row])} ({rule}) but the last real token of attention_mask is "
+            f"{int(last[row])}; the explanation would read out another token than the "
+            "prediction. Pad with config.pad_token_id and mark padding in attention_mask"
+        )
+
+
+def resolve_mode(
+    model: Any, output_fn: OutputFn | None, mode: str | None, head: str | None = None
+) -> str:
     """The ehrlens ``mode`` explained: given, or from the head's config (see the class)."""
     if mode is not None:
         if mode not in MODES:
@@ -718,6 +927,8 @@ def resolve_mode(model: Any, output_fn: OutputFn | None, mode: str | None) -> st
         return mode
     if output_fn is not None:
         return "regression"
+    if head == "causal_lm":
+        return "multiclass"
     problem_type = getattr(model.config, "problem_type", None)
     if problem_type in _PROBLEM_TYPES:
         return _PROBLEM_TYPES[problem_type]
@@ -742,35 +953,9 @@ def use_eager_attention(model: Any) -> None:
 
 
 def attention_modules(model: Any) -> dict[nn.Module, int]:
-    """``{attention module: index of its map in the module's output}``, input side first.
-
-    Read from what each ``transformers`` (sub)model lists for its ``attentions`` output in
-    ``_can_record_outputs`` (classes, or recorders with a class, an output index and a layer
-    name; cross-attention is not listed there). Empty when the model lists none (older
-    releases, some architectures): the adapter then uses ``output_attentions=True``.
-    """
-    found: dict[nn.Module, int] = {}
-    for owner in model.modules():
-        if not isinstance(owner, transformers.PreTrainedModel):
-            continue
-        specs = (getattr(type(owner), "_can_record_outputs", None) or {}).get("attentions")
-        if specs is None:
-            continue
-        for spec in specs if isinstance(specs, (list, tuple)) else [specs]:
-            target = spec if isinstance(spec, type) else getattr(spec, "target_class", None)
-            if not isinstance(target, type):
-                continue
-            index = int(getattr(spec, "index", 1))
-            layer_name = getattr(spec, "layer_name", None)
-            for module_name, module in owner.named_modules():
-                if not isinstance(module, nn.Module) or not isinstance(module, target):
-                    continue
-                if module in found:
-                    continue
-                if layer_name and "." + layer_name.strip(".") + "." not in f".{module_name}.":
-                    continue
-                found[cast(nn.Module, module)] = index
-    return found
+    """``{attention module: index of its map in the module's output}``, input side first,
+    found by class (see :func:`~.hf_modules.find_attention_modules`)."""
+    return find_attention_modules(model)
 
 
 class _MapSummary(NamedTuple):
@@ -778,27 +963,33 @@ class _MapSummary(NamedTuple):
     minima: Tensor  # [batch, heads, tokens]
 
 
-def check_attention_map(name: str, layer: int, attention: Any, real: Tensor) -> None:
+def check_attention_map(
+    name: str, layer: int, attention: Any, real: Tensor, causal: bool = False
+) -> None:
     """One layer's map, as :func:`checked_attentions` checks each map, without copying it:
     ``[batch, heads, tokens, tokens]``, post-softmax rows at real tokens and, for layer 0,
-    some real token attending to a later one (bidirectional).
+    some real token attending to a later one (bidirectional) or, with ``causal``, none.
 
     Raises:
         ValueError: naming the model class and the layer.
     """
     _check_map(name, layer, attention, real)
     if layer == 0:
-        _check_bidirectional(name, attention, real)
+        _check_direction(name, attention, real, causal)
 
 
 def checked_attentions(
-    model: Any, outputs: Any, input_ids: Tensor, attention_mask: Tensor | None
+    model: Any,
+    outputs: Any,
+    input_ids: Tensor,
+    attention_mask: Tensor | None,
+    causal: bool = False,
 ) -> list[Tensor]:
     """The ``outputs.attentions`` maps, checked to be bidirectional self-attention per token.
 
     Each map must be ``[batch, heads, tokens, tokens]``; the rows of real tokens must be
     probabilities (non-negative, summing to 1: post-softmax weights, not raw scores); some real
-    token must attend to a later one (not causal).
+    token must attend to a later one (not causal), or with ``causal`` none may.
 
     Raises:
         TypeError: the model returned no maps with ``output_attentions=True``.
@@ -810,18 +1001,19 @@ def checked_attentions(
         implementation = getattr(model.config, "_attn_implementation", None)
         raise TypeError(
             f"{name} returned no attention maps with output_attentions=True (attention "
-            f"implementation {implementation!r}); HuggingFaceEncoder needs a model that "
+            f"implementation {implementation!r}); ehrlens needs a model that "
             "exposes its self-attention maps [batch, heads, tokens, tokens]"
         )
     real = real_tokens({FEATURE_KEY: input_ids, "attention_mask": attention_mask})
     for layer, attention in enumerate(maps):
-        check_attention_map(name, layer, attention, real)
+        check_attention_map(name, layer, attention, real, causal)
     return list(maps)
 
 
-def _check_bidirectional(name: str, attention: Tensor, real: Tensor) -> None:
-    """Some real token must attend to a later real token; checked in blocks of query rows
-    (at most about 2**22 weights at a time) and stopped at the first that does."""
+def _check_direction(name: str, attention: Tensor, real: Tensor, causal: bool) -> None:
+    """Bidirectional (``causal=False``): some real token must attend to a later real token;
+    causal: none may. Checked in blocks of query rows (at most about 2**22 weights at a
+    time), stopped at the first block that decides."""
     batch, heads, tokens, _ = attention.shape
     if tokens < 2:
         return
@@ -839,11 +1031,18 @@ def _check_bidirectional(name: str, attention: Tensor, real: Tensor) -> None:
             any_pair = True
             block = attention.detach()[:, :, start:stop]
             if bool((block > 0).logical_and_(pairs[:, None]).any()):
+                if causal:
+                    raise ValueError(
+                        f"{name}: a token attends to a later token, but the model was taken "
+                        "for a decoder (an attention module has is_causal=True); its "
+                        "readout at the last token would not hold"
+                    )
                 return
-    if any_pair:
+    if any_pair and not causal:
         raise ValueError(
             f"{name}: no token attends to a later token (causal attention); "
-            "HuggingFaceEncoder explains encoders with bidirectional self-attention"
+            "HuggingFaceEncoder explains encoders with bidirectional self-attention; wrap "
+            "decoders with HuggingFaceModel"
         )
 
 
@@ -922,7 +1121,7 @@ def sentence_embedding(
         ...     reference = sentence_embedding(model, **tokenizer(["chest pain"],
         ...                                    return_tensors="pt"))[0]          # [hidden]
     """
-    if isinstance(model, HuggingFaceEncoder):
+    if isinstance(model, HuggingFaceModel):
         model = model.model
     model_inputs = {k: v for k, v in inputs.items() if k not in TOKENIZER_ONLY_KEYS}
     outputs = model(input_ids=input_ids, attention_mask=attention_mask, **model_inputs)
