@@ -81,11 +81,12 @@ def build(
     return model.to(dtype)
 
 
-def token_batch(padding: str = "right", seed: int = 0) -> dict[str, Tensor]:
-    """Three sequences of 7, 4 and 5 real tokens (ids 3..47), padded with :data:`PAD` on the
-    ``padding`` side."""
+def token_batch(
+    padding: str = "right", seed: int = 0, lengths: tuple[int, int, int] = (7, 4, 5)
+) -> dict[str, Tensor]:
+    """Three sequences of ``lengths`` real tokens (ids 3..47, at most 7), padded with
+    :data:`PAD` on the ``padding`` side."""
     generator = torch.Generator().manual_seed(seed)
-    lengths = (7, 4, 5)
     ids = torch.full((3, 7), PAD)
     mask = torch.zeros(3, 7, dtype=torch.long)
     for row, length in enumerate(lengths):

@@ -266,15 +266,26 @@ def test_encoder_decoder_model_is_refused():
         HuggingFaceEncoder(BartForSequenceClassification(config))
 
 
-def test_model_without_attention_maps_is_refused_at_capture():
+def test_model_without_attention_is_refused_at_construction():
     from transformers import FNetForSequenceClassification
 
     config = tiny("fnet", num_labels=2)
     config.num_attention_heads = 2
     torch.manual_seed(0)
-    encoder = HuggingFaceEncoder(FNetForSequenceClassification(config))
+    message = "FNetForSequenceClassification has no attention modules"
+    with pytest.raises(ValueError, match=message):  # Fourier mixing, no attention
+        HuggingFaceEncoder(FNetForSequenceClassification(config))
+
+
+def test_model_without_attention_maps_is_refused_at_capture():
+    from transformers import BertForSequenceClassification
+
+    torch.manual_seed(0)
+    encoder = HuggingFaceEncoder(BertForSequenceClassification(tiny("bert", num_labels=2)))
+    encoder._attention_modules = {}  # as a model that lists none: output_attentions
+    encoder.model.set_attn_implementation("sdpa")  # which returns no maps
     ids = torch.tensor([[2, 5, 6, 3]])
-    with pytest.raises(TypeError, match="FNetForSequenceClassification returned no attention maps"):
+    with pytest.raises(TypeError, match="BertForSequenceClassification returned no attention"):
         AttentionRollout(encoder).attribute(input_ids=ids)
     with pytest.raises(RuntimeError, match="capture is off"):  # capture was cleaned up
         encoder.get_attention_layers()

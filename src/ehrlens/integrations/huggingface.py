@@ -70,7 +70,7 @@ from ..core.interpretable import Capabilities, GradientFusion
 from ..core.outputs import probabilities
 from ..interpret.api import GradientInterpretable
 from ..models.capture import AttentionSlot
-from ..models.lrp import ELEMENTWISE_ACTIVATIONS, LRPRules
+from .hf_lrp import LRP_MODEL_TYPES, bert_lrp_rules, lrp_rules_for
 from .hf_modules import find_attention_modules, has_attention, head_kind, is_causal
 from .hf_outputs import OutputFn, cls_projection, last_hidden_state, pool, similarity_to
 from .hf_words import WordScore, token_scores_to_words
@@ -82,6 +82,7 @@ __all__ = [
     "HuggingFaceModel",
     "OutputFn",
     "WordScore",
+    "bert_lrp_rules",
     "cls_projection",
     "last_hidden_state",
     "pool",
@@ -549,24 +550,26 @@ class HuggingFaceModel(nn.Module, GradientInterpretable):
         return {FEATURE_KEY: scored_positions(data)}
 
     def set_lrp_rules(self, enabled: bool) -> None:
-        """Attach (``True``) or remove (``False``) the AttnLRP rules on the wrapped encoder.
+        """Attach (``True``) or remove (``False``) the AttnLRP rules on the wrapped model.
 
-        BERT-family encoders (``config.model_type`` in :data:`LRP_MODEL_TYPES`): the identity
-        rule on every ``nn.LayerNorm`` and activation module (GELU, the pooler's tanh), the
-        uniform rule on the attention products (query/key projections' gradient x 1/4,
-        value x 1/2), LRP-0 elsewhere (see :mod:`ehrlens.models.lrp`). Forward values are
-        unchanged. An ``output_fn`` is differentiated as it is (a linear one such as
-        :func:`cls_projection` keeps conservation; a cosine similarity does not).
+        ``config.model_type`` in :data:`LRP_MODEL_TYPES` (BERT family, GPT-2, Llama, Qwen2,
+        Mistral; a custom model built on BERT's layers counts as BERT): the identity rule on
+        every layer norm, RMS norm and activation module, the uniform rule on the attention
+        products (query/key projections' gradient x 1/4, value x 1/2) and on the gated MLP's
+        product (x 1/2 each), LRP-0 elsewhere, rotary embeddings included (see
+        :mod:`ehrlens.integrations.hf_lrp`). Forward values are unchanged. An ``output_fn``
+        is differentiated as it is (a linear one such as :func:`cls_projection` keeps
+        conservation; a cosine similarity does not).
 
         Raises:
-            TypeError: another architecture, or a BERT whose activation is a plain function
-                (no module to attach the identity rule to), naming the model class.
+            TypeError: another architecture, or an activation that is a plain function (no
+                module to attach the identity rule to), naming the model class.
         """
         current = self.__dict__.pop("_lrp_rules_attached", None)
         if current is not None:
             current.remove()
         if enabled:
-            self.__dict__["_lrp_rules_attached"] = bert_lrp_rules(self.model)
+            self.__dict__["_lrp_rules_attached"] = lrp_rules_for(self.model)
 
     def get_embedding_layers(self) -> dict[str, nn.Module]:
         """``{"input_ids": word embedding module}``, output ``[batch, tokens, hidden]``.
@@ -751,46 +754,6 @@ class _AttentionStore:
     def clear(self) -> None:
         self.clear_slots()
         self.enabled = False
-
-
-#: ``config.model_type`` values whose every layer has an AttnLRP rule here.
-LRP_MODEL_TYPES = ("bert",)
-
-
-def bert_lrp_rules(model: Any) -> LRPRules:
-    """The AttnLRP rules of a BERT-family ``transformers`` encoder, attached (see
-    :meth:`HuggingFaceEncoder.set_lrp_rules`)."""
-    name = type(model).__name__
-    model_type = getattr(model.config, "model_type", None)
-    if model_type not in LRP_MODEL_TYPES:
-        raise TypeError(
-            f"{name} (model_type {model_type!r}) has no AttnLRP rules here: they are written "
-            f"for the layers of {', '.join(LRP_MODEL_TYPES)} encoders (BERT, MiniLM, ...)"
-        )
-    norms: list[nn.LayerNorm] = []
-    activations: list[nn.Module] = []
-    projections: list[tuple[nn.Module, float | Tensor]] = []
-    for module_name, module in model.named_modules():
-        if isinstance(module, nn.LayerNorm):
-            norms.append(module)
-        elif isinstance(module, ELEMENTWISE_ACTIVATIONS) or (
-            type(module).__module__ == "transformers.activations"
-        ):
-            activations.append(module)
-        projection = [getattr(module, n, None) for n in ("query", "key", "value")]
-        linear = [p for p in projection if isinstance(p, nn.Linear)]
-        if len(linear) == 3:
-            projections += list(zip(linear, (0.25, 0.25, 0.5), strict=True))
-        act = getattr(module, "intermediate_act_fn", None)
-        if act is not None and not isinstance(act, nn.Module):
-            raise TypeError(
-                f"{name}: the activation of '{module_name}' is a plain function, so the "
-                "identity rule cannot be attached to it; use a config whose hidden_act is a "
-                "name (e.g. 'gelu')"
-            )
-    if not projections:
-        raise TypeError(f"{name}: no self-attention with query/key/value projections found")
-    return LRPRules(norms, activations, projections)
 
 
 # ---------------------------------------------------------------------- checks and helpers

@@ -12,6 +12,9 @@ every input. The rules, each for the module it is attached to:
 - **layer normalisation** (``nn.LayerNorm``): the identity rule on the normalisation, i.e.
   the standard deviation is a constant in the backward pass (:func:`lrp_layer_norm`); the
   centring and the affine map are linear (epsilon rule).
+- **RMS normalisation** (``y = w * x / rms(x)``, Llama-family models): the identity rule on
+  the normalisation (``rms(x)`` constant), which leaves a diagonal map without bias: each
+  unit passes its relevance on unchanged (:func:`lrp_rms_norm`).
 - **element-wise non-linearities** (GELU, tanh, ReLU, SiLU): the identity rule, relevance out
   = relevance in per element; the backward multiplies by ``f(x) / x`` instead of ``f'(x)``
   (:func:`identity_rule`).
@@ -51,6 +54,7 @@ __all__ = [
     "attach_lrp_rules",
     "identity_rule",
     "lrp_layer_norm",
+    "lrp_rms_norm",
     "qkv_gradient_scale",
     "scale_gradient",
     "with_gradient_of",
@@ -132,6 +136,24 @@ def lrp_layer_norm(module: nn.LayerNorm, x: Tensor, y: Tensor) -> Tensor:
     return with_gradient_of(y, surrogate.to(y.dtype))
 
 
+def lrp_rms_norm(x: Tensor, y: Tensor) -> Tensor:
+    """``y = rms_norm(x) = w * x / rms(x)``, with the backward pass of ``rms(x)`` held
+    constant: ``grad * w / rms(x)``, which is ``grad * y / x`` element by element, so
+    ``x * grad_x == y * grad_y`` (the ratio is read from the forward's own values, in its
+    precision; where ``x`` is exactly 0 the unit passes nothing).
+
+    Shapes: ``x``, ``y``: ``[..., D]``, equal.
+
+    Example:
+        >>> x = torch.tensor([[1.0, -2.0]], requires_grad=True)
+        >>> y = x / x.pow(2).mean(-1, keepdim=True).sqrt()
+        >>> (lrp_rms_norm(x, y) * torch.tensor([[1.0, 1.0]])).sum().backward()
+        >>> torch.allclose(x * x.grad, y.detach())
+        True
+    """
+    return identity_rule(x, y)
+
+
 def qkv_gradient_scale(dim: int, device: Any = None) -> Tensor:
     """Gradient factors ``[3 * dim]`` of a fused query/key/value projection: 1/4 on the
     query and key channels, 1/2 on the value channels (the uniform rule on ``Q K^T`` and on
@@ -152,6 +174,8 @@ class LRPRules:
         activations: element-wise activation modules that get :func:`identity_rule`.
         projections: ``(module, factor)`` pairs: the module's output gradient is multiplied
             by ``factor`` (a number or a ``[channels]`` tensor), e.g. attention projections.
+        rms_norms: RMS normalisation modules (``y = w * x / rms(x)``) that get
+            :func:`lrp_rms_norm`.
 
     Example:
         >>> rules = LRPRules(norms, activations, projections)
@@ -166,9 +190,12 @@ class LRPRules:
         norms: Iterable[nn.LayerNorm] = (),
         activations: Iterable[nn.Module] = (),
         projections: Iterable[tuple[nn.Module, float | Tensor]] = (),
+        rms_norms: Iterable[nn.Module] = (),
     ) -> None:
         self._thread = threading.get_ident()
         self.handles: list[RemovableHandle] = []
+        for norm in rms_norms:
+            self.handles.append(norm.register_forward_hook(self._rms_norm_hook))
         for norm in norms:
             if not isinstance(norm, nn.LayerNorm):
                 raise TypeError(f"lrp_layer_norm is for nn.LayerNorm, got {type(norm).__name__}")
@@ -190,6 +217,11 @@ class LRPRules:
         if not self._mine():
             return None
         return lrp_layer_norm(module, inputs[0], output)  # type: ignore[arg-type]
+
+    def _rms_norm_hook(self, module: nn.Module, inputs: tuple[Any, ...], output: Tensor) -> Any:
+        if not self._mine():
+            return None
+        return lrp_rms_norm(inputs[0], output)
 
     def _activation_hook(self, module: nn.Module, inputs: tuple[Any, ...], output: Tensor) -> Any:
         if not self._mine():
