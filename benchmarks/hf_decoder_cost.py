@@ -65,13 +65,13 @@ def timed(fn: Callable[[], Any], repeats: int) -> float:
     return statistics.median(times)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--tokens", type=int, default=2048)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--output", default="benchmarks/out/hf_decoder_cost.json")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     from ehrlens.integrations.huggingface import HuggingFaceModel
     from ehrlens.interpret import AttentionRollout, AttnLRP, CheferRelevance
 
@@ -143,7 +143,8 @@ def main() -> None:
     }
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)
     Path(args.output).write_text(json.dumps(out, indent=2))
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

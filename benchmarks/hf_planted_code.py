@@ -166,11 +166,11 @@ def explain(wrapped: Any, method: str, params: dict[str, Any], batch: dict[str, 
     return interpreter.attribute(target_class_idx=target, **batch)["input_ids"]
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--output", default="benchmarks/out/hf_planted_code.json")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     from ehrlens.integrations.huggingface import HuggingFaceModel
     from ehrlens.metrics.sanity import DataRandomisation, ModelParameterRandomisation
 
@@ -234,7 +234,8 @@ def main() -> None:
     print(f"training both models: {train_seconds:.1f} s")
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)
     Path(args.output).write_text(json.dumps(out, indent=2))
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())
