@@ -123,13 +123,42 @@ def test_next_token_logits_are_read_at_the_last_real_token():
         assert got["logit"].shape == (3, dec.VOCAB)
 
 
-def test_flow_runs_on_a_decoder_and_scores_only_real_tokens():
-    wrapped = HuggingFaceModel(dec.build("gpt2", "classifier"))
+def ref_flow(maps, tokens: int) -> torch.Tensor:
+    """Attention flow with networkx, one unpadded sample: max-flow from each ``(0, j)`` to
+    the last token at the top ``(L, tokens - 1)``; capacities ``0.5 * (mean_h(A) + I)``;
+    normalised to sum to 1."""
+    import networkx as nx
+
+    graph = nx.DiGraph()
+    for layer, m in enumerate(maps, start=1):
+        a = 0.5 * (m[0].detach().double().mean(dim=0) + torch.eye(tokens))
+        for i in range(tokens):
+            for j in range(tokens):
+                if float(a[i, j]) > 0:
+                    graph.add_edge((layer - 1, j), (layer, i), capacity=float(a[i, j]))
+    sink = (len(maps), tokens - 1)
+    values = torch.tensor([nx.maximum_flow_value(graph, (0, j), sink) for j in range(tokens)])
+    return (values / values.sum())[None]
+
+
+@pytest.mark.parametrize("family", ["gpt2", "mistral"])
+def test_flow_equals_the_networkx_reference_and_pads_to_zero(family):
+    model = dec.build(family, "classifier")
+    wrapped = HuggingFaceModel(copy.deepcopy(model))
     batch = dec.token_batch("left")
+    one = dec.alone(batch, 1)  # 4 tokens, no padding
+    with torch.no_grad():
+        _, maps = dec.ref_forward(dec.eager_copy(model), one)
     with torch.inference_mode():
+        alone = AttentionFlow(wrapped).attribute(**one)["input_ids"]
         flow = AttentionFlow(wrapped).attribute(**batch)["input_ids"]
+    torch.testing.assert_close(alone, ref_flow(maps, 4), **TOL)
     mask = batch["attention_mask"].bool()
-    assert bool((flow[~mask] == 0).all()) and bool((flow[mask] > 0).all())
+    assert bool((flow[~mask] == 0).all()) and bool((flow[mask] >= 0).all())
+    # a sliding window of 3 over 2 layers: the first codes of 7 cannot reach the last one
+    reach = flow[0, :2] == 0
+    assert bool(reach.all()) if family == "mistral" else not bool(reach.any())
+    torch.testing.assert_close(flow[1, mask[1]], alone[0], **TOL)
 
 
 def test_a_head_that_reads_another_token_is_refused_naming_the_row():
