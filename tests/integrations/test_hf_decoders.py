@@ -25,6 +25,7 @@ from ehrlens.interpret import (
     AttentionRollout,
     CheferRelevance,
     InputXGradient,
+    IntegratedGradients,
     RawAttention,
 )
 
@@ -108,6 +109,17 @@ def test_input_x_gradient_equals_the_reference(case):
     expected = (grad * embeddings).sum(dim=-1) * mask
     got = InputXGradient(wrapped).attribute(**batch)["input_ids"]
     torch.testing.assert_close(got, expected.detach(), **TOL)
+
+
+@pytest.mark.parametrize("head", dec.HEADS)
+def test_integrated_gradients_runs_on_both_heads_and_pads_to_zero(head):
+    """Its baseline is a batch of pad ids, which the head check must let through."""
+    wrapped = HuggingFaceModel(dec.build("llama", head))
+    batch = dec.token_batch("left")
+    scores = IntegratedGradients(wrapped, n_steps=4).attribute(target_class_idx=1, **batch)
+    mask = batch["attention_mask"]
+    assert bool((scores["input_ids"][mask == 0] == 0).all())
+    assert bool((scores["input_ids"][mask == 1] != 0).any())
 
 
 def test_next_token_logits_are_read_at_the_last_real_token():

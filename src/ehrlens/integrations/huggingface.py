@@ -218,7 +218,8 @@ class HuggingFaceModel(nn.Module, GradientInterpretable):
             raise ValueError(
                 f"{name} has no attention modules (no submodule is an attention class): "
                 "ehrlens explains attention-based models; state-space and recurrent "
-                "architectures (Mamba, RWKV, ...) are not supported"
+                "architectures (Mamba, RWKV, ...) are not supported. If it has attention "
+                "modules under other names, pass attention_modules=[...]"
             )
         self.causal = is_causal(model, found) or self.head == "causal_lm"
         if readout is None:
@@ -861,6 +862,7 @@ def check_head_position(
     text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
     pad = getattr(text_config, "pad_token_id", None)
     tokens = input_ids.shape[1]
+    checked = torch.ones(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
     if pad is None:
         head = torch.full((input_ids.shape[0],), tokens - 1, device=input_ids.device)
         rule = "the last position (config.pad_token_id is None)"
@@ -868,8 +870,10 @@ def check_head_position(
         positions = torch.arange(tokens, device=input_ids.device)
         head = (positions * (input_ids != pad)).argmax(dim=1)
         rule = f"the last token that is not pad_token_id={pad}"
+        # rows of pad ids only (e.g. integrated gradients' baseline) read nothing to compare
+        checked = (input_ids != pad).any(dim=1)
     last = last_real_positions({FEATURE_KEY: input_ids, "attention_mask": attention_mask})
-    differ = torch.nonzero(head != last.to(head.device)).flatten().tolist()
+    differ = torch.nonzero((head != last.to(head.device)) & checked).flatten().tolist()
     if differ:
         row = differ[0]
         raise ValueError(
