@@ -224,6 +224,8 @@ def test_pyhealth_call_multiclass_index_is_the_logit_column(batch):
     scores = pyhealth.CheferRelevance(model).attribute(**batch, class_index=2)
     assert_scores(scores, a13_reference(model, batch, column=2))
     assert pyhealth.pyhealth_target(torch.tensor([0, 0]), "binary") == 1
+    assert pyhealth.pyhealth_target(0, None, outputs=1) == 1  # mode unknown, one logit
+    assert pyhealth.pyhealth_target(0, None, outputs=3) == 0
 
 
 # ----------------------------------------------------------------------------- single positions

@@ -61,12 +61,15 @@ CALL_KEYS = ("class_index", "register_hook", "register_attn_hook")
 
 
 def pyhealth_target(
-    index: int | Tensor | None, mode: str | None, feature: str = "class_index"
+    index: int | Tensor | None,
+    mode: str | None,
+    feature: str = "class_index",
+    outputs: int | None = None,
 ) -> int | Tensor | None:
     """PyHealth's class index (a logit column) as ehrlens's ``target_class_idx``.
 
-    Binary: PyHealth's only logit, index 0, is ehrlens's class 1 (``None`` too); other
-    modes: the same index.
+    Binary (``mode``, or one logit column when the mode is unknown): PyHealth's only logit,
+    index 0, is ehrlens's class 1 (``None`` too); other modes: the same index.
 
     Raises:
         ValueError: a binary index other than 0 (PyHealth's binary model has one logit),
@@ -76,7 +79,7 @@ def pyhealth_target(
         >>> pyhealth_target(0, "binary"), pyhealth_target(2, "multiclass")
         (1, 2)
     """
-    if mode != "binary":
+    if mode != "binary" and not (mode is None and outputs == 1):
         return index
     if index is None:
         return 1
@@ -156,8 +159,8 @@ class PyHealthInterpreter:
                 )
         index = class_index if class_index is not None else target_class_idx
         argument = "class_index" if class_index is not None else "target_class_idx"
-        mode = describe(self.interpreter.model).mode
-        target = pyhealth_target(index, mode, argument)
+        description = describe(self.interpreter.model)
+        target = pyhealth_target(index, description.mode, argument, description.output_size)
         return self.interpreter.attribute(target, **data)
 
     def get_relevance_matrix(self, **data: Any) -> dict[str, Tensor]:

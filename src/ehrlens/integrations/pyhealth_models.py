@@ -154,6 +154,7 @@ class PyHealthGradientModel(nn.Module):
         self.feature_keys = list(getattr(model, "feature_keys", None) or [])
         mode = getattr(model, "mode", None)
         self.mode = mode if isinstance(mode, str) else None
+        self.output_size = _output_size(model)
         pad_ids = getattr(model, "pad_ids", None)
         self.pad_ids = dict(pad_ids) if isinstance(pad_ids, Mapping) else {}
         self.dataset = getattr(model, "dataset", None)
@@ -282,6 +283,16 @@ class PyHealthModel(PyHealthGradientModel, GradientInterpretable):
         if self.interface == "hooks":
             return cast(PyHealthInterpretable, self.model).get_relevance_tensor(R, **data)
         return {key: r[:, 0] for key, r in R.items()}
+
+
+def _output_size(model: Any) -> int | None:
+    """PyHealth's ``get_output_size()`` (logit columns), where the model answers it."""
+    getter = getattr(model, "get_output_size", None)
+    try:
+        size = getter() if callable(getter) else None
+    except Exception:  # an unfitted label processor: the size is unknown, not an error here
+        return None
+    return size if isinstance(size, int) and not isinstance(size, bool) else None
 
 
 def _detached(tensor: Any) -> Any:
