@@ -133,6 +133,9 @@ class ModelDescription:
             (``model.unit_position_keys``: a code-level model on visits, whose attention
             scores each code). Elsewhere a position holding several units (a visit of
             codes, a step of values) gets one attention score for all of them.
+        single_positions: features whose float vector ``[batch, features]`` is one attention
+            position (``model.single_position_keys``: PyHealth's ``tensor`` and multi-hot
+            features); they get one score per sample, ``[batch, 1]``.
     """
 
     name: str
@@ -143,6 +146,7 @@ class ModelDescription:
     layouts: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     processors: Mapping[str, FeatureProcessor] = field(default_factory=dict)
     unit_positions: frozenset[str] = frozenset()
+    single_positions: frozenset[str] = frozenset()
 
     def pad_id(self, key: str) -> int | None:
         """The pad id of feature ``key`` (``None``: every id is real)."""
@@ -151,9 +155,9 @@ class ModelDescription:
 
 def describe(model: Any) -> ModelDescription:
     """The optional attributes of the contract, read once: ``feature_keys``, ``mode``,
-    ``output_size``, ``pad_ids``, ``unit_position_keys``, the fitted processors of
-    ``schema``, and tuple layouts from a PyHealth-style
-    ``model.dataset.input_processors[key].schema()``.
+    ``output_size``, ``pad_ids``, ``unit_position_keys``, ``single_position_keys``, the
+    fitted processors of ``schema``, and tuple layouts: the model's ``feature_layouts``, or
+    a PyHealth-style ``model.dataset.input_processors[key].schema()``.
 
     Example:
         >>> describe(model).mode, describe(model).feature_keys
@@ -166,15 +170,17 @@ def describe(model: Any) -> ModelDescription:
     pad_ids = getattr(model, "pad_ids", None)
     schema = getattr(model, "schema", None)
     units = getattr(model, "unit_position_keys", None)
+    singles = getattr(model, "single_position_keys", None)
     return ModelDescription(
         name=type(model).__name__,
         feature_keys=feature_keys,
         mode=mode if isinstance(mode, str) else None,
         output_size=outputs if isinstance(outputs, int) and not isinstance(outputs, bool) else None,
         pad_ids=dict(pad_ids) if isinstance(pad_ids, Mapping) else {},
-        layouts=_processor_layouts(model, feature_keys or ()),
+        layouts={**_processor_layouts(model, feature_keys or ()), **_stated_layouts(model)},
         processors=dict(schema.input_processors) if isinstance(schema, FittedSchema) else {},
         unit_positions=_key_set(units),
+        single_positions=_key_set(singles),
     )
 
 
@@ -183,6 +189,18 @@ def _key_set(value: Any) -> frozenset[str]:
     if isinstance(value, (set, frozenset, list, tuple)) and all(isinstance(k, str) for k in value):
         return frozenset(value)
     return frozenset()
+
+
+def _stated_layouts(model: Any) -> dict[str, tuple[str, ...]]:
+    """``model.feature_layouts`` (``{key: element names}``), where a model states them."""
+    stated = getattr(model, "feature_layouts", None)
+    if not isinstance(stated, Mapping):
+        return {}
+    return {
+        str(k): tuple(v)
+        for k, v in stated.items()
+        if isinstance(v, (list, tuple)) and all(isinstance(n, str) for n in v)
+    }
 
 
 def _processor_layouts(model: Any, keys: Sequence[str]) -> dict[str, tuple[str, ...]]:
@@ -199,13 +217,34 @@ def _processor_layouts(model: Any, keys: Sequence[str]) -> dict[str, tuple[str, 
     return layouts
 
 
+def feature_layout(description: ModelDescription, key: str, length: int) -> tuple[str, ...]:
+    """The element names of a tuple feature of ``length`` tensors (``()`` when unknown).
+
+    The model's layout (``dataset.input_processors[key].schema()``); a tuple one element
+    longer than a layout without ``"mask"`` carries the mask last (as PyHealth's
+    ``StageAttentionNet`` accepts it). Without a layout: ``(value,)``, ``(value, mask)`` or
+    ``(time, value, mask)`` by length.
+
+    Example:
+        >>> feature_layout(describe(model), "labs", 3)     # schema ("time", "value")
+        ('time', 'value', 'mask')
+    """
+    layout = description.layouts.get(key)
+    if layout is None:
+        return {1: ("value",), 2: ("value", "mask"), 3: ("time", "value", "mask")}.get(length, ())
+    if length == len(layout) + 1 and "mask" not in layout:
+        return (*layout, "mask")
+    return layout
+
+
 def feature_value(
     description: ModelDescription, key: str, feature: Any
 ) -> tuple[Tensor, Tensor | None]:
     """``(values, mask)`` of one feature as the batch holds it.
 
     A tensor is its own value (mask ``None``). A tuple is read by its layout (``"value"`` and
-    ``"mask"`` elements), or without one as ``(value, mask)`` or ``(time, value, mask)``.
+    ``"mask"`` elements, see :func:`feature_layout`), or without one as ``(value, mask)`` or
+    ``(time, value, mask)``.
 
     Raises:
         ValueError: a tuple that matches neither, naming the feature.
@@ -221,16 +260,19 @@ def feature_value(
             f"feature '{key}': expected a tensor or a tuple of tensors, got "
             f"{type(feature).__name__}"
         )
-    layout = description.layouts.get(key)
-    if layout is None:
-        layout = {1: ("value",), 2: ("value", "mask"), 3: ("time", "value", "mask")}.get(
-            len(feature), ()
-        )
+    layout = feature_layout(description, key, len(feature))
     if "value" not in layout or len(layout) != len(feature):
+        schema = description.layouts.get(key)
+        expected = (
+            f"its processor's schema() names {schema}: expected {len(schema)} tensors, or "
+            f"{len(schema) + 1} with the mask last"
+            if schema is not None
+            else "expected (value, mask) or (time, value, mask), or a model whose "
+            "dataset.input_processors[key].schema() names the elements"
+        )
         raise ValueError(
             f"feature '{key}': a tuple of {len(feature)} tensors whose layout is unknown; "
-            "expected (value, mask) or (time, value, mask), or a model whose "
-            "dataset.input_processors[key].schema() names the elements"
+            f"{expected}"
         )
     mask = feature[layout.index("mask")] if "mask" in layout else None
     return feature[layout.index("value")], mask
@@ -613,6 +655,7 @@ __all__ = [
     "check_attention_layers",
     "describe",
     "eval_mode",
+    "feature_layout",
     "feature_value",
     "input_view",
     "lrp_rules",

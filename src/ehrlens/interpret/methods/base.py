@@ -148,7 +148,11 @@ class BaseInterpreter(ABC):
         feature's processor (:func:`map_to_input_shapes` with the model's processors)."""
         view = input_view(self.description, batch)
         scores = map_to_input_shapes(
-            relevance, view, self.description.pad_ids, self.description.processors
+            relevance,
+            view,
+            self.description.pad_ids,
+            self.description.processors,
+            self.description.single_positions,
         )
         return mask_unscored_inputs(self.model, scores, batch)
 
@@ -290,10 +294,13 @@ def map_to_input_shapes(
     batch: Mapping[str, Any],
     pad_ids: Mapping[str, int | None] | None = None,
     processors: Mapping[str, FeatureProcessor] | None = None,
+    single_positions: frozenset[str] = frozenset(),
 ) -> dict[str, Tensor]:
     """Scores shaped like each feature of ``token_scores``: ``processors[key]``'s
     ``scores_to_inputs``, or for keys without a processor :func:`scores_to_inputs` with the
-    feature's pad id from ``pad_ids`` (default :data:`~ehrlens.data.PAD_ID`).
+    feature's pad id from ``pad_ids`` (default :data:`~ehrlens.data.PAD_ID`). A feature of
+    ``single_positions`` given as a float vector ``[batch, features]`` is one attention
+    position: its score stays one per sample, ``[batch, 1]`` (:func:`single_position_scores`).
 
     Raises a ``ValueError`` naming the feature and sample if any score is NaN or infinite.
 
@@ -305,12 +312,45 @@ def map_to_input_shapes(
     out = {}
     for key, scores in token_scores.items():
         values = batch[key]
+        if key in single_positions and is_single_position(values):
+            out[key] = single_position_scores(key, scores, values)
+            continue
         processor = (processors or {}).get(key)
         if processor is None:
             processor = processor_for_tensor(values, (pad_ids or {}).get(key, PAD_ID))
         out[key] = processor.scores_to_inputs(key, scores, values, masks.get(key))
     check_finite_scores(out, batch)
     return out
+
+
+def is_single_position(values: Tensor) -> bool:
+    """Whether ``values`` is a float vector per sample ``[batch, features]``: embedded as a
+    whole, it is one attention position for a model that states it (``single_positions``)."""
+    return values.is_floating_point() and values.dim() == 2
+
+
+def single_position_scores(key: str, scores: Tensor, values: Tensor) -> Tensor:
+    """One score per sample ``[batch, 1]`` for a feature that is one attention position.
+
+    Args:
+        key: the feature (for the error).
+        scores: ``[batch, 1]`` per position, or ``[batch]``.
+        values: the feature's batch tensor ``[batch, features]``.
+
+    Raises:
+        ValueError: ``scores`` hold more than one score per sample, naming the feature.
+
+    Example:
+        >>> single_position_scores("labs", torch.ones(4, 1), torch.rand(4, 3)).shape
+        torch.Size([4, 1])
+    """
+    batch = values.shape[0]
+    if scores.numel() != batch or scores.shape[0] != batch:
+        raise ValueError(
+            f"feature '{key}': one attention position per sample expected for its vector "
+            f"{tuple(values.shape)}, got relevance of shape {tuple(scores.shape)}"
+        )
+    return scores.reshape(batch, 1)
 
 
 def check_finite_scores(

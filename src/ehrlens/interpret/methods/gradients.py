@@ -18,14 +18,22 @@ import torch
 from torch import Tensor
 
 from ...core.modes import eval_mode
-from ..api import EmbeddingLayers, mask_unscored_inputs, plain_tensors
+from ..api import (
+    EmbeddingLayers,
+    feature_layout,
+    input_view,
+    mask_unscored_inputs,
+    plain_tensors,
+)
 from .base import (
     BaseInterpreter,
     TargetIndex,
     check_finite_scores,
     explained_logits,
     feature_processor,
+    is_single_position,
     require_autograd,
+    single_position_scores,
     target_index,
 )
 
@@ -38,9 +46,13 @@ def _captum():
     return captum.attr
 
 
-def _flatten(batch: Mapping[str, Any]) -> tuple[list[tuple[str, str | None]], tuple[Tensor, ...]]:
-    """The batch's tensors as a tuple, with the path of each (``(key, None)`` or nested)."""
-    paths: list[tuple[str, str | None]] = []
+Path = tuple[str, str | int | None]
+
+
+def _flatten(batch: Mapping[str, Any]) -> tuple[list[Path], tuple[Tensor, ...]]:
+    """The batch's tensors as a tuple, with the path of each: ``(key, None)``, a mapping's
+    ``(key, name)`` or a tuple feature's ``(key, index)``."""
+    paths: list[Path] = []
     tensors: list[Tensor] = []
     for key, value in batch.items():
         if isinstance(value, Tensor):
@@ -51,19 +63,27 @@ def _flatten(batch: Mapping[str, Any]) -> tuple[list[tuple[str, str | None]], tu
                 if isinstance(tensor, Tensor):
                     paths.append((key, inner))
                     tensors.append(tensor)
+        elif isinstance(value, tuple):
+            for index, tensor in enumerate(value):
+                if isinstance(tensor, Tensor):
+                    paths.append((key, index))
+                    tensors.append(tensor)
     return paths, tuple(tensors)
 
 
 def _rebuild(
-    batch: Mapping[str, Any], paths: list[tuple[str, str | None]], tensors: tuple[Tensor, ...]
+    batch: Mapping[str, Any], paths: list[Path], tensors: tuple[Tensor, ...]
 ) -> dict[str, Any]:
-    out: dict[str, Any] = {k: (dict(v) if isinstance(v, Mapping) else v) for k, v in batch.items()}
+    out: dict[str, Any] = {
+        k: (dict(v) if isinstance(v, Mapping) else list(v) if isinstance(v, tuple) else v)
+        for k, v in batch.items()
+    }
     for (key, inner), tensor in zip(paths, tensors, strict=True):
         if inner is None:
             out[key] = tensor
         else:
             out[key][inner] = tensor
-    return out
+    return {k: tuple(v) if isinstance(batch[k], tuple) else v for k, v in out.items()}
 
 
 class _LayerGradientMethod(BaseInterpreter):
@@ -91,7 +111,7 @@ class _LayerGradientMethod(BaseInterpreter):
         method: Any,
         batch: dict[str, Any],
         tensors: tuple[Tensor, ...],
-        paths: list[tuple[str, str | None]],
+        paths: list[Path],
         target: Tensor,
     ) -> list[Tensor]:
         """Call the Captum method; one attribution ``[batch, *positions, dim]`` per layer."""
@@ -122,11 +142,15 @@ class _LayerGradientMethod(BaseInterpreter):
                 warnings.filterwarnings("ignore", message="Multiple layers provided")
                 method = getattr(_captum(), self.captum_name)(forward, [layers[k] for k in keys])
                 attributions = self._run(method, batch, tensors, paths, target)
-        masks = batch.get("masks") or {}
+        view = input_view(self.description, batch)  # tuple features: their value tensor
+        masks = view["masks"]
         out = {}
         for key, attribution in zip(keys, attributions, strict=True):
-            values = batch[key]
+            values = view[key]
             scores = attribution.detach().sum(dim=-1)  # [batch, *input_positions]
+            if key in self.description.single_positions and is_single_position(values):
+                out[key] = single_position_scores(key, scores, values).to(torch.float32)
+                continue
             processor = feature_processor(self.model, key, values)
             # e.g. a time step's score on each of its values; padding 0
             spread = processor.scores_to_inputs(key, scores, values, masks.get(key))
@@ -182,10 +206,21 @@ class IntegratedGradients(_LayerGradientMethod):
         self.n_steps = int(n_steps)
         self.internal_batch_size = internal_batch_size
 
+    def _is_value(self, batch: Mapping[str, Any], key: str, inner: str | int | None) -> bool:
+        """Whether the tensor at ``(key, inner)`` is a feature's value (set to the baseline):
+        a plain feature tensor, or a tuple feature's ``"value"`` element (times and masks are
+        kept)."""
+        if inner is None:
+            return True
+        if not isinstance(inner, int):
+            return False
+        layout = feature_layout(self.description, key, len(batch[key]))
+        return inner < len(layout) and layout[inner] == "value"
+
     def _run(self, method, batch, tensors, paths, target):
         features = set(self.description.feature_keys or ())
         baselines = tuple(
-            torch.zeros_like(t) if inner is None and key in features else t
+            torch.zeros_like(t) if key in features and self._is_value(batch, key, inner) else t
             for (key, inner), t in zip(paths, tensors, strict=True)
         )
         return method.attribute(
