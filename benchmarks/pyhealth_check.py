@@ -3,8 +3,8 @@
 Not part of the test suite (it needs PyHealth, which pins its own torch): run it in a
 virtualenv with PyHealth, torch and ehrlens (``pip install --no-deps -e .``), e.g.
 
-    /work/venvs/pyhealth-2.0a13/bin/python benchmarks/pyhealth_check.py
-    /work/venvs/pyhealth-2.0.2/bin/python benchmarks/pyhealth_check.py
+    venvs/pyhealth-2.0a13/bin/python benchmarks/pyhealth_check.py
+    venvs/pyhealth-2.0.2/bin/python benchmarks/pyhealth_check.py
 
 A synthetic binary task: a planted code ``PLANT`` (in ``conditions`` and in one visit of
 ``visits``) and the first lab value carry the label. PyHealth's ``Transformer`` (and, where
