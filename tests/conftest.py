@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-
 import pytest
 import torch
 
@@ -24,27 +22,6 @@ TINY_MODEL_KWARGS = {
         "dropout": 0.0,
     },
 }
-
-
-def _test_threads() -> int:
-    """``EHRLENS_TEST_THREADS`` (default 1): the stability check runs the suite with 1 and 2."""
-    given = os.environ.get("EHRLENS_TEST_THREADS", "1")
-    if not given.isdigit() or int(given) < 1:
-        raise pytest.UsageError(f"EHRLENS_TEST_THREADS must be an integer >= 1, got {given!r}")
-    return int(given)
-
-
-@pytest.fixture(scope="session", autouse=True)
-def _one_torch_thread():
-    """The whole session runs with one intra-op thread (set before any fixture builds a
-    model, so results do not depend on fixture order): the test models are tiny, and on a
-    shared 2-core machine extra threads only add contention (up to 100x slower). The one
-    torch-threads fixture of the suite; code that changes the count restores it itself.
-    ``EHRLENS_TEST_THREADS`` sets another count (``tests/stability.sh`` runs 1 and 2)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(_test_threads())
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture
