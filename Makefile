@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.ehrlens-installed
 
-.PHONY: demo demo-full test lint format clean
+.PHONY: demo demo-full test stability lint format clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -25,6 +25,10 @@ demo-full: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest
+
+# The suite's stability check: 1 and 2 torch threads, then with every core kept busy.
+stability: $(STAMP)
+	PY=$(PY) tests/stability.sh
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

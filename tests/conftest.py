@@ -24,18 +24,6 @@ TINY_MODEL_KWARGS = {
 }
 
 
-@pytest.fixture(scope="session", autouse=True)
-def _one_torch_thread():
-    """The whole session runs with one intra-op thread (set before any fixture builds a
-    model, so results do not depend on fixture order): the test models are tiny, and on a
-    shared 2-core machine extra threads only add contention (up to 100x slower). The one
-    torch-threads fixture of the suite; code that changes the count restores it itself."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture
 def make_tiny_model():
     """``make(name, dataset_or_schema, seed=0, **overrides)`` -> a tiny seeded model."""

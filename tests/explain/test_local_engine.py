@@ -1,4 +1,7 @@
-"""explain_cohort: the whole cohort as one table, in resumable Parquet shards."""
+"""explain_cohort: the whole cohort as one table, in resumable Parquet shards.
+
+Tables of one run compare exactly (``check_exact=True``): a resumed or repeated run computes
+each shard from the same batches in this process, so the same computation runs twice."""
 
 from __future__ import annotations
 

@@ -1,5 +1,6 @@
-"""The Ray Data engine gives exactly the single-process rows, resumes without duplicates, and
-stays optional."""
+"""The Ray Data engine gives the single-process rows (the same rows in the same order; scores
+within float32 rounding, since a worker process may run another thread count), resumes without
+duplicates, and stays optional."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ import ray
 import torch
 from click.testing import CliRunner
 
+from _tolerance import assert_same_rows
 from ehrlens.cli.app import main
 from ehrlens.core.jsonl import write_jsonl
 from ehrlens.core.locks import OutputLockedError, lock_path, output_lock
@@ -30,7 +32,7 @@ pytestmark = pytest.mark.slow
 
 N_PATIENTS = 2000
 SHARD = 250
-BATCH = 50  # divides every shard size used here, so batches (and bits) match across runs
+BATCH = 50  # divides every shard size used here, so batches match across runs
 
 
 @pytest.fixture(scope="module")
@@ -87,8 +89,8 @@ def test_ray_rows_equal_single_process_exactly(cohort_files, ray_runtime, single
     frame = result.to_frame()
     assert result.computed == list(range(N_PATIENTS // SHARD))
     assert result.num_rows == len(frame) == len(single_process)
-    # same shards, same order of rows, same bits
-    assert frame.equals(single_process)
+    # same shards, same order of rows, scores within float32 rounding (another process)
+    assert_same_rows(frame, single_process)
     assert set(frame["method"]) == {"rollout", "flow"}
     assert frame["patient_id"].nunique() == N_PATIENTS
     names = sorted(p.name for p in (root / "ray").glob("part-*.parquet"))
@@ -127,7 +129,7 @@ def test_resume_recomputes_only_missing_or_damaged_shards(
     assert kept.stat().st_mtime_ns == kept_stat  # a verified shard is not rewritten
     assert not list(out.glob(".part-*.tmp"))
     frame = result.to_frame()
-    assert frame.equals(single_process)
+    assert_same_rows(frame, single_process)
     assert not frame.duplicated(["patient_id", "method", "feature", "visit", "position"]).any()
 
 
@@ -169,7 +171,7 @@ def test_killed_driver_then_rerun_gives_the_same_rows(cohort_files, ray_runtime,
     )
     assert len(result.reused) >= 2 and len(result.reused) + len(result.computed) == n_total
     frame = result.to_frame()
-    assert _sorted(frame).equals(_sorted(single_process))
+    assert_same_rows(_sorted(frame), _sorted(single_process))
     assert not frame.duplicated(["patient_id", "method", "feature", "visit", "position"]).any()
 
 
@@ -232,12 +234,12 @@ def test_instances_are_rebuilt_on_the_workers_as_by_name(cohort_files, ray_runti
         root / "model", samples, instances, out_dir=tmp_path / "instances", **common
     )
     assert given.fingerprint == by_name.fingerprint
-    assert given.to_frame().equals(by_name.to_frame())
+    assert_same_rows(given.to_frame(), by_name.to_frame())
     local = explain_cohort(
         model, create_sample_dataset(samples, schema=model.schema), instances,
         model_id=card["model_id"], **common,
     )  # fmt: skip
-    assert given.to_frame().equals(local.to_frame())
+    assert_same_rows(given.to_frame(), local.to_frame())
 
 
 def test_ehrlens_works_without_ray():
@@ -279,4 +281,4 @@ def test_cli_engine_ray(cohort_files, ray_runtime, single_process, tmp_path):
         [pd.read_parquet(p) for p in sorted((tmp_path / "attr").glob("part-*.parquet"))],
         ignore_index=True,
     )
-    assert frame.equals(single_process)
+    assert_same_rows(frame, single_process)

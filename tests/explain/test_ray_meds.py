@@ -3,13 +3,13 @@ single-process run, and an interrupted run resumes per shard."""
 
 from __future__ import annotations
 
-import numpy as np
 import pandas as pd
 import pytest
 import ray
 import torch
 
 from _meds_kit import static_sample
+from _tolerance import assert_same_rows
 from ehrlens.data import create_sample_dataset
 from ehrlens.data.meds import from_meds
 from ehrlens.explain import explain_cohort
@@ -51,10 +51,8 @@ def _single_process(tmp, dataset):
 
 
 def _same_rows(frame, expected):
-    assert list(frame.columns) == list(expected.columns)
-    exact = [c for c in frame.columns if c != "score"]
-    assert frame[exact].equals(expected[exact])
-    np.testing.assert_allclose(frame["score"], expected["score"], rtol=1e-6, atol=1e-7)
+    """Same rows in the same order; floats within rounding (Ray workers are other processes)."""
+    assert_same_rows(frame, expected)
 
 
 def test_ray_rows_equal_the_single_process_rows_and_resume_per_shard(meds_model, ray_runtime):

@@ -13,6 +13,7 @@ import pytest
 import torch
 from torch import nn
 
+from _tolerance import FLOAT32_ACROSS
 from ehrlens.integrations.huggingface import HuggingFaceEncoder, similarity_to
 from ehrlens.interpret import (
     AttentionFlow,
@@ -52,7 +53,8 @@ def test_captured_maps_equal_output_attentions_of_an_unwrapped_copy(
     for (attention, gradient), reference in zip(layers, expected, strict=True):
         assert gradient is None
         assert attention.shape == (2, 12, tokens, tokens)
-        assert torch.equal(attention, reference)
+        # capture may form maps in blocks of query rows: float32 rounding, no more
+        torch.testing.assert_close(attention, reference, **FLOAT32_ACROSS)
     # padded keys get exactly zero weight in every map
     pad = padded_batch["attention_mask"] == 0
     for attention, _ in layers:
@@ -67,6 +69,7 @@ def test_logits_unchanged_by_wrapping_and_by_capture(wrapped, classifier, padded
         plain = wrapped(**padded_batch)
         with capture_attention(wrapped, padded_batch) as run:
             captured = run.outputs["logit"]
+    # the same eager layers run in both (capture only reads): exact
     assert torch.equal(plain["logit"], eager)
     assert torch.equal(captured, eager)
     torch.testing.assert_close(plain["logit"], original, rtol=1e-5, atol=1e-5)
@@ -82,7 +85,7 @@ def test_hidden_states_of_a_bare_encoder_unchanged(base_model, padded_batch, ref
         got = wrapped(**padded_batch)["model_output"].last_hidden_state
         with capture_attention(wrapped, padded_batch) as run:
             captured = run.outputs["model_output"].last_hidden_state
-    assert torch.equal(got, expected)
+    assert torch.equal(got, expected)  # the same eager layers run in both: exact
     assert torch.equal(captured, expected)
 
 
@@ -115,7 +118,7 @@ def test_gradient_capture_matches_autograd_and_leaves_no_trace(
         layers = wrapped.get_attention_layers()["input_ids"]
         for (attention, gradient), reference, map_ in zip(layers, expected, maps, strict=True):
             assert attention.requires_grad
-            assert torch.equal(attention.detach(), map_.detach())
+            torch.testing.assert_close(attention.detach(), map_.detach(), **FLOAT32_ACROSS)
             torch.testing.assert_close(gradient, reference, rtol=1e-6, atol=1e-9)
     assert all(module.training for module in wrapped.modules())  # mode restored
     wrapped.eval()

@@ -183,6 +183,7 @@ def test_key_capture_keeps_each_layers_call_not_its_map():
             for call, attention in zip(calls, maps, strict=True):
                 assert call.seq_len == attention.shape[-1] == call.block_rows() == 11
                 assert call.block_rows(2) == 11  # recomputed whole, once, whatever is asked
+                # the layer's own computation on the same inputs and shapes: exact
                 torch.testing.assert_close(call.weights(), attention, rtol=0, atol=0)
                 torch.testing.assert_close(call.weights(slice(0, 1)), attention[:, :, :1])
     with pytest.raises(RuntimeError, match="no attention module calls captured"):

@@ -23,6 +23,7 @@ from _pyhealth_style import FEATURES, PyHealthStyleTransformer, capture_by_hand,
 from torch import nn
 
 from _reference_flow import nx_flow
+from _tolerance import FLOAT32_ACROSS
 from ehrlens.integrations.pyhealth import PyHealthModel, register
 from ehrlens.interpret import (
     AttentionFlow,
@@ -150,8 +151,8 @@ def test_rollout_under_no_grad_gives_the_same_scores(model, batch, context):
     manager = torch.no_grad() if context == "no_grad" else torch.inference_mode()
     with manager:
         scores = AttentionRollout(model).attribute(**batch)
-    for key in FEATURES:
-        torch.testing.assert_close(scores[key], expected[key], atol=0, rtol=0)
+    for key in FEATURES:  # another autograd mode may pick other kernels: float32 rounding
+        torch.testing.assert_close(scores[key], expected[key], **FLOAT32_ACROSS)
 
 
 def test_raw_attention_is_the_last_layers_row_zero(model, batch):

@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from _reference_flow import nx_flow
+from _tolerance import FLOAT32_ACROSS
 from ehrlens.data import create_sample_dataset, generate_cohort, get_dataloader
 from ehrlens.interpret import AttentionFlow, AttentionRollout
 from ehrlens.interpret.methods.maxflow import flow_values
@@ -493,6 +494,8 @@ def test_padding_invariance(name, layout, layers):
 
 @pytest.mark.parametrize(("name", "layout", "layers"), SMALL_CASES, ids=SMALL_IDS)
 def test_inference_mode_equals_no_grad(name, layout, layers):
+    """The same scores whatever the autograd mode (within float32 rounding: a mode may pick
+    other kernels for the forward)."""
     dataset, model, batch = make_case(name, layout, layers, batch_size=4)
     flow = AttentionFlow(model)
     with torch.inference_mode():
@@ -501,8 +504,8 @@ def test_inference_mode_equals_no_grad(name, layout, layers):
         no_grad = flow.attribute(**batch)
     plain = flow.attribute(**batch)
     for key in dataset.feature_keys:
-        assert torch.equal(inference[key], no_grad[key])
-        assert torch.equal(plain[key], no_grad[key])
+        torch.testing.assert_close(inference[key], no_grad[key], **FLOAT32_ACROSS)
+        torch.testing.assert_close(plain[key], no_grad[key], **FLOAT32_ACROSS)
         assert not no_grad[key].requires_grad
 
 
@@ -515,9 +518,9 @@ def test_two_jobs_equal_one_job(name, layout, layers):
         again = flow.attribute(**batch)  # the pool is reused
         assert flow._pool is not None
     assert flow._pool is None  # closed on exit
-    for key in dataset.feature_keys:
-        assert torch.equal(parallel[key], serial[key])
-        assert torch.equal(again[key], serial[key])
+    for key in dataset.feature_keys:  # worker processes: float32 rounding at most
+        torch.testing.assert_close(parallel[key], serial[key], **FLOAT32_ACROSS)
+        torch.testing.assert_close(again[key], serial[key], **FLOAT32_ACROSS)
 
 
 # ----------------------------------------------------------------------------- guards, edges

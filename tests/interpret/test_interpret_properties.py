@@ -7,6 +7,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from _tolerance import FLOAT32_ACROSS
 from ehrlens.interpret import AttentionRollout, CheferRelevance
 
 FAST = settings(max_examples=25, deadline=None)
@@ -203,7 +204,8 @@ def test_explaining_a_patient_with_an_empty_feature(model_case, method):
             assert (together[key][0] == 0).all()
 
 
-def test_rollout_identical_under_no_grad_inference_mode_and_grad(model_case):
+def test_rollout_the_same_under_no_grad_inference_mode_and_grad(model_case):
+    """Within float32 rounding: an autograd mode may pick other kernels for the forward."""
     model, batch = model_case.model, model_case.batch
     rollout = AttentionRollout(model, "max", 0.25)
     plain = rollout.attribute(**batch)
@@ -212,8 +214,8 @@ def test_rollout_identical_under_no_grad_inference_mode_and_grad(model_case):
     with torch.inference_mode():
         inference = rollout.attribute(**batch)
     for key in model_case.keys:
-        assert torch.equal(plain[key], no_grad[key])
-        assert torch.equal(plain[key], inference[key])
+        torch.testing.assert_close(plain[key], no_grad[key], **FLOAT32_ACROSS)
+        torch.testing.assert_close(plain[key], inference[key], **FLOAT32_ACROSS)
         assert not plain[key].requires_grad
 
 
@@ -222,7 +224,8 @@ def test_rollout_accepts_inference_mode_batches(model_case, close):
     with torch.inference_mode():
         batch = model_case.collate(model_case.indices)
         scores = AttentionRollout(model).attribute(**batch)
-    close(scores, AttentionRollout(model).attribute(**model_case.batch), atol=0)
+    # another autograd mode may pick other kernels: float32 rounding
+    close(scores, AttentionRollout(model).attribute(**model_case.batch), atol=1e-6)
 
 
 def test_chefer_under_no_grad_equals_grad_mode(model_case):

@@ -113,7 +113,7 @@ def test_rollout_ignores_the_target(multiclass, close):
     rollout = AttentionRollout(model)
     plain = rollout.attribute(**batch)
     for target in (0, 2, torch.arange(12) % 3):
-        close(rollout.attribute(target, **batch), plain, atol=0)
+        close(rollout.attribute(target, **batch), plain, atol=0)  # the same computation
     with pytest.raises(ValueError, match="target_class_idx 7 is out of range"):
         rollout.attribute(7, **batch)  # ignored, but an invalid target is still refused
 

@@ -13,10 +13,10 @@ import signal
 import socket
 import time
 
-import pandas as pd
 import pytest
 from _cli_kit import TINY_TRAIN, invoke, python, run, spawn
 
+from _tolerance import assert_same_rows
 from ehrlens.core.locks import lock_path, output_lock
 from ehrlens.explain import read_attributions
 from ehrlens.models.directory import load_model_dir
@@ -78,7 +78,7 @@ def test_item_4_two_explain_runs_into_one_folder(cli_cohort, references, tmp_pat
     assert sorted(manifest["settings"]["methods"]) == [winner] and manifest["complete"]
     frame = read_attributions(out)
     assert set(frame["method"]) == {winner}
-    pd.testing.assert_frame_equal(frame, references[winner], check_exact=True)
+    assert_same_rows(frame, references[winner])  # another process: scores within rounding
     assert not lock_path(out).exists()
 
 
@@ -128,7 +128,7 @@ def test_item_4_a_second_explain_names_the_run_that_holds_the_folder(
         go.write_text("go")
         code, _, stderr = _finish(holder)
     assert code == 0, stderr
-    pd.testing.assert_frame_equal(read_attributions(out), references["rollout"], check_exact=True)
+    assert_same_rows(read_attributions(out), references["rollout"])  # another process
 
 
 def _train_args(cohort, out, seed: int) -> list:

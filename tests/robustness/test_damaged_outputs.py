@@ -68,6 +68,7 @@ def test_item_8_a_bit_flipped_in_a_finished_shard_is_found_and_recomputed(cli_co
     assert not (tmp_path / "r.html").exists()
     rerun = invoke(*args)
     assert rerun.stdout.strip().endswith("(1 computed, 11 already complete)")
+    # the same seeded method re-run in this process: exact
     pd.testing.assert_frame_equal(read_attributions(tmp_path / "attr"), original, check_exact=True)
     invoke(*report)
 

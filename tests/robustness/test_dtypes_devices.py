@@ -109,5 +109,5 @@ def test_move_to_device_is_the_documented_fix(dataset, batch):
     moved = move_to_device(batch, model.device)
     scores = METHODS["rollout"](model).attribute(**moved)
     expected = METHODS["rollout"](model).attribute(**batch)
-    for key in expected:
+    for key in expected:  # the same tensors on the same device: the same computation
         assert torch.equal(scores[key], expected[key])

@@ -263,7 +263,7 @@ def test_attributions_align_with_the_kept_inputs(name, method):
     assert manual.truncated == {"codes": 0, "visits": 0, "steps": 0, "labs": 0}
     manual_batch = manual.collate(manual.items)
     expected = METHODS[method](model).attribute(**manual_batch)
-    for key in scores:
+    for key in scores:  # the same tensors as the truncated batch: the same computation
         torch.testing.assert_close(scores[key], expected[key], atol=0, rtol=0)
     # Readable summaries name only codes that were kept.
     kept = {("codes", c) for c in by_hand[0]["codes"]}

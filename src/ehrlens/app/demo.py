@@ -11,7 +11,11 @@ planted, and ends by writing the HTML report and printing its path.
 :class:`~ehrlens.models.StageAttentionNet` too (many minutes on a laptop).
 
 Example:
-    >>> main(["--out", "demo-out"])   # writes demo-out/report.html
+    >>> main(["--patients", "200", "--epochs", "1", "--explain", "2", "--out", "demo-out", "-q"])
+    ehrlens demo (quick; --full for the full-size run): synthetic cohort of 200 patients, seed 0
+    ...
+    report: .../demo-out/report.html
+    0
 """
 
 from __future__ import annotations

@@ -1,8 +1,10 @@
 """Untrained models on random code sequences of any length, for speed and memory benchmarks.
 
 Example:
-    >>> model = random_code_transformer(num_layers=6, embedding_dim=128, heads=4)
-    >>> batch = random_code_batch(model, batch_size=32, seq=1024)   # codes [32, 1024]
+    >>> model = random_code_transformer(num_layers=2, embedding_dim=16, heads=2)
+    >>> batch = random_code_batch(model, batch_size=4, seq=64)
+    >>> batch["codes"].shape
+    torch.Size([4, 64])
 """
 
 from __future__ import annotations
@@ -24,9 +26,10 @@ def random_code_transformer(
     Pair it with :func:`random_code_batch` to measure any sequence length or batch size.
 
     Example:
-        >>> model = random_code_transformer(num_layers=6, embedding_dim=128, heads=4)
-        >>> batch = random_code_batch(model, batch_size=32, seq=1024)   # codes [32, 1024]
-        >>> scores = AttentionRollout(model).attribute(**batch)          # {"codes": [32, 1024]}
+        >>> model = random_code_transformer(num_layers=2, embedding_dim=16, heads=2)
+        >>> batch = random_code_batch(model, batch_size=4, seq=64)
+        >>> AttentionRollout(model).attribute(**batch)["codes"].shape
+        torch.Size([4, 64])
     """
     codes = [f"C{i:04d}" for i in range(vocab_size)]
     samples = [

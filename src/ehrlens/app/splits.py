@@ -10,8 +10,11 @@ recorded fall back to redrawing the split from its seed, which is only the train
 when the data file is the training file: otherwise it is an error that explains the leakage.
 
 Example:
+    >>> from ehrlens.core.files import file_sha256
     >>> model, card = load_model_dir("model/")
     >>> test = select_recorded_split(dataset, "test", card, file_sha256("patients.jsonl"))
+    >>> test.patient_ids == card["data"]["split"]["patient_ids"]["test"]
+    True
 """
 
 from __future__ import annotations
@@ -70,7 +73,10 @@ def select_recorded_split(
             training patients).
 
     Example:
-        >>> new = select_recorded_split(dataset, "new", card)   # patients the model never saw
+        >>> select_recorded_split(dataset, "new", card)   # patients the model never saw
+        Traceback (most recent call last):
+        ...
+        ValueError: no patient in the data is new: every one was in the training split
     """
     if split not in SPLIT_CHOICES:
         raise ValueError(f"split must be one of {SPLIT_CHOICES}, got {split!r}")

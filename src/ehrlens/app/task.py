@@ -2,8 +2,8 @@
 names in the order of the model's outputs; and when a split is too small for its metrics.
 
 Example:
-    >>> task_record(model)
-    {'label': 'severity', 'mode': 'multiclass', 'classes': ['high', 'low', 'medium']}
+    >>> task_record(model)   # a binary model; a multiclass one lists its class names
+    {'label': 'label', 'mode': 'binary', 'classes': ['0', '1']}
     >>> resolve_target("low", ["high", "low", "medium"])
     1
 """

@@ -52,9 +52,12 @@ class Trainer:
         progress: show progress bars (needs ``tqdm``).
 
     Example:
-        >>> trainer = Trainer(model, metrics=["roc_auc", "pr_auc"])
-        >>> trainer.train(train_loader, val_loader, epochs=5, lr=1e-3, monitor="roc_auc")
-        >>> trainer.evaluate(test_loader)       # {"roc_auc": ..., "pr_auc": ..., "loss": ...}
+        >>> trainer = Trainer(model, metrics=["roc_auc", "pr_auc"], progress=False)
+        >>> history = trainer.train(train_loader, val_loader, epochs=2, monitor="roc_auc")
+        >>> [record["epoch"] for record in history]
+        [1, 2]
+        >>> sorted(trainer.evaluate(test_loader))
+        ['loss', 'pr_auc', 'roc_auc']
     """
 
     def __init__(

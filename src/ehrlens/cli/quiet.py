@@ -9,7 +9,7 @@ warning is shown once per place that issues it, whatever filters the caller had 
 
 Example:
     >>> with command_output(quiet=True):
-    ...     run_the_command()
+    ...     warnings.warn("hidden under --quiet")
 """
 
 from __future__ import annotations

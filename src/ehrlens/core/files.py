@@ -43,6 +43,10 @@ def check_overwrite(
 
     Example:
         >>> check_overwrite([Path("results.json"), Path("curves.png")], overwrite=False)
+        >>> check_overwrite([Path("codes.csv")], overwrite=False)
+        Traceback (most recent call last):
+        ...
+        ehrlens.core.files.OutputConflictError: codes.csv exists; pass --overwrite to ...
     """
     existing = [Path(p) for p in paths if os.path.lexists(p)]
     if not existing or overwrite:
@@ -88,7 +92,9 @@ def atomic_write(path: str | os.PathLike, mode: str = "w") -> Iterator[IO]:
 
     Example:
         >>> with atomic_write("card.json") as f:
-        ...     json.dump(card, f)
+        ...     json.dump({"model_id": "3f2a9c01d4e5"}, f)
+        >>> Path("card.json").read_text()
+        '{"model_id": "3f2a9c01d4e5"}'
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -119,7 +125,9 @@ def file_sha256(path: str | os.PathLike) -> str:
     """SHA-256 of a file's bytes, in hex (read in 1 MiB blocks).
 
     Example:
-        >>> file_sha256("model/model.pt")[:16]
+        >>> _ = Path("hello.txt").write_text("hello")
+        >>> file_sha256("hello.txt")[:16]
+        '2cf24dba5fb0a30e'
     """
     digest = hashlib.sha256()
     with open(path, "rb") as f:

@@ -66,6 +66,8 @@ class Capabilities:
     Example:
         >>> class MyModel(nn.Module, GradientInterpretable):
         ...     interpret_capabilities = Capabilities(forward_only=True, stated_readout=True)
+        >>> MyModel.interpret_capabilities.forward_only
+        True
     """
 
     forward_only: bool = False

@@ -2,7 +2,10 @@
 
 Example:
     >>> write_jsonl(cohort.samples, "patients.jsonl")
+    PosixPath('patients.jsonl')
     >>> samples = read_jsonl("patients.jsonl")
+    >>> samples[0]["patient_id"], len(samples) == len(cohort.samples)
+    ('P000000', True)
 """
 
 from __future__ import annotations
@@ -44,6 +47,7 @@ def write_jsonl(samples: Sequence[Mapping[str, Any]], path: str | os.PathLike) -
 
     Example:
         >>> write_jsonl(cohort.samples, "patients.jsonl")
+        PosixPath('patients.jsonl')
     """
     path = Path(path)
     with atomic_write(path) as f:
@@ -63,6 +67,8 @@ def read_jsonl(path: str | os.PathLike) -> list[dict[str, Any]]:
 
     Example:
         >>> samples = read_jsonl("patients.jsonl")   # [{"patient_id": ..., ...}, ...]
+        >>> sorted(samples[0])
+        ['diagnoses', 'drugs', 'label', 'patient_id', 'procedures']
     """
     path = Path(path)
     if not path.exists():

@@ -12,8 +12,8 @@ target is resolved first. Locks are advisory and need a POSIX system (Linux, mac
 network file system they hold only where it supports ``flock``.
 
 Example:
-    >>> with output_lock("attr/"):
-    ...     explain_into("attr/")          # a second process gets OutputLockedError here
+    >>> with output_lock("results.json"):   # a second process gets OutputLockedError here
+    ...     _ = Path("results.json").write_text("{}")
 """
 
 from __future__ import annotations
@@ -61,7 +61,8 @@ def lock_path(target: str | os.PathLike) -> Path:
     """The lock file of an output: ``.<name>.ehrlens-lock`` beside the resolved target.
 
     Example:
-        >>> lock_path("runs/attr")          # PosixPath('/home/me/runs/.attr.ehrlens-lock')
+        >>> lock_path("runs/attr")          # next to the target, in its resolved folder
+        PosixPath('/.../runs/.attr.ehrlens-lock')
     """
     resolved = Path(target).resolve()
     if not resolved.name:
@@ -124,7 +125,7 @@ def output_lock(target: str | os.PathLike, command: str | None = None) -> Iterat
 
     Example:
         >>> with output_lock("model/", command="ehrlens train"):
-        ...     save_model_dir(model, "model/", card)
+        ...     _ = save_model_dir(model, "model/", card)
     """
     path = lock_path(target)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -167,7 +168,8 @@ def output_locks(*targets: str | os.PathLike | None, command: str | None = None)
 
     Example:
         >>> with output_locks("results.json", "curves.png"):
-        ...     write_both()
+        ...     _ = Path("results.json").write_text("{}")
+        ...     _ = Path("curves.png").write_bytes(b"")
     """
     unique = sorted({lock_path(t): t for t in targets if t is not None}.items())
     with ExitStack() as stack:

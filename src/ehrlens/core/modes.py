@@ -30,6 +30,7 @@ def model_lock(model: Any) -> threading.RLock:
     Example:
         >>> with model_lock(model):   # e.g. to change hooks by hand without racing ehrlens
         ...     model.set_attention_hooks(True)
+        ...     model.set_attention_hooks(False)
     """
     with _MODEL_LOCKS_GUARD:
         try:
@@ -54,6 +55,7 @@ def eval_mode(model: Any) -> Iterator[None]:
         >>> with eval_mode(model):
         ...     probabilities = model(**batch)["y_prob"]   # dropout off
         >>> model.training   # as before the block
+        False
     """
     with model_lock(model):
         modules = list(model.modules()) if isinstance(model, nn.Module) else []

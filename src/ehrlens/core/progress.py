@@ -10,8 +10,9 @@ def progress_bar(iterable: Iterable, enabled: bool, **kwargs: Any) -> Iterable:
     """``iterable`` wrapped in a tqdm progress bar when ``enabled`` and tqdm is installed.
 
     Example:
-        >>> for batch in progress_bar(loader, enabled=True, desc="epoch 1"):
-        ...     ...
+        >>> for batch in progress_bar(loader, enabled=False, desc="epoch 1"):
+        ...     print(batch["diagnoses"].shape[0], end=" ")
+        8 8 4
     """
     if not enabled:
         return iterable

@@ -2,8 +2,11 @@
 
 Example:
     >>> from ehrlens.data import from_events, load_samples
-    >>> samples = from_events("events.parquet", {"diagnoses": "nested_sequence"},
-    ...                       labels="labels.csv")
+    >>> schema = {"diagnoses": "nested_sequence", "procedures": "nested_sequence",
+    ...           "drugs": "nested_sequence"}
+    >>> samples = from_events("events.parquet", schema, labels="labels.csv")
+    >>> samples == load_samples("events.parquet", schema, labels="labels.csv")
+    True
 """
 
 from .dataset import (

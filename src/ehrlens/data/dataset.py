@@ -347,10 +347,14 @@ def create_sample_dataset(
         or ``max_codes_per_step``.
 
     Example:
-        >>> ds = create_sample_dataset(samples, {"codes": "sequence"}, {"y": "binary"},
-        ...                            max_length=128)   # TruncationWarning if any is cut
-        >>> ds.truncated
-        {'codes': 3}
+        >>> import warnings
+        >>> long = [{"patient_id": f"p{i}", "codes": list("ABCD"), "y": 1} for i in range(3)]
+        >>> with warnings.catch_warnings(record=True) as caught:
+        ...     warnings.simplefilter("always")
+        ...     ds = create_sample_dataset(long, {"codes": "sequence"}, {"y": "binary"},
+        ...                                max_length=2)   # a TruncationWarning: 3 were cut
+        >>> ds.truncated, caught[0].category.__name__
+        ({'codes': 3}, 'TruncationWarning')
     """
     if isinstance(samples, (str, bytes, Mapping)) or not isinstance(samples, Sequence):
         raise TypeError(f"samples must be a list of dicts, got {type(samples).__name__}")
@@ -471,7 +475,7 @@ def sample_size(item: Mapping[str, Any], feature_keys: Sequence[str]) -> int:
 
     Example:
         >>> sample_size(dataset[0], dataset.feature_keys)
-        17
+        99
     """
     return sum(int(_feature_tensor(item[key]).numel()) for key in feature_keys)
 
@@ -494,8 +498,11 @@ def length_buckets(
         Lists of indices; together they hold every index once.
 
     Example:
-        >>> length_buckets(dataset, 2)          # sizes 5, 90, 4, 6
-        [[2, 0], [3, 1]]
+        >>> small = dataset.subset(range(4))
+        >>> [sample_size(item, small.feature_keys) for item in small.items]
+        [99, 32, 50, 36]
+        >>> length_buckets(small, 2)
+        [[1, 3], [2, 0]]
     """
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
@@ -512,8 +519,11 @@ class LengthBucketSampler(Sampler[list[int]]):
     consumer can put per-sample results back in input order.
 
     Example:
+        >>> from torch.utils.data import DataLoader
         >>> sampler = LengthBucketSampler(dataset, batch_size=32)
         >>> loader = DataLoader(dataset, batch_sampler=sampler, collate_fn=dataset.collate)
+        >>> [len(batch["patient_id"]) for batch in loader]
+        [32, 32, 32, 32, 2]
     """
 
     def __init__(self, dataset: SampleDataset, batch_size: int) -> None:
@@ -549,8 +559,9 @@ def get_dataloader(
             Not with ``shuffle``.
 
     Example:
-        >>> loader = get_dataloader(dataset, 64, bucket_by_length=True)
-        >>> loader.batch_sampler.batches[0]       # dataset indices of the first batch
+        >>> loader = get_dataloader(dataset.subset(range(4)), 2, bucket_by_length=True)
+        >>> loader.batch_sampler.batches          # dataset indices of each batch
+        [[1, 3], [2, 0]]
     """
     if not isinstance(dataset, SampleDataset):
         raise TypeError(f"expected a SampleDataset, got {type(dataset).__name__}")
@@ -582,7 +593,9 @@ def split_by_patient(
     """Split into datasets with disjoint patients (all of a patient's samples go together).
 
     Example:
-        >>> train, val, test = split_by_patient(ds, (0.7, 0.15, 0.15), seed=0)
+        >>> train, val, test = split_by_patient(dataset, (0.7, 0.15, 0.15), seed=0)
+        >>> len(train), len(val), len(test)
+        (91, 19, 20)
     """
     if abs(sum(ratios) - 1.0) > 1e-6 or any(r < 0 for r in ratios):
         raise ValueError(f"ratios must be non-negative and sum to 1, got {list(ratios)}")

@@ -28,10 +28,12 @@ Rules, so that nothing is lost without a count:
   empty where the feature has no code in that visit, so features stay aligned.
 
 Example:
-    >>> samples = from_events("events.parquet", {"diagnoses": "nested_sequence"},
-    ...                       labels="labels.csv", label_key="mortality")
-    >>> dataset = create_sample_dataset(samples, {"diagnoses": "nested_sequence"},
-    ...                                 {"mortality": "binary"})
+    >>> schema = {"diagnoses": "nested_sequence", "procedures": "nested_sequence",
+    ...           "drugs": "nested_sequence"}
+    >>> samples = from_events("events.parquet", schema, labels="labels.csv", label_key="label")
+    >>> dataset = create_sample_dataset(samples, schema, {"label": "binary"})
+    >>> len(dataset), samples[0]["diagnoses"][0]
+    (130, ['D17.4', 'L61.6'])
 """
 
 from __future__ import annotations
@@ -75,7 +77,9 @@ def read_table(source: Any):
     numbered bad row instead of a failed read.
 
     Example:
-        >>> frame = read_table("events.csv")   # every column as text, parsed later
+        >>> frame = read_table("labels.csv")   # every column as text, parsed later
+        >>> frame.iloc[0].tolist()
+        ['P000000', '0']
     """
     pd = _require_pandas()
     import pyarrow as pa
@@ -256,6 +260,11 @@ def from_events(
             patient ids.
 
     Example:
+        >>> table = pd.DataFrame({
+        ...     "patient_id": ["p1"] * 4, "time": [0.0, 1.0, 0.0, 1.0],
+        ...     "feature": ["diagnoses", "diagnoses", "labs", "labs"],
+        ...     "code": ["I10", "E11.9", "hba1c", "hba1c"], "value": [None, None, 7.1, 6.8],
+        ...     "label": [1, 1, 1, 1]})
         >>> samples = from_events(table, {"diagnoses": "sequence", "labs": "timeseries"},
         ...                       label_column="label")
         >>> samples[0]["diagnoses"]
@@ -390,7 +399,14 @@ def build_samples(
         steps (:meth:`~ehrlens.data.processors.FeatureProcessor.event_steps`).
 
     Example:
+        >>> from ehrlens.data.processors import NestedSequenceProcessor
+        >>> frame = pd.DataFrame({
+        ...     "row": [2, 3], "patient_id": ["p1", "p1"], "visit": ["v1", "v2"],
+        ...     "visit_id": ["v1", "v2"], "time": [0.0, 3.0], "stamp": [0.0, 3.0],
+        ...     "feature": ["dx", "dx"], "code": ["I10", "E11"], "value": [None, None]})
         >>> samples = build_samples(frame, {"dx": NestedSequenceProcessor()}, dated=True)
+        >>> samples[0]["dx"]
+        [['I10'], ['E11']]
     """
     pd = _require_pandas()
     kinds = {key: processor.event_kind for key, processor in processors.items()}
@@ -638,6 +654,8 @@ def to_events(
     Example:
         >>> table = to_events(cohort.samples, cohort.input_schema)
         >>> table.to_parquet("events.parquet")
+        >>> list(table.columns)
+        ['patient_id', 'visit_id', 'time', 'feature', 'code', 'value']
     """
     pd = _require_pandas()
     processors: dict[str, FeatureProcessor] = {}

@@ -14,6 +14,7 @@ A sample may carry, besides ``patient_id``:
 for its row of the attribution table.
 
 Example:
+    >>> from datetime import datetime
     >>> sample = {"patient_id": "7@2010-05-11T18:00:00", "subject_id": 7,
     ...           "prediction_time": datetime(2010, 5, 11, 18), "dx": [["I10"], ["E11"]],
     ...           "step_identity": {"dx": {"visit_id": [None, None],

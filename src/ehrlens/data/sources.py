@@ -2,8 +2,11 @@
 
 Example:
     >>> samples = load_samples("patients.jsonl")
-    >>> samples = load_samples("events.parquet", input_schema={"diagnoses": "sequence"},
-    ...                        labels="labels.csv", label_key="label")
+    >>> schema = {"diagnoses": "sequence", "procedures": "sequence", "drugs": "sequence"}
+    >>> events = load_samples("events.parquet", input_schema=schema, labels="labels.csv",
+    ...                       label_key="label")
+    >>> samples[0]["diagnoses"][0], events[0]["diagnoses"][:2]   # visits, or codes in order
+    (['D17.4', 'L61.6'], ['D17.4', 'L61.6'])
 """
 
 from __future__ import annotations
@@ -42,8 +45,11 @@ def load_samples(
         ValueError: unknown extension, unreadable file, or bad rows (with their numbers).
 
     Example:
-        >>> samples = load_samples("events.parquet", {"diagnoses": "nested_sequence"},
-        ...                        labels="labels.csv")
+        >>> schema = {"diagnoses": "nested_sequence", "procedures": "nested_sequence",
+        ...           "drugs": "nested_sequence"}
+        >>> samples = load_samples("events.parquet", schema, labels="labels.csv")
+        >>> len(samples)
+        130
     """
     path = Path(path)
     name = path.name.lower()

@@ -18,6 +18,7 @@ Example:
     >>> cohort = generate_cohort(n_patients=500, layout="sequence", seed=0)
     >>> ds = create_sample_dataset(cohort.samples, cohort.input_schema, cohort.output_schema)
     >>> cohort.ground_truth[cohort.samples[0]["patient_id"]]   # {feature: [planted codes]}
+    {'diagnoses': [...], 'procedures': [...], 'drugs': [...]}
 """
 
 from __future__ import annotations

@@ -9,6 +9,10 @@ the table's rows of each method.
 Example:
     >>> frame = read_attributions("attr/")
     >>> check_attributions_match(frame, dataset, model.schema)   # ValueError when they differ
+    >>> check_attributions_match(frame[1:], dataset, model.schema)
+    Traceback (most recent call last):
+    ...
+    ValueError: ...
 """
 
 from __future__ import annotations
@@ -32,7 +36,10 @@ def data_units(
     :data:`UNIT_COLUMNS`, rows in the order of the long-format table.
 
     Example:
-        >>> data_units(dataset, model.schema, ["P000001"]).head()
+        >>> data_units(dataset, model.schema, ["P000001"]).head(2)
+          patient_id    feature  visit  position   code
+        0    P000001  diagnoses      0         0  M24.9
+        1    P000001  diagnoses      1         0  F63.1
     """
     import pandas as pd
 

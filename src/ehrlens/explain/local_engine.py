@@ -10,8 +10,10 @@ one: no duplicates, no gaps. A folder holding another run's output is refused, n
 overwritten, and one run at a time writes a folder (:func:`~ehrlens.core.locks.output_lock`).
 
 Example:
-    >>> result = explain_cohort(model, test_dataset, ["rollout", "chefer"], out_dir="attr/")
+    >>> result = explain_cohort(model, test_dataset, ["rollout", "chefer"], out_dir="attr-rc/")
     >>> frame = result.to_frame()        # pandas, columns ATTRIBUTION_COLUMNS
+    >>> sorted(set(frame["method"])), frame["patient_id"].nunique()
+    (['chefer', 'rollout'], 20)
 """
 
 from __future__ import annotations
@@ -121,8 +123,14 @@ def explain_cohort(
         ValueError / TypeError: from the methods, naming the feature and sample.
 
     Example:
-        >>> result = explain_cohort(model, dataset, ["rollout", "flow"], out_dir="out/attr")
-        >>> result.reused, result.computed    # ([], [0, 1, 2]) the first time
+        >>> result = explain_cohort(model, test_dataset, ["rollout", "flow"], out_dir="out/attr",
+        ...                         shard_size=8)
+        >>> result.reused, result.computed    # the first time
+        ([], [0, 1, 2])
+        >>> again = explain_cohort(model, test_dataset, ["rollout", "flow"], out_dir="out/attr",
+        ...                        shard_size=8)
+        >>> again.reused, again.computed      # verified and kept
+        ([0, 1, 2], [])
     """
     if batch_size < 1 or shard_size < 1:
         raise ValueError(f"batch_size and shard_size must be >= 1, got {batch_size}, {shard_size}")

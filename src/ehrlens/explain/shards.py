@@ -9,9 +9,11 @@ content instead of trusting its name or its metadata: a changed score, a flipped
 file rewritten with the old metadata is found, and the shard is computed again.
 
 Example:
-    >>> claim_output_dir(out, fingerprint, settings, n_shards=3)
-    >>> write_shard(out / SHARD_PATTERN.format(0), columns, shard_metadata(fp, 0, columns, ids))
-    >>> frame = read_attributions(out)
+    >>> result = explain_cohort(model, test_dataset, ["rollout"], out_dir="run/", shard_size=8)
+    >>> sorted(p.name for p in Path("run").iterdir())
+    ['_ehrlens_run.json', 'part-00000.parquet', 'part-00001.parquet', 'part-00002.parquet']
+    >>> len(read_attributions("run/")) == result.num_rows
+    True
 """
 
 from __future__ import annotations
@@ -202,8 +204,10 @@ def claimed_output(
     that a corrected re-run is not refused as a different run.
 
     Example:
-        >>> with claimed_output(out, fingerprint, settings, n_shards=3):
-        ...     write_shard(out / SHARD_PATTERN.format(0), columns, metadata)
+        >>> out = Path("claimed")
+        >>> with claimed_output(out, "0" * 16, {"methods": ["rollout"]}, n_shards=1):
+        ...     sorted(p.name for p in out.iterdir())
+        ['_ehrlens_run.json']
     """
     existed = out.exists()
     with output_lock(out):
@@ -241,7 +245,9 @@ def table_digest(table: Any) -> str:
     int64 microseconds). A table read back from Parquet has the digest of the one written.
 
     Example:
-        >>> table_digest(pq.read_table("attr/part-00000.parquet"))[:16]
+        >>> digest = table_digest(pq.read_table("attr/part-00000.parquet"))
+        >>> len(digest), digest == table_digest(pq.read_table("attr/part-00000.parquet"))
+        (64, True)
     """
     import numpy as np
     import pyarrow as pa
@@ -340,7 +346,8 @@ def read_run_manifest(folder: str | os.PathLike) -> dict[str, Any]:
         ValueError: the manifest is not valid JSON.
 
     Example:
-        >>> read_run_manifest("attr/")["settings"]["methods"]
+        >>> sorted(read_run_manifest("attr/")["settings"]["methods"])
+        ['rollout']
     """
     manifest = Path(folder) / MANIFEST
     if not manifest.exists():
@@ -363,8 +370,10 @@ def read_attributions(folder: str | os.PathLike) -> Any:
             re-running the same explain call completes or recomputes it.
 
     Example:
-        >>> explain_cohort(model, dataset, ["rollout"], out_dir="attr/")
+        >>> _ = explain_cohort(model, test_dataset, ["rollout"], out_dir="attr/")  # resumed
         >>> frame = read_attributions("attr/")     # columns ATTRIBUTION_COLUMNS
+        >>> list(frame.columns) == list(ATTRIBUTION_COLUMNS)
+        True
     """
     import pyarrow as pa
 

@@ -32,6 +32,8 @@ Each feature's processor says what its units are and how they read
 Example:
     >>> scores = AttentionRollout(model).attribute(**batch)
     >>> columns = attribution_columns(scores, batch, model.schema, "rollout", "3f2a9c01d4e5")
+    >>> columns["method"][0], columns["model_id"][0]
+    ('rollout', '3f2a9c01d4e5')
 """
 
 from __future__ import annotations
@@ -119,7 +121,11 @@ def attribution_columns(
     Example:
         >>> scores = AttentionRollout(model).attribute(**batch)   # {"diagnoses": [batch, seq]}
         >>> columns = attribution_columns(scores, batch, model.schema, "rollout", "3f2a9c01d4e5")
-        >>> pd.DataFrame(columns)                                 # one row per real code
+        >>> frame = pd.DataFrame(columns)                         # one row per real code
+        >>> frame[["patient_id", "feature", "visit", "position"]].head(2)
+          patient_id    feature  visit  position
+        0    P000118  diagnoses      0         0
+        1    P000118  diagnoses      0         1
     """
     per_method_levels = None if levels is None else {method: levels}
     return method_columns({method: attributions}, batch, schema, model_id, levels=per_method_levels)
@@ -154,6 +160,8 @@ def method_columns(
     Example:
         >>> per_method = {"rollout": rollout(**batch), "chefer": chefer(**batch)}
         >>> columns = method_columns(per_method, batch, model.schema, model_fingerprint(model))
+        >>> sorted(set(columns["method"]))
+        ['chefer', 'rollout']
     """
     if items is not None and len(items) != len(batch["patient_id"]):
         raise ValueError(f"{len(items)} items for a batch of {len(batch['patient_id'])}")

@@ -161,7 +161,7 @@ def describe(model: Any) -> ModelDescription:
 
     Example:
         >>> describe(model).mode, describe(model).feature_keys
-        ('binary', ('diagnoses', 'procedures'))
+        ('binary', ('diagnoses', 'procedures', 'drugs'))
     """
     keys = getattr(model, "feature_keys", None)
     feature_keys = tuple(str(k) for k in keys) if keys else None
@@ -250,8 +250,9 @@ def feature_value(
         ValueError: a tuple that matches neither, naming the feature.
 
     Example:
-        >>> values, mask = feature_value(describe(model), "conditions", batch["conditions"])
-        >>> values.shape, mask.shape        # [batch, seq] each, for (value, mask)
+        >>> values, mask = feature_value(describe(model), "diagnoses", batch["diagnoses"])
+        >>> values.shape, mask                # [batch, visits, codes]; a plain tensor: no mask
+        (torch.Size([8, 7, 5]), None)
     """
     if isinstance(feature, Tensor):
         return feature, None
@@ -285,7 +286,8 @@ def input_view(description: ModelDescription, batch: Mapping[str, Any]) -> dict[
 
     Example:
         >>> view = input_view(describe(model), batch)
-        >>> view["visits"].shape, view["masks"]["visits"].shape   # [b, v, c], [b, v, c]
+        >>> view["diagnoses"].shape               # [batch, visits, codes]
+        torch.Size([8, 7, 5])
     """
     keys = description.feature_keys or tuple(batch)
     view = dict(batch)
@@ -433,7 +435,11 @@ def mask_unscored_inputs(
     method. Models without it are returned as they are (their padding is already 0).
 
     Example:
+        >>> raw = torch.ones(2, 5)                   # any method's scores, [batch, tokens]
         >>> scores = mask_unscored_inputs(encoder, {"input_ids": raw}, encoding)
+        >>> scores["input_ids"]                      # [CLS], [SEP] and padding: exactly 0
+        tensor([[0., 1., 1., 1., 0.],
+                [0., 1., 0., 0., 0.]])
     """
     method = getattr(model, "get_scored_inputs", None)
     if method is None:

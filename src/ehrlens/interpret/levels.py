@@ -9,6 +9,7 @@ is its own position (flat sequences, vectors, or a code-level model such as
 each unit's embedding, :class:`~ehrlens.interpret.VisitScoreSplit`), scores are *code-level*.
 
 Example:
+    >>> from ehrlens.interpret import AttentionRollout, IntegratedGradients
     >>> score_level(AttentionRollout(transformer), "diagnoses")        # nested visits
     'visit'
     >>> score_level(AttentionRollout(code_transformer), "diagnoses")

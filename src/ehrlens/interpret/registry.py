@@ -84,6 +84,8 @@ def register_method(cls: type[BaseInterpreter]) -> type[BaseInterpreter]:
         ...     name, gradient_free, needs, summary = "toy", True, (), "a toy"
         ...     def attribute(self, target_class_idx=None, **batch): ...
         >>> make_interpreter("toy", model)
+        <...Toy object at ...>
+        >>> _ = unregister_method("toy")
     """
     if not (isinstance(cls, type) and issubclass(cls, BaseInterpreter)):
         raise TypeError(f"register_method takes a BaseInterpreter subclass, got {cls!r}")

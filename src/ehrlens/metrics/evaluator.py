@@ -119,7 +119,8 @@ class Evaluator:
     Example:
         >>> evaluator = Evaluator(model, ground_truth=cohort.ground_truth)
         >>> result = evaluator.evaluate(test_loader, AttentionRollout(model))
-        >>> result.summaries["comprehensiveness"].mean, result.to_dict()
+        >>> "comprehensiveness" in result.summaries, result.to_dict()["n_patients"]
+        (True, 20)
     """
 
     def __init__(

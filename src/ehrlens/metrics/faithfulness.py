@@ -96,6 +96,8 @@ def on_model_device(model: Any, batch: Mapping[str, Any]) -> dict[str, Any]:
 
     Example:
         >>> batch = on_model_device(model, next(iter(loader)))   # model on "cuda": moved
+        >>> batch["diagnoses"].device == next(model.parameters()).device
+        True
     """
     device = model_device(model)
     return dict(batch) if device is None else move_to_device(batch, device)
@@ -155,7 +157,8 @@ class RemovalFaithfulness:
     Example:
         >>> scores = AttentionRollout(model).attribute(**batch)
         >>> result = RemovalFaithfulness(model)(scores, batch)
-        >>> result.summary()["comprehensiveness"], result.n_scored
+        >>> result.comprehensiveness.shape, result.n_scored   # [patients, removal fractions]
+        (torch.Size([8, ...]), 8)
     """
 
     def __init__(

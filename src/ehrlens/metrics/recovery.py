@@ -69,6 +69,8 @@ def signal_recovery(
     Example:
         >>> scores = CheferRelevance(model).attribute(**batch)
         >>> per_patient = signal_recovery(scores, batch, model.schema, cohort.ground_truth)
+        >>> len(per_patient), type(per_patient[0]).__name__   # one per patient
+        (8, 'RecoveryScores')
     """
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
@@ -121,8 +123,10 @@ def within_visit_signal_auroc(
 
     Example:
         >>> scores = AttentionRollout(code_transformer).attribute(**batch)
-        >>> within_visit_signal_auroc(scores, batch, model.schema, cohort.ground_truth)
-        array([0.75, nan, 1.  , ...])
+        >>> auroc = within_visit_signal_auroc(scores, batch, code_transformer.schema,
+        ...                                   cohort.ground_truth)
+        >>> auroc.shape      # one per patient, NaN where no visit mixes planted and other codes
+        (8,)
     """
     out = np.full(len(batch["patient_id"]), np.nan)
     for i, patient in enumerate(batch["patient_id"]):

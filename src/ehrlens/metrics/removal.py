@@ -36,6 +36,9 @@ def model_processors(
 
     Example:
         >>> processors = model_processors(encoder, encoding, ["input_ids"])
+        >>> processors["input_ids"].unit_mask(encoding["input_ids"])   # not the pad id 0
+        tensor([[ True,  True,  True,  True,  True],
+                [ True,  True,  True, False, False]])
     """
     from ..interpret.methods.base import feature_processor
 
@@ -53,7 +56,8 @@ def unit_mask(
     """``bool`` tensor shaped like ``values``: True where ``values`` holds real data.
 
     Example:
-        >>> unit_mask("labs", batch["labs"], batch)   # [batch, steps, features]: real steps
+        >>> unit_mask("diagnoses", batch["diagnoses"], batch).shape   # [batch, visits, codes]
+        torch.Size([8, 7, 5])
     """
     processor = processor_for_tensor(values) if processor is None else processor
     return processor.unit_mask(values, (batch.get("masks") or {}).get(key))

@@ -107,6 +107,8 @@ def model_class(name: str) -> type[BaseModel]:
 
     Example:
         >>> model = model_class("stagenet")(dataset, embedding_dim=32)
+        >>> type(model).__name__
+        'StageAttentionNet'
     """
     classes = model_classes()
     if name not in classes:
@@ -388,7 +390,10 @@ class BaseModel(nn.Module):
                 architecture built from the saved schema (vocabulary size).
 
         Example:
-            >>> model = BaseModel.load("model/model.pt", expected_sha256="3f2a...")  # 64 hex
+            >>> from ehrlens.core.files import file_sha256
+            >>> digest = file_sha256("model/model.pt")    # 64 hexadecimal digits
+            >>> type(BaseModel.load("model/model.pt", expected_sha256=digest)).__name__
+            'Transformer'
         """
         path = Path(path)
         if expected_sha256 is not None:

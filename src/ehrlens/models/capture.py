@@ -53,6 +53,7 @@ class CapturedKeys:
         >>> _ = model(**batch)
         >>> layer = model.get_attention_keys()["diagnoses"][0]
         >>> layer.weights(slice(0, 1)).shape        # [batch, heads, 1, seq]: the [CLS] rows
+        torch.Size([8, 2, 1, 8])
         >>> model.set_attention_hooks(False)
     """
 
@@ -93,9 +94,12 @@ class AttentionSlot:
 
     Example:
         >>> slot = AttentionSlot(capture_gradients=True)
+        >>> attention = torch.softmax(torch.randn(1, 2, 3, 3, requires_grad=True), dim=-1)
         >>> slot.record(attention)          # inside the forward
-        >>> logit.sum().backward()
-        >>> slot.attention, slot.gradient   # both [batch, heads, seq, seq]
+        >>> logit = attention.sum()
+        >>> logit.backward()
+        >>> slot.attention.shape, slot.gradient.shape   # both [batch, heads, seq, seq]
+        (torch.Size([1, 2, 3, 3]), torch.Size([1, 2, 3, 3]))
     """
 
     def __init__(
@@ -429,10 +433,14 @@ class AttentionCaptureMixin:
         or the map itself where the queries need no gradient. Empty when no map needs one.
 
         Example:
+            >>> fn = lambda attention, gradient: (attention * gradient).clamp(min=0).mean(1)
             >>> model.set_attention_hooks(True, gradient_fusion=fn)
             >>> logit = model(**batch)["logit"]
             >>> _ = torch.autograd.grad(logit.sum(), model.get_gradient_anchors())
             >>> fused = model.get_fused_gradients()   # {"diagnoses": [[b, s, s], ...]}
+            >>> model.set_attention_hooks(False)
+            >>> fused["diagnoses"][0].shape
+            torch.Size([8, 8, 8])
         """
         captures = self._require_capture()
         return [

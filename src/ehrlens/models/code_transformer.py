@@ -104,6 +104,7 @@ class CodeTransformer(AttentionCaptureMixin, LRPRulesMixin, BaseModel, GradientI
         >>> out = model(**batch)          # {"logit": [batch, 1], "y_prob": ..., "loss": ...}
         >>> scores = AttentionRollout(model).attribute(**batch)
         >>> scores["diagnoses"].shape     # [batch, visits, codes]: one score per code
+        torch.Size([8, 7, 5])
     """
 
     short_name = "code_transformer"

@@ -11,7 +11,10 @@ finish, and :func:`load_model_dir` refuses it (:class:`IncompleteModelDirError`)
 
 Example:
     >>> save_model_dir(model, "runs/transformer", card={"training": {"epochs": 8}})
+    PosixPath('runs/transformer')
     >>> model, card = load_model_dir("runs/transformer")
+    >>> card["training"], card["model_id"] == model_fingerprint(model)
+    ({'epochs': 8}, True)
 """
 
 from __future__ import annotations
@@ -37,8 +40,8 @@ def model_fingerprint(model: torch.nn.Module) -> str:
     Two models with the same fingerprint give the same scores; any change of weights changes it.
 
     Example:
-        >>> model_fingerprint(model)
-        '3f2a9c01d4e5'
+        >>> len(model_fingerprint(model))   # 12 hexadecimal digits, e.g. '3f2a9c01d4e5'
+        12
     """
     digest = hashlib.sha256(type(model).__name__.encode())
     digest.update(repr(sorted(getattr(model, "hparams", {}).items())).encode())
@@ -76,6 +79,7 @@ def save_model_dir(
 
     Example:
         >>> save_model_dir(model, "runs/transformer", card={"note": "first try"})
+        PosixPath('runs/transformer')
     """
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
@@ -116,8 +120,9 @@ def load_model_dir(
             match the weights (the files come from different runs).
 
     Example:
-        >>> model, card = load_model_dir("runs/transformer")
-        >>> card["model_id"], card["test_metrics"]
+        >>> model, card = load_model_dir("model/")
+        >>> card["model_id"] == model_fingerprint(model), sorted(card["test_metrics"])
+        (True, ['accuracy', 'f1', 'loss', 'pr_auc', 'roc_auc'])
     """
     path = Path(path)
     weights = path / WEIGHTS

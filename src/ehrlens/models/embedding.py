@@ -55,8 +55,10 @@ class FeatureEmbedding(nn.Module):
         dim: embedding width ``D``.
 
     Example:
-        >>> emb = FeatureEmbedding("conditions", dataset.input_processors["conditions"], 32)
-        >>> tokens = emb(batch["conditions"])   # tokens.embeddings: [batch, seq, 32]
+        >>> emb = FeatureEmbedding("diagnoses", dataset.input_processors["diagnoses"], 32)
+        >>> tokens = emb(batch["diagnoses"])
+        >>> tokens.embeddings.shape             # [batch, visits, 32]
+        torch.Size([8, 7, 32])
     """
 
     def __init__(self, key: str, processor: FeatureProcessor, dim: int) -> None:

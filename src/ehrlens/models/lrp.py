@@ -31,11 +31,15 @@ constants such as position encodings and [CLS] tokens) and of the softmax bias t
 explained logit equals the relevance of the inputs plus those shares.
 
 Example:
-    >>> handles = attach_lrp_rules(norms=[block.norm1], activations=[gelu],
-    ...                            projections=[(mha.qkv, qkv_gradient_scale(mha.dim))])
+    >>> block = model.encoders["diagnoses"].blocks[0]
+    >>> mha, gelu = block.attention, block.ffn[1]
+    >>> before = model(**batch)["logit"]
+    >>> rules = attach_lrp_rules(norms=[block.norm1], activations=[gelu],
+    ...                          projections=[(mha.qkv, qkv_gradient_scale(mha.dim))])
     >>> logit = model(**batch)["logit"]       # the same values as without the rules
-    >>> for handle in handles:
-    ...     handle.remove()
+    >>> rules.remove()
+    >>> torch.equal(logit, before)
+    True
 """
 
 from __future__ import annotations
@@ -178,11 +182,14 @@ class LRPRules:
             :func:`lrp_rms_norm`.
 
     Example:
-        >>> rules = LRPRules(norms, activations, projections)
+        >>> block = model.encoders["diagnoses"].blocks[0]
+        >>> rules = LRPRules([block.norm1], [block.ffn[1]], [(block.attention.proj, 1.0)])
         >>> try:
-        ...     relevance = ...                 # forward, then backward from the logit
+        ...     logit = model(**batch)["logit"]   # forward, then backward from the logit
+        ...     logit.sum().backward()
         ... finally:
         ...     rules.remove()
+        >>> model.zero_grad()
     """
 
     def __init__(

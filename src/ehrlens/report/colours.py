@@ -120,9 +120,10 @@ def method_scales(
         ValueError: ``quantile`` is not in (0, 1], or a method's scores are not all finite.
 
     Example:
-        >>> scales = method_scales(frame, ["rollout", "integrated_gradients"])
-        >>> scales["integrated_gradients"].signed
-        True
+        >>> signed = frame.assign(method="integrated_gradients", score=frame["score"] - 0.1)
+        >>> scales = method_scales(pd.concat([frame, signed]), ["rollout", "integrated_gradients"])
+        >>> scales["rollout"].signed, scales["integrated_gradients"].signed
+        (False, True)
     """
     if not 0.0 < quantile <= 1.0:
         raise ValueError(f"quantile must be in (0, 1], got {quantile}")

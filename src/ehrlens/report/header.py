@@ -6,6 +6,8 @@ Example:
     >>> items = card_items(card)          # [("model", "Transformer 3f2a9c01d4e5"), ...]
     >>> rows = read_evaluation("faithfulness.json")
     >>> text = faithfulness_table(rows)   # HTML <table>, each metric says which way is better
+    >>> items[0][0], text.startswith("<table")
+    ('model', True)
 """
 
 from __future__ import annotations
@@ -164,6 +166,7 @@ def read_evaluation(path: str | os.PathLike) -> list[dict[str, Any]]:
     Example:
         >>> rows = read_evaluation("faithfulness.json")
         >>> rows[0]["method"], rows[0]["comprehensiveness"]
+        ('rollout', 0.2)
     """
     path = Path(path)
     if path.suffix.lower() == ".csv":
@@ -204,7 +207,8 @@ def faithfulness_table(rows: Sequence[Mapping[str, Any]]) -> str:
     whether higher or lower is better.
 
     Example:
-        >>> faithfulness_table([{"method": "rollout", "comprehensiveness": 0.2, ...}])
+        >>> faithfulness_table([{"method": "rollout", "comprehensiveness": 0.2}])
+        "<table class='faithfulness'>...rollout...</table>"
     """
     present = [
         (key, title, higher)

@@ -14,6 +14,7 @@ Example:
     >>> predictions = patient_predictions(model, dataset)
     >>> write_report("report.html", frame, predictions, descriptions={"I10": "Hypertension"},
     ...              card=card, evaluation=read_evaluation("faithfulness.json"))
+    PosixPath('report.html')
 """
 
 from __future__ import annotations
@@ -80,6 +81,8 @@ def render_report(
 
     Example:
         >>> text = render_report(frame, predictions, top_k=5, title="ICU mortality", card=card)
+        >>> text.startswith("<!DOCTYPE html>"), "ICU mortality" in text
+        (True, True)
     """
     if len(frame) == 0:
         raise ValueError("no attributions to report (the table is empty)")
@@ -227,7 +230,9 @@ def write_report(path: str | os.PathLike, frame: Any, *args: Any, **kwargs: Any)
     """Render with :func:`render_report` and write the file atomically; returns the path.
 
     Example:
+        >>> codes = read_descriptions("codes.csv")
         >>> write_report("report.html", frame, predictions, descriptions=codes)
+        PosixPath('report.html')
     """
     text = render_report(frame, *args, **kwargs)
     path = Path(path)
@@ -244,6 +249,8 @@ def read_descriptions(path: str | os.PathLike) -> dict[str, str]:
 
     Example:
         >>> codes = read_descriptions("codes.csv")   # {"I10": "Hypertension", ...}
+        >>> isinstance(codes, dict) and all(isinstance(v, str) for v in codes.values())
+        True
     """
     import csv
 

@@ -11,9 +11,13 @@ nothing else in the notebook is restyled.
 Example:
     >>> explanation = Explanation.compute(model, batch, ["rollout", "chefer"])
     >>> explanation                   # in a notebook: the first patient, inline
-    >>> explanation.show("P000123")   # another patient
-    >>> explanation.to_frame()        # one row per (patient, method, input unit)
+    Explanation(8 patients, ...)
+    >>> explanation.show("P000123")   # another patient (outside a notebook: prints a note)
+    <BLANKLINE>
+    ...
+    >>> frame = explanation.to_frame()        # one row per (patient, method, input unit)
     >>> explanation.save("explanation.html")
+    PosixPath('explanation.html')
 """
 
 from __future__ import annotations
@@ -61,7 +65,8 @@ class Explanation:
     Example:
         >>> scores = AttentionRollout(model).attribute(**batch)       # {feature: Tensor}
         >>> explanation = Explanation.from_scores(model, batch, {"rollout": scores})
-        >>> explanation.to_frame().head()
+        >>> explanation.to_frame()["method"].unique().tolist()
+        ['rollout']
     """
 
     scores: Mapping[str, Mapping[str, Tensor]]
@@ -111,6 +116,7 @@ class Explanation:
 
         Example:
             >>> Explanation.compute(model, batch, {"rollout": {"head_fusion": "max"}})
+            Explanation(8 patients, scores {'rollout': ...})
         """
         scores = {}
         for name, interpreter in build_methods(model, methods).items():
@@ -141,6 +147,7 @@ class Explanation:
 
         Example:
             >>> Explanation.from_scores(model, batch, {"chefer": CheferRelevance(model)(**batch)})
+            Explanation(8 patients, scores {'chefer': ...})
         """
         return cls(
             dict(scores), batch, model.schema, model_fingerprint(model),
@@ -163,7 +170,9 @@ class Explanation:
         columns of :data:`~ehrlens.explain.ATTRIBUTION_COLUMNS`; padding has no row.
 
         Example:
-            >>> explanation.to_frame().groupby("method")["score"].sum()
+            >>> explanation = Explanation.compute(model, batch, ["rollout", "chefer"])
+            >>> sorted(explanation.to_frame().groupby("method")["score"].sum().index)
+            ['chefer', 'rollout']
         """
         if self._frame is None:
             import pandas as pd
@@ -223,7 +232,10 @@ class Explanation:
         """Display one patient inline in a notebook (needs IPython, extra ``notebook``).
 
         Example:
-            >>> explanation.show(2)
+            >>> explanation = Explanation.compute(model, batch, ["rollout"])
+            >>> explanation.show(2)   # outside a notebook: prints where it can be seen
+            <BLANKLINE>
+            ...
         """
         try:
             from IPython.display import HTML, display
@@ -244,7 +256,9 @@ class Explanation:
             FileExistsError: the file exists and ``overwrite`` is False.
 
         Example:
+            >>> explanation = Explanation.compute(model, batch, ["rollout"])
             >>> explanation.save("explanation.parquet")
+            PosixPath('explanation.parquet')
         """
         path = Path(path)
         suffix = path.suffix.lower()

@@ -7,7 +7,9 @@ draws it.
 
 Example:
     >>> scales = method_scales(frame, ["rollout"])
-    >>> text = patient_section("P1", frame[frame["patient_id"] == "P1"], scales)
+    >>> text = patient_section("P000123", frame[frame["patient_id"] == "P000123"], scales)
+    >>> "P000123" in text
+    True
 """
 
 from __future__ import annotations
@@ -86,8 +88,12 @@ def visit_labels(rows: Any) -> dict[int, str]:
     as ``t=3.5``), else ``v0``, ``v1``...
 
     Example:
-        >>> visit_labels(frame[frame["patient_id"] == "P1"])
+        >>> rows = pd.DataFrame({"visit": [0, 0, 1], "event_time": pd.to_datetime(
+        ...     ["2023-01-04", "2023-01-05", "2023-02-11"])})
+        >>> visit_labels(rows)
         {0: '2023-01-04', 1: '2023-02-11'}
+        >>> visit_labels(rows.drop(columns="event_time"))
+        {0: 'v0', 1: 'v1'}
     """
     visits = sorted({int(v) for v in rows["visit"].dropna()})
     labels = {v: f"v{v}" for v in visits}

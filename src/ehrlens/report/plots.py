@@ -5,7 +5,7 @@ on screen (the Agg backend is used), so they work on servers.
 
 Example:
     >>> plot_patient_heatmap(frame, "P000123", "p123.png")
-    >>> plot_faithfulness_curves({"rollout": rollout_result, "random": random_result}, "f.png")
+    PosixPath('p123.png')
 """
 
 from __future__ import annotations
@@ -47,7 +47,8 @@ def patient_grid(frame: Any, patient_id: str, method: str) -> tuple[np.ndarray, 
 
     Example:
         >>> grid, features, visits = patient_grid(frame, "P000123", "rollout")
-        >>> grid.shape   # [features, visits]
+        >>> grid.shape, features   # [features, visits]
+        ((3, ...), ['diagnoses', 'procedures', 'drugs'])
     """
     rows = frame[(frame["patient_id"] == patient_id) & (frame["method"] == method)]
     if len(rows) == 0:
@@ -73,6 +74,7 @@ def plot_patient_heatmap(
 
     Example:
         >>> plot_patient_heatmap(frame, "P000123", "P000123.png")
+        PosixPath('P000123.png')
     """
     plt = _pyplot()
     methods = methods or list(dict.fromkeys(frame["method"]))
@@ -96,8 +98,10 @@ def plot_faithfulness_curves(results: Mapping[str, Any], path: str | os.PathLike
     removed) and sufficiency (only top codes kept), from ``EvaluationResult.curve``.
 
     Example:
+        >>> evaluator = Evaluator(model)
         >>> results = {"rollout": evaluator.evaluate(loader, rollout, "rollout")}
         >>> plot_faithfulness_curves(results, "faithfulness.png")
+        PosixPath('faithfulness.png')
     """
     plt = _pyplot()
     figure, (left, right) = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
@@ -125,8 +129,10 @@ def plot_layer_correlations(correlations: Mapping[str, Any], path: str | os.Path
     ``{reference: {method: [{"layer", "mean", "std"}, ...]}}``).
 
     Example:
-        >>> report = json.loads(Path("benchmarks/out/paper_table.json").read_text())
-        >>> plot_layer_correlations(report["correlations"], "layers.png")
+        >>> correlations = {"chefer": {"rollout": [{"layer": 0, "mean": 0.4, "std": 0.1},
+        ...                                        {"layer": 1, "mean": 0.6, "std": 0.1}]}}
+        >>> plot_layer_correlations(correlations, "layers.png")
+        PosixPath('layers.png')
     """
     plt = _pyplot()
     references = list(correlations)
@@ -155,6 +161,7 @@ def plot_sanity_checks(results: Sequence[Any], path: str | os.PathLike) -> Path:
     Example:
         >>> results = [ModelParameterRandomisation(m)(model, batch) for m in ("attnlrp", "rollout")]
         >>> plot_sanity_checks(results, "sanity.png")
+        PosixPath('sanity.png')
     """
     plt = _pyplot()
     if not results:

@@ -2,7 +2,8 @@
 
 Example:
     >>> predictions = patient_predictions(model, test_dataset)
-    >>> predictions["P000123"].probability, predictions["P000123"].label
+    >>> 0.0 < predictions["P000123"].probability < 1.0, predictions["P000123"].label
+    (True, 1...)
 """
 
 from __future__ import annotations
@@ -32,7 +33,8 @@ def batch_predictions(
         ValueError: ``target`` is not a class of the model.
 
     Example:
-        >>> batch_predictions(model, batch)["P000123"].probability
+        >>> 0.0 < batch_predictions(model, batch)["P000123"].probability < 1.0
+        True
     """
     with eval_mode(model), torch.inference_mode():
         moved = move_to_device(dict(batch), model.device)
@@ -72,7 +74,8 @@ def patient_predictions(
 
     Example:
         >>> predictions = patient_predictions(model, test_dataset)
-        >>> predictions["P000123"].probability, predictions["P000123"].label
+        >>> 0.0 < predictions["P000123"].probability < 1.0, predictions["P000123"].label
+        (True, 1...)
     """
     out: dict[str, Prediction] = {}
     for batch in get_dataloader(dataset, batch_size):

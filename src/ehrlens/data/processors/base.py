@@ -23,6 +23,7 @@ Processors are found by their ``schema`` string in one registry
 (:func:`~ehrlens.data.processors.register_processor`).
 
 Example:
+    >>> from ehrlens.data.processors import make_feature_processor
     >>> proc = make_feature_processor("nested_sequence", "diagnoses")
     >>> proc.fit([[["I10"], ["I10", "E11"]]], key="diagnoses")
     >>> values = proc.collate([proc.process([["E11"], ["I10", "Z99"]], "diagnoses")]).values

@@ -6,8 +6,10 @@ tensors hold code ids (``[batch, seq]``, or ``[batch, visits, codes]`` for rank 
 tensors are time series (rank 3, with an optional step mask) or vectors.
 
 Example:
-    >>> processor = processor_for_tensor(batch["input_ids"], pad_id=tokenizer.pad_token_id)
-    >>> processor.unit_mask(batch["input_ids"])          # True where the id is not the pad id
+    >>> input_ids = torch.tensor([[101, 7592, 102, 0]])   # a tokenizer's ids, 0 = padding
+    >>> processor = processor_for_tensor(input_ids, pad_id=0)
+    >>> processor.unit_mask(input_ids)          # True where the id is not the pad id
+    tensor([[ True,  True,  True, False]])
 """
 
 from __future__ import annotations

@@ -6,12 +6,14 @@ models, interpreters, metrics, the attribution table, event tables, saved models
 it by that string.
 
 Example:
+    >>> from ehrlens.data.processors import SequenceProcessor
     >>> @register_processor
-    ... class BagOfCodesProcessor(FeatureProcessor):
-    ...     schema = "bag_of_codes"
-    ...     ...
-    >>> make_feature_processor("bag_of_codes", key="diagnoses")
-    <BagOfCodesProcessor object at ...>
+    ... class CodeListProcessor(SequenceProcessor):   # a FeatureProcessor subclass
+    ...     schema = "code_list"
+    >>> make_feature_processor("code_list", key="diagnoses")
+    <...CodeListProcessor object at ...>
+    >>> unregister_processor("code_list")
+    <class '...CodeListProcessor'>
 """
 
 from __future__ import annotations
@@ -50,8 +52,16 @@ def register_processor(cls: P) -> P:
         ValueError: another class is registered under the same schema string.
 
     Example:
-        >>> register_processor(BagOfCodesProcessor)
-        >>> create_sample_dataset(samples, {"diagnoses": "bag_of_codes"}, {"y": "binary"})
+        >>> from ehrlens.data.processors import SequenceProcessor
+        >>> class CodeListProcessor(SequenceProcessor):
+        ...     schema = "code_list"
+        >>> register_processor(CodeListProcessor)
+        <class '...CodeListProcessor'>
+        >>> samples = [{"patient_id": "p1", "diagnoses": ["I10"], "y": 1}]
+        >>> dataset = create_sample_dataset(samples, {"diagnoses": "code_list"}, {"y": "binary"})
+        >>> type(dataset.input_processors["diagnoses"]).__name__
+        'CodeListProcessor'
+        >>> _ = unregister_processor("code_list")
     """
     registry = _registry(cls)
     schema = getattr(cls, "schema", None)

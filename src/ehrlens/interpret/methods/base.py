@@ -305,8 +305,10 @@ def map_to_input_shapes(
     Raises a ``ValueError`` naming the feature and sample if any score is NaN or infinite.
 
     Example:
-        >>> relevance = {"diagnoses": torch.rand(8, 12)}          # [batch, n_inputs]
-        >>> map_to_input_shapes(relevance, batch, processors=model.schema.input_processors)
+        >>> relevance = {"diagnoses": torch.rand(8, 7)}          # [batch, visits]
+        >>> mapped = map_to_input_shapes(relevance, batch, processors=model.schema.input_processors)
+        >>> mapped["diagnoses"].shape                           # like the input: each code
+        torch.Size([8, 7, 5])
     """
     masks = batch.get("masks") or {}
     out = {}
