@@ -339,9 +339,13 @@ def test_report_is_a_self_contained_page_of_the_riskiest_patients(pipeline):
             and any(a.get("id") == f"p-{pid}" for _, a in anc)
         ]  # fmt: skip
         label = next(s["label"] for s in samples if s["patient_id"] == pid)
-        assert pills[0] == f"predicted risk {predictions[pid].probability:.3f}"
-        assert re.fullmatch(rf"label {label}(\.0)?", pills[1]), pills  # 0/1 labels
-        assert len(pills) == 2
+        positive = predictions[pid].probability  # binary, no target: class 1 explained
+        assert pills[:2] == [
+            f"predicted {int(positive >= 0.5)}, probability {max(positive, 1 - positive):.3f}",
+            f"explained 1, probability {positive:.3f}",
+        ]
+        assert re.fullmatch(rf"label {label}(\.0)?", pills[2]), pills  # 0/1 labels
+        assert len(pills) == 3
     # heatmaps are named by rank (and the id, sanitised); index.csv says whose each one is
     expected = [f"{rank:04d}-{pid}.png" for rank, pid in enumerate(riskiest, start=1)]
     heatmaps = sorted(p.name for p in (root / "heat").iterdir())

@@ -291,6 +291,7 @@ def test_the_card_records_the_class_order_and_train_prints_it(multiclass):
         "label": "severity",
         "mode": "multiclass",
         "classes": ["high", "low", "medium"],
+        "positive_class": None,
     }
     assert "classes (output order): 0: high, 1: low, 2: medium" in trained.stdout
 

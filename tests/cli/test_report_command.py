@@ -4,6 +4,7 @@ report header."""
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 from click.testing import CliRunner
@@ -71,7 +72,8 @@ def test_report_header_has_the_card_class_and_faithfulness(run):
     assert header == "5 of 60 explained patients shown · methods: rollout"
     # the risk shown is the probability of the explained class, named as such
     pills = [p.text() for p in next(iter(patient_sections(tree).values())).find_all("span", "pill")]
-    assert pills[0].startswith("predicted class 0, probability ")
+    assert re.fullmatch(r"predicted [01], probability 0\.\d{3}", pills[0])
+    assert pills[1].startswith("explained 0, probability ")
     table = tree.root.find_all("table", "faithfulness")[0]
     rows = json.loads((root / "eval.json").read_text())["results"]
     cells = [[td.text() for td in tr.find_all("td")] for tr in table.find_all("tr")[1:]]

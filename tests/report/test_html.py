@@ -152,9 +152,10 @@ def test_prediction_label_and_shading(hand_report):
     _, tree = hand_report
     sections = patient_sections(tree)
     pills = [p.text() for p in sections["p1"].find_all("span", "pill")]
-    assert pills == ["predicted risk 0.877", "label 1"]
+    # a bare probability is not called "predicted": it is the explained class's
+    assert pills == ["probability 0.877", "label 1"]
     assert [p.text() for p in sections["P&<2>"].find_all("span", "pill")] == [
-        "predicted risk 0.100",
+        "probability 0.100",
         "label unknown",
     ]
     rollout = sections["p1"].find_all("div", "method")[0]
@@ -328,9 +329,17 @@ def test_report_of_explained_patients_shows_every_code_with_its_score(explained,
     labels = {s["patient_id"]: s["label"] for s in cohort.samples}
     for pid, section in sections.items():
         pills = [p.text() for p in section.find_all("span", "pill")]
-        assert len(pills) == 2
-        assert pills[0] == f"predicted risk {predictions[pid].probability:.3f}"
-        assert pills[1] in (f"label {labels[pid]}", f"label {float(labels[pid])}")  # 0/1
+        shown = predictions[pid]
+        positive = shown.probability  # binary, no target: the explained class is 1
+        predicted = "1" if positive >= 0.5 else "0"
+        assert shown.predicted_class == predicted
+        assert shown.predicted_probability == pytest.approx(max(positive, 1 - positive))
+        assert pills[:2] == [
+            f"predicted {predicted}, probability {max(positive, 1 - positive):.3f}",
+            f"explained 1, probability {positive:.3f}",
+        ]
+        assert len(pills) == 3
+        assert pills[2] in (f"label {labels[pid]}", f"label {float(labels[pid])}")  # 0/1
         chips = timeline_chips(section)
         assert Counter(chips) == Counter(expected_chips(frame, pid, descriptions))
         n_rows = int((frame["patient_id"] == pid).sum())

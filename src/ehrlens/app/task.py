@@ -3,7 +3,8 @@ names in the order of the model's outputs; and when a split is too small for its
 
 Example:
     >>> task_record(model)
-    {'label': 'severity', 'mode': 'multiclass', 'classes': ['high', 'low', 'medium']}
+    {'label': 'severity', 'mode': 'multiclass', 'classes': ['high', 'low', 'medium'], \
+'positive_class': None}
     >>> resolve_target("low", ["high", "low", "medium"])
     1
 """
@@ -32,9 +33,32 @@ def class_names(processor: Any) -> list[str] | None:
 
 
 def task_record(model: Any) -> dict[str, Any]:
-    """``{"label", "mode", "classes"}`` of a model's (first) label, for its card."""
+    """``{"label", "mode", "classes", "positive_class"}`` of a model's (first) label, for its
+    card; ``positive_class`` (the class the binary probability is about) is ``None`` unless
+    the label is binary."""
     label, processor = next(iter(model.schema.output_processors.items()))
-    return {"label": label, "mode": processor.schema, "classes": class_names(processor)}
+    classes = class_names(processor)
+    positive = classes[1] if processor.schema == "binary" and classes else None
+    return {
+        "label": label, "mode": processor.schema, "classes": classes, "positive_class": positive
+    }  # fmt: skip
+
+
+def class_order_text(task: Mapping[str, Any]) -> str | None:
+    """One line naming the classes in output order and, for a binary label, the positive
+    class; ``None`` for a task without classes.
+
+    Example:
+        >>> class_order_text({"mode": "binary", "classes": ["low", "high"]})
+        'classes (output order): 0: low, 1: high; positive class: high'
+    """
+    classes = task.get("classes")
+    if not classes:
+        return None
+    text = "classes (output order): " + ", ".join(f"{i}: {c}" for i, c in enumerate(classes))
+    if task.get("mode") == "binary" and len(classes) == 2:
+        text += f"; positive class: {classes[1]}"
+    return text
 
 
 def card_classes(card: Mapping[str, Any], model: Any | None = None) -> list[str] | None:

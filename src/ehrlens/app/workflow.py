@@ -279,18 +279,20 @@ def train_model(
     max_steps: int | None = MAX_STEPS,
     max_codes_per_step: int | None = MAX_CODES_PER_STEP,
     parts: Mapping[str, str] | None = None,
+    positive_class: str | None = None,
 ) -> tuple[BaseModel, dict[str, Any]]:
     """Fit processors, split 70/15/15 by patient, train with best-epoch restore, test.
 
-    ``max_steps`` / ``max_codes_per_step``: size limits per sample, as in
+    ``max_steps`` / ``max_codes_per_step``: size limits per sample, and ``positive_class``:
+    the positive value of a binary label that is not 0/1, false/true or no/yes, as in
     :func:`~ehrlens.data.create_sample_dataset`. ``parts``: a given split
     (:func:`fit_on_splits`).
 
     Returns:
         ``(model, card)`` where the card records the data size, split (fractions, seed and each
         part's patient ids), settings, per-epoch history and validation/test metrics, the task
-        (``task``: label, mode and class names in output order), and ``warnings`` (a test
-        split too small for its metrics), for
+        (``task``: label, mode, class names in output order and the positive class), and
+        ``warnings`` (a test split too small for its metrics), for
         :func:`~ehrlens.models.directory.save_model_dir`.
 
     Example:
@@ -300,7 +302,7 @@ def train_model(
     chosen = model_class(model)  # by short name; a ValueError lists the names
     dataset = create_sample_dataset(
         samples, schema["input_schema"], schema["output_schema"], max_steps=max_steps,
-        max_codes_per_step=max_codes_per_step,
+        max_codes_per_step=max_codes_per_step, positive_class=positive_class,
     )  # fmt: skip
     if len(dataset) < 10:
         raise ValueError(f"need at least 10 patients to split and train, got {len(dataset)}")

@@ -26,17 +26,35 @@ TIME_COLUMNS = ("event_time", "time")
 
 @dataclass(frozen=True)
 class Prediction:
-    """One patient's predicted probability (or value), the label if known, and for
-    multiclass models the class that probability belongs to.
+    """What the model said about one patient.
+
+    ``probability`` is that of the *explained* class (the class the scores are about; for
+    regression the predicted value), ``class_index`` its index when known, ``label`` the
+    patient's label when known. ``predicted_class`` / ``predicted_probability`` are the class
+    the model predicts (its most probable one) and that class's probability;
+    ``explained_class`` names the explained class; ``mode`` is the label's output schema
+    (``"regression"``: ``probability`` is a value). The two pairs differ whenever the
+    explained class is not the predicted one (``--target``, or a binary model's positive
+    class for a patient it predicts negative), and every surface labels each for what it is.
 
     Example:
-        >>> Prediction(0.87, label=1)
-        Prediction(probability=0.87, label=1, class_index=None)
+        >>> Prediction(0.39, class_index=1, predicted_class="low", predicted_probability=0.61,
+        ...            explained_class="high").explained_probability
+        0.39
     """
 
     probability: float
     label: Any = None
     class_index: int | None = None
+    predicted_class: str | None = None
+    predicted_probability: float | None = None
+    explained_class: str | None = None
+    mode: str | None = None
+
+    @property
+    def explained_probability(self) -> float:
+        """The probability of the explained class (the same as ``probability``)."""
+        return self.probability
 
 
 def esc(value: Any) -> str:
@@ -66,17 +84,38 @@ def label_text(label: Any, class_names: Sequence[str] | None = None) -> str:
 def prediction_pills(
     prediction: Prediction | None, class_names: Sequence[str] | None = None
 ) -> str:
-    """The prediction and the label as two pills (empty without a prediction)."""
+    """The prediction, the explained class and the label as pills (empty without a
+    prediction): ``predicted low, probability 0.608``, ``explained high, probability 0.392``,
+    ``label low``. A prediction that does not say which class it predicts shows only the
+    probability of the explained class, never calling it predicted."""
     if prediction is None:
         return ""
-    what = "predicted risk"
-    index = prediction.class_index
-    if index is not None:
-        name = class_names[index] if class_names and 0 <= index < len(class_names) else index
-        what = f"predicted class {name}, probability"
-    return (
-        f"<span class='pill'>{esc(what)} {prediction.probability:.3f}</span>"
-        f"<span class='pill'>label {esc(label_text(prediction.label, class_names))}</span>"
+    if prediction.mode == "regression":
+        value = f"predicted value {prediction.probability:.4g}"
+        label = f"label {label_text(prediction.label)}"
+        return f"<span class='pill' data-pill='predicted'>{esc(value)}</span>" + (
+            f"<span class='pill' data-pill='label'>{esc(label)}</span>"
+        )
+    pills = []
+    explained = prediction.explained_class
+    if explained is None and prediction.class_index is not None:
+        index = prediction.class_index
+        in_names = class_names is not None and 0 <= index < len(class_names)
+        explained = str(class_names[index]) if class_names and in_names else str(index)
+    if prediction.predicted_class is not None:
+        predicted = f"predicted {prediction.predicted_class}"
+        if prediction.predicted_probability is not None:
+            predicted += f", probability {prediction.predicted_probability:.3f}"
+        pills.append(("predicted", predicted))
+    if explained is not None:
+        pills.append(
+            ("explained", f"explained {explained}, probability {prediction.probability:.3f}")
+        )
+    elif prediction.predicted_class is None:
+        pills.append(("explained", f"probability {prediction.probability:.3f}"))
+    pills.append(("label", f"label {label_text(prediction.label, class_names)}"))
+    return "".join(
+        f"<span class='pill' data-pill='{kind}'>{esc(text)}</span>" for kind, text in pills
     )
 
 

@@ -104,6 +104,8 @@ def report(
     from ...explain.consistency import check_attributions_match
     from ...explain.shards import read_run_manifest
     from ...report import patient_predictions, read_descriptions, read_evaluation, write_report
+    from ...report.classes import report_predictions
+    from ...report.header import class_names
 
     check_overwrite([out], overwrite)
     limits = {"max_steps": max_steps, "max_codes_per_step": max_codes_per_step}
@@ -120,7 +122,8 @@ def report(
     check_attributions_match(frame, dataset, model.schema)
     target = read_run_manifest(attributions).get("settings", {}).get("target_class_idx")
     rows = read_evaluation(evaluation) if evaluation is not None else None
-    predictions = patient_predictions(model, dataset, target=target)
+    computed = patient_predictions(model, dataset, target=target)
+    predictions = report_predictions(frame, computed, class_names(card))
     explained = [p for p in dict.fromkeys(frame["patient_id"]) if p in predictions]
     missing = len(set(frame["patient_id"])) - len(explained)
     if missing:

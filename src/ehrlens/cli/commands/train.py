@@ -72,6 +72,14 @@ from ..quiet import warn
     "--heads", default=4, type=click.IntRange(min=1), show_default=True, help="Attention heads."
 )
 @click.option("--seed", default=0, show_default=True, help="Seed of the split and training.")
+@click.option(
+    "--positive-class",
+    default=None,
+    metavar="NAME",
+    help="The value of a binary label that is its positive class (the class the model's "
+    "probability is about), e.g. --positive-class high; needed unless the values are 0/1, "
+    "false/true or no/yes.",
+)
 @size_options
 @on_bad_rows_option
 @click.option("--overwrite", is_flag=True, help="Replace an existing model in --out.")
@@ -94,6 +102,7 @@ def train(
     layers: int,
     heads: int,
     seed: int,
+    positive_class: str | None,
     max_steps: int | None,
     max_codes_per_step: int | None,
     on_bad_rows: str,
@@ -102,6 +111,7 @@ def train(
 ) -> None:
     """Train a model on patients; write a model directory with weights, processors and a
     JSON card of the run (data hash, split, settings, history, test metrics)."""
+    from ...app.task import class_order_text
     from ...app.workflow import read_schema_file, train_model
     from ...core.files import check_overwrite, file_sha256
     from ...data.sources import load_samples
@@ -154,7 +164,7 @@ def train(
     model, card = train_model(
         samples, schema, model=model_name, hparams=hparams, epochs=epochs, lr=lr,
         batch_size=batch_size, seed=seed, progress=not quiet, max_steps=max_steps,
-        max_codes_per_step=max_codes_per_step, parts=parts,
+        max_codes_per_step=max_codes_per_step, parts=parts, positive_class=positive_class,
     )  # fmt: skip
     if meds_entry is not None:
         card["meds"] = meds_entry
@@ -170,9 +180,7 @@ def train(
     click.echo(f"test: {metrics}")
     for warning in card.get("warnings", []):
         warn(warning)
-    classes = card["task"]["classes"]
-    if classes and card["task"]["mode"] in ("multiclass", "multilabel"):
-        click.echo(
-            "classes (output order): " + ", ".join(f"{i}: {c}" for i, c in enumerate(classes))
-        )
+    order = class_order_text(card["task"])
+    if order is not None:
+        click.echo(order)
     click.echo(f"wrote {out / WEIGHTS} and {out / CARD}")
