@@ -65,7 +65,7 @@ def test_report_header_has_the_card_class_and_faithfulness(run):
         d.attrs["data-item"]: "".join(d.text_parts)
         for d in tree.root.find_all("div", "card")[0].children
     }
-    assert items["model"] == f"Transformer {card['model_id']}"
+    assert items["model"] == f"CodeTransformer {card['model_id']}"  # default on visits
     assert items["test"].startswith(f"AUROC {card['test_metrics']['roc_auc']:.3f}")
     assert items["explains"] == "class 0"  # explain ran with --target 0
     header = tree.root.find_all("header")[0].child("p").text()

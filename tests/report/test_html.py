@@ -61,6 +61,9 @@ def expected_chips(frame: pd.DataFrame, pid: str, descriptions=None) -> list[tup
         name = row.code
         if descriptions and row.code in descriptions:
             name = f"{row.code} — {descriptions[row.code]}"
+        value = getattr(row, "value", None)
+        if value is not None and not pd.isna(value):  # a measurement shows its value
+            name = f"{name} = {value:g}"
         if getattr(row, "level", None) == "visit":  # the score sits on the visit, once
             out.append(
                 (row.method, row.feature, visit, row.code, None, f"{name}: scored with its visit")

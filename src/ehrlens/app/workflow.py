@@ -34,6 +34,7 @@ from ..data import (
 )
 from ..data.dataset import MAX_CODES_PER_STEP, MAX_STEPS, split_by_patient
 from ..data.events import to_events
+from ..data.processors.numeric import NumericProcessor
 from ..data.synthetic import Layout
 from ..metrics.prediction import compute_metrics
 from ..models import BaseModel, model_class
@@ -53,6 +54,30 @@ SYNTHETIC_FILES = {
     "codes": "codes.csv",
     "ground_truth": "ground_truth.json",
 }
+
+
+#: Input types whose patients have visits (or time steps) of codes: there the default model
+#: is the one that scores each code (:func:`default_model`).
+VISIT_CODE_SCHEMAS = frozenset({"nested_sequence", "stagenet"})
+#: Why :func:`default_model` chose a model, in words.
+DEFAULT_REASON = {
+    "code_transformer": "the default for visits of codes: it scores each code, where "
+    "transformer gives every code of a visit the visit's score",
+    "transformer": "the default for inputs without visits of codes",
+}
+
+
+def default_model(input_schema: Mapping[str, str]) -> str:
+    """The model trained when none is named: ``"code_transformer"`` when any feature holds
+    visits or time steps of codes (``nested_sequence``, ``stagenet``; all MEDS data), since
+    attention methods on it answer "which code", not "which visit"; else ``"transformer"``.
+
+    Example:
+        >>> default_model({"diagnoses": "nested_sequence", "labs": "timeseries"})
+        'code_transformer'
+    """
+    nested = any(kind in VISIT_CODE_SCHEMAS for kind in input_schema.values())
+    return "code_transformer" if nested else "transformer"
 
 
 def read_schema_file(path: str | os.PathLike) -> dict[str, Any]:
@@ -283,6 +308,10 @@ def train_model(
 ) -> tuple[BaseModel, dict[str, Any]]:
     """Fit processors, split 70/15/15 by patient, train with best-epoch restore, test.
 
+    ``schema``: ``{"input_schema", "output_schema"}`` and optionally ``"columns"``
+    (``{feature: measurement names}`` of numeric features), which the model keeps: they are
+    the ``code`` of each value's attribution row.
+
     ``max_steps`` / ``max_codes_per_step``: size limits per sample, and ``positive_class``:
     the positive value of a binary label that is not 0/1, false/true or no/yes, as in
     :func:`~ehrlens.data.create_sample_dataset`. ``parts``: a given split
@@ -306,6 +335,10 @@ def train_model(
     )  # fmt: skip
     if len(dataset) < 10:
         raise ValueError(f"need at least 10 patients to split and train, got {len(dataset)}")
+    for key, names in (schema.get("columns") or {}).items():  # measurement names, kept
+        processor = dataset.schema.input_processors.get(key)
+        if isinstance(processor, NumericProcessor):
+            processor.name_columns(names, key)
     fit = fit_on_splits(
         dataset, chosen, hparams or {}, epochs=epochs, lr=lr,
         batch_size=batch_size, seed=seed, progress=progress, parts=parts,

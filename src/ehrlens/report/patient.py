@@ -148,17 +148,36 @@ def _time_text(value: Any) -> str:
     return str(value)
 
 
+def value_parts(value: Any) -> tuple[str, str, str]:
+    """``(attribute, text after the code, hover text)`` of a measured value: empty for a code
+    without one (``None`` or NaN)."""
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "", "", ""
+    shown = f"{float(value):g}"
+    return (
+        f" data-value='{esc(shown)}'",
+        f"<span class='val'> = {esc(shown)}</span>",
+        f" = {shown}",
+    )
+
+
 def code_chip(
-    code: str, score: float, scale: ColourScale, descriptions: Mapping[str, str] | None
+    code: str,
+    score: float,
+    scale: ColourScale,
+    descriptions: Mapping[str, str] | None,
+    value: Any = None,
 ) -> str:
-    """One code shaded by its score; its description is printed under it; the exact score
-    shows on hover."""
+    """One code shaded by its score, with its measured value when it has one
+    (``LOINC//2160-0 = 1.25``); its description is printed under it; the exact score shows
+    on hover."""
     description = (descriptions or {}).get(code)
     desc = f"<span class='desc'>{esc(description)}</span>" if description else ""
+    attribute, text, hover = value_parts(value)
     return (
-        f"<span class='code' data-code='{esc(code)}' data-score='{score:.6g}' "
-        f"title='{esc(describe(code, descriptions))}: score {score:.6g}' "
-        f"style='{scale.style(score)}'><span class='cname'>{esc(code)}</span>{desc}</span>"
+        f"<span class='code' data-code='{esc(code)}' data-score='{score:.6g}'{attribute} "
+        f"title='{esc(describe(code, descriptions) + hover)}: score {score:.6g}' "
+        f"style='{scale.style(score)}'><span class='cname'>{esc(code)}</span>{text}{desc}</span>"
     )
 
 
@@ -173,13 +192,16 @@ def visit_level(rows: Any) -> bool:
     )
 
 
-def plain_chip(code: str, descriptions: Mapping[str, str] | None) -> str:
-    """A code without a score of its own (its visit is scored), unshaded."""
+def plain_chip(code: str, descriptions: Mapping[str, str] | None, value: Any = None) -> str:
+    """A code without a score of its own (its visit is scored), unshaded; with its measured
+    value when it has one."""
     description = (descriptions or {}).get(code)
     desc = f"<span class='desc'>{esc(description)}</span>" if description else ""
+    attribute, text, hover = value_parts(value)
     return (
-        f"<span class='code' data-code='{esc(code)}' title='{esc(describe(code, descriptions))}"
-        f": scored with its visit'><span class='cname'>{esc(code)}</span>{desc}</span>"
+        f"<span class='code' data-code='{esc(code)}'{attribute} "
+        f"title='{esc(describe(code, descriptions) + hover)}: scored with its visit'>"
+        f"<span class='cname'>{esc(code)}</span>{text}{desc}</span>"
     )
 
 
@@ -199,7 +221,10 @@ def visit_cell(
         ordered = rows.sort_values("position", kind="stable")
         score = float(ordered["score"].iloc[0])
         shown = label if label is not None else f"v{visit}"
-        codes = "".join(plain_chip(code, descriptions) for code in ordered["code"])
+        codes = "".join(
+            plain_chip(code, descriptions, value)
+            for code, value in zip(ordered["code"], _values(ordered), strict=True)
+        )
         return (
             f"<div class='visit' data-visit='{visit}' data-level='visit'>"
             f"<div class='vlabel' title='visit {visit}'>{esc(shown)}</div>"
@@ -210,8 +235,10 @@ def visit_cell(
     if rows is not None:
         ordered = rows.sort_values("position", kind="stable")
         chips = "".join(
-            code_chip(code, float(score), scale, descriptions)
-            for code, score in zip(ordered["code"], ordered["score"], strict=True)
+            code_chip(code, float(score), scale, descriptions, value)
+            for code, score, value in zip(
+                ordered["code"], ordered["score"], _values(ordered), strict=True
+            )
         )
     if visit is None:
         return f"<div class='visit flat'>{chips}</div>"
@@ -220,6 +247,11 @@ def visit_cell(
         f"<div class='visit' data-visit='{visit}'>"
         f"<div class='vlabel' title='visit {visit}'>{esc(shown)}</div>{chips}</div>"
     )
+
+
+def _values(rows: Any) -> list[Any]:
+    """The rows' measured values (``value`` column), ``None`` for each when absent."""
+    return rows["value"].tolist() if "value" in rows else [None] * len(rows)
 
 
 def feature_row(

@@ -46,8 +46,10 @@ from ..quiet import warn
     "--model",
     "model_name",
     type=LazyChoice(model_names),
-    default="transformer",
-    show_default=True,
+    default=None,
+    help="Model to train. Default: code_transformer when patients have visits or time steps "
+    "of codes (nested_sequence, stagenet: all MEDS data), since it scores each code; "
+    "transformer otherwise.",
 )
 @click.option("--epochs", default=8, type=click.IntRange(min=1), show_default=True)
 @click.option(
@@ -94,7 +96,7 @@ def train(
     numeric: tuple[str, ...],
     time_bucket: str | None,
     out: Path,
-    model_name: str,
+    model_name: str | None,
     epochs: int,
     lr: float,
     batch_size: int,
@@ -112,7 +114,7 @@ def train(
     """Train a model on patients; write a model directory with weights, processors and a
     JSON card of the run (data hash, split, settings, history, test metrics)."""
     from ...app.task import class_order_text
-    from ...app.workflow import read_schema_file, train_model
+    from ...app.workflow import DEFAULT_REASON, default_model, read_schema_file, train_model
     from ...core.files import check_overwrite, file_sha256
     from ...data.sources import load_samples
     from ...models.base import model_class
@@ -158,6 +160,9 @@ def train(
             label_key=next(iter(schema["output_schema"])), columns=schema.get("columns"),
             on_bad_rows=on_bad_rows,
         )  # fmt: skip
+    if model_name is None:
+        model_name = default_model(schema["input_schema"])
+        click.echo(f"model: {model_name} ({DEFAULT_REASON[model_name]}; --model to choose)")
     hparams: dict[str, Any] = {"embedding_dim": embedding_dim, "heads": heads}
     if "num_layers" in inspect.signature(model_class(model_name)).parameters:
         hparams["num_layers"] = layers
