@@ -214,7 +214,7 @@ def test_explain_writes_the_long_format_table(pipeline):
     assert len(frame) == expected_rows
     assert list(frame.columns) == [
         "patient_id", "feature", "visit", "position", "code", "score", "method", "model_id",
-        "level",
+        "level", "value",
     ]  # fmt: skip
     sizes = frame.groupby(["patient_id", "method"]).size()
     assert len(sizes) == N_PATIENTS * len(methods)

@@ -116,3 +116,40 @@ def test_visits_are_labelled_by_the_event_times_of_the_rows(run):
         stamps = [t.strftime("%Y-%m-%d") if hasattr(t, "strftime") else f"t={t:g}" for t in first]
         feature = section.find_all("div", "feature")[0]  # every visit of the patient
         assert [v.text() for v in feature.find_all("div", "vlabel")] == stamps
+
+
+def test_evaluate_scores_planted_code_recovery_from_ground_truth(run, tmp_path):
+    root, data, model = run
+    out = tmp_path / "recovery.json"
+    result = invoke(
+        "evaluate", "--model", model, "--data", data / "samples.jsonl", "-m", "rollout,random",
+        "--split", "test", "--bootstrap", 20, "--ground-truth", data / "ground_truth.json",
+        "--k", 3, "--out", out, "-q",
+    )  # fmt: skip
+    assert "planted codes recovered" in result.stdout
+    rows = json.loads(out.read_text())["results"]
+    for row in rows:
+        for metric in ("signal_auroc", "precision@3", "recall@3"):
+            assert row[f"{metric}_low"] <= row[metric] <= row[f"{metric}_high"], (row, metric)
+        assert 0.0 <= row["precision@3"] <= 1.0
+    # the report's faithfulness table shows them, each saying which way is better
+    invoke(
+        "report", "--model", model, "--data", data / "samples.jsonl", "--attributions",
+        root / "attr", "--evaluation", out, "--out", tmp_path / "r.html",
+    )  # fmt: skip
+    table = parse((tmp_path / "r.html").read_text(encoding="utf-8")).root.find_all(
+        "table", "faithfulness"
+    )[0]
+    heads = [th.attrs.get("data-metric") for th in table.find_all("th")]
+    assert {"signal_auroc", "precision@", "recall@"} <= set(heads)
+
+
+def test_evaluate_refuses_ground_truth_of_another_cohort(run, tmp_path):
+    _, data, model = run
+    other = tmp_path / "other.json"
+    other.write_text(json.dumps({"X1": {"diagnoses": ["D001"]}}))
+    result = invoke(
+        "evaluate", "--model", model, "--data", data / "samples.jsonl", "-m", "random",
+        "--split", "test", "--bootstrap", 5, "--ground-truth", other, "-q", expect=1,
+    )  # fmt: skip
+    assert "other.json: no ground truth for" in result.stderr
