@@ -19,6 +19,7 @@ from ehrlens.report import (
     render_report,
     write_report,
 )
+from ehrlens.report.top import SUMMED_NOTE
 
 
 def method_name(method_div: Node) -> str:
@@ -214,17 +215,19 @@ def test_top_k_codes_per_patient_and_method(hand_report):
     def rows(table):
         return [[td.text() for td in tr.find_all("td")] for tr in table.find_all("tr")[1:]]
 
-    # summed per (feature, code): rollout A 0.5 + 0.125, B 0.25, demo/1 0.0, demo/0 -0.5
+    # summed per (feature, code), saying so: rollout A 0.5 + 0.125 (×2), B 0.25, demo/1 0.0
     assert rows(tables[0]) == [
-        ["dx", "A — Hypertension", "0.6250"],
+        ["dx", "A — Hypertension ×2", "0.6250"],
         ["dx", "B", "0.2500"],
         ["demo", "1", "0.0000"],
     ]
     assert rows(tables[1]) == [
         ["dx", "B", "2.0000"],
-        ["dx", "A — Hypertension", "1.0000"],
+        ["dx", "A — Hypertension ×2", "1.0000"],
         ["demo", "1", "0.2000"],
     ]
+    notes = [m.find_all("p", "note") for m in section.find_all("div", "method")]
+    assert [n[0].text() for n in notes] == [SUMMED_NOTE, SUMMED_NOTE]
 
 
 def test_cohort_section_ranks_codes_by_mean_score_per_patient(hand_report):

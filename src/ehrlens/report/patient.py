@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .colours import ColourScale
+from .top import SUMMED_NOTE, top_codes_of
 
 #: Columns of the attribution table that may date a visit, first match wins.
 TIME_COLUMNS = ("event_time", "time")
@@ -161,21 +162,41 @@ def value_parts(value: Any) -> tuple[str, str, str]:
     )
 
 
+def own_style(own: ColourScale | None, score: float) -> str:
+    """The ``data-own-style`` attribute: the style on the patient's own scale (empty
+    without one)."""
+    return "" if own is None else f" data-own-style='{own.style(score)}'"
+
+
+def patient_scales(rows: Any, scales: Mapping[str, ColourScale]) -> dict[str, ColourScale]:
+    """``{method: ColourScale}`` of one patient: each method's scale set to the patient's
+    own largest ``|score|`` (signed as the shared scale), so a method whose scores are small
+    for this patient still shows its pattern."""
+    out = {}
+    for method, shared in scales.items():
+        scores = rows.loc[rows["method"] == method, "score"].abs()
+        largest = float(scores.max()) if len(scores) else 0.0
+        out[method] = ColourScale(method, scale=largest, signed=shared.signed)
+    return out
+
+
 def code_chip(
     code: str,
     score: float,
     scale: ColourScale,
     descriptions: Mapping[str, str] | None,
     value: Any = None,
+    own: ColourScale | None = None,
 ) -> str:
     """One code shaded by its score, with its measured value when it has one
     (``LOINC//2160-0 = 1.25``); its description is printed under it; the exact score shows
-    on hover."""
+    on hover. ``own``: the patient's own scale, the style the per-patient toggle shows."""
     description = (descriptions or {}).get(code)
     desc = f"<span class='desc'>{esc(description)}</span>" if description else ""
     attribute, text, hover = value_parts(value)
     return (
-        f"<span class='code' data-code='{esc(code)}' data-score='{score:.6g}'{attribute} "
+        f"<span class='code' data-code='{esc(code)}' data-score='{score:.6g}'{attribute}"
+        f"{own_style(own, score)} "
         f"title='{esc(describe(code, descriptions) + hover)}: score {score:.6g}' "
         f"style='{scale.style(score)}'><span class='cname'>{esc(code)}</span>{text}{desc}</span>"
     )
@@ -211,6 +232,7 @@ def visit_cell(
     scale: ColourScale,
     descriptions: Mapping[str, str] | None,
     label: str | None = None,
+    own: ColourScale | None = None,
 ) -> str:
     """One visit of one feature (or a flat feature's only cell): its codes in position order.
 
@@ -228,14 +250,15 @@ def visit_cell(
         return (
             f"<div class='visit' data-visit='{visit}' data-level='visit'>"
             f"<div class='vlabel' title='visit {visit}'>{esc(shown)}</div>"
-            f"<div class='vscore' data-score='{score:.6g}' title='visit {visit}: score "
+            f"<div class='vscore' data-score='{score:.6g}'{own_style(own, score)} "
+            f"title='visit {visit}: score "
             f"{score:.6g}, one score for all its codes' style='{scale.style(score)}'>"
             f"visit {score:.3g}</div>{codes}</div>"
         )
     if rows is not None:
         ordered = rows.sort_values("position", kind="stable")
         chips = "".join(
-            code_chip(code, float(score), scale, descriptions, value)
+            code_chip(code, float(score), scale, descriptions, value, own)
             for code, score, value in zip(
                 ordered["code"], ordered["score"], _values(ordered), strict=True
             )
@@ -260,17 +283,18 @@ def feature_row(
     scale: ColourScale,
     descriptions: Mapping[str, str] | None,
     labels: Mapping[int, str],
+    own: ColourScale | None = None,
 ) -> str:
     """One feature's line of the timeline. A visited feature gets one fixed-width column per
     visit of the patient (empty where it has no code then), so visits line up across features;
     a flat feature is one cell."""
     flat = bool(rows["visit"].isna().all())
     if flat:
-        cells = [visit_cell(None, rows, scale, descriptions)]
+        cells = [visit_cell(None, rows, scale, descriptions, own=own)]
     else:
         by_visit = {int(v): r for v, r in rows.groupby("visit", sort=True)}
         cells = [
-            visit_cell(v, by_visit.get(v), scale, descriptions, label)
+            visit_cell(v, by_visit.get(v), scale, descriptions, label, own)
             for v, label in labels.items()
         ]
     return (
@@ -280,25 +304,20 @@ def feature_row(
 
 
 def top_codes_table(rows: Any, descriptions: Mapping[str, str] | None, top_k: int) -> str:
-    """The ``top_k`` codes by score summed per ``(feature, code)``; visit-level rows count
-    once per visit (``visit 2: I21.4, I10``), not once per code of the visit."""
-    per_visit = (rows["level"] == "visit").to_numpy() if "level" in rows else None
-    entries: list[tuple[str, str, float]] = []
-    code_rows = rows if per_visit is None else rows[~per_visit]
-    totals = code_rows.groupby(["feature", "code"], sort=False)["score"].sum()
-    entries += [(f, describe(c, descriptions), float(v)) for (f, c), v in totals.items()]
-    if per_visit is not None and per_visit.any():
-        for (feature, visit), group in rows[per_visit].groupby(["feature", "visit"], sort=False):
-            codes = ", ".join(group.sort_values("position", kind="stable")["code"])
-            entries.append((feature, f"visit {int(visit)}: {codes}", float(group["score"].iloc[0])))
-    ranked = sorted(entries, key=lambda e: -e[2])[:top_k]  # stable: ties keep their order
+    """The ``top_k`` entries of :func:`~ehrlens.report.top.top_codes_of`: a repeated code's
+    scores summed, with ``×n`` (n occurrences); visit-level rows once per visit
+    (``visit 2: I21.4, I10``), not once per code of the visit."""
+    ranked = top_codes_of(rows, top_k)
     body = "".join(
-        f"<tr><td>{esc(feature)}</td><td>{esc(code)}</td><td class='num'>{score:.4f}</td></tr>"
-        for feature, code, score in ranked
+        f"<tr data-count='{e.count}'><td>{esc(e.feature)}</td><td>"
+        f"{esc(describe(e.code, descriptions))}{f' ×{e.count}' if e.count > 1 else ''}</td>"
+        f"<td class='num'>{e.score:.4f}</td></tr>"
+        for e in ranked
     )
+    note = f"<p class='note'>{esc(SUMMED_NOTE)}</p>" if any(e.count > 1 for e in ranked) else ""
     return (
         f"<h3>top {top_k} codes</h3><table><tr><th>feature</th><th>code</th><th>score</th></tr>"
-        f"{body}</table>"
+        f"{body}</table>{note}"
     )
 
 
@@ -310,10 +329,12 @@ def method_column(
     descriptions: Mapping[str, str] | None,
     labels: Mapping[int, str],
     top_k: int,
+    own: ColourScale | None = None,
 ) -> str:
-    """One method's timeline and top codes for one patient."""
+    """One method's timeline and top codes for one patient (``own``: the patient's own
+    scale for the per-patient colour toggle)."""
     timeline = "".join(
-        feature_row(feature, rows[rows["feature"] == feature], scale, descriptions, labels)
+        feature_row(feature, rows[rows["feature"] == feature], scale, descriptions, labels, own)
         for feature in features
         if (rows["feature"] == feature).any()
     )
@@ -347,9 +368,17 @@ def patient_section(
     """
     features = list(dict.fromkeys(rows["feature"]))
     labels = visit_labels(rows)
+    own = patient_scales(rows, scales)
     columns = "".join(
         method_column(
-            method, rows[rows["method"] == method], scale, features, descriptions, labels, top_k
+            method,
+            rows[rows["method"] == method],
+            scale,
+            features,
+            descriptions,
+            labels,
+            top_k,
+            own[method],
         )
         for method, scale in scales.items()
         if (rows["method"] == method).any()
