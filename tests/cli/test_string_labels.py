@@ -65,6 +65,13 @@ def test_the_named_class_is_positive_and_every_surface_says_so(words):
     assert card["task"]["positive_class"] == "high"
     described = invoke("describe", "--model", model).stdout
     assert "0: low, 1: high" in described and re.search(r"positive\s+high", described)
+    refused = invoke(
+        "explain", "--model", model, "--data", samples, "--target", "2", "--out",
+        root / "none", "-q", expect=2,
+    )  # fmt: skip
+    assert "--target 2 is out of range; classes in output order: 0: low, 1: high" in (
+        refused.stderr
+    )
     invoke(
         "explain", "--model", model, "--data", samples, "-m", "rollout", "--target", "high",
         "--out", root / "attr", "-q",

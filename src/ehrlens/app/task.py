@@ -15,6 +15,8 @@ from collections import Counter
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from ..core.errors import UsageValueError
+
 #: Fewest patients of a split, and of each class in it, whose metrics are reported without a
 #: warning: with fewer, AUROC and F1 swing by a tenth or more between draws.
 MIN_SPLIT_PATIENTS = 30
@@ -75,8 +77,8 @@ def resolve_target(value: str | int | None, classes: Sequence[str] | None) -> in
     (exact match first, then ignoring case).
 
     Raises:
-        ValueError: no such class, or an index out of range; the message lists the classes
-            in order with their indices.
+        UsageValueError: (a ``ValueError``) no such class, or an index out of range; the
+            message lists the classes in order with their indices.
 
     Example:
         >>> classes = ["low", "medium", "high"]
@@ -96,11 +98,13 @@ def resolve_target(value: str | int | None, classes: Sequence[str] | None) -> in
     try:
         index = int(text)
     except ValueError:
-        raise ValueError(
+        raise UsageValueError(
             f"--target {text!r} is not a class of this model; classes in output order: {listed}"
         ) from None
     if classes and not 0 <= index < len(classes):
-        raise ValueError(f"--target {index} is out of range; classes in output order: {listed}")
+        raise UsageValueError(
+            f"--target {index} is out of range; classes in output order: {listed}"
+        )
     return index
 
 

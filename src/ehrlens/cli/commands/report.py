@@ -14,6 +14,7 @@ from ..options import (
     labels_option,
     model_option,
     on_bad_rows_option,
+    quiet_option,
     sha256_option,
     size_options,
 )
@@ -77,6 +78,7 @@ HEATMAP_INDEX = "index.csv"
 @size_options
 @on_bad_rows_option
 @click.option("--overwrite", is_flag=True, help="Replace an existing --out file and heatmap files.")
+@quiet_option
 @handle_errors
 @writes("out", "heatmaps")
 def report(
@@ -95,6 +97,7 @@ def report(
     max_codes_per_step: int | None,
     on_bad_rows: str,
     overwrite: bool,
+    quiet: bool,
 ) -> None:
     """Write an HTML report: the model card, a colour legend per method, per patient the
     prediction, a timeline of visits with codes shaded by score, the top codes, methods side by
