@@ -49,3 +49,19 @@ def test_load_model_dir_is_importable_from_models():
     from ehrlens.models.directory import load_model_dir as same
 
     assert load_model_dir is same and callable(save_model_dir)
+
+
+def test_train_prints_the_best_achievable_auroc_of_a_synthetic_cohort(tmp_path):
+    runner = CliRunner()
+    data = tmp_path / "data"
+    assert runner.invoke(main, ["synthetic", str(data), "--patients", "80", "-q"]).exit_code == 0
+    assert (data / "risk.csv").exists()
+    result = runner.invoke(
+        main,
+        ["train", "--data", str(data / "samples.jsonl"), "--schema", str(data / "schema.json"),
+         "--out", str(tmp_path / "m"), "--risk", str(data / "risk.csv"), "--epochs", "1",
+         "--embedding-dim", "8", "--layers", "1", "--heads", "2", "-q"],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    line = next(x for x in result.stdout.splitlines() if x.startswith("best achievable"))
+    assert line.startswith("best achievable test roc_auc 0.") and "chance 0.5" in line

@@ -53,6 +53,7 @@ SYNTHETIC_FILES = {
     "schema": "schema.json",
     "codes": "codes.csv",
     "ground_truth": "ground_truth.json",
+    "risk": "risk.csv",
 }
 
 
@@ -117,7 +118,8 @@ def write_synthetic_cohort(
 
     Files: ``samples.jsonl`` (samples with labels), ``events.parquet`` (long-format events),
     ``labels.csv``, ``schema.json``, ``codes.csv`` (code descriptions that say which codes are
-    planted) and ``ground_truth.json`` (each patient's planted codes).
+    planted), ``ground_truth.json`` (each patient's planted codes) and ``risk.csv`` (each
+    patient's noise-free risk, ``patient_id,risk``: what the best model could predict).
 
     Example:
         >>> files = write_synthetic_cohort("data/", n_patients=500)
@@ -144,7 +146,71 @@ def write_synthetic_cohort(
         writer.writerows(sorted(code_descriptions(cohort).items()))
     with atomic_write(files["ground_truth"]) as f:
         json.dump(cohort.ground_truth, f)
+    with atomic_write(files["risk"]) as f:
+        writer = csv.writer(f)
+        writer.writerow(["patient_id", "risk"])
+        writer.writerows(
+            (s["patient_id"], repr(cohort.risk[s["patient_id"]])) for s in cohort.samples
+        )
     return files
+
+
+def read_risk(path: str | os.PathLike) -> dict[str, float]:
+    """``{patient_id: risk}`` from a CSV ``patient_id,risk`` (the ``risk.csv`` of
+    :func:`write_synthetic_cohort`).
+
+    Raises:
+        ValueError: another header, or a risk that is not a number in [0, 1] (row named).
+
+    Example:
+        >>> read_risk("data/risk.csv")["P000000"]
+        0.31
+    """
+    path = Path(path)
+    with path.open(newline="", encoding="utf-8-sig") as f:
+        reader = csv.DictReader(f)
+        if not reader.fieldnames or not {"patient_id", "risk"} <= set(reader.fieldnames):
+            raise ValueError(f"{path}: expected a CSV header 'patient_id,risk'")
+        out = {}
+        for number, row in enumerate(reader, start=1):
+            try:
+                value = float(row["risk"])
+            except (TypeError, ValueError):
+                value = float("nan")
+            if not 0.0 <= value <= 1.0:
+                raise ValueError(f"{path}: row {number}: risk must be a number in [0, 1]")
+            out[str(row["patient_id"])] = value
+    return out
+
+
+def best_achievable_auroc(
+    model: BaseModel,
+    samples: Sequence[Mapping[str, Any]],
+    test_ids: Sequence[str],
+    risk: Mapping[str, float],
+) -> float:
+    """The test AUROC of the noise-free ``risk``: the best any model can reach on these
+    labels (binary models).
+
+    Raises:
+        ValueError: a test patient without a risk, or a model that is not binary.
+
+    Example:
+        >>> best_achievable_auroc(model, samples, card["data"]["split"]["patient_ids"]["test"],
+        ...                       read_risk("data/risk.csv"))
+        0.811
+    """
+    label_key, processor = next(iter(model.schema.output_processors.items()))
+    if processor.schema != "binary":
+        raise ValueError(f"a best achievable AUROC needs a binary label, not {processor.schema}")
+    wanted = set(map(str, test_ids))
+    missing = sorted(wanted - set(risk))
+    if missing:
+        raise ValueError(f"no risk for {len(missing)} test patient(s), e.g. {missing[:3]}")
+    rows = [s for s in samples if str(s["patient_id"]) in wanted]
+    labels = np.array([float(processor.process(s[label_key], label_key)[0]) for s in rows])
+    risks = np.array([risk[str(s["patient_id"])] for s in rows])
+    return float(compute_metrics("binary", labels, risks, ["roc_auc"])["roc_auc"])
 
 
 def code_descriptions(cohort: Any) -> dict[str, str]:

@@ -38,7 +38,8 @@ def synthetic(
     """Write a synthetic cohort with planted risk codes to OUT_DIR.
 
     Files: samples.jsonl, events.parquet + labels.csv (the same patients as an event table),
-    schema.json, codes.csv (descriptions naming the planted codes), ground_truth.json.
+    schema.json, codes.csv (descriptions naming the planted codes), ground_truth.json, risk.csv
+    (each patient's noise-free risk: `train --risk` prints the best achievable AUROC).
     """
     from ...app.workflow import SYNTHETIC_FILES, write_synthetic_cohort
     from ...core.files import check_overwrite

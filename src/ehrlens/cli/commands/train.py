@@ -75,6 +75,14 @@ from ..quiet import warn
 )
 @click.option("--seed", default=0, show_default=True, help="Seed of the split and training.")
 @click.option(
+    "--risk",
+    "risk_path",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="CSV patient_id,risk: each patient's noise-free risk (the risk.csv of `ehrlens "
+    "synthetic`); train then prints the test AUROC of that risk, the best any model can reach.",
+)
+@click.option(
     "--positive-class",
     default=None,
     metavar="NAME",
@@ -104,6 +112,7 @@ def train(
     layers: int,
     heads: int,
     seed: int,
+    risk_path: Path | None,
     positive_class: str | None,
     max_steps: int | None,
     max_codes_per_step: int | None,
@@ -114,7 +123,14 @@ def train(
     """Train a model on patients; write a model directory with weights, processors and a
     JSON card of the run (data hash, split, settings, history, test metrics)."""
     from ...app.task import class_order_text
-    from ...app.workflow import DEFAULT_REASON, default_model, read_schema_file, train_model
+    from ...app.workflow import (
+        DEFAULT_REASON,
+        best_achievable_auroc,
+        default_model,
+        read_risk,
+        read_schema_file,
+        train_model,
+    )
     from ...core.files import check_overwrite, file_sha256
     from ...data.sources import load_samples
     from ...models.base import model_class
@@ -180,9 +196,19 @@ def train(
         card["columns"] = schema["columns"]
     if labels is not None and meds_entry is None:
         card["data"].update(labels=str(labels), labels_sha256=file_sha256(labels))
+    if risk_path is not None:
+        best = best_achievable_auroc(
+            model, samples, card["data"]["split"]["patient_ids"]["test"], read_risk(risk_path)
+        )
+        card["best_achievable"] = {"roc_auc": best, "risk": str(risk_path)}
     save_model_dir(model, out, card)
     metrics = ", ".join(f"{k} {v:.3f}" for k, v in card["test_metrics"].items() if v is not None)
     click.echo(f"test: {metrics}")
+    if "best_achievable" in card:
+        click.echo(
+            f"best achievable test roc_auc {card['best_achievable']['roc_auc']:.3f} (the "
+            "noise-free risk of --risk; chance 0.5)"
+        )
     for warning in card.get("warnings", []):
         warn(warning)
     order = class_order_text(card["task"])
