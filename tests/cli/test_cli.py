@@ -158,13 +158,14 @@ def pipeline(tmp_path_factory):
 @pytest.mark.slow
 def test_synthetic_writes_every_input_format(pipeline):
     data = pipeline["data"]
-    for name in ("samples", "events", "labels", "schema", "codes", "ground_truth"):
+    for name in ("samples", "events", "labels", "schema", "codes", "ground_truth", "risk"):
         assert re.search(rf"^{name}\s+\S+", pipeline["synthetic"].stdout, re.M), name
     assert sorted(p.name for p in data.iterdir()) == [
         "codes.csv",
         "events.parquet",
         "ground_truth.json",
         "labels.csv",
+        "risk.csv",
         "samples.jsonl",
         "schema.json",
     ]
@@ -179,7 +180,9 @@ def test_train_writes_a_model_directory_with_a_card(pipeline):
     assert re.search(r"^test: roc_auc \d\.\d{3}, ", stdout, re.M)
     assert f"wrote {model_dir / 'model.pt'} and {model_dir / 'card.json'}" in stdout
     _, card = load_model_dir(model_dir)
-    assert card["model_class"] == "Transformer"
+    # visits of codes: the default model is the one that scores each code, and train says so
+    assert card["model_class"] == "CodeTransformer"
+    assert re.search(r"^model: code_transformer \(the default for visits of codes", stdout, re.M)
     assert {k: card["hparams"][k] for k in ("embedding_dim", "num_layers", "heads")} == {
         "embedding_dim": 16,
         "num_layers": 1,
@@ -414,7 +417,7 @@ def test_explain_and_report_read_event_tables(pipeline, tmp_path):
     )  # fmt: skip
     assert f"({N_PATIENTS} of {N_PATIENTS} patients)" in result.stdout
     text = (tmp_path / "r.html").read_text(encoding="utf-8")
-    assert text.count("<span class='pill'>label unknown</span>") == N_PATIENTS
+    assert text.count("<span class='pill' data-pill='label'>label unknown</span>") == N_PATIENTS
 
 
 @pytest.mark.slow
