@@ -239,3 +239,32 @@ def test_best_achievable_auroc_is_the_auroc_of_the_noise_free_risk(tmp_path):
     (tmp_path / "bad.csv").write_text("patient_id,risk\na,1.5\n")
     with pytest.raises(ValueError, match=r"bad\.csv: row 1: risk must be a number in"):
         read_risk(tmp_path / "bad.csv")
+
+
+def test_train_model_keeps_the_measurement_names_of_the_schema(tmp_path):
+    samples = [
+        {
+            "patient_id": f"p{i}",
+            "dx": [f"c{i % 3}"],
+            "labs": ([0.0, 1.0], [[0.5 * i, 1.0], [0.25, float(i % 2)]]),
+            "y": i % 2,
+        }
+        for i in range(12)
+    ]
+    schema = {
+        "input_schema": {"dx": "sequence", "labs": "timeseries"},
+        "output_schema": {"y": "binary"},
+        "columns": {"labs": ["LOINC//2160-0", "LOINC//2345-7"]},
+    }
+    model, _ = train_model(samples, schema, hparams={"embedding_dim": 8, "heads": 2}, epochs=1)
+    labs = model.schema.input_processors["labs"]
+    assert labs.columns == ["LOINC//2160-0", "LOINC//2345-7"]
+    values = labs.process(samples[3]["labs"], "labs")[1]
+    codes = [code for _, _, code, _ in labs.long_units(values)]
+    assert codes == ["LOINC//2160-0", "LOINC//2345-7"] * 2
+    restored = type(labs)()
+    restored.load_state_dict(labs.state_dict())  # saved with the model
+    assert restored.columns == labs.columns
+    bad = {**schema, "columns": {"labs": ["only one"]}}
+    with pytest.raises(ValueError, match="feature 'labs': 1 measurement names for 2 values"):
+        train_model(samples, bad, hparams={"embedding_dim": 8, "heads": 2}, epochs=1)
