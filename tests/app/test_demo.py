@@ -65,3 +65,40 @@ def test_the_sizes():
     assert demo.QUICK.models["Transformer"][1] is Transformer
     assert [m[1] for m in demo.FULL.models.values()] == [Transformer, StageAttentionNet]
     assert demo.FULL.patients > demo.QUICK.patients and demo.FULL.epochs > demo.QUICK.epochs
+
+
+@pytest.mark.slow
+def test_terminal_top_codes_are_the_reports_and_the_report_is_the_cli_one(tmp_path, capsys):
+    from _html_tree import parse, patient_sections
+
+    assert demo.main(["--patients", "300", "--epochs", "1", "--explain", "4", "--out",
+                      str(tmp_path), "-q"]) == 0  # fmt: skip
+    printed: dict[tuple[str, str], list[tuple[str, str]]] = {}
+    patient = None
+    for line in capsys.readouterr().out.splitlines():
+        if line.startswith("  patient "):
+            patient = line.split()[1].rstrip(":")
+        elif patient and line.strip().split(" ")[0] in demo.METHODS and " top 5: " in line:
+            method, shown = line.strip().split(" ", 1)[0], line.split(" top 5: ", 1)[1]
+            entries = [e.rsplit(" ", 1) for e in shown.split(", ")]
+            printed[(patient, method)] = [(code.rstrip("*"), score) for code, score in entries]
+    assert len(printed) == 2 * len(demo.METHODS)
+    tree = parse((tmp_path / "report.html").read_text(encoding="utf-8"))
+    sections = patient_sections(tree)
+    for (pid, method), entries in printed.items():
+        column = next(
+            m for m in sections[f"Transformer/{pid}"].find_all("div", "method")
+            if m.attrs["data-method"] == method
+        )  # fmt: skip
+        rows = [[td.text() for td in tr.find_all("td")] for tr in column.find_all("tr")[1:]]
+        in_report = []
+        for _, code, score in rows[:5]:
+            name, _, rest = code.partition(" — ")
+            times = rest.rsplit(" ", 1)[-1] if rest.endswith(tuple("0123456789")) else ""
+            in_report.append((f"{name} {times}".strip() if times.startswith("×") else name, score))
+        assert entries == in_report, (pid, method)
+    # the demo's report has the CLI report's header: card, explained class, faithfulness
+    items = {d.attrs["data-item"] for d in tree.root.find_all("div", "card")[0].children}
+    assert {"model", "data", "test", "explains"} <= items
+    table = tree.root.find_all("table", "faithfulness")[0]
+    assert [tr.attrs["data-method"] for tr in table.find_all("tr")[1:]] == list(demo.METHODS)

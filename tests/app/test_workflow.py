@@ -9,6 +9,7 @@ import math
 import pytest
 
 from ehrlens.app.workflow import (
+    read_risk,
     read_schema_file,
     select_split,
     train_model,
@@ -67,7 +68,7 @@ def test_bad_schema_files_name_the_file(tmp_path, text, message):
 @pytest.mark.parametrize("layout", ["nested", "stagenet"])
 def test_write_synthetic_cohort_writes_every_format_with_the_same_patients(tmp_path, layout):
     files = write_synthetic_cohort(tmp_path / "data", n_patients=40, layout=layout, seed=3)
-    names = ["samples", "events", "labels", "schema", "codes", "ground_truth"]
+    names = ["samples", "events", "labels", "schema", "codes", "ground_truth", "risk"]
     assert list(files) == names
     assert sorted(p.name for p in (tmp_path / "data").iterdir()) == sorted(
         [
@@ -77,6 +78,7 @@ def test_write_synthetic_cohort_writes_every_format_with_the_same_patients(tmp_p
             "schema.json",
             "codes.csv",
             "ground_truth.json",
+            "risk.csv",
         ]
     )
     cohort = generate_cohort(40, layout=layout, seed=3)
@@ -90,6 +92,7 @@ def test_write_synthetic_cohort_writes_every_format_with_the_same_patients(tmp_p
     assert rows[0] == ["patient_id", "label"]
     assert rows[1:] == [[s["patient_id"], str(s["label"])] for s in cohort.samples]
     assert json.loads(files["ground_truth"].read_text()) == cohort.ground_truth
+    assert read_risk(files["risk"]) == cohort.risk  # written exactly (repr of each float)
 
     with open(files["codes"], newline="") as f:
         descriptions = {row["code"]: row["description"] for row in csv.DictReader(f)}
@@ -212,3 +215,56 @@ def test_train_on_cohort_returns_disjoint_splits_scores_and_an_eval_model():
     assert {"roc_auc", "pr_auc", "loss"} <= set(run.test_metrics)
     assert 0.5 < run.oracle_roc_auc <= 1.0 and len(run.history) == 1
     assert not run.model.training and run.train_seconds > 0
+
+
+def test_best_achievable_auroc_is_the_auroc_of_the_noise_free_risk(tmp_path):
+    from types import SimpleNamespace
+
+    from ehrlens.app.workflow import best_achievable_auroc, read_risk
+    from ehrlens.data.processors import BinaryLabelProcessor
+
+    proc = BinaryLabelProcessor(positive_class="high")
+    proc.fit(["low", "high"], key="y")
+    model = SimpleNamespace(schema=SimpleNamespace(output_processors={"y": proc}))
+    samples = [
+        {"patient_id": pid, "y": y}
+        for pid, y in [("a", "low"), ("b", "high"), ("c", "low"), ("d", "high"), ("e", "high")]
+    ]
+    (tmp_path / "risk.csv").write_text("patient_id,risk\na,0.1\nb,0.8\nc,0.6\nd,0.4\ne,0.0\n")
+    risk = read_risk(tmp_path / "risk.csv")
+    # b (0.8) beats a and c; d (0.4) beats a only: 3 of 4 pairs; e is not a test patient
+    assert best_achievable_auroc(model, samples, ["a", "b", "c", "d"], risk) == 0.75
+    with pytest.raises(ValueError, match=r"no risk for 1 test patient\(s\), e.g. \['x'\]"):
+        best_achievable_auroc(model, samples, ["a", "x"], risk)
+    (tmp_path / "bad.csv").write_text("patient_id,risk\na,1.5\n")
+    with pytest.raises(ValueError, match=r"bad\.csv: row 1: risk must be a number in"):
+        read_risk(tmp_path / "bad.csv")
+
+
+def test_train_model_keeps_the_measurement_names_of_the_schema(tmp_path):
+    samples = [
+        {
+            "patient_id": f"p{i}",
+            "dx": [f"c{i % 3}"],
+            "labs": ([0.0, 1.0], [[0.5 * i, 1.0], [0.25, float(i % 2)]]),
+            "y": i % 2,
+        }
+        for i in range(12)
+    ]
+    schema = {
+        "input_schema": {"dx": "sequence", "labs": "timeseries"},
+        "output_schema": {"y": "binary"},
+        "columns": {"labs": ["LOINC//2160-0", "LOINC//2345-7"]},
+    }
+    model, _ = train_model(samples, schema, hparams={"embedding_dim": 8, "heads": 2}, epochs=1)
+    labs = model.schema.input_processors["labs"]
+    assert labs.columns == ["LOINC//2160-0", "LOINC//2345-7"]
+    values = labs.process(samples[3]["labs"], "labs")[1]
+    codes = [code for _, _, code, _ in labs.long_units(values)]
+    assert codes == ["LOINC//2160-0", "LOINC//2345-7"] * 2
+    restored = type(labs)()
+    restored.load_state_dict(labs.state_dict())  # saved with the model
+    assert restored.columns == labs.columns
+    bad = {**schema, "columns": {"labs": ["only one"]}}
+    with pytest.raises(ValueError, match="feature 'labs': 1 measurement names for 2 values"):
+        train_model(samples, bad, hparams={"embedding_dim": 8, "heads": 2}, epochs=1)

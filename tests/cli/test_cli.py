@@ -159,13 +159,14 @@ def pipeline(tmp_path_factory):
 @pytest.mark.slow
 def test_synthetic_writes_every_input_format(pipeline):
     data = pipeline["data"]
-    for name in ("samples", "events", "labels", "schema", "codes", "ground_truth"):
+    for name in ("samples", "events", "labels", "schema", "codes", "ground_truth", "risk"):
         assert re.search(rf"^{name}\s+\S+", pipeline["synthetic"].stdout, re.M), name
     assert sorted(p.name for p in data.iterdir()) == [
         "codes.csv",
         "events.parquet",
         "ground_truth.json",
         "labels.csv",
+        "risk.csv",
         "samples.jsonl",
         "schema.json",
     ]
@@ -180,7 +181,9 @@ def test_train_writes_a_model_directory_with_a_card(pipeline):
     assert re.search(r"^test: roc_auc \d\.\d{3}, ", stdout, re.M)
     assert f"wrote {model_dir / 'model.pt'} and {model_dir / 'card.json'}" in stdout
     _, card = load_model_dir(model_dir)
-    assert card["model_class"] == "Transformer"
+    # visits of codes: the default model is the one that scores each code, and train says so
+    assert card["model_class"] == "CodeTransformer"
+    assert re.search(r"^model: code_transformer \(the default for visits of codes", stdout, re.M)
     assert {k: card["hparams"][k] for k in ("embedding_dim", "num_layers", "heads")} == {
         "embedding_dim": 16,
         "num_layers": 1,
@@ -215,7 +218,7 @@ def test_explain_writes_the_long_format_table(pipeline):
     assert len(frame) == expected_rows
     assert list(frame.columns) == [
         "patient_id", "feature", "visit", "position", "code", "score", "method", "model_id",
-        "level",
+        "level", "value",
     ]  # fmt: skip
     sizes = frame.groupby(["patient_id", "method"]).size()
     assert len(sizes) == N_PATIENTS * len(methods)
@@ -340,9 +343,13 @@ def test_report_is_a_self_contained_page_of_the_riskiest_patients(pipeline):
             and any(a.get("id") == f"p-{pid}" for _, a in anc)
         ]  # fmt: skip
         label = next(s["label"] for s in samples if s["patient_id"] == pid)
-        assert pills[0] == f"predicted risk {predictions[pid].probability:.3f}"
-        assert re.fullmatch(rf"label {label}(\.0)?", pills[1]), pills  # 0/1 labels
-        assert len(pills) == 2
+        positive = predictions[pid].probability  # binary, no target: class 1 explained
+        assert pills[:2] == [
+            f"predicted {int(positive >= 0.5)}, probability {max(positive, 1 - positive):.3f}",
+            f"explained 1, probability {positive:.3f}",
+        ]
+        assert re.fullmatch(rf"label {label}(\.0)?", pills[2]), pills  # 0/1 labels
+        assert len(pills) == 3
     # heatmaps are named by rank (and the id, sanitised); index.csv says whose each one is
     expected = [f"{rank:04d}-{pid}.png" for rank, pid in enumerate(riskiest, start=1)]
     heatmaps = sorted(p.name for p in (root / "heat").iterdir())
@@ -411,7 +418,7 @@ def test_explain_and_report_read_event_tables(pipeline, tmp_path):
     )  # fmt: skip
     assert f"({N_PATIENTS} of {N_PATIENTS} patients)" in result.stdout
     text = (tmp_path / "r.html").read_text(encoding="utf-8")
-    assert text.count("<span class='pill'>label unknown</span>") == N_PATIENTS
+    assert text.count("<span class='pill' data-pill='label'>label unknown</span>") == N_PATIENTS
 
 
 @pytest.mark.slow

@@ -291,6 +291,7 @@ def test_the_card_records_the_class_order_and_train_prints_it(multiclass):
         "label": "severity",
         "mode": "multiclass",
         "classes": ["high", "low", "medium"],
+        "positive_class": None,
     }
     assert "classes (output order): 0: high, 1: low, 2: medium" in trained.stdout
 
@@ -312,12 +313,12 @@ def test_target_by_name_equals_target_by_index(multiclass, tmp_path):
 def test_an_unknown_target_lists_the_classes(multiclass, tmp_path):
     root, _ = multiclass
     args = ["explain", "--model", root / "model", "--data", root / "samples.jsonl"]
-    result = invoke(*args, "--target", "severe", "--out", tmp_path / "a", expect=1)
+    result = invoke(*args, "--target", "severe", "--out", tmp_path / "a", expect=2)  # usage
     assert (
         "--target 'severe' is not a class of this model; classes in output order: 0: high, "
         "1: low, 2: medium" in result.stderr
     )
-    result = invoke(*args, "--target", "3", "--out", tmp_path / "a", expect=1)
+    result = invoke(*args, "--target", "3", "--out", tmp_path / "a", expect=2)
     assert "--target 3 is out of range" in result.stderr
     assert not (tmp_path / "a").exists()
 

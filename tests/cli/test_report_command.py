@@ -4,6 +4,7 @@ report header."""
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 from click.testing import CliRunner
@@ -64,14 +65,15 @@ def test_report_header_has_the_card_class_and_faithfulness(run):
         d.attrs["data-item"]: "".join(d.text_parts)
         for d in tree.root.find_all("div", "card")[0].children
     }
-    assert items["model"] == f"Transformer {card['model_id']}"
+    assert items["model"] == f"CodeTransformer {card['model_id']}"  # default on visits
     assert items["test"].startswith(f"AUROC {card['test_metrics']['roc_auc']:.3f}")
     assert items["explains"] == "class 0"  # explain ran with --target 0
     header = tree.root.find_all("header")[0].child("p").text()
     assert header == "5 of 60 explained patients shown · methods: rollout"
     # the risk shown is the probability of the explained class, named as such
     pills = [p.text() for p in next(iter(patient_sections(tree).values())).find_all("span", "pill")]
-    assert pills[0].startswith("predicted class 0, probability ")
+    assert re.fullmatch(r"predicted [01], probability 0\.\d{3}", pills[0])
+    assert pills[1].startswith("explained 0, probability ")
     table = tree.root.find_all("table", "faithfulness")[0]
     rows = json.loads((root / "eval.json").read_text())["results"]
     cells = [[td.text() for td in tr.find_all("td")] for tr in table.find_all("tr")[1:]]
@@ -114,3 +116,40 @@ def test_visits_are_labelled_by_the_event_times_of_the_rows(run):
         stamps = [t.strftime("%Y-%m-%d") if hasattr(t, "strftime") else f"t={t:g}" for t in first]
         feature = section.find_all("div", "feature")[0]  # every visit of the patient
         assert [v.text() for v in feature.find_all("div", "vlabel")] == stamps
+
+
+def test_evaluate_scores_planted_code_recovery_from_ground_truth(run, tmp_path):
+    root, data, model = run
+    out = tmp_path / "recovery.json"
+    result = invoke(
+        "evaluate", "--model", model, "--data", data / "samples.jsonl", "-m", "rollout,random",
+        "--split", "test", "--bootstrap", 20, "--ground-truth", data / "ground_truth.json",
+        "--k", 3, "--out", out, "-q",
+    )  # fmt: skip
+    assert "planted codes recovered" in result.stdout
+    rows = json.loads(out.read_text())["results"]
+    for row in rows:
+        for metric in ("signal_auroc", "precision@3", "recall@3"):
+            assert row[f"{metric}_low"] <= row[metric] <= row[f"{metric}_high"], (row, metric)
+        assert 0.0 <= row["precision@3"] <= 1.0
+    # the report's faithfulness table shows them, each saying which way is better
+    invoke(
+        "report", "--model", model, "--data", data / "samples.jsonl", "--attributions",
+        root / "attr", "--evaluation", out, "--out", tmp_path / "r.html",
+    )  # fmt: skip
+    table = parse((tmp_path / "r.html").read_text(encoding="utf-8")).root.find_all(
+        "table", "faithfulness"
+    )[0]
+    heads = [th.attrs.get("data-metric") for th in table.find_all("th")]
+    assert {"signal_auroc", "precision@", "recall@"} <= set(heads)
+
+
+def test_evaluate_refuses_ground_truth_of_another_cohort(run, tmp_path):
+    _, data, model = run
+    other = tmp_path / "other.json"
+    other.write_text(json.dumps({"X1": {"diagnoses": ["D001"]}}))
+    result = invoke(
+        "evaluate", "--model", model, "--data", data / "samples.jsonl", "-m", "random",
+        "--split", "test", "--bootstrap", 5, "--ground-truth", other, "-q", expect=1,
+    )  # fmt: skip
+    assert "other.json: no ground truth for" in result.stderr

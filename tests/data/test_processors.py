@@ -8,6 +8,7 @@ import math
 import pytest
 import torch
 
+from ehrlens.data import create_sample_dataset
 from ehrlens.data.processors import (
     PAD_ID,
     UNK_ID,
@@ -348,16 +349,59 @@ def test_binary_accepts_bools_and_float_zero_one():
     assert proc.process(0.0, key="label").tolist() == [0.0]
 
 
-def test_binary_two_distinct_strings_sorted():
-    proc = BinaryLabelProcessor()
-    proc.fit(["pos", "neg", "pos"], key="outcome")
-    assert proc.process("neg", key="outcome").tolist() == [0.0]
-    assert proc.process("pos", key="outcome").tolist() == [1.0]
-    with pytest.raises(ValueError, match=r"sample 5, label 'outcome'"):
-        proc.process("maybe", key="outcome", index=5)
+def test_binary_two_strings_need_the_positive_class_named():
+    # "low" / "high" sort alphabetically to high=0, low=1: the positive class would flip.
+    with pytest.raises(ValueError, match=r"label 'risk'.*'high' and 'low'.*positive_class="):
+        BinaryLabelProcessor().fit(["low", "high", "low"], key="risk")
+    proc = BinaryLabelProcessor(positive_class="high")
+    proc.fit(["low", "high", "low"], key="risk")
+    assert proc.class_names == ["low", "high"]
+    assert proc.process("high", key="risk").tolist() == [1.0]
+    assert proc.process("low", key="risk").tolist() == [0.0]
+    with pytest.raises(ValueError, match=r"sample 5, label 'risk'"):
+        proc.process("maybe", key="risk", index=5)
     restored = BinaryLabelProcessor()
     restored.load_state_dict(proc.state_dict())
-    assert restored.process("pos", key="outcome").tolist() == [1.0]
+    assert restored.process("high", key="risk").tolist() == [1.0]
+    assert restored.class_names == ["low", "high"]
+
+
+@pytest.mark.parametrize(
+    ("values", "positive", "names"),
+    [
+        (["no", "yes", "no"], "yes", ["no", "yes"]),
+        (["Yes", "No"], "Yes", ["No", "Yes"]),
+        (["true", "false"], "true", ["false", "true"]),
+        (["1", "0"], "1", ["0", "1"]),
+        ([True, False], True, ["0", "1"]),
+        ([1, 0, 1], 1, ["0", "1"]),
+    ],
+)
+def test_binary_obvious_pairs_need_no_name(values, positive, names):
+    proc = BinaryLabelProcessor()
+    proc.fit(values, key="y")
+    assert proc.class_names == names
+    negative = next(v for v in values if v != positive)
+    assert proc.process(positive, key="y").tolist() == [1.0]
+    assert proc.process(negative, key="y").tolist() == [0.0]
+
+
+def test_binary_positive_class_must_be_one_of_the_values():
+    with pytest.raises(ValueError, match=r"positive class 'medium' is not one of .*'high'"):
+        BinaryLabelProcessor(positive_class="medium").fit(["low", "high"], key="risk")
+    proc = BinaryLabelProcessor(positive_class="LOW")  # case is forgiven when unambiguous
+    proc.fit(["low", "high"], key="risk")
+    assert proc.class_names == ["high", "low"]
+
+
+def test_create_sample_dataset_takes_the_positive_class():
+    samples = [{"patient_id": f"p{i}", "codes": ["a"], "y": v} for i, v in enumerate("ab")]
+    ds = create_sample_dataset(samples, {"codes": "sequence"}, {"y": "binary"}, positive_class="a")
+    assert ds.schema.output_processors["y"].class_names == ["b", "a"]
+    with pytest.raises(ValueError, match="positive_class='a' is for a binary label"):
+        create_sample_dataset(
+            samples, {"codes": "sequence"}, {"y": "multiclass"}, positive_class="a"
+        )
 
 
 def test_binary_three_values_raise():

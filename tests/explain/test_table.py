@@ -71,7 +71,11 @@ def test_every_layout_gives_one_row_per_non_padding_unit(dataset):
     assert list(columns) == list(ATTRIBUTION_COLUMNS)
 
     def row(pid, feature, visit, position, code, score):
-        return (pid, feature, visit, position, code, float(score), "rollout", "abc123", None)
+        value = None  # codes have none; a measurement its value as the model was given it
+        if feature in ("labs", "demo"):
+            index = (0 if pid == "a" else 1, *((visit,) if visit is not None else ()), position)
+            value = float(batch[feature][index])
+        return (pid, feature, visit, position, code, float(score), "rollout", "abc123", None, value)
 
     expected = [
         # patient a: features in schema order, then positions
@@ -118,10 +122,10 @@ def test_unseen_codes_are_named_unk_and_absent_features_are_skipped(dataset):
     scores = {"seq": torch.tensor([[0.25, 0.5]]), "vis": torch.tensor([[[1.0, 2.0]]])}
     columns = attribution_columns(scores, batch, dataset.schema, "flow", "m")
     assert _rows(columns) == [
-        ("c", "seq", None, 0, "<unk>", 0.25, "flow", "m", None),
-        ("c", "seq", None, 1, "x", 0.5, "flow", "m", None),
-        ("c", "vis", 0, 0, "q", 1.0, "flow", "m", None),
-        ("c", "vis", 0, 1, "<unk>", 2.0, "flow", "m", None),
+        ("c", "seq", None, 0, "<unk>", 0.25, "flow", "m", None, None),
+        ("c", "seq", None, 1, "x", 0.5, "flow", "m", None, None),
+        ("c", "vis", 0, 0, "q", 1.0, "flow", "m", None, None),
+        ("c", "vis", 0, 1, "<unk>", 2.0, "flow", "m", None, None),
     ]
 
 
@@ -167,6 +171,7 @@ def test_arrow_schema_and_conversion(dataset):
         "string",
         "string",
         "string",
+        "double",
     ]
     batch = dataset.collate([dataset[0], dataset[1]])
     first = attribution_columns(_scores(batch), batch, dataset.schema, "rollout", "id")
@@ -189,6 +194,7 @@ def test_arrow_schema_and_conversion(dataset):
             "method": "rollout",
             "model_id": "id",
             "level": None,
+            "value": None,
         }
     ]
     assert columns_to_arrow(concat_columns([])).num_rows == 0
@@ -221,3 +227,14 @@ def test_model_fingerprint_is_stable_and_tracks_weights_and_hparams(tmp_path):
     with torch.no_grad():
         next(model.parameters()).view(-1)[0] += 1e-6
     assert model_fingerprint(model) != fingerprint
+
+
+def test_a_table_without_the_value_column_still_has_a_digest(dataset):
+    # shards written before rows carried ``value`` are verified over the columns they have
+    from ehrlens.explain.shards import table_digest
+
+    batch = dataset.collate([dataset[0]])
+    table = columns_to_arrow(attribution_columns(_scores(batch), batch, dataset.schema, "r", "m"))
+    older = table.drop_columns(["value"])
+    assert table_digest(older) == table_digest(older)
+    assert table_digest(older) != table_digest(table)

@@ -19,6 +19,7 @@ from ehrlens.report import (
     render_report,
     write_report,
 )
+from ehrlens.report.top import SUMMED_NOTE
 
 
 def method_name(method_div: Node) -> str:
@@ -61,6 +62,9 @@ def expected_chips(frame: pd.DataFrame, pid: str, descriptions=None) -> list[tup
         name = row.code
         if descriptions and row.code in descriptions:
             name = f"{row.code} — {descriptions[row.code]}"
+        value = getattr(row, "value", None)
+        if value is not None and not pd.isna(value):  # a measurement shows its value
+            name = f"{name} = {value:g}"
         if getattr(row, "level", None) == "visit":  # the score sits on the visit, once
             out.append(
                 (row.method, row.feature, visit, row.code, None, f"{name}: scored with its visit")
@@ -152,9 +156,10 @@ def test_prediction_label_and_shading(hand_report):
     _, tree = hand_report
     sections = patient_sections(tree)
     pills = [p.text() for p in sections["p1"].find_all("span", "pill")]
-    assert pills == ["predicted risk 0.877", "label 1"]
+    # a bare probability is not called "predicted": it is the explained class's
+    assert pills == ["probability 0.877", "label 1"]
     assert [p.text() for p in sections["P&<2>"].find_all("span", "pill")] == [
-        "predicted risk 0.100",
+        "probability 0.100",
         "label unknown",
     ]
     rollout = sections["p1"].find_all("div", "method")[0]
@@ -210,17 +215,19 @@ def test_top_k_codes_per_patient_and_method(hand_report):
     def rows(table):
         return [[td.text() for td in tr.find_all("td")] for tr in table.find_all("tr")[1:]]
 
-    # summed per (feature, code): rollout A 0.5 + 0.125, B 0.25, demo/1 0.0, demo/0 -0.5
+    # summed per (feature, code), saying so: rollout A 0.5 + 0.125 (×2), B 0.25, demo/1 0.0
     assert rows(tables[0]) == [
-        ["dx", "A — Hypertension", "0.6250"],
+        ["dx", "A — Hypertension ×2", "0.6250"],
         ["dx", "B", "0.2500"],
         ["demo", "1", "0.0000"],
     ]
     assert rows(tables[1]) == [
         ["dx", "B", "2.0000"],
-        ["dx", "A — Hypertension", "1.0000"],
+        ["dx", "A — Hypertension ×2", "1.0000"],
         ["demo", "1", "0.2000"],
     ]
+    notes = [m.find_all("p", "note") for m in section.find_all("div", "method")]
+    assert [n[0].text() for n in notes] == [SUMMED_NOTE, SUMMED_NOTE]
 
 
 def test_cohort_section_ranks_codes_by_mean_score_per_patient(hand_report):
@@ -328,9 +335,17 @@ def test_report_of_explained_patients_shows_every_code_with_its_score(explained,
     labels = {s["patient_id"]: s["label"] for s in cohort.samples}
     for pid, section in sections.items():
         pills = [p.text() for p in section.find_all("span", "pill")]
-        assert len(pills) == 2
-        assert pills[0] == f"predicted risk {predictions[pid].probability:.3f}"
-        assert pills[1] in (f"label {labels[pid]}", f"label {float(labels[pid])}")  # 0/1
+        shown = predictions[pid]
+        positive = shown.probability  # binary, no target: the explained class is 1
+        predicted = "1" if positive >= 0.5 else "0"
+        assert shown.predicted_class == predicted
+        assert shown.predicted_probability == pytest.approx(max(positive, 1 - positive))
+        assert pills[:2] == [
+            f"predicted {predicted}, probability {max(positive, 1 - positive):.3f}",
+            f"explained 1, probability {positive:.3f}",
+        ]
+        assert len(pills) == 3
+        assert pills[2] in (f"label {labels[pid]}", f"label {float(labels[pid])}")  # 0/1
         chips = timeline_chips(section)
         assert Counter(chips) == Counter(expected_chips(frame, pid, descriptions))
         n_rows = int((frame["patient_id"] == pid).sum())

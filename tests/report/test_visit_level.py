@@ -48,7 +48,7 @@ def test_visit_scores_sit_on_the_visit_and_code_scores_on_the_codes():
         ("I10", "0.1"),
         ("I10", "0.2"),
     ]
-    assert "<td>I10</td><td class='num'>0.3000" in ig  # a code in two visits sums
+    assert "<td>I10 ×2</td><td class='num'>0.3000" in ig  # a code in two visits sums, visibly
     cohort = page[
         page.index("<section id='cohort'>") : page.index(
             "<section", page.index("<section id='cohort'>") + 1

@@ -121,7 +121,7 @@ def test_item_2_synthetic_keeps_the_users_files(tmp_path):
     invoke("synthetic", folder, "--patients", 20, "--overwrite")
     assert sorted(p.name for p in folder.iterdir()) == sorted(
         ["samples.jsonl", "events.parquet", "labels.csv", "schema.json", "codes.csv",
-         "ground_truth.json"]
+         "ground_truth.json", "risk.csv"]
     )  # fmt: skip
     assert (folder / "labels.csv").read_text().startswith("patient_id,label\nP000000,")
 

@@ -34,8 +34,12 @@ from ..core.files import OutputConflictError, check_overwrite
 from ..data import get_dataloader
 from ..data.synthetic import Layout
 from ..explain import explain_cohort
+from ..interpret.registry import make_interpreter
+from ..metrics import Evaluator
 from ..models import BaseModel, StageAttentionNet, Transformer
 from ..report import patient_predictions, write_report
+from ..report.top import top_codes_of
+from .task import task_record
 from .workflow import code_descriptions, train_on_cohort
 
 #: Where the demo writes its report unless told otherwise (replaced by the next demo run).
@@ -110,16 +114,52 @@ class _Steps:
 
 
 def _print_top_codes(frame: Any, planted: dict[str, set[tuple[str, str]]], pids, k: int) -> None:
+    """Each patient's top codes per method, as the report lists them (:func:`top_codes_of`:
+    a repeated code's scores summed, ``×n``)."""
     for pid in pids:
         rows = frame[frame["patient_id"] == pid]
         print(f"  patient {pid}: planted {_codes(sorted(planted[pid])) or '(none)'}")
         for method in METHODS:
-            top = rows[rows["method"] == method].nlargest(k, "score")
+            top = top_codes_of(rows[rows["method"] == method], k)
             shown = ", ".join(
-                f"{c}{'*' if (f, c) in planted[pid] else ''} {s:.3f}"
-                for f, c, s in zip(top["feature"], top["code"], top["score"], strict=True)
+                f"{e.label}{'*' if (e.feature, e.code) in planted[pid] else ''} {e.score:.4f}"
+                for e in top
             )
             print(f"    {method:8s} top {k}: {shown}")
+
+
+def _card(run: Any, name: str, seed: int) -> dict[str, Any]:
+    """The model card the report's header shows, as ``ehrlens train`` writes it."""
+    return {
+        "model_class": type(run.model).__name__,
+        "data": {
+            "path": f"synthetic cohort (seed {seed})",
+            "n_patients": len(run.train) + len(run.val) + len(run.test),
+            "n_train": len(run.train),
+            "n_val": len(run.val),
+            "n_test": len(run.test),
+        },
+        "test_metrics": dict(run.test_metrics),
+        "task": task_record(run.model),
+    }
+
+
+def _evaluate(run: Any, chosen: Any, prefix: str | None) -> list[dict[str, Any]]:
+    """Faithfulness and planted-code recovery of each method on the explained patients, for
+    the class the report explains (the positive class), as ``ehrlens evaluate`` measures
+    them."""
+    evaluator = Evaluator(
+        run.model, target=1, ground_truth=run.cohort.ground_truth, n_bootstrap=200
+    )
+    rows = []
+    for method in METHODS:
+        result = evaluator.evaluate(
+            get_dataloader(chosen, 16), make_interpreter(method, run.model), method
+        )
+        row = result.to_dict()
+        row["method"] = f"{prefix}/{method}" if prefix else method
+        rows.append(row)
+    return rows
 
 
 def _codes(pairs: Sequence[tuple[str, str]]) -> str:
@@ -179,6 +219,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"synthetic cohort of {patients} patients, seed {args.seed}"
     )
     frames, summary, first = [], [], None
+    evaluation: list[dict[str, Any]] = []
+    card: dict[str, Any] | None = None
     for name, (layout, model_class, hparams) in size.models.items():
         steps.begin(f"{name}: generate the cohort and train {epochs} epoch(s)")
         run = train_on_cohort(
@@ -196,7 +238,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             signal = _codes(sorted(run.cohort.signal_codes))
             print(f"      positive rate {run.cohort.positive_rate:.2f}; planted codes: {signal}")
 
-        steps.begin(f"{name}: explain the {n_explain} highest-risk test patients")
+        steps.begin(
+            f"{name}: explain the {n_explain} highest-risk test patients and measure "
+            "faithfulness and planted-code recovery"
+        )
         with torch.inference_mode():
             y_prob = torch.cat([run.model(**b)["y_prob"] for b in get_dataloader(run.test, 256)])
         highest = np.argsort(-y_prob[:, 0].numpy(), kind="stable")[:n_explain]
@@ -205,9 +250,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             run.model, chosen, list(METHODS), batch_size=16, progress=not args.quiet,
             model_id=name,
         ).to_frame()  # fmt: skip
+        evaluation += _evaluate(run, chosen, name if len(size.models) > 1 else None)
         steps.end(f"{len(frame)} rows ({', '.join(METHODS)})")
+        if card is None:
+            card = _card(run, name, args.seed)
 
-        steps.begin(f"{name}: top codes of the 2 highest-risk patients (* = planted signal)")
+        steps.begin(
+            f"{name}: top codes of the 2 highest-risk patients (* = planted signal; ×n: a "
+            "code's scores summed over its n occurrences, as in the report)"
+        )
         planted = {
             pid: {(f, c) for f, codes in run.cohort.ground_truth[pid].items() for c in codes}
             for pid in chosen.patient_ids
@@ -229,6 +280,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         report, frame, predictions, descriptions=code_descriptions(first.cohort),
         title="ehrlens demo", subtitle="; ".join(summary),
         patients=sorted(predictions, key=lambda p: -predictions[p].probability),
+        card=card, target=None, evaluation=evaluation,
     )  # fmt: skip
     steps.end()
     print(f"\nsummary: {'; '.join(summary)}; {steps.elapsed():.0f}s in all")

@@ -46,7 +46,13 @@ def read_for_training(
         root, labels, features=features, numeric=numeric, time_bucket=time_bucket,
         label_key=label_key,
     )  # fmt: skip
-    return data, {"input_schema": data.input_schema, "output_schema": data.output_schema}
+    schema: dict[str, Any] = {
+        "input_schema": data.input_schema,
+        "output_schema": data.output_schema,
+    }
+    if data.options.columns:  # the measurement codes of numeric features, in value order
+        schema["columns"] = {k: list(v) for k, v in data.options.columns.items()}
+    return data, schema
 
 
 def card_entry(data: MedsData, root: str | os.PathLike, labels: str | os.PathLike) -> dict:

@@ -3,7 +3,7 @@ names in the order of the model's outputs; and when a split is too small for its
 
 Example:
     >>> task_record(model)   # a binary model; a multiclass one lists its class names
-    {'label': 'label', 'mode': 'binary', 'classes': ['0', '1']}
+    {'label': 'label', 'mode': 'binary', 'classes': ['0', '1'], 'positive_class': '1'}
     >>> resolve_target("low", ["high", "low", "medium"])
     1
 """
@@ -13,6 +13,8 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from typing import Any
+
+from ..core.errors import UsageValueError
 
 #: Fewest patients of a split, and of each class in it, whose metrics are reported without a
 #: warning: with fewer, AUROC and F1 swing by a tenth or more between draws.
@@ -32,9 +34,32 @@ def class_names(processor: Any) -> list[str] | None:
 
 
 def task_record(model: Any) -> dict[str, Any]:
-    """``{"label", "mode", "classes"}`` of a model's (first) label, for its card."""
+    """``{"label", "mode", "classes", "positive_class"}`` of a model's (first) label, for its
+    card; ``positive_class`` (the class the binary probability is about) is ``None`` unless
+    the label is binary."""
     label, processor = next(iter(model.schema.output_processors.items()))
-    return {"label": label, "mode": processor.schema, "classes": class_names(processor)}
+    classes = class_names(processor)
+    positive = classes[1] if processor.schema == "binary" and classes else None
+    return {
+        "label": label, "mode": processor.schema, "classes": classes, "positive_class": positive
+    }  # fmt: skip
+
+
+def class_order_text(task: Mapping[str, Any]) -> str | None:
+    """One line naming the classes in output order and, for a binary label, the positive
+    class; ``None`` for a task without classes.
+
+    Example:
+        >>> class_order_text({"mode": "binary", "classes": ["low", "high"]})
+        'classes (output order): 0: low, 1: high; positive class: high'
+    """
+    classes = task.get("classes")
+    if not classes:
+        return None
+    text = "classes (output order): " + ", ".join(f"{i}: {c}" for i, c in enumerate(classes))
+    if task.get("mode") == "binary" and len(classes) == 2:
+        text += f"; positive class: {classes[1]}"
+    return text
 
 
 def card_classes(card: Mapping[str, Any], model: Any | None = None) -> list[str] | None:
@@ -51,8 +76,8 @@ def resolve_target(value: str | int | None, classes: Sequence[str] | None) -> in
     (exact match first, then ignoring case).
 
     Raises:
-        ValueError: no such class, or an index out of range; the message lists the classes
-            in order with their indices.
+        UsageValueError: (a ``ValueError``) no such class, or an index out of range; the
+            message lists the classes in order with their indices.
 
     Example:
         >>> classes = ["low", "medium", "high"]
@@ -72,11 +97,13 @@ def resolve_target(value: str | int | None, classes: Sequence[str] | None) -> in
     try:
         index = int(text)
     except ValueError:
-        raise ValueError(
+        raise UsageValueError(
             f"--target {text!r} is not a class of this model; classes in output order: {listed}"
         ) from None
     if classes and not 0 <= index < len(classes):
-        raise ValueError(f"--target {index} is out of range; classes in output order: {listed}")
+        raise UsageValueError(
+            f"--target {index} is out of range; classes in output order: {listed}"
+        )
     return index
 
 

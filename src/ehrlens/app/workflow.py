@@ -36,6 +36,7 @@ from ..data import (
 )
 from ..data.dataset import MAX_CODES_PER_STEP, MAX_STEPS, split_by_patient
 from ..data.events import to_events
+from ..data.processors.numeric import NumericProcessor
 from ..data.synthetic import Layout
 from ..metrics.prediction import compute_metrics
 from ..models import BaseModel, model_class
@@ -54,7 +55,32 @@ SYNTHETIC_FILES = {
     "schema": "schema.json",
     "codes": "codes.csv",
     "ground_truth": "ground_truth.json",
+    "risk": "risk.csv",
 }
+
+
+#: Input types whose patients have visits (or time steps) of codes: there the default model
+#: is the one that scores each code (:func:`default_model`).
+VISIT_CODE_SCHEMAS = frozenset({"nested_sequence", "stagenet"})
+#: Why :func:`default_model` chose a model, in words.
+DEFAULT_REASON = {
+    "code_transformer": "the default for visits of codes: it scores each code, where "
+    "transformer gives every code of a visit the visit's score",
+    "transformer": "the default for inputs without visits of codes",
+}
+
+
+def default_model(input_schema: Mapping[str, str]) -> str:
+    """The model trained when none is named: ``"code_transformer"`` when any feature holds
+    visits or time steps of codes (``nested_sequence``, ``stagenet``; all MEDS data), since
+    attention methods on it answer "which code", not "which visit"; else ``"transformer"``.
+
+    Example:
+        >>> default_model({"diagnoses": "nested_sequence", "labs": "timeseries"})
+        'code_transformer'
+    """
+    nested = any(kind in VISIT_CODE_SCHEMAS for kind in input_schema.values())
+    return "code_transformer" if nested else "transformer"
 
 
 def read_schema_file(path: str | os.PathLike) -> dict[str, Any]:
@@ -94,7 +120,8 @@ def write_synthetic_cohort(
 
     Files: ``samples.jsonl`` (samples with labels), ``events.parquet`` (long-format events),
     ``labels.csv``, ``schema.json``, ``codes.csv`` (code descriptions that say which codes are
-    planted) and ``ground_truth.json`` (each patient's planted codes).
+    planted), ``ground_truth.json`` (each patient's planted codes) and ``risk.csv`` (each
+    patient's noise-free risk, ``patient_id,risk``: what the best model could predict).
 
     Example:
         >>> files = write_synthetic_cohort("data/", n_patients=50)
@@ -121,7 +148,71 @@ def write_synthetic_cohort(
         writer.writerows(sorted(code_descriptions(cohort).items()))
     with atomic_write(files["ground_truth"]) as f:
         json.dump(cohort.ground_truth, f)
+    with atomic_write(files["risk"]) as f:
+        writer = csv.writer(f)
+        writer.writerow(["patient_id", "risk"])
+        writer.writerows(
+            (s["patient_id"], repr(cohort.risk[s["patient_id"]])) for s in cohort.samples
+        )
     return files
+
+
+def read_risk(path: str | os.PathLike) -> dict[str, float]:
+    """``{patient_id: risk}`` from a CSV ``patient_id,risk`` (the ``risk.csv`` of
+    :func:`write_synthetic_cohort`).
+
+    Raises:
+        ValueError: another header, or a risk that is not a number in [0, 1] (row named).
+
+    Example:
+        >>> read_risk("data/risk.csv")["P000000"]
+        0.31
+    """
+    path = Path(path)
+    with path.open(newline="", encoding="utf-8-sig") as f:
+        reader = csv.DictReader(f)
+        if not reader.fieldnames or not {"patient_id", "risk"} <= set(reader.fieldnames):
+            raise ValueError(f"{path}: expected a CSV header 'patient_id,risk'")
+        out = {}
+        for number, row in enumerate(reader, start=1):
+            try:
+                value = float(row["risk"])
+            except (TypeError, ValueError):
+                value = float("nan")
+            if not 0.0 <= value <= 1.0:
+                raise ValueError(f"{path}: row {number}: risk must be a number in [0, 1]")
+            out[str(row["patient_id"])] = value
+    return out
+
+
+def best_achievable_auroc(
+    model: BaseModel,
+    samples: Sequence[Mapping[str, Any]],
+    test_ids: Sequence[str],
+    risk: Mapping[str, float],
+) -> float:
+    """The test AUROC of the noise-free ``risk``: the best any model can reach on these
+    labels (binary models).
+
+    Raises:
+        ValueError: a test patient without a risk, or a model that is not binary.
+
+    Example:
+        >>> best_achievable_auroc(model, samples, card["data"]["split"]["patient_ids"]["test"],
+        ...                       read_risk("data/risk.csv"))
+        0.811
+    """
+    label_key, processor = next(iter(model.schema.output_processors.items()))
+    if processor.schema != "binary":
+        raise ValueError(f"a best achievable AUROC needs a binary label, not {processor.schema}")
+    wanted = set(map(str, test_ids))
+    missing = sorted(wanted - set(risk))
+    if missing:
+        raise ValueError(f"no risk for {len(missing)} test patient(s), e.g. {missing[:3]}")
+    rows = [s for s in samples if str(s["patient_id"]) in wanted]
+    labels = np.array([float(processor.process(s[label_key], label_key)[0]) for s in rows])
+    risks = np.array([risk[str(s["patient_id"])] for s in rows])
+    return float(compute_metrics("binary", labels, risks, ["roc_auc"])["roc_auc"])
 
 
 def code_descriptions(cohort: Any) -> dict[str, str]:
@@ -284,18 +375,24 @@ def train_model(
     max_steps: int | None = MAX_STEPS,
     max_codes_per_step: int | None = MAX_CODES_PER_STEP,
     parts: Mapping[str, str] | None = None,
+    positive_class: str | None = None,
 ) -> tuple[BaseModel, dict[str, Any]]:
     """Fit processors, split 70/15/15 by patient, train with best-epoch restore, test.
 
-    ``max_steps`` / ``max_codes_per_step``: size limits per sample, as in
+    ``schema``: ``{"input_schema", "output_schema"}`` and optionally ``"columns"``
+    (``{feature: measurement names}`` of numeric features), which the model keeps: they are
+    the ``code`` of each value's attribution row.
+
+    ``max_steps`` / ``max_codes_per_step``: size limits per sample, and ``positive_class``:
+    the positive value of a binary label that is not 0/1, false/true or no/yes, as in
     :func:`~ehrlens.data.create_sample_dataset`. ``parts``: a given split
     (:func:`fit_on_splits`).
 
     Returns:
         ``(model, card)`` where the card records the data size, split (fractions, seed and each
         part's patient ids), settings, per-epoch history and validation/test metrics, the task
-        (``task``: label, mode and class names in output order), and ``warnings`` (a test
-        split too small for its metrics), for
+        (``task``: label, mode, class names in output order and the positive class), and
+        ``warnings`` (a test split too small for its metrics), for
         :func:`~ehrlens.models.directory.save_model_dir`.
 
     Example:
@@ -306,10 +403,14 @@ def train_model(
     chosen = model_class(model)  # by short name; a ValueError lists the names
     dataset = create_sample_dataset(
         samples, schema["input_schema"], schema["output_schema"], max_steps=max_steps,
-        max_codes_per_step=max_codes_per_step,
+        max_codes_per_step=max_codes_per_step, positive_class=positive_class,
     )  # fmt: skip
     if len(dataset) < 10:
         raise ValueError(f"need at least 10 patients to split and train, got {len(dataset)}")
+    for key, names in (schema.get("columns") or {}).items():  # measurement names, kept
+        processor = dataset.schema.input_processors.get(key)
+        if isinstance(processor, NumericProcessor):
+            processor.name_columns(names, key)
     fit = fit_on_splits(
         dataset, chosen, hparams or {}, epochs=epochs, lr=lr,
         batch_size=batch_size, seed=seed, progress=progress, parts=parts,

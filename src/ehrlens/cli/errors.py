@@ -12,6 +12,7 @@ from typing import Any, NoReturn
 
 import click
 
+from ..core.errors import UsageValueError
 from ..core.files import OutputConflictError
 
 #: Exit codes, also listed in ``ehrlens --help``.
@@ -49,6 +50,8 @@ def handle_errors(command: Callable[..., Any]) -> Callable[..., Any]:
                 return command(*args, **kwargs)
         except OutputConflictError as error:
             fail(str(error), EXIT_OUTPUT_CONFLICT)
+        except UsageValueError as error:
+            fail(_command_line_terms(str(error)), EXIT_USAGE)
         except KeyError as error:
             fail(f"missing key {error}", EXIT_BAD_INPUT)
         except (ValueError, TypeError, OSError, ImportError) as error:

@@ -59,8 +59,8 @@ def method_help_text() -> str:
             lines.append(f"{'':{width}s}    options: {shown}")
     return (
         f"Method(s), repeated or comma-separated, each with options as "
-        f"NAME:OPTION=VALUE (e.g. -m rollout:head_fusion=max,flow:max_seq_len=512) "
-        f"[default: {DEFAULT_METHOD}]:\n\n\b\n" + "\n".join(lines)
+        f"NAME:OPTION=VALUE [default: {DEFAULT_METHOD}]:\n\n\b\n"
+        "e.g. -m rollout:head_fusion=max,flow:max_seq_len=512\n" + "\n".join(lines)
     )
 
 

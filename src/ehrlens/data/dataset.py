@@ -35,6 +35,7 @@ from .identity import SAMPLE_IDENTITY, STEPS_KEY, item_identity
 from .processors import (
     FEATURE_PROCESSORS,
     PAD_ID,
+    BinaryLabelProcessor,
     FeatureProcessor,
     LabelProcessor,
     TruncationWarning,
@@ -100,17 +101,27 @@ class FittedSchema:
         input_schema: Mapping[str, str],
         output_schema: Mapping[str, str],
         max_length: MaxLength = None,
+        positive_class: str | None = None,
     ) -> FittedSchema:
         """Create one processor per key and fit it on every sample's value.
 
-        ``max_length`` as in :func:`create_sample_dataset`.
+        ``max_length`` and ``positive_class`` as in :func:`create_sample_dataset`.
         """
         _check_schema_keys(input_schema, output_schema)
         limits = _max_lengths(max_length, input_schema)
         inputs = {k: make_feature_processor(s, k, limits.get(k)) for k, s in input_schema.items()}
         outputs = {k: make_label_processor(s, k) for k, s in output_schema.items()}
-        for key, processor in [*inputs.items(), *outputs.items()]:
-            processor.fit([_field(sample, key, i) for i, sample in enumerate(samples)], key)
+        if positive_class is not None:
+            binary = [p for p in outputs.values() if isinstance(p, BinaryLabelProcessor)]
+            if not binary:
+                raise ValueError(
+                    f"positive_class={positive_class!r} is for a binary label; the labels "
+                    f"are {dict(output_schema)}"
+                )
+            for processor in binary:
+                processor.positive_class = positive_class
+        for key, fitted in [*inputs.items(), *outputs.items()]:
+            fitted.fit([_field(sample, key, i) for i, sample in enumerate(samples)], key)
         return cls(inputs, outputs)
 
     def state_dict(self) -> dict[str, Any]:
@@ -306,6 +317,7 @@ def create_sample_dataset(
     max_length: MaxLength = None,
     max_steps: int | None = MAX_STEPS,
     max_codes_per_step: int | None = MAX_CODES_PER_STEP,
+    positive_class: str | None = None,
 ) -> SampleDataset:
     """Validate, fit processors on, and convert a list of patient samples.
 
@@ -335,6 +347,9 @@ def create_sample_dataset(
             Default :data:`MAX_STEPS`; ``None``: no limit.
         max_codes_per_step: refuse a visit (or stagenet step) with more codes than this.
             Default :data:`MAX_CODES_PER_STEP`; ``None``: no limit.
+        positive_class: the value of a binary label that is its positive class (class 1,
+            whose probability the model gives), e.g. ``"high"``; needed when the two values
+            are not 0/1, false/true or no/yes.
 
     Returns:
         A :class:`SampleDataset`.
@@ -363,11 +378,11 @@ def create_sample_dataset(
     if schema is None:
         if input_schema is None or output_schema is None:
             raise ValueError("give input_schema and output_schema, or a fitted schema=")
-        schema = FittedSchema.fit(samples, input_schema, output_schema, max_length)
-    elif max_length is not None:
+        schema = FittedSchema.fit(samples, input_schema, output_schema, max_length, positive_class)
+    elif max_length is not None or positive_class is not None:
         raise ValueError(
-            "max_length is part of a fitted schema (set when it was fitted); it cannot be "
-            "changed for schema="
+            "max_length and positive_class are part of a fitted schema (set when it was "
+            "fitted); they cannot be changed for schema="
         )
     elif input_schema is not None and dict(input_schema) != schema.input_schema:
         raise ValueError(

@@ -253,7 +253,8 @@ def table_digest(table: Any) -> str:
     import pyarrow as pa
 
     digest = hashlib.sha256()
-    names = [*ATTRIBUTION_COLUMNS, *(n for n in IDENTITY_COLUMNS if n in table.column_names)]
+    # a shard written before a column existed (``value``) is digested as it was written
+    names = [n for n in (*ATTRIBUTION_COLUMNS, *IDENTITY_COLUMNS) if n in table.column_names]
     for name in names:
         column = table.column(name)
         array = column.combine_chunks() if column.num_chunks else pa.array([], column.type)

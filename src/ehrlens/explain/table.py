@@ -8,7 +8,8 @@ feature        string     feature key, e.g. ``"diagnoses"``
 visit          int32      visit / time-step index; null for flat sequences and vectors
 position       int32      position in the sequence, in the visit, or measurement column
 code           string     decoded code (``"<unk>"`` for codes unseen in training); for
-                          numeric features the column index as text
+                          numeric features the measurement's name (a MEDS code such as
+                          ``"LOINC//2160-0"``), or its column index as text when unnamed
 score          float64    the method's score for that unit
 method         string     method name, e.g. ``"rollout"``
 model_id       string     the model's fingerprint (:func:`model_fingerprint`)
@@ -16,6 +17,8 @@ level          string     ``"code"``: the score is this unit's own; ``"visit"``:
                           score of the unit's visit (or step), the same on each of its
                           units (an attention method on a model that pools visits); null
                           when the caller did not say (:func:`~ehrlens.interpret.score_level`)
+value          float64    the measured value the model was given (numeric features); null
+                          for codes
 =============  =========  ==============================================================
 
 When the input carries identity (:mod:`ehrlens.data.identity`), rows carry it too, after
@@ -57,6 +60,7 @@ ATTRIBUTION_COLUMNS = (
     "method",
     "model_id",
     "level",
+    "value",
 )
 
 
@@ -76,6 +80,7 @@ def arrow_schema(identity: Sequence[str] = ()):
         ("method", pa.string()),
         ("model_id", pa.string()),
         ("level", pa.string()),
+        ("value", pa.float64()),
     ]
     types = _identity_types()
     return pa.schema(fields + [(name, types[name]) for name in identity])
@@ -178,6 +183,7 @@ def method_columns(
     keys = [k for k in schema.feature_keys if any(k in s for s in scores.values())]
     values = {k: batch[k].detach().cpu() for k in keys}
     step_masks = {k: masks[k].detach().cpu() for k in keys if k in masks}
+    measured = {k for k in keys if getattr(processors[k], "event_kind", None) == "measurements"}
     for index, pid in enumerate(batch["patient_id"]):
         units = {
             k: list(_units(processors[k], values[k][index], _row(step_masks.get(k), index)))
@@ -189,6 +195,7 @@ def method_columns(
                     continue
                 feature_scores = method_scores[key][index]
                 level = ((levels or {}).get(method) or {}).get(key)
+                given = values[key][index] if key in measured else None
                 for visit, position, code, unit in units[key]:
                     for name in identity:
                         value = None if items is None else unit_identity(
@@ -204,6 +211,7 @@ def method_columns(
                     columns["method"].append(method)
                     columns["model_id"].append(model_id)
                     columns["level"].append(level)
+                    columns["value"].append(None if given is None else float(given[unit]))
     return columns
 
 

@@ -8,8 +8,11 @@ counts on each code of its visit: the codes of a visit tie (half a pair each in 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import json
+import os
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -95,6 +98,52 @@ def signal_recovery(
                 n_planted=len(present),
             )
         )
+    return out
+
+
+def read_ground_truth(
+    path: str | os.PathLike, patient_ids: Sequence[Any] | None = None
+) -> dict[str, dict[str, list[str]]]:
+    """Planted codes from a JSON file ``{patient_id: {feature: [codes]}}`` (the
+    ``ground_truth.json`` of a synthetic cohort).
+
+    Args:
+        path: the file.
+        patient_ids: the patients to be scored; each must have an entry.
+
+    Raises:
+        ValueError: not such a JSON object (the message names the file and the first bad
+            entry), or a patient of ``patient_ids`` without an entry (the first few named).
+
+    Example:
+        >>> truth = read_ground_truth("data/ground_truth.json", test.patient_ids)
+        >>> Evaluator(model, ground_truth=truth).evaluate(loader, method)
+    """
+    path = Path(path)
+    try:
+        document = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ValueError(f"{path}: not JSON ({error})") from error
+    if not isinstance(document, dict):
+        raise ValueError(f"{path}: expected an object {{patient_id: {{feature: [codes]}}}}")
+    out: dict[str, dict[str, list[str]]] = {}
+    for patient, entry in document.items():
+        good = isinstance(entry, dict) and all(
+            isinstance(codes, list) and all(isinstance(c, str) for c in codes)
+            for codes in entry.values()
+        )
+        if not good:
+            raise ValueError(
+                f"{path}: patient {patient!r}: expected {{feature: [codes]}}, got {entry!r:.80}"
+            )
+        out[str(patient)] = {str(f): list(codes) for f, codes in entry.items()}
+    if patient_ids is not None:
+        missing = [str(p) for p in patient_ids if str(p) not in out]
+        if missing:
+            raise ValueError(
+                f"{path}: no ground truth for {len(missing)} of the {len(patient_ids)} "
+                f"patient(s) scored, e.g. {missing[:3]}; is it the file of this cohort?"
+            )
     return out
 
 

@@ -9,6 +9,7 @@ from .transformer import Transformer  # isort: split
 from .stage_attention import StageAttentionNet, StageNetLayer  # isort: split
 
 from .code_transformer import CodeTransformer
+from .directory import load_model_dir, save_model_dir
 
 __all__ = [
     "BaseModel",
@@ -18,6 +19,8 @@ __all__ = [
     "StageAttentionNet",
     "StageNetLayer",
     "Transformer",
+    "load_model_dir",
     "model_class",
     "model_classes",
+    "save_model_dir",
 ]

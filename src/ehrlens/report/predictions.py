@@ -15,6 +15,7 @@ import torch
 
 from ..core.modes import eval_mode
 from ..data.dataset import SampleDataset, get_dataloader, move_to_device
+from .classes import predicted_and_explained
 from .patient import Prediction
 
 
@@ -56,13 +57,14 @@ def batch_predictions(
             classes = [int(c) for c in best]
     label_key = getattr(model, "label_key", None)
     labels = batch.get(label_key) if label_key is not None else None
+    said = predicted_and_explained(model, y_prob, target)
     out = {}
     for i, pid in enumerate(batch["patient_id"]):
         label = None
         if isinstance(labels, torch.Tensor):
             value = labels[i].reshape(-1).tolist()
             label = value[0] if len(value) == 1 else value
-        out[str(pid)] = Prediction(float(shown[i]), label, classes[i])
+        out[str(pid)] = Prediction(float(shown[i]), label, classes[i], *said[i], model.mode)
     return out
 
 

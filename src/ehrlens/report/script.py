@@ -1,4 +1,5 @@
-"""The report's inline JavaScript: method toggles, sorting and filtering of patients.
+"""The report's inline JavaScript: method toggles, the per-patient colour scale toggle,
+sorting and filtering of patients.
 
 Plain JavaScript, no library and no network. It reads only ``data-*`` attributes of the page
 (``data-method`` on everything that belongs to a method, ``data-pid`` / ``data-risk`` /
@@ -31,6 +32,20 @@ SCRIPT = r"""
       });
     });
   });
+
+  // colour scale: shared per method (the legend), or each patient's own largest score
+  var perPatient = root.querySelector('#scale-per-patient');
+  if (perPatient) {
+    perPatient.addEventListener('change', function () {
+      each(root.querySelectorAll('[data-own-style]'), function (el) {
+        if (!el.hasAttribute('data-shared-style')) {
+          el.setAttribute('data-shared-style', el.getAttribute('style') || '');
+        }
+        el.setAttribute('style', el.getAttribute(
+          perPatient.checked ? 'data-own-style' : 'data-shared-style'));
+      });
+    });
+  }
 
   var search = root.querySelector('#filter-text');
   var labelFilter = root.querySelector('#filter-label');

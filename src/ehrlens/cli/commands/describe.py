@@ -32,6 +32,8 @@ def describe(model_dir: Path, model_sha256: str | None, as_json: bool) -> None:
     task.setdefault("label", label)
     task.setdefault("mode", processor.schema)
     task["classes"] = card_classes(card, model)
+    if task["mode"] == "binary" and task["classes"] and len(task["classes"]) == 2:
+        task.setdefault("positive_class", task["classes"][1])
     data = card.get("data", {})
     summary: dict[str, Any] = {
         "model": card.get("model_class", type(model).__name__),
@@ -52,6 +54,11 @@ def describe(model_dir: Path, model_sha256: str | None, as_json: bool) -> None:
     if task["classes"]:
         listed = ", ".join(f"{i}: {name}" for i, name in enumerate(task["classes"]))
         click.echo(f"classes    {listed}   (output order; --target takes a name or index)")
+        if task.get("positive_class") is not None:
+            click.echo(
+                f"positive   {task['positive_class']}   (the class the model's probability is "
+                "about; explained by default)"
+            )
     sizes = summary["data"]
     if sizes.get("n_patients") is not None:
         click.echo(

@@ -14,6 +14,7 @@ from ..options import (
     labels_option,
     model_option,
     on_bad_rows_option,
+    quiet_option,
     sha256_option,
     size_options,
 )
@@ -77,6 +78,7 @@ HEATMAP_INDEX = "index.csv"
 @size_options
 @on_bad_rows_option
 @click.option("--overwrite", is_flag=True, help="Replace an existing --out file and heatmap files.")
+@quiet_option
 @handle_errors
 @writes("out", "heatmaps")
 def report(
@@ -95,6 +97,7 @@ def report(
     max_codes_per_step: int | None,
     on_bad_rows: str,
     overwrite: bool,
+    quiet: bool,
 ) -> None:
     """Write an HTML report: the model card, a colour legend per method, per patient the
     prediction, a timeline of visits with codes shaded by score, the top codes, methods side by
@@ -104,6 +107,8 @@ def report(
     from ...explain.consistency import check_attributions_match
     from ...explain.shards import read_run_manifest
     from ...report import patient_predictions, read_descriptions, read_evaluation, write_report
+    from ...report.classes import report_predictions
+    from ...report.header import class_names
 
     check_overwrite([out], overwrite)
     limits = {"max_steps": max_steps, "max_codes_per_step": max_codes_per_step}
@@ -120,7 +125,8 @@ def report(
     check_attributions_match(frame, dataset, model.schema)
     target = read_run_manifest(attributions).get("settings", {}).get("target_class_idx")
     rows = read_evaluation(evaluation) if evaluation is not None else None
-    predictions = patient_predictions(model, dataset, target=target)
+    computed = patient_predictions(model, dataset, target=target)
+    predictions = report_predictions(frame, computed, class_names(card))
     explained = [p for p in dict.fromkeys(frame["patient_id"]) if p in predictions]
     missing = len(set(frame["patient_id"])) - len(explained)
     if missing:

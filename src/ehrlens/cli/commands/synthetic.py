@@ -12,7 +12,7 @@ from ..errors import handle_errors, writes
 if TYPE_CHECKING:
     from ...data.synthetic import Layout
 
-from ..options import overwrite_option
+from ..options import overwrite_option, quiet_option
 
 
 @click.command()
@@ -29,13 +29,17 @@ from ..options import overwrite_option
 )
 @click.option("--seed", default=0, show_default=True)
 @overwrite_option
+@quiet_option
 @handle_errors
 @writes("out_dir")
-def synthetic(out_dir: Path, patients: int, layout: str, seed: int, overwrite: bool) -> None:
+def synthetic(
+    out_dir: Path, patients: int, layout: str, seed: int, overwrite: bool, quiet: bool
+) -> None:
     """Write a synthetic cohort with planted risk codes to OUT_DIR.
 
     Files: samples.jsonl, events.parquet + labels.csv (the same patients as an event table),
-    schema.json, codes.csv (descriptions naming the planted codes), ground_truth.json.
+    schema.json, codes.csv (descriptions naming the planted codes), ground_truth.json, risk.csv
+    (each patient's noise-free risk: `train --risk` prints the best achievable AUROC).
     """
     from ...app.workflow import SYNTHETIC_FILES, write_synthetic_cohort
     from ...core.files import check_overwrite

@@ -46,8 +46,10 @@ from ..quiet import warn
     "--model",
     "model_name",
     type=LazyChoice(model_names),
-    default="transformer",
-    show_default=True,
+    default=None,
+    help="Model to train. Default: code_transformer when patients have visits or time steps "
+    "of codes (nested_sequence, stagenet: all MEDS data), since it scores each code; "
+    "transformer otherwise.",
 )
 @click.option("--epochs", default=8, type=click.IntRange(min=1), show_default=True)
 @click.option(
@@ -72,6 +74,22 @@ from ..quiet import warn
     "--heads", default=4, type=click.IntRange(min=1), show_default=True, help="Attention heads."
 )
 @click.option("--seed", default=0, show_default=True, help="Seed of the split and training.")
+@click.option(
+    "--risk",
+    "risk_path",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="CSV patient_id,risk: each patient's noise-free risk (the risk.csv of `ehrlens "
+    "synthetic`); train then prints the test AUROC of that risk, the best any model can reach.",
+)
+@click.option(
+    "--positive-class",
+    default=None,
+    metavar="NAME",
+    help="The value of a binary label that is its positive class (the class the model's "
+    "probability is about), e.g. --positive-class high; needed unless the values are 0/1, "
+    "false/true or no/yes.",
+)
 @size_options
 @on_bad_rows_option
 @click.option("--overwrite", is_flag=True, help="Replace an existing model in --out.")
@@ -86,7 +104,7 @@ def train(
     numeric: tuple[str, ...],
     time_bucket: str | None,
     out: Path,
-    model_name: str,
+    model_name: str | None,
     epochs: int,
     lr: float,
     batch_size: int,
@@ -94,6 +112,8 @@ def train(
     layers: int,
     heads: int,
     seed: int,
+    risk_path: Path | None,
+    positive_class: str | None,
     max_steps: int | None,
     max_codes_per_step: int | None,
     on_bad_rows: str,
@@ -102,7 +122,15 @@ def train(
 ) -> None:
     """Train a model on patients; write a model directory with weights, processors and a
     JSON card of the run (data hash, split, settings, history, test metrics)."""
-    from ...app.workflow import read_schema_file, train_model
+    from ...app.task import class_order_text
+    from ...app.workflow import (
+        DEFAULT_REASON,
+        best_achievable_auroc,
+        default_model,
+        read_risk,
+        read_schema_file,
+        train_model,
+    )
     from ...core.files import check_overwrite, file_sha256
     from ...data.sources import load_samples
     from ...models.base import model_class
@@ -148,13 +176,16 @@ def train(
             label_key=next(iter(schema["output_schema"])), columns=schema.get("columns"),
             on_bad_rows=on_bad_rows,
         )  # fmt: skip
+    if model_name is None:
+        model_name = default_model(schema["input_schema"])
+        click.echo(f"model: {model_name} ({DEFAULT_REASON[model_name]}; --model to choose)")
     hparams: dict[str, Any] = {"embedding_dim": embedding_dim, "heads": heads}
     if "num_layers" in inspect.signature(model_class(model_name)).parameters:
         hparams["num_layers"] = layers
     model, card = train_model(
         samples, schema, model=model_name, hparams=hparams, epochs=epochs, lr=lr,
         batch_size=batch_size, seed=seed, progress=not quiet, max_steps=max_steps,
-        max_codes_per_step=max_codes_per_step, parts=parts,
+        max_codes_per_step=max_codes_per_step, parts=parts, positive_class=positive_class,
     )  # fmt: skip
     if meds_entry is not None:
         card["meds"] = meds_entry
@@ -165,14 +196,22 @@ def train(
         card["columns"] = schema["columns"]
     if labels is not None and meds_entry is None:
         card["data"].update(labels=str(labels), labels_sha256=file_sha256(labels))
+    if risk_path is not None:
+        best = best_achievable_auroc(
+            model, samples, card["data"]["split"]["patient_ids"]["test"], read_risk(risk_path)
+        )
+        card["best_achievable"] = {"roc_auc": best, "risk": str(risk_path)}
     save_model_dir(model, out, card)
     metrics = ", ".join(f"{k} {v:.3f}" for k, v in card["test_metrics"].items() if v is not None)
     click.echo(f"test: {metrics}")
+    if "best_achievable" in card:
+        click.echo(
+            f"best achievable test roc_auc {card['best_achievable']['roc_auc']:.3f} (the "
+            "noise-free risk of --risk; chance 0.5)"
+        )
     for warning in card.get("warnings", []):
         warn(warning)
-    classes = card["task"]["classes"]
-    if classes and card["task"]["mode"] in ("multiclass", "multilabel"):
-        click.echo(
-            "classes (output order): " + ", ".join(f"{i}: {c}" for i, c in enumerate(classes))
-        )
+    order = class_order_text(card["task"])
+    if order is not None:
+        click.echo(order)
     click.echo(f"wrote {out / WEIGHTS} and {out / CARD}")

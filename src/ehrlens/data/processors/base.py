@@ -160,6 +160,12 @@ class LabelProcessor(Processor):
     def output_size(self) -> int:
         """Number of logits the model must produce for this label."""
 
+    @property
+    def class_names(self) -> list[str] | None:
+        """Class names in the order of the model's outputs (binary: ``[negative, positive]``);
+        ``None`` for a label without classes (regression) or before :meth:`fit`."""
+        return None
+
     def collate(self, items: Sequence[Tensor]) -> Tensor:
         return torch.stack(list(items))
 

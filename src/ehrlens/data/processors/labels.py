@@ -36,25 +36,56 @@ def _label_scalar(value: Any, key: str, index: int | None) -> Hashable:
     return value
 
 
+#: Pairs of label values whose positive class goes without saying (compared ignoring case):
+#: ``(negative, positive)``. Any other two values need ``positive_class``.
+OBVIOUS_PAIRS: tuple[tuple[str, str], ...] = (("0", "1"), ("false", "true"), ("no", "yes"))
+
+
+def _label_name(value: Hashable) -> str:
+    """A label value as a class name: ``True`` / ``False`` as ``"1"`` / ``"0"``, whole floats
+    as ints (``1.0`` -> ``"1"``), other values as text."""
+    if isinstance(value, bool) or (isinstance(value, float) and value.is_integer()):
+        return str(int(value))
+    return str(value)
+
+
 @register_processor
 class BinaryLabelProcessor(LabelProcessor):
-    """``"binary"``: 0/1 (or False/True, or exactly two distinct values) -> ``[1]`` float."""
+    """``"binary"``: 0/1 (or False/True, no/yes) -> ``[1]`` float.
+
+    Any other two values (``"low"`` / ``"high"``) need ``positive_class``, the value the
+    model's probability is about: no order is guessed from the spelling.
+
+    Example:
+        >>> proc = BinaryLabelProcessor(positive_class="high")
+        >>> proc.fit(["low", "high", "low"], key="risk")
+        >>> proc.class_names, proc.process("high", key="risk")
+        (['low', 'high'], tensor([1.]))
+    """
 
     schema = "binary"
 
-    def __init__(self) -> None:
+    def __init__(self, positive_class: str | None = None) -> None:
         self.label_map: dict[str, int] | None = None
+        self.positive_class = positive_class
 
     @property
     def output_size(self) -> int:
         return 1
 
+    @property
+    def class_names(self) -> list[str] | None:
+        """``[negative, positive]`` (``["0", "1"]`` for 0/1 labels); None before fit."""
+        if self.label_map is None:
+            return None
+        return [name for name, _ in sorted(self.label_map.items(), key=lambda item: item[1])]
+
     def fit(self, values: Sequence[Any], key: str) -> None:
         seen: dict[Hashable, int] = {}
         for index, value in enumerate(values):
             seen.setdefault(_label_scalar(value, key, index), index)
-        if set(seen) <= {0, 1}:  # True == 1 and False == 0, so bools are covered too
-            self.label_map = {"0": 0, "1": 1}
+        if set(seen) <= {0, 1} and self.positive_class is None:
+            self.label_map = {"0": 0, "1": 1}  # True == 1 and False == 0: bools are covered
             return
         if len(seen) != 2:
             values = list(seen)
@@ -65,8 +96,36 @@ class BinaryLabelProcessor(LabelProcessor):
                 f"{where(key, seen[culprit], 'label')}: a binary label needs 0/1 or exactly "
                 f"two distinct values; got {culprit!r}, and {len(seen)} values in all: {shown}"
             )
-        ordered = sorted(seen, key=str)
-        self.label_map = {str(v): i for i, v in enumerate(ordered)}
+        names = sorted({_label_name(v) for v in seen})
+        positive = self._positive(names, key)
+        negative = next(name for name in names if name != positive)
+        self.label_map = {negative: 0, positive: 1}
+
+    def _positive(self, names: list[str], key: str) -> str:
+        """Which of the two value names is the positive class."""
+        shown = " and ".join(repr(n) for n in names)
+        if self.positive_class is not None:
+            wanted = str(self.positive_class)
+            matches = [n for n in names if n == wanted] or [
+                n for n in names if n.lower() == wanted.lower()
+            ]
+            if len(matches) != 1:
+                raise ValueError(
+                    f"label '{key}': positive class {wanted!r} is not one of its two values, "
+                    f"{shown}"
+                )
+            return matches[0]
+        folded = {n.lower(): n for n in names}
+        for negative, positive in OBVIOUS_PAIRS:
+            if set(folded) == {negative, positive}:
+                return folded[positive]
+        either = " or ".join(f"positive_class={n!r}" for n in names)
+        flags = " or ".join(f"--positive-class {n}" for n in names)
+        raise ValueError(
+            f"label '{key}': a binary label with the values {shown} does not say which one is "
+            f"positive (the class whose probability the model gives); name it: {either} "
+            f"(command line: {flags})"
+        )
 
     def process(self, value: Any, key: str, index: int | None = None) -> Tensor:
         if self.label_map is None:
@@ -74,6 +133,8 @@ class BinaryLabelProcessor(LabelProcessor):
         scalar = _label_scalar(value, key, index)
         zero_one = self.label_map.keys() == {"0", "1"}
         name = str(int(cast(int, scalar))) if zero_one and scalar in (0, 1) else str(scalar)
+        if name not in self.label_map:
+            name = _label_name(scalar)
         if name not in self.label_map:
             raise ValueError(
                 f"{where(key, index, 'label')}: binary label must be one of "
@@ -100,6 +161,10 @@ class MulticlassLabelProcessor(LabelProcessor):
     @property
     def output_size(self) -> int:
         return len(self.classes)
+
+    @property
+    def class_names(self) -> list[str] | None:
+        return list(self.classes) if self.classes else None
 
     def fit(self, values: Sequence[Any], key: str) -> None:
         raw = {_label_scalar(v, key, i) for i, v in enumerate(values)}
@@ -145,6 +210,10 @@ class MultilabelLabelProcessor(LabelProcessor):
 
     def _labels(self, value: Any, key: str, index: int | None) -> list[str]:
         return [str(c) for c in code_list(value, key, index, what="a list of labels", kind="label")]
+
+    @property
+    def class_names(self) -> list[str] | None:
+        return list(self.classes) if self.classes else None
 
     def fit(self, values: Sequence[Any], key: str) -> None:
         seen: set[str] = set()

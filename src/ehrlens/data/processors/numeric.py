@@ -79,7 +79,45 @@ def ablate_numbers(values: Tensor, flags: Tensor, real: Tensor, ablation: Ablati
 
 class NumericProcessor(FeatureProcessor):
     """Shared by the numeric input types: a removed value becomes 0, or the mean of its
-    channel over the batch's real units (:func:`ablate_numbers`)."""
+    channel over the batch's real units (:func:`ablate_numbers`).
+
+    ``columns`` names the measurements (e.g. ``"LOINC//2160-0"``) in value order when the
+    data said (MEDS codes, an event table's measurement names); they are saved with the model
+    and are the ``code`` of each value's attribution row. Without them a value is named by
+    its column index (``"0"``, ``"1"``, ...).
+    """
+
+    columns: list[str] | None = None
+
+    def name_columns(self, names: Sequence[str] | None, key: str) -> None:
+        """Name the measurements in value order.
+
+        Raises:
+            ValueError: as many names as values are needed.
+
+        Example:
+            >>> proc.name_columns(["LOINC//2160-0", "LOINC//2345-7"], key="labs")
+        """
+        if names is None:
+            self.columns = None
+            return
+        width = self._width()
+        names = [str(n) for n in names]
+        if width is not None and len(names) != width:
+            raise ValueError(
+                f"feature '{key}': {len(names)} measurement names for {width} values per step"
+            )
+        self.columns = names
+
+    def _width(self) -> int | None:
+        """Values per step (per vector), once fitted."""
+        return None
+
+    def column_name(self, column: int) -> str:
+        """The measurement name of a value column (its index as text when unnamed)."""
+        if self.columns is not None and 0 <= column < len(self.columns):
+            return self.columns[column]
+        return str(column)
 
     def remove_units(
         self,
@@ -214,11 +252,12 @@ class TimeseriesProcessor(NumericProcessor):
         return step_mask.to(torch.bool)
 
     def long_units(self, values: Tensor, step_mask: Tensor | None = None) -> Iterator[LongUnit]:
-        """``(step, column, column as text)`` for every value of a real step."""
+        """``(step, column, measurement name, index)`` for every value of a real step (the
+        name is the column index as text when the measurements are unnamed)."""
         steps = values.shape[0] if step_mask is None else int(step_mask.sum())
         for t in range(steps):
             for f in range(values.shape[1]):
-                yield t, f, str(f), (t, f)
+                yield t, f, self.column_name(f), (t, f)
 
     def from_events(self, events: EventRows) -> tuple[list[float], list[list[float]]]:
         """One step per distinct time; a measurement repeated at one time opens a further
@@ -259,12 +298,19 @@ class TimeseriesProcessor(NumericProcessor):
             for j, x in enumerate(row):
                 yield None, float(t), str(j) if names is None else names[j], float(x)
 
+    def _width(self) -> int | None:
+        return self.num_features
+
     def state_dict(self) -> dict[str, Any]:
-        return {"num_features": self.num_features, "max_length": self.max_length}
+        return {
+            "num_features": self.num_features, "max_length": self.max_length,
+            "columns": self.columns,
+        }  # fmt: skip
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.num_features = int(state["num_features"])
         self.max_length = check_max_length(state.get("max_length"))
+        self.name_columns(state.get("columns"), "timeseries")
 
 
 @register_processor
@@ -331,9 +377,10 @@ class TensorProcessor(NumericProcessor):
         return torch.ones(values.shape, dtype=torch.bool, device=values.device)
 
     def long_units(self, values: Tensor, step_mask: Tensor | None = None) -> Iterator[LongUnit]:
-        """``(None, element, element as text)`` for every element."""
+        """``(None, element, measurement name, index)`` for every element (the name is the
+        element's index as text when the measurements are unnamed)."""
         for f in range(values.shape[0]):
-            yield None, f, str(f), (f,)
+            yield None, f, self.column_name(f), (f,)
 
     def from_events(self, events: EventRows) -> list[float]:
         """One value per measurement name; a missing or repeated one is a ValueError."""
@@ -367,8 +414,12 @@ class TensorProcessor(NumericProcessor):
         for j, x in enumerate(vector):
             yield None, 0.0, str(j) if names is None else names[j], float(x)
 
+    def _width(self) -> int | None:
+        return self.size
+
     def state_dict(self) -> dict[str, Any]:
-        return {"size": self.size}
+        return {"size": self.size, "columns": self.columns}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.size = int(state["size"])
+        self.name_columns(state.get("columns"), "tensor")

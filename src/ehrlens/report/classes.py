@@ -1,0 +1,137 @@
+"""The class a model predicted and the class its scores explain, each by name: one definition
+for the report, the notebook view and the stored rows.
+
+The *predicted* class is the model's most probable class (binary: the positive class when its
+probability is at least 0.5). The *explained* class is the one the scores are about: the
+``target`` given, else the interpreters' default (binary: the positive class; multiclass and
+multilabel: the predicted class). They differ whenever a user explains a class the model did
+not predict, so every surface shows both, each under its own name.
+
+Example:
+    >>> y_prob = torch.tensor([[0.39], [0.8]])      # binary: P(positive) [batch, 1]
+    >>> predicted_and_explained(model, y_prob)      # classes ["low", "high"]
+    [('low', 0.61, 'high'), ('high', 0.8, 'high')]
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from .patient import Prediction
+
+#: Columns of attribution rows that carry what the model said about the patient.
+PREDICTION_COLUMNS = (
+    "predicted_class",
+    "predicted_probability",
+    "explained_class",
+    "explained_probability",
+)
+
+
+def model_class_names(model: Any) -> list[str] | None:
+    """The class names of a model's (first) label in output order, from its fitted label
+    processor; ``None`` for regression or a model without a fitted schema."""
+    schema = getattr(model, "schema", None)
+    processors = getattr(schema, "output_processors", None)
+    if not processors:
+        return None
+    names = getattr(next(iter(processors.values())), "class_names", None)
+    return [str(n) for n in names] if isinstance(names, list) else None
+
+
+def predicted_and_explained(
+    model: Any, y_prob: Tensor, target: int | None = None
+) -> list[tuple[str | None, float | None, str | None]]:
+    """Per patient ``(predicted class, its probability, explained class)``, classes by name
+    (their index as text when the model has no names); ``(None, None, None)`` for regression.
+
+    Args:
+        model: the model (its ``mode`` and label processor's class names are read).
+        y_prob: the model's probabilities ``[batch, outputs]`` (binary: ``[batch, 1]``, the
+            positive class's).
+        target: the explained class index; ``None``: the interpreters' default.
+
+    Example:
+        >>> predicted_and_explained(model, torch.tensor([[0.39]]), target=None)
+        [('low', 0.61, 'high')]
+    """
+    mode = getattr(model, "mode", None)
+    names = model_class_names(model)
+    n, outputs = y_prob.shape
+
+    def name(index: int) -> str:
+        return names[index] if names is not None and 0 <= index < len(names) else str(index)
+
+    if mode == "regression" or outputs == 0:
+        return [(None, None, None)] * n
+    if outputs == 1 and mode == "binary":
+        positive = y_prob[:, 0]
+        best = (positive >= 0.5).long()
+        best_prob = torch.where(best == 1, positive, 1.0 - positive)
+        explained = [1 if target is None else target] * n
+    else:
+        best_prob, best = y_prob.max(dim=1)
+        explained = [int(b) if target is None else target for b in best]
+    return [(name(int(best[i])), float(best_prob[i]), name(explained[i])) for i in range(n)]
+
+
+def stored_predictions(
+    frame: Any,
+    computed: Mapping[str, Prediction] | None = None,
+    class_names: list[str] | None = None,
+) -> dict[str, Prediction] | None:
+    """``{patient_id: Prediction}`` from the prediction columns of attribution rows
+    (:data:`PREDICTION_COLUMNS`, the same on every row of a patient), or ``None`` when the
+    rows lack them. Labels (and the mode) come from ``computed`` when given.
+
+    Example:
+        >>> stored_predictions(read_attributions("attributions/"))["P1"].predicted_class
+        'low'
+    """
+    if frame is None or not all(c in frame.columns for c in PREDICTION_COLUMNS):
+        return None
+    first = frame.drop_duplicates("patient_id")
+    out: dict[str, Prediction] = {}
+    for row in first.itertuples(index=False):
+        pid = str(row.patient_id)
+        known = (computed or {}).get(pid)
+        explained = None if _missing(row.explained_class) else str(row.explained_class)
+        index = None
+        if explained is not None and class_names is not None and explained in class_names:
+            index = class_names.index(explained)
+        probability = row.explained_probability
+        out[pid] = Prediction(
+            float(probability) if not _missing(probability) else float("nan"),
+            None if known is None else known.label,
+            index,
+            None if _missing(row.predicted_class) else str(row.predicted_class),
+            None if _missing(row.predicted_probability) else float(row.predicted_probability),
+            explained,
+            None if known is None else known.mode,
+        )
+    return out
+
+
+def report_predictions(
+    frame: Any,
+    computed: Mapping[str, Prediction],
+    class_names: list[str] | None = None,
+) -> dict[str, Prediction]:
+    """The predictions a report shows: those stored in the attribution rows when they carry
+    them (:func:`stored_predictions`), else ``computed`` (the model run on the data).
+
+    Example:
+        >>> shown = report_predictions(frame, patient_predictions(model, dataset))
+    """
+    stored = stored_predictions(frame, computed, class_names)
+    if stored is None:
+        return dict(computed)
+    return {pid: stored.get(pid, p) for pid, p in computed.items()} | stored
+
+
+def _missing(value: Any) -> bool:
+    return value is None or (isinstance(value, float) and value != value)
