@@ -605,7 +605,7 @@ def test_interrupted_explain_exits_130_and_says_how_to_resume(pipeline, tmp_path
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(ehrlens.explain, "explain_cohort", interrupted)
+    monkeypatch.setattr(ehrlens.explain.LocalExecutor, "run", interrupted)
     result = invoke(
         "explain", "--model", pipeline["model"], "--data", pipeline["data"] / "samples.jsonl",
         "--out", tmp_path / "a", "-q", expect=130,

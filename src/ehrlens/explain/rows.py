@@ -1,10 +1,10 @@
 """Explain batches of patients with several methods into long-format columns.
 
-The one code path both engines run: the single-process :func:`~ehrlens.explain.explain_cohort`
-and each Ray worker of :func:`~ehrlens.explain.ray_engine.explain_cohort_ray`.
+The one code path both executors run (:meth:`~ehrlens.explain.job.ShardJob.explain`), in this
+process and on each Ray worker.
 
 Example:
-    >>> interpreters = build_methods(model, ["rollout", "chefer"])
+    >>> interpreters = {"rollout": AttentionRollout(model), "chefer": CheferRelevance(model)}
     >>> columns = explain_rows(model, dataset, interpreters, range(8), 8, None, "m1", model.schema)
 """
 
@@ -20,27 +20,8 @@ from ..data.dataset import SampleDataset, length_buckets, move_to_device
 from ..data.identity import identity_columns
 from ..interpret.levels import score_level
 from ..interpret.methods import BaseInterpreter
-from ..interpret.registry import make_interpreter
+from ..metrics.faithfulness import model_device
 from .table import concat_columns, method_columns
-
-MethodSpec = Sequence[str] | Mapping[str, Mapping[str, Any] | BaseInterpreter]
-
-
-def build_methods(model: Any, methods: MethodSpec) -> dict[str, BaseInterpreter]:
-    """``{name: interpreter}`` from names, ``{name: options}`` or ``{name: interpreter}``."""
-    if isinstance(methods, str):
-        methods = [methods]
-    if isinstance(methods, Mapping):
-        built = {}
-        for name, spec in methods.items():
-            if isinstance(spec, BaseInterpreter):
-                built[name] = spec
-            else:
-                built[name] = make_interpreter(name, model, **dict(spec))
-        return built
-    if not methods:
-        raise ValueError("methods is empty: name at least one, e.g. ['rollout']")
-    return {name: make_interpreter(name, model) for name in methods}
 
 
 def explain_rows(
@@ -85,7 +66,7 @@ def explain_rows(
         for chunk in chunks:
             items = [dataset[i] for i in chunk]
             batch = dataset.collate(items)
-            batch = move_to_device(batch, getattr(model, "device", "cpu"))
+            batch = move_to_device(batch, model_device(model) or "cpu")
             per_method = {}
             levels = {
                 name: {k: score_level(i, k, batch.get(k)) for k in schema.feature_keys}

@@ -30,7 +30,7 @@ from torch import Tensor
 
 from ..core.files import atomic_write, check_overwrite
 from ..data.dataset import FittedSchema
-from ..explain.rows import MethodSpec, build_methods
+from ..explain.run import MethodSpec, build_methods
 from ..explain.table import method_columns
 from ..models.directory import model_fingerprint
 from .colours import ColourScale, method_scales
