@@ -338,10 +338,10 @@ class SamplesSource(SampleSource):
         self.exclude = tuple(str(p) for p in exclude)
         self.where = where
         self.samples = [dict(s) for s in samples if self._selected(str(s.get("patient_id")))]
-        self._check_some(len(self.samples), where)
-        _unique_ids(self.samples, where)
 
     def shards(self, shard_size: int) -> list[SourceShard]:
+        self._check_some(len(self.samples), self.where)
+        _unique_ids(self.samples, self.where)
         ids = [str(s["patient_id"]) for s in self.samples]
         return [
             SamplesShard(i, tuple(ids[a:b]), tuple(self.samples[a:b]))

@@ -21,6 +21,7 @@ from ..data.identity import identity_columns
 from ..interpret.levels import score_level
 from ..interpret.methods import BaseInterpreter
 from ..metrics.faithfulness import model_device
+from .predictions import batch_prediction_rows
 from .table import concat_columns, method_columns
 
 
@@ -50,6 +51,9 @@ def explain_rows(
     Rows carry the identity columns of ``identity`` (default: those any item of ``dataset``
     has; see :mod:`ehrlens.data.identity`).
 
+    Each row carries its patient's prediction (:mod:`~ehrlens.explain.predictions`): one
+    more forward pass per batch, under ``torch.inference_mode()``.
+
     The ``level`` column says, per method and feature, whether a score is the unit's own or
     its visit's (:func:`~ehrlens.interpret.score_level`).
     """
@@ -78,8 +82,11 @@ def explain_rows(
                         per_method[name] = interpreter.attribute(target, **batch)
                 else:
                     per_method[name] = interpreter.attribute(target, **batch)
+            predictions = batch_prediction_rows(model, batch, target)
             blocks.append(
-                method_columns(per_method, batch, schema, model_id, items, identity, levels)
+                method_columns(
+                    per_method, batch, schema, model_id, items, identity, levels, predictions
+                )
             )
             if bar_iter is not None:
                 next(bar_iter, None)

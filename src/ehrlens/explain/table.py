@@ -12,6 +12,9 @@ code           string     decoded code (``"<unk>"`` for codes unseen in training
 score          float64    the method's score for that unit
 method         string     method name, e.g. ``"rollout"``
 model_id       string     the model's fingerprint (:func:`model_fingerprint`)
+predicted_*    ...        the patient's predicted class and its probability, and the
+explained_*               explained class and its probability
+                          (:mod:`~ehrlens.explain.predictions`; null when not computed)
 level          string     ``"code"``: the score is this unit's own; ``"visit"``: it is the
                           score of the unit's visit (or step), the same on each of its
                           units (an attention method on a model that pools visits); null
@@ -44,6 +47,7 @@ from torch import Tensor
 from ..data.dataset import FittedSchema
 from ..data.identity import IDENTITY_COLUMNS, identity_columns, unit_identity
 from ..data.processors import FeatureProcessor
+from .predictions import PREDICTION_COLUMNS, PredictionRow
 
 ATTRIBUTION_COLUMNS = (
     "patient_id",
@@ -54,6 +58,7 @@ ATTRIBUTION_COLUMNS = (
     "score",
     "method",
     "model_id",
+    *PREDICTION_COLUMNS,
     "level",
 )
 
@@ -73,6 +78,10 @@ def arrow_schema(identity: Sequence[str] = ()):
         ("score", pa.float64()),
         ("method", pa.string()),
         ("model_id", pa.string()),
+        ("predicted_class", pa.string()),
+        ("predicted_probability", pa.float64()),
+        ("explained_class", pa.string()),
+        ("explained_probability", pa.float64()),
         ("level", pa.string()),
     ]
     types = _identity_types()
@@ -133,6 +142,7 @@ def method_columns(
     items: Sequence[Mapping[str, Any]] | None = None,
     identity: Sequence[str] | None = None,
     levels: Mapping[str, Mapping[str, str]] | None = None,
+    predictions: Sequence[PredictionRow] | None = None,
 ) -> dict[str, list]:
     """Long-format columns for one batch explained by several methods: rows in patient order,
     then method, then feature, then position.
@@ -150,6 +160,8 @@ def method_columns(
             whole run's so that every batch has the same columns.
         levels: ``{method: {feature: "code" | "visit"}}`` for the ``level`` column; null
             where absent.
+        predictions: one :data:`~ehrlens.explain.predictions.PredictionRow` per patient,
+            in batch order, for the prediction columns; null where absent.
 
     Example:
         >>> per_method = {"rollout": rollout(**batch), "chefer": chefer(**batch)}
@@ -157,6 +169,11 @@ def method_columns(
     """
     if items is not None and len(items) != len(batch["patient_id"]):
         raise ValueError(f"{len(items)} items for a batch of {len(batch['patient_id'])}")
+    if predictions is not None and len(predictions) != len(batch["patient_id"]):
+        raise ValueError(
+            f"{len(predictions)} predictions for a batch of {len(batch['patient_id'])}"
+        )
+    no_prediction: PredictionRow = (None, None, None, None)
     if identity is None:
         identity = identity_columns(items or [])
     identity = [name for name in IDENTITY_COLUMNS if name in identity]
@@ -171,6 +188,7 @@ def method_columns(
     values = {k: batch[k].detach().cpu() for k in keys}
     step_masks = {k: masks[k].detach().cpu() for k in keys if k in masks}
     for index, pid in enumerate(batch["patient_id"]):
+        prediction = no_prediction if predictions is None else predictions[index]
         units = {
             k: list(_units(processors[k], values[k][index], _row(step_masks.get(k), index)))
             for k in keys
@@ -195,6 +213,8 @@ def method_columns(
                     columns["score"].append(float(feature_scores[unit]))
                     columns["method"].append(method)
                     columns["model_id"].append(model_id)
+                    for name, value in zip(PREDICTION_COLUMNS, prediction, strict=True):
+                        columns[name].append(value)
                     columns["level"].append(level)
     return columns
 

@@ -7,7 +7,7 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
@@ -79,4 +79,59 @@ def patient_predictions(
         if not dataset.has_labels:
             batch = {k: v for k, v in batch.items() if k != model.label_key}
         out.update(batch_predictions(model, batch, target))
+    return out
+
+
+def stored_predictions(
+    frame: Any, classes: Sequence[str] | None = None
+) -> dict[str, Prediction] | None:
+    """``{patient_id: Prediction}`` read from the prediction columns an explain run stores
+    with its rows (:mod:`~ehrlens.explain.predictions`): the explained class's probability,
+    as :func:`batch_predictions` gives it, and its class index among ``classes`` (multiclass);
+    no label. ``None`` when the rows hold no predictions (a folder written by an older
+    ehrlens, or a regression model).
+
+    Example:
+        >>> predictions = stored_predictions(read_attributions("attr/"), ["0", "1"])
+        >>> predictions["P000123"].probability
+    """
+    columns = ("explained_class", "explained_probability")
+    if any(name not in frame.columns for name in columns):
+        return None
+    first = frame.drop_duplicates("patient_id")
+    if first["explained_probability"].isna().any():
+        return None
+    order = {name: i for i, name in enumerate(classes or [])}
+    multiclass = len(order) > 2
+    out = {}
+    for pid, name, probability in zip(
+        first["patient_id"], first["explained_class"], first["explained_probability"], strict=True
+    ):
+        index = order.get(str(name))
+        shown_class = index if multiclass or index == 0 else None
+        out[str(pid)] = Prediction(float(probability), None, shown_class)
+    return out
+
+
+def with_labels(
+    predictions: Mapping[str, Prediction], dataset: SampleDataset
+) -> dict[str, Prediction]:
+    """``predictions`` with each patient's label from ``dataset`` (when it has labels); the
+    model is not run.
+
+    Example:
+        >>> with_labels(stored_predictions(frame, classes), test_dataset)["P000123"].label
+        1
+    """
+    out = dict(predictions)
+    if not dataset.has_labels or not dataset.label_keys:
+        return out
+    key = dataset.label_keys[0]
+    for item in dataset.items:
+        pid = str(item["patient_id"])
+        if pid in out and isinstance(item.get(key), torch.Tensor):
+            value = item[key].reshape(-1).tolist()
+            label = value[0] if len(value) == 1 else value
+            old = out[pid]
+            out[pid] = Prediction(old.probability, label, old.class_index)
     return out
