@@ -114,3 +114,40 @@ def test_visits_are_labelled_by_the_event_times_of_the_rows(run):
         stamps = [t.strftime("%Y-%m-%d") if hasattr(t, "strftime") else f"t={t:g}" for t in first]
         feature = section.find_all("div", "feature")[0]  # every visit of the patient
         assert [v.text() for v in feature.find_all("div", "vlabel")] == stamps
+
+
+@pytest.mark.slow
+def test_report_opens_an_attribution_folder_without_the_data_or_the_model_running(run, monkeypatch):
+    """The rows carry each patient's prediction: without --data the report shows the same
+    patients in the same order with the same probabilities, and the model never runs."""
+    root, data, model = run
+    invoke(
+        "report", "--model", model, "--data", data / "samples.jsonl",
+        "--attributions", root / "attr", "--out", root / "with-data.html", "--max-patients", 8,
+    )  # fmt: skip
+    from ehrlens.models import Transformer
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the model ran")
+
+    monkeypatch.setattr(Transformer, "forward", refuse)
+    invoke(
+        "report", "--model", model, "--attributions", root / "attr",
+        "--out", root / "no-data.html", "--max-patients", 8,
+    )  # fmt: skip
+
+    def shown(path):
+        tree = parse(path.read_text(encoding="utf-8"))
+        return {
+            pid: next(p.text() for p in section.find_all("span", "pill"))
+            for pid, section in patient_sections(tree).items()
+        }
+
+    with_data, no_data = shown(root / "with-data.html"), shown(root / "no-data.html")
+    assert list(no_data) == list(with_data) and len(no_data) == 8
+    assert no_data == with_data
+    frame = read_attributions(root / "attr")
+    first = frame.drop_duplicates("patient_id").set_index("patient_id")
+    for pid, pill in no_data.items():
+        probability = first.loc[pid, "explained_probability"]
+        assert pill == f"predicted class 0, probability {probability:.3f}"
