@@ -72,10 +72,7 @@ def explain_rows(
             batch = dataset.collate(items)
             batch = move_to_device(batch, model_device(model) or "cpu")
             per_method = {}
-            levels = {
-                name: {k: score_level(i, k, batch.get(k)) for k in schema.feature_keys}
-                for name, i in interpreters.items()
-            }
+            levels = method_levels(interpreters, batch, schema)
             for name, interpreter in interpreters.items():
                 if type(interpreter).gradient_free:
                     with torch.inference_mode():
@@ -93,6 +90,22 @@ def explain_rows(
     if not bucket_by_length:
         return concat_columns(blocks)
     return _in_input_order(blocks, chunks, dataset, indices)
+
+
+def method_levels(
+    interpreters: Mapping[str, BaseInterpreter], batch: Mapping[str, Any], schema: Any
+) -> dict[str, dict[str, str | None]]:
+    """``{method: {feature: "code" | "visit"}}`` of the ``level`` column for one batch
+    (:func:`~ehrlens.interpret.score_level`).
+
+    Example:
+        >>> method_levels({"rollout": AttentionRollout(model)}, batch, model.schema)
+        {'rollout': {'diagnoses': 'visit'}}
+    """
+    return {
+        name: {k: score_level(i, k, batch.get(k)) for k in schema.feature_keys}
+        for name, i in interpreters.items()
+    }
 
 
 def _require_unique_ids(dataset: SampleDataset, indices: Sequence[int]) -> None:
