@@ -13,7 +13,6 @@ import pytest
 import torch
 
 from ehrlens.data import create_sample_dataset, generate_cohort
-from ehrlens.explain.predictions import PREDICTION_COLUMNS
 from ehrlens.explain import (
     ATTRIBUTION_COLUMNS,
     OutputConflictError,
@@ -23,6 +22,7 @@ from ehrlens.explain import (
     model_fingerprint,
     read_attributions,
 )
+from ehrlens.explain.predictions import PREDICTION_COLUMNS
 from ehrlens.explain.shards import table_digest
 from ehrlens.explain.table import arrow_schema
 from ehrlens.interpret import AttentionRollout, score_levels

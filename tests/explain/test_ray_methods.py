@@ -66,7 +66,7 @@ def test_rebuilt_methods_score_like_the_originals(model, dataset):
 
 
 def test_a_worker_that_cannot_import_the_class_says_so(model):
-    with pytest.raises(ImportError, match=r"method 'toy': cannot import nowhere_x:Toy.*each worker"):
+    with pytest.raises(ImportError, match=r"method 'toy': cannot import nowhere_x:Toy.*worker"):
         rebuild_methods(model, {"toy": ("nowhere_x:Toy", {})})
 
 
