@@ -261,7 +261,7 @@ def test_cli_engine_ray(cohort_files, ray_runtime, single_process, tmp_path):
         [
             *("explain", "--model", str(root / "model"), "--data", str(data)),
             *("-m", "rollout,flow", "--out", str(tmp_path / "attr"), "--shard-size", str(SHARD)),
-            *("--batch-size", str(BATCH)),
+            *("--batch-size", str(BATCH), "--no-bucket"),  # bit for bit: batches as unbucketed
             *("--engine", "ray", "--address", ray_runtime, "-q"),
         ],
     )

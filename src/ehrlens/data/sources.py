@@ -138,6 +138,7 @@ class SizeLimits:
         return {"max_steps": self.max_steps, "max_codes_per_step": self.max_codes_per_step}
 
 
+@dataclass(frozen=True)
 class SourceShard(ABC):
     """One independent unit of work of a :class:`SampleSource` (a slice of samples, a range of
     JSON Lines, a MEDS data shard). Picklable, so that any process can build it.
@@ -162,9 +163,14 @@ class SourceShard(ABC):
             ValueError / TypeError: from the processors, prefixed with the unit's number and
                 its first and last patient.
         """
-        samples = self.samples()
+        samples = self.samples() if self.patient_ids else []
+        if not samples:  # e.g. a MEDS shard none of whose samples is selected
+            return SampleDataset([], schema, has_labels=False)
         try:
-            return create_sample_dataset(samples, schema=schema, **limits.as_kwargs())
+            return create_sample_dataset(
+                samples, schema=schema, max_steps=limits.max_steps,
+                max_codes_per_step=limits.max_codes_per_step,
+            )  # fmt: skip
         except (ValueError, TypeError) as error:
             first = samples[0].get("patient_id") if samples else None
             last = samples[-1].get("patient_id") if samples else None
@@ -177,8 +183,6 @@ class SourceShard(ABC):
 class SamplesShard(SourceShard):
     """A unit that carries its samples (in-memory samples, an event table's patients)."""
 
-    index: int
-    patient_ids: tuple[str, ...]
     rows: tuple[dict[str, Any], ...]
 
     def samples(self) -> list[dict[str, Any]]:
@@ -189,8 +193,6 @@ class SamplesShard(SourceShard):
 class DatasetShard(SourceShard):
     """A slice of an already processed :class:`~ehrlens.data.SampleDataset`."""
 
-    index: int
-    patient_ids: tuple[str, ...]
     source: SampleDataset
     start: int
     stop: int
@@ -206,8 +208,6 @@ class DatasetShard(SourceShard):
 class JsonlShard(SourceShard):
     """Lines of a JSON Lines file, read by byte span where the unit is built."""
 
-    index: int
-    patient_ids: tuple[str, ...]
     path: str
     spans: tuple[tuple[int, int, int], ...]  # (line number, start byte, end byte)
 
@@ -219,8 +219,6 @@ class JsonlShard(SourceShard):
 class MedsShard(SourceShard):
     """One MEDS data shard, read with the model's feature mapping where the unit is built."""
 
-    index: int
-    patient_ids: tuple[str, ...]
     root: str
     labels: str
     options: Mapping[str, Any]

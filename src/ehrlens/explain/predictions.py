@@ -99,7 +99,7 @@ def batch_prediction_rows(
         predicted = y_prob.argmax(dim=1)
         default = predicted
     explained = default if target is None else torch.full((n,), target, dtype=torch.long)
-    rows = []
+    rows: list[PredictionRow] = []
     for i in range(n):
         p, e = int(predicted[i]), int(explained[i])
         rows.append((classes[p], float(y_prob[i, p]), classes[e], float(y_prob[i, e])))

@@ -94,7 +94,7 @@ def explain_rows(
 
 def method_levels(
     interpreters: Mapping[str, BaseInterpreter], batch: Mapping[str, Any], schema: Any
-) -> dict[str, dict[str, str | None]]:
+) -> dict[str, dict[str, Any]]:
     """``{method: {feature: "code" | "visit"}}`` of the ``level`` column for one batch
     (:func:`~ehrlens.interpret.score_level`).
 

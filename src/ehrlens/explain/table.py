@@ -141,7 +141,7 @@ def method_columns(
     model_id: str,
     items: Sequence[Mapping[str, Any]] | None = None,
     identity: Sequence[str] | None = None,
-    levels: Mapping[str, Mapping[str, str]] | None = None,
+    levels: Mapping[str, Mapping[str, Any]] | None = None,
     predictions: Sequence[PredictionRow] | None = None,
 ) -> dict[str, list]:
     """Long-format columns for one batch explained by several methods: rows in patient order,

@@ -87,7 +87,7 @@ class Explanation:
     descriptions: Mapping[str, str] | None = None
     card: Mapping[str, Any] | None = None
     target: int | None = None
-    levels: Mapping[str, Mapping[str, str]] | None = None
+    levels: Mapping[str, Mapping[str, Any]] | None = None
     prediction_rows: Sequence[PredictionRow] | None = None
     items: Sequence[Mapping[str, Any]] | None = None
     rows: Any = field(default=None, repr=False, compare=False)

@@ -136,12 +136,12 @@ def report(
     target = read_run_manifest(attributions).get("settings", {}).get("target_class_idx")
     rows = read_evaluation(evaluation) if evaluation is not None else None
     predictions = stored_predictions(frame, card_classes(card, model))
-    if predictions is None and dataset is None:
-        raise click.UsageError(
-            f"{attributions}: the rows hold no predictions (written by an older ehrlens); "
-            "pass --data to compute them, or run explain again"
-        )
     if predictions is None:
+        if dataset is None:
+            raise click.UsageError(
+                f"{attributions}: the rows hold no predictions (written by an older ehrlens); "
+                "pass --data to compute them, or run explain again"
+            )
         predictions = patient_predictions(model, dataset, target=target)
     elif dataset is not None:
         predictions = with_labels(predictions, dataset)
