@@ -133,7 +133,7 @@ def test_scores_are_the_interpreters_scores(dataset, model):
         )
     )
     head = frame[frame["patient_id"].isin(batch["patient_id"])].reset_index(drop=True)
-    unscored = ["visit", *PREDICTION_COLUMNS]  # predictions: tests/explain/test_predictions.py
+    unscored = ["visit", *PREDICTION_COLUMNS]  # predictions: tests/explain/test_row_predictions.py
     pd.testing.assert_frame_equal(
         head.drop(columns=unscored), direct.drop(columns=unscored), check_dtype=False
     )
