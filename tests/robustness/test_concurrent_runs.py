@@ -44,6 +44,16 @@ def references(cli_cohort, tmp_path_factory):
     return out
 
 
+def _same_table(frame, reference) -> None:
+    """Exactly the reference's rows and scores; the model's probabilities stored with them to
+    float32 rounding (they come from a forward pass whose batches the runs pad differently)."""
+    probabilities = ["predicted_probability", "explained_probability"]
+    pd.testing.assert_frame_equal(
+        frame.drop(columns=probabilities), reference.drop(columns=probabilities), check_exact=True
+    )
+    pd.testing.assert_frame_equal(frame[probabilities], reference[probabilities], atol=1e-6)
+
+
 def _wait_for(path, process, timeout: float = 120) -> None:
     """Wait until ``process`` has created ``path``; fail if it ends first or takes too long."""
     deadline = time.monotonic() + timeout
@@ -78,7 +88,7 @@ def test_item_4_two_explain_runs_into_one_folder(cli_cohort, references, tmp_pat
     assert sorted(manifest["settings"]["methods"]) == [winner] and manifest["complete"]
     frame = read_attributions(out)
     assert set(frame["method"]) == {winner}
-    pd.testing.assert_frame_equal(frame, references[winner], check_exact=True)
+    _same_table(frame, references[winner])
     assert not lock_path(out).exists()
 
 
@@ -128,7 +138,7 @@ def test_item_4_a_second_explain_names_the_run_that_holds_the_folder(
         go.write_text("go")
         code, _, stderr = _finish(holder)
     assert code == 0, stderr
-    pd.testing.assert_frame_equal(read_attributions(out), references["rollout"], check_exact=True)
+    _same_table(read_attributions(out), references["rollout"])
 
 
 def _train_args(cohort, out, seed: int) -> list:

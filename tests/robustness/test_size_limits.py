@@ -172,8 +172,11 @@ def test_bucketed_explain_gives_the_same_rows_in_input_order(name, tmp_path):
         model, data, methods, batch_size=8, shard_size=16, bucket_by_length=True,
         out_dir=tmp_path / "attr",
     ).to_frame()  # fmt: skip
-    keys = [c for c in plain.columns if c != "score"]
+    floats = ["score", "predicted_probability", "explained_probability"]
+    keys = [c for c in plain.columns if c not in floats]
     assert bucketed[keys].equals(plain[keys])  # same rows, same order
+    for column in floats[1:]:  # the model's probabilities, padded otherwise: float32 rounding
+        np.testing.assert_allclose(bucketed[column], plain[column], rtol=1e-5, atol=1e-6)
     assert list(dict.fromkeys(bucketed["patient_id"])) == data.patient_ids
     # only the padding around each patient changed: float32 rounding, no more
     np.testing.assert_allclose(bucketed["score"], plain["score"], rtol=0, atol=1e-6)

@@ -404,7 +404,7 @@ class JsonlSource(SampleSource):
 
     def _scanned(self) -> tuple[list[str], list[tuple[int, int, int]], list[str]]:
         if self._scan is None:
-            ids, spans, heads, lines = [], [], [], []
+            ids, raw, spans, heads, lines = [], [], [], [], []
             for number, (start, end), sample in iter_jsonl(self.path):
                 if "patient_id" not in sample:
                     raise ValueError(f"{self.path}:{number}: the sample has no patient_id")
@@ -413,12 +413,13 @@ class JsonlSource(SampleSource):
                 if not self._selected(pid):
                     continue
                 ids.append(pid)
+                raw.append({"patient_id": sample["patient_id"]})
                 spans.append((number, start, end))
                 heads.append(_identity_head(sample))
             if not lines:
                 raise ValueError(f"{self.path}: no samples (the file is empty)")
             self._check_some(len(ids), str(self.path))
-            clash = find_id_clash(({"patient_id": p} for p in ids), strict=True)
+            clash = find_id_clash(raw, strict=True)  # 7 and "7" clash as text
             if clash is not None:
                 first, second = spans[clash.first][0], spans[clash.second][0]
                 raise ValueError(

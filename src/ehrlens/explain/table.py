@@ -233,7 +233,8 @@ def _units(processor: Any, values: Tensor, step_mask: Tensor | None):
 
 def columns_to_arrow(columns: Mapping[str, list]):
     """``{column: list}`` -> a pyarrow Table with :func:`arrow_schema` (and the identity
-    columns present; ``event_time`` as float64 when its values are numbers)."""
+    columns present; ``event_time`` as float64 when its values are numbers; prediction
+    columns the rows were built without are null)."""
     import pyarrow as pa
 
     identity = [name for name in IDENTITY_COLUMNS if name in columns]
@@ -243,7 +244,12 @@ def columns_to_arrow(columns: Mapping[str, list]):
     ):
         index = schema.get_field_index("event_time")
         schema = schema.set(index, pa.field("event_time", pa.float64()))
-    ordered = {name: columns[name] for name in schema.names}
+    n = len(columns["patient_id"])
+    unknown: list[Any] = [None] * n  # rows built without predictions: null
+    ordered = {
+        name: columns[name] if name in columns or name not in PREDICTION_COLUMNS else unknown
+        for name in schema.names
+    }
     return pa.Table.from_pydict(ordered, schema=schema)
 
 
