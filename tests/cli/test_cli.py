@@ -214,6 +214,7 @@ def test_explain_writes_the_long_format_table(pipeline):
     assert len(frame) == expected_rows
     assert list(frame.columns) == [
         "patient_id", "feature", "visit", "position", "code", "score", "method", "model_id",
+        "predicted_class", "predicted_probability", "explained_class", "explained_probability",
         "level",
     ]  # fmt: skip
     sizes = frame.groupby(["patient_id", "method"]).size()
