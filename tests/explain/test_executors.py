@@ -127,7 +127,12 @@ def test_the_size_limits_reach_the_ray_workers(files, ray_runtime):
         RayExecutor(num_workers=1).run(run)
     with pytest.raises(ValueError, match=pattern):
         LocalExecutor().run(ExplainRun(**{**vars(run), "out_dir": root / "limited-local"}))
-    assert not (root / "limited").exists()  # nothing was written, the claim was withdrawn
+    # the long patient's shard is not written, and the run is not marked complete (units
+    # before it may be: a re-run with a larger limit resumes from them)
+    shard = cohort.samples.index(longest) // 10
+    assert not (root / "limited" / f"part-{shard:05d}.parquet").exists()
+    manifest = root / "limited" / "_ehrlens_run.json"
+    assert not manifest.exists() or json.loads(manifest.read_text())["complete"] is False
 
 
 def test_the_driver_does_not_build_units(files, ray_runtime, monkeypatch):
