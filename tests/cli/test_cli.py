@@ -218,7 +218,8 @@ def test_explain_writes_the_long_format_table(pipeline):
     assert len(frame) == expected_rows
     assert list(frame.columns) == [
         "patient_id", "feature", "visit", "position", "code", "score", "method", "model_id",
-        "level", "value",
+        "predicted_class", "predicted_probability", "explained_class", "explained_probability",
+        "value", "level",
     ]  # fmt: skip
     sizes = frame.groupby(["patient_id", "method"]).size()
     assert len(sizes) == N_PATIENTS * len(methods)
@@ -611,7 +612,7 @@ def test_interrupted_explain_exits_130_and_says_how_to_resume(pipeline, tmp_path
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(ehrlens.explain, "explain_cohort", interrupted)
+    monkeypatch.setattr(ehrlens.explain.LocalExecutor, "run", interrupted)
     result = invoke(
         "explain", "--model", pipeline["model"], "--data", pipeline["data"] / "samples.jsonl",
         "--out", tmp_path / "a", "-q", expect=130,

@@ -153,3 +153,41 @@ def test_evaluate_refuses_ground_truth_of_another_cohort(run, tmp_path):
         "--split", "test", "--bootstrap", 5, "--ground-truth", other, "-q", expect=1,
     )  # fmt: skip
     assert "other.json: no ground truth for" in result.stderr
+
+
+@pytest.mark.slow
+def test_report_opens_an_attribution_folder_without_the_data_or_the_model_running(run, monkeypatch):
+    """The rows carry each patient's prediction: without --data the report shows the same
+    patients in the same order with the same probabilities, and the model never runs."""
+    root, data, model = run
+    invoke(
+        "report", "--model", model, "--data", data / "samples.jsonl",
+        "--attributions", root / "attr", "--out", root / "with-data.html", "--max-patients", 8,
+    )  # fmt: skip
+    from ehrlens.models import Transformer
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the model ran")
+
+    monkeypatch.setattr(Transformer, "forward", refuse)
+    invoke(
+        "report", "--model", model, "--attributions", root / "attr",
+        "--out", root / "no-data.html", "--max-patients", 8,
+    )  # fmt: skip
+
+    def shown(path):
+        tree = parse(path.read_text(encoding="utf-8"))
+        return {
+            pid: next(p.text() for p in section.find_all("span", "pill"))
+            for pid, section in patient_sections(tree).items()
+        }
+
+    with_data, no_data = shown(root / "with-data.html"), shown(root / "no-data.html")
+    assert list(no_data) == list(with_data) and len(no_data) == 8
+    assert no_data == with_data
+    frame = read_attributions(root / "attr")
+    first = frame.drop_duplicates("patient_id").set_index("patient_id")
+    for pid, pill in no_data.items():
+        predicted = first.loc[pid, "predicted_class"]
+        probability = first.loc[pid, "predicted_probability"]
+        assert pill == f"predicted {predicted}, probability {probability:.3f}"

@@ -5,15 +5,15 @@ from __future__ import annotations
 
 import pandas as pd
 import pytest
-import ray
 import torch
 
 from _meds_kit import static_sample
 from _tolerance import assert_same_rows
 from ehrlens.data import create_sample_dataset
 from ehrlens.data.meds import from_meds
-from ehrlens.explain import explain_cohort
-from ehrlens.explain.ray_engine import explain_meds_ray
+from ehrlens.data.sources import MedsShard, MedsSource
+from ehrlens.explain import ExplainRun, LocalExecutor, explain_cohort
+from ehrlens.explain.ray_engine import RayExecutor
 from ehrlens.models import Transformer
 from ehrlens.models.directory import load_model_dir, save_model_dir
 
@@ -32,14 +32,14 @@ def meds_model(tmp_path_factory):
     model = Transformer(dataset, embedding_dim=8, heads=2, num_layers=1).eval()
     save_model_dir(model, tmp / "model", {"meds": {"options": data.options.to_dict()}})
     save_model_dir(model, tmp / "plain")  # no MEDS mapping
-    return tmp, root, labels, dataset
+    return tmp, root, labels, dataset, data.options.to_dict()
 
 
-@pytest.fixture(scope="module")
-def ray_runtime():
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield
-    ray.shutdown()
+def _run(tmp, root, labels, options, methods, out, **kwargs):
+    source = MedsSource(root, labels, options, patients=kwargs.pop("patients", None))
+    return ExplainRun(
+        source, methods, model_dir=tmp / "model", out_dir=out, batch_size=BATCH, **kwargs
+    )
 
 
 def _single_process(tmp, dataset):
@@ -56,13 +56,11 @@ def _same_rows(frame, expected):
 
 
 def test_ray_rows_equal_the_single_process_rows_and_resume_per_shard(meds_model, ray_runtime):
-    tmp, root, labels, dataset = meds_model
+    tmp, root, labels, dataset, options = meds_model
     expected = _single_process(tmp, dataset)
     out = tmp / "ray"
-    result = explain_meds_ray(
-        tmp / "model", root, labels, ["rollout", "chefer"], out_dir=out, batch_size=BATCH,
-        num_workers=2,
-    )  # fmt: skip
+    run = _run(tmp, root, labels, options, ["rollout", "chefer"], out)
+    result = RayExecutor(num_workers=2).run(run)
     assert result.computed == [0, 1, 2, 3] and result.reused == []  # one per data shard
     frame = result.to_frame()
     _same_rows(frame, expected)
@@ -72,23 +70,32 @@ def test_ray_rows_equal_the_single_process_rows_and_resume_per_shard(meds_model,
     assert set(held_out["subject_id"]) == {1500733}
 
     (out / "part-00002.parquet").unlink()  # interrupted: one shard missing
-    again = explain_meds_ray(
-        tmp / "model", root, labels, ["rollout", "chefer"], out_dir=out, batch_size=BATCH,
-        num_workers=2,
-    )  # fmt: skip
+    again = RayExecutor(num_workers=2).run(run)
     assert again.computed == [2] and again.reused == [0, 1, 3]
     _same_rows(again.to_frame(), expected)
 
 
-def test_ray_selection_and_a_model_without_a_mapping(meds_model, ray_runtime):
-    tmp, root, labels, dataset = meds_model
+def test_the_local_executor_writes_the_same_folder_and_resumes_a_ray_run(meds_model, ray_runtime):
+    """Same source, same spec: the local executor reuses the shards Ray wrote (one
+    fingerprint for both), computes the missing one, and the rows are Ray's."""
+    tmp, root, labels, _, options = meds_model
+    out = tmp / "both"
+    run = _run(tmp, root, labels, options, ["rollout"], out)
+    by_ray = RayExecutor(num_workers=2).run(run)
+    (out / "part-00001.parquet").unlink()
+    local = LocalExecutor().run(run)
+    assert local.fingerprint == by_ray.fingerprint
+    assert local.computed == [1] and local.reused == [0, 2, 3]
+    _same_rows(local.to_frame(), by_ray.to_frame())
+
+
+def test_ray_explains_only_the_selected_samples(meds_model, ray_runtime):
+    tmp, root, labels, dataset, options = meds_model
     chosen = [p for p in dataset.patient_ids if p.startswith("68729@")]
-    result = explain_meds_ray(
-        tmp / "model", root, labels, ["rollout"], out_dir=tmp / "some", patient_ids=chosen
-    )
+    run = _run(tmp, root, labels, options, ["rollout"], tmp / "some", patients=chosen)
+    result = RayExecutor().run(run)
     assert sorted(set(result.to_frame()["patient_id"])) == sorted(chosen)
-    with pytest.raises(ValueError, match="not trained on MEDS data"):
-        explain_meds_ray(tmp / "plain", root, labels, ["rollout"], out_dir=tmp / "x")
+    assert result.num_patients == len(chosen)
 
 
 def test_command_line_ray_on_meds_reads_no_samples_on_the_driver(
@@ -99,7 +106,7 @@ def test_command_line_ray_on_meds_reads_no_samples_on_the_driver(
     from ehrlens.cli import loading
     from ehrlens.cli.app import main
 
-    tmp, root, labels, _ = meds_model
+    tmp, root, labels, _, _ = meds_model
     data = ["--data", f"meds:{root}", "--labels", str(labels)]
 
     def run(*args):
@@ -117,6 +124,7 @@ def test_command_line_ray_on_meds_reads_no_samples_on_the_driver(
         raise AssertionError("the driver built samples")
 
     monkeypatch.setattr(loading, "model_and_data", refuse)
+    monkeypatch.setattr(MedsShard, "samples", refuse)  # no unit is read on the driver
     import ehrlens.cli.commands.explain as command
 
     monkeypatch.setattr(command, "model_and_data", refuse)

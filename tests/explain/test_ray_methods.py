@@ -7,13 +7,10 @@ import pytest
 import torch
 
 from ehrlens.data import create_sample_dataset, generate_cohort, get_dataloader
-from ehrlens.explain.ray_engine import (
-    ShardExplainer,
-    explain_cohort_ray,
-    method_recipes,
-    rebuild_methods,
-)
-from ehrlens.explain.rows import build_methods
+from ehrlens.data.sources import SizeLimits
+from ehrlens.explain.job import ShardJob
+from ehrlens.explain.ray_engine import ShardWorker, explain_cohort_ray
+from ehrlens.explain.run import method_recipes, rebuild_methods
 from ehrlens.interpret import AttentionFlow, AttentionRollout, BaseInterpreter, RandomBaseline
 from ehrlens.models import Transformer
 from ehrlens.models.directory import save_model_dir
@@ -37,7 +34,7 @@ def model(dataset):
 
 def test_recipes_of_names_options_and_instances(model):
     names = ["rollout", "random"]
-    assert method_recipes(names, build_methods(model, names)) == {
+    assert method_recipes(names) == {
         "rollout": (ROLLOUT, {}),
         "random": (RANDOM, {}),
     }
@@ -46,7 +43,7 @@ def test_recipes_of_names_options_and_instances(model):
         "f": AttentionFlow(model, normalize=False, max_seq_len=32),
         "noise": RandomBaseline(model, seed=3),
     }
-    assert method_recipes(mixed, build_methods(model, mixed)) == {
+    assert method_recipes(mixed) == {
         "rollout": (ROLLOUT, {"head_fusion": "min"}),
         "f": (
             FLOW,
@@ -59,7 +56,7 @@ def test_recipes_of_names_options_and_instances(model):
 def test_rebuilt_methods_score_like_the_originals(model, dataset):
     batch = next(iter(get_dataloader(dataset, batch_size=6)))
     originals = {"r": AttentionRollout(model, "max", 0.2), "noise": RandomBaseline(model, 5)}
-    rebuilt = rebuild_methods(model, method_recipes(originals, originals))
+    rebuilt = rebuild_methods(model, method_recipes(originals))
     assert {k: type(v) for k, v in rebuilt.items()} == {k: type(v) for k, v in originals.items()}
     for name, original in originals.items():
         assert rebuilt[name].get_params() == original.get_params()
@@ -69,7 +66,7 @@ def test_rebuilt_methods_score_like_the_originals(model, dataset):
 
 
 def test_a_worker_that_cannot_import_the_class_says_so(model):
-    with pytest.raises(ImportError, match=r"method 'toy': cannot import nowhere_x:Toy.*every"):
+    with pytest.raises(ImportError, match=r"method 'toy': cannot import nowhere_x:Toy.*worker"):
         rebuild_methods(model, {"toy": ("nowhere_x:Toy", {})})
 
 
@@ -83,7 +80,7 @@ def test_a_class_defined_in_a_function_is_refused_before_any_work(model, tmp_pat
     save_model_dir(model, tmp_path / "model")
     with pytest.raises(
         TypeError,
-        match=r"method 'mine': the Ray engine rebuilds each method on every worker as "
+        match=r"method 'mine': another process rebuilds each method as "
         r"type\(i\)\(model, \*\*i.get_params\(\)\), so its class must be importable there: "
         r".*Local cannot be imported by name \(it is defined inside a function\)",
     ):
@@ -93,14 +90,9 @@ def test_a_class_defined_in_a_function_is_refused_before_any_work(model, tmp_pat
 
 def test_the_worker_builds_its_methods_from_recipes(model, tmp_path):
     save_model_dir(model, tmp_path / "model")
-    worker = ShardExplainer(
-        str(tmp_path / "model"),
-        {"r": (ROLLOUT, {"head_fusion": "max"})},
-        str(tmp_path / "out"),
-        fingerprint="f",
-        batch_size=4,
-        target_class_idx=None,
-        model_id="m",
+    job = ShardJob("f", "m", (), SizeLimits(), 4, None, False, str(tmp_path / "out"))
+    worker = ShardWorker(
+        str(tmp_path / "model"), {"r": (ROLLOUT, {"head_fusion": "max"})}, job, device="cpu"
     )
     assert type(worker.interpreters["r"]) is AttentionRollout
     assert worker.interpreters["r"].get_params()["head_fusion"] == "max"

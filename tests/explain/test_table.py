@@ -75,7 +75,9 @@ def test_every_layout_gives_one_row_per_non_padding_unit(dataset):
         if feature in ("labs", "demo"):
             index = (0 if pid == "a" else 1, *((visit,) if visit is not None else ()), position)
             value = float(batch[feature][index])
-        return (pid, feature, visit, position, code, float(score), "rollout", "abc123", None, value)
+        # no prediction given (four nulls) and no level (null)
+        unit = (pid, feature, visit, position, code, float(score), "rollout", "abc123")
+        return (*unit, None, None, None, None, value, None)
 
     expected = [
         # patient a: features in schema order, then positions
@@ -122,10 +124,10 @@ def test_unseen_codes_are_named_unk_and_absent_features_are_skipped(dataset):
     scores = {"seq": torch.tensor([[0.25, 0.5]]), "vis": torch.tensor([[[1.0, 2.0]]])}
     columns = attribution_columns(scores, batch, dataset.schema, "flow", "m")
     assert _rows(columns) == [
-        ("c", "seq", None, 0, "<unk>", 0.25, "flow", "m", None, None),
-        ("c", "seq", None, 1, "x", 0.5, "flow", "m", None, None),
-        ("c", "vis", 0, 0, "q", 1.0, "flow", "m", None, None),
-        ("c", "vis", 0, 1, "<unk>", 2.0, "flow", "m", None, None),
+        ("c", "seq", None, 0, "<unk>", 0.25, "flow", "m", *[None] * 4, None, None),
+        ("c", "seq", None, 1, "x", 0.5, "flow", "m", *[None] * 4, None, None),
+        ("c", "vis", 0, 0, "q", 1.0, "flow", "m", *[None] * 4, None, None),
+        ("c", "vis", 0, 1, "<unk>", 2.0, "flow", "m", *[None] * 4, None, None),
     ]
 
 
@@ -170,8 +172,12 @@ def test_arrow_schema_and_conversion(dataset):
         "double",
         "string",
         "string",
-        "string",
+        "string",  # predicted_class
         "double",
+        "string",  # explained_class
+        "double",
+        "double",  # value
+        "string",  # level
     ]
     batch = dataset.collate([dataset[0], dataset[1]])
     first = attribution_columns(_scores(batch), batch, dataset.schema, "rollout", "id")
@@ -193,6 +199,10 @@ def test_arrow_schema_and_conversion(dataset):
             "score": 0.0,
             "method": "rollout",
             "model_id": "id",
+            "predicted_class": None,
+            "predicted_probability": None,
+            "explained_class": None,
+            "explained_probability": None,
             "level": None,
             "value": None,
         }

@@ -14,9 +14,9 @@ from ehrlens.data.processors import (
     MulticlassLabelProcessor,
     RegressionLabelProcessor,
 )
+from ehrlens.explain.predictions import model_classes
 from ehrlens.report.classes import (
     PREDICTION_COLUMNS,
-    model_class_names,
     predicted_and_explained,
     report_predictions,
     stored_predictions,
@@ -37,7 +37,7 @@ def low_high():
 
 
 def test_binary_predicted_is_the_most_probable_class_explained_the_positive(low_high):
-    assert model_class_names(low_high) == ["low", "high"]
+    assert model_classes(low_high) == ["low", "high"]
     said = predicted_and_explained(low_high, torch.tensor([[0.392], [0.7], [0.5]]))
     assert [(p, e) for p, _, e in said] == [("low", "high"), ("high", "high"), ("high", "high")]
     assert [round(q, 6) for _, q, _ in said] == [0.608, 0.7, 0.5]

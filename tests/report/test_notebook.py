@@ -78,13 +78,17 @@ def test_inline_view_shows_one_patient_with_scoped_styles(setup):
     # every unit of the patient, once per method, with the frame's score
     frame = explanation.to_frame()
     rows = frame[frame["patient_id"] == first]
-    chips = Counter(
-        (c.attrs["data-code"], c.attrs["data-score"])
-        for c in sections[first].find_all("span", "code")
-    )
-    assert chips == Counter(
-        (c, f"{s:.6g}") for c, s in zip(rows["code"], rows["score"], strict=True)
-    )
+    chips = sections[first].find_all("span", "code")
+    assert Counter(c.attrs["data-code"] for c in chips) == Counter(rows["code"])
+    # a code's own score on its chip; a visit-level score once, on its visit
+    own = rows[rows["level"] != "visit"]
+    assert Counter(
+        (c.attrs["data-code"], c.attrs["data-score"]) for c in chips if "data-score" in c.attrs
+    ) == Counter((c, f"{s:.6g}") for c, s in zip(own["code"], own["score"], strict=True))
+    visits = rows[rows["level"] == "visit"].drop_duplicates(["method", "feature", "visit"])
+    assert Counter(
+        d.attrs["data-score"] for d in sections[first].find_all("div", "vscore")
+    ) == Counter(f"{s:.6g}" for s in visits["score"])
     assert [s.attrs["data-method"] for s in view.find_all("div", "scale")] == ["rollout", "chefer"]
     assert not [n for n in tree.root.iter() if n.tag == "script"]  # nothing to run
     # two views in one notebook never share a scope
@@ -101,7 +105,9 @@ def test_view_uses_the_scales_of_the_whole_batch(setup):
     )[pid]
 
     def styles(section):
-        return [(chip_code(c), c.attrs["style"]) for c in section.find_all("span", "code")]
+        chips = [(chip_code(c), c.attrs.get("style")) for c in section.find_all("span", "code")]
+        visits = [d.attrs["style"] for d in section.find_all("div", "vscore")]
+        return chips, visits
 
     assert styles(inline) == styles(report)
     assert list(patient_sections(parse(explanation.to_html(pid)))) == [pid]  # by id, too
@@ -112,6 +118,9 @@ def test_show_displays_inline(setup, monkeypatch):
     shown = []
     import IPython.display
 
+    import ehrlens.report.notebook as notebook
+
+    monkeypatch.setattr(notebook, "_in_ipython", lambda: True)
     monkeypatch.setattr(IPython.display, "display", lambda obj: shown.append(obj))
     explanation.show(1)
     (html,) = shown

@@ -101,6 +101,35 @@ def select_recorded_split(
     return dataset.subset(keep)
 
 
+def split_selection(
+    card: Mapping[str, Any], split: str
+) -> tuple[list[str] | None, list[str], str] | None:
+    """``(patients to keep or None, patients to exclude, what they are)`` of one part of the
+    model's split, by the ids the card records: what a sample source selects
+    (:class:`~ehrlens.data.sources.SampleSource`). ``None`` when the card records no ids (an
+    older card: see :func:`select_recorded_split`).
+
+    Example:
+        >>> split_selection(card, "test")[0][:2]
+        ['p17', 'p4']
+    """
+    if split not in SPLIT_CHOICES:
+        raise ValueError(f"split must be one of {SPLIT_CHOICES}, got {split!r}")
+    if split == "all":
+        return None, [], "the patients"
+    recorded = recorded_patients(card)
+    if recorded is None:
+        return None
+    if split == "new":
+        seen = [p for ids in recorded.values() for p in ids]
+        return None, seen, "the patients new to the model (in no part of its training split)"
+    return (
+        recorded[split],
+        [],
+        f"the {len(recorded[split])} {split!r} patients recorded in the model's card",
+    )
+
+
 def _redrawn_split(
     dataset: SampleDataset, split: str, card: Mapping[str, Any], data_sha256: str | None
 ) -> SampleDataset:

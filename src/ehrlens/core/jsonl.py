@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -71,33 +71,11 @@ def read_jsonl(path: str | os.PathLike) -> list[dict[str, Any]]:
         ['diagnoses', 'drugs', 'label', 'patient_id', 'procedures']
     """
     path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: no such file")
     samples = []
     lines = []
-    with path.open("rb") as f:
-        for number, raw in enumerate(f, start=1):
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError as error:
-                raise ValueError(f"{path}:{number}: not UTF-8 text ({error})") from error
-            if not line.strip():
-                continue
-            try:
-                sample = json.loads(line, parse_constant=_reject_constant)
-            except json.JSONDecodeError as error:
-                raise ValueError(f"{path}:{number}: not valid JSON ({error.msg})") from error
-            except _ConstantError as error:
-                raise ValueError(f"{path}:{number}: {error}") from None
-            except RecursionError:
-                raise ValueError(f"{path}:{number}: JSON nested too deeply") from None
-            if not isinstance(sample, dict):
-                raise ValueError(
-                    f"{path}:{number}: expected a JSON object (one patient), got "
-                    f"{type(sample).__name__}"
-                )
-            samples.append(sample)
-            lines.append(number)
+    for number, _, sample in iter_jsonl(path):
+        samples.append(sample)
+        lines.append(number)
     if not samples:
         raise ValueError(f"{path}: no samples (the file is empty)")
     clash = find_id_clash(samples)
@@ -105,6 +83,80 @@ def read_jsonl(path: str | os.PathLike) -> list[dict[str, Any]]:
         where = clash.describe(f"line {lines[clash.first]}", f"line {lines[clash.second]}")
         raise ValueError(f"{path}:{lines[clash.second]}: {where}")
     return samples
+
+
+def iter_jsonl(path: str | os.PathLike) -> Iterator[tuple[int, tuple[int, int], dict[str, Any]]]:
+    """``(line number, (start byte, end byte), sample)`` for each non-blank line of ``path``.
+
+    The byte span lets a reader elsewhere (another process, another machine) read that line
+    again with :func:`read_jsonl_spans` without scanning the file.
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: a line is not UTF-8, not valid JSON, not an object, or holds NaN/Infinity,
+            naming the file and the line number.
+
+    Example:
+        >>> [(n, span) for n, span, _ in iter_jsonl("patients.jsonl")][:1]
+        [(1, (0, 412))]
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such file")
+    offset = 0
+    with path.open("rb") as f:
+        for number, raw in enumerate(f, start=1):
+            start, offset = offset, offset + len(raw)
+            sample = _parse_line(path, number, raw)
+            if sample is not None:
+                yield number, (start, offset), sample
+
+
+def read_jsonl_spans(
+    path: str | os.PathLike, spans: Sequence[tuple[int, int, int]]
+) -> list[dict[str, Any]]:
+    """The samples of the given ``(line number, start byte, end byte)`` lines of ``path``
+    (from :func:`iter_jsonl`), in the order given.
+
+    Raises:
+        ValueError: a span no longer holds one JSON object (the file changed), naming the line.
+
+    Example:
+        >>> read_jsonl_spans("patients.jsonl", [(1, 0, 412)])[0]["patient_id"]
+    """
+    path = Path(path)
+    samples = []
+    with path.open("rb") as f:
+        for number, start, end in spans:
+            f.seek(start)
+            sample = _parse_line(path, number, f.read(end - start))
+            if sample is None:
+                raise ValueError(f"{path}:{number}: the line is blank now; the file changed")
+            samples.append(sample)
+    return samples
+
+
+def _parse_line(path: Path, number: int, raw: bytes) -> dict[str, Any] | None:
+    """One line as a sample; None for a blank line."""
+    try:
+        line = raw.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise ValueError(f"{path}:{number}: not UTF-8 text ({error})") from error
+    if not line.strip():
+        return None
+    try:
+        sample = json.loads(line, parse_constant=_reject_constant)
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{path}:{number}: not valid JSON ({error.msg})") from error
+    except _ConstantError as error:
+        raise ValueError(f"{path}:{number}: {error}") from None
+    except RecursionError:
+        raise ValueError(f"{path}:{number}: JSON nested too deeply") from None
+    if not isinstance(sample, dict):
+        raise ValueError(
+            f"{path}:{number}: expected a JSON object (one patient), got {type(sample).__name__}"
+        )
+    return sample
 
 
 class _ConstantError(ValueError):

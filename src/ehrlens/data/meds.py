@@ -503,22 +503,12 @@ def from_meds(
     for number in chosen:
         path = all_shards[number]
         frame = read_shard(path)
-        for subject in pd.unique(frame["subject_id"]).tolist():
-            if subject in owner:
-                raise ValueError(
-                    f"subject {subject} is in two data shards, {owner[subject]} and {path} "
-                    "(MEDS keeps each subject in one shard)"
-                )
-            owner[subject] = path
+        _claim_subjects(owner, pd.unique(frame["subject_id"]).tolist(), path)
         frame["shard"] = number
         frames.append(frame)
     events = pd.concat(frames, ignore_index=True)
-    unknown = sorted(set(label_frame["subject_id"].tolist()) - set(owner))
-    if unknown and shards is None:
-        raise ValueError(
-            f"{labels}: {len(unknown)} labelled subject(s) are in no data shard of {root}, "
-            f"e.g. {unknown[:_SHOWN]}"
-        )
+    if shards is None:
+        _check_labelled(label_frame, owner, root, labels)
     label_frame = label_frame[label_frame["subject_id"].isin(set(owner))]
     if shards is not None and len(label_frame) == 0:  # a shard no label points into
         return MedsData([], {}, {label_key: LABEL_KINDS[label_column]}, options, None, {},
@@ -601,6 +591,62 @@ def from_meds(
         descriptions=code_descriptions(root),
         shards=[all_shards[i] for i in chosen],
     )
+
+
+def _claim_subjects(owner: dict[int, Path], subjects: Sequence[int], path: Path) -> None:
+    """Record that ``path`` holds ``subjects``; a subject already held elsewhere is an error."""
+    for subject in set(subjects):
+        if subject in owner:
+            raise ValueError(
+                f"subject {subject} is in two data shards, {owner[subject]} and {path} "
+                "(MEDS keeps each subject in one shard)"
+            )
+        owner[subject] = path
+
+
+def _check_labelled(
+    label_frame: Any, owner: Mapping[int, Path], root: str | os.PathLike, labels: Any
+) -> None:
+    """Every labelled subject is in some data shard."""
+    unknown = sorted(set(label_frame["subject_id"].tolist()) - set(owner))
+    if unknown:
+        raise ValueError(
+            f"{labels}: {len(unknown)} labelled subject(s) are in no data shard of {root}, "
+            f"e.g. {unknown[:_SHOWN]}"
+        )
+
+
+def shard_sample_ids(root: str | os.PathLike, labels: str | os.PathLike) -> list[list[str]]:
+    """The sample ids (:func:`sample_id`) whose subjects each data shard holds, sorted, read
+    from the shards' ``subject_id`` columns and the labels only (no events are read): what a
+    worker reading one shard with :func:`from_meds` (``shards=[i]``) is expected to explain.
+    The same checks as :func:`from_meds`: a subject in two shards, labels for subjects in no
+    shard.
+
+    Raises:
+        ValueError: naming the files.
+
+    Example:
+        >>> shard_sample_ids("meds/", "labels.parquet")[0][:1]
+        ['1500733@2010-06-03T14:54:38']
+    """
+    import pyarrow.parquet as pq
+
+    shards = data_shards(root)
+    owner: dict[int, Path] = {}
+    for path in shards:
+        try:
+            subjects = pq.read_table(path, columns=["subject_id"]).column(0).to_pylist()
+        except Exception as error:
+            raise ValueError(f"{path}: cannot read its subject_id column ({error})") from error
+        _claim_subjects(owner, subjects, path)
+    frame, _ = read_labels(labels)
+    _check_labelled(frame, owner, root, labels)
+    number = {path: i for i, path in enumerate(shards)}
+    expected: list[list[str]] = [[] for _ in shards]
+    for subject, when in zip(frame["subject_id"], frame["prediction_time"], strict=True):
+        expected[number[owner[subject]]].append(sample_id(subject, when.to_pydatetime()))
+    return [sorted(ids) for ids in expected]
 
 
 def _sample_rows(events: Any, label_frame: Any, options: MedsOptions) -> tuple[Any, Any]:
@@ -686,5 +732,6 @@ __all__ = [
     "read_labels",
     "read_shard",
     "sample_id",
+    "shard_sample_ids",
     "subject_splits",
 ]

@@ -1,13 +1,14 @@
-"""Explain a whole cohort: every patient, every method, into one long-format table.
+"""The local executor: an :class:`~ehrlens.explain.run.ExplainRun` in this process.
 
-With ``out_dir`` the table is written as Parquet shards of ``shard_size`` patients each
-(``part-00000.parquet``, ...). Each shard is written to a temporary file and renamed into place,
-and carries in its Parquet metadata the run's fingerprint (model, data, methods, settings), its
-index, its row count, a hash of its patient ids and a digest of its column data. A re-run with
-the same arguments verifies each existing shard against that and computes only the missing or
-damaged ones, so an interrupted run resumes and ends with exactly the rows of an uninterrupted
-one: no duplicates, no gaps. A folder holding another run's output is refused, never
-overwritten, and one run at a time writes a folder (:func:`~ehrlens.core.locks.output_lock`).
+With ``out_dir`` the table is written as Parquet shards, one per unit of the source
+(``part-00000.parquet``, ...). Each shard is written to a temporary file and renamed into
+place, and carries in its Parquet metadata the run's fingerprint (model, data, methods,
+settings), its index, its row count, a hash of its patient ids and a digest of its column
+data. A re-run of the same spec verifies each existing shard against that and computes only
+the missing or damaged ones, so an interrupted run resumes and ends with exactly the rows of
+an uninterrupted one: no duplicates, no gaps. A folder holding another run's output is
+refused, never overwritten, and one run at a time writes a folder
+(:func:`~ehrlens.core.locks.output_lock`). The Ray executor writes the same folder.
 
 Example:
     >>> result = explain_cohort(model, test_dataset, ["rollout", "chefer"], out_dir="attr-rc/")
@@ -18,60 +19,101 @@ Example:
 
 from __future__ import annotations
 
-import hashlib
+import math
 import os
-from collections.abc import Callable, Mapping
-from contextlib import nullcontext
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import torch
-
-from ..core.ids import find_id_clash
 from ..core.progress import progress_bar
 from ..data.dataset import SampleDataset
-from ..data.identity import identity_columns
-from ..models.directory import model_fingerprint
-from .rows import MethodSpec, build_methods, explain_rows
-from .shards import (
-    SHARD_PATTERN,
-    ExplainResult,
-    claimed_output,
-    finish_manifest,
-    patient_hash,
-    run_fingerprint,
-    run_settings,
-    shard_metadata,
-    verified_shard_rows,
-    write_shard,
-)
+from ..data.sources import DatasetSource, SourceShard, dataset_fingerprint
+from ..metrics.faithfulness import model_device
+from ..models.directory import load_model_dir, model_fingerprint
+from .job import execute, patient_count, plan
+from .run import ExplainRun, MethodSpec, build_methods
+from .shards import ExplainResult
 from .table import concat_columns
 
 
-def _hash_value(digest: Any, value: Any) -> None:
-    if isinstance(value, torch.Tensor):
-        digest.update(str(value.dtype).encode() + str(tuple(value.shape)).encode())
-        digest.update(value.detach().cpu().contiguous().numpy().tobytes())
-    elif isinstance(value, Mapping):
-        for key in sorted(value):
-            digest.update(str(key).encode())
-            _hash_value(digest, value[key])
-    elif isinstance(value, (list, tuple)):
-        digest.update(f"[{len(value)}".encode())
-        for item in value:
-            _hash_value(digest, item)
-    else:
-        digest.update(repr(value).encode())
+class LocalExecutor:
+    """Runs an :class:`~ehrlens.explain.run.ExplainRun` in this process, unit by unit.
 
+    Args:
+        progress: show a progress bar over batches.
+        on_shard: called as ``on_shard(index, path)`` after each shard is written.
 
-def dataset_fingerprint(dataset: SampleDataset) -> str:
-    """16 hex digits of a SHA-256 over every patient's id and processed features."""
-    digest = hashlib.sha256()
-    for index in range(len(dataset)):
-        item = dataset[index]
-        _hash_value(digest, {k: v for k, v in item.items() if k in dataset.feature_keys})
-        digest.update(str(item["patient_id"]).encode())
-    return digest.hexdigest()[:16]
+    Example:
+        >>> result = LocalExecutor(progress=True).run(run)
+        >>> result = LocalExecutor().run(run, model=model)   # a model object, not a directory
+    """
+
+    def __init__(
+        self, progress: bool = False, on_shard: Callable[[int, Path], None] | None = None
+    ) -> None:
+        self.progress = progress
+        self.on_shard = on_shard
+
+    def run(self, run: ExplainRun, model: Any = None) -> ExplainResult:
+        """Explain every unit of ``run.source`` with every method.
+
+        Args:
+            run: the spec.
+            model: the model to explain; default loaded from ``run.model_dir``. It is moved
+                to ``run.device`` when one is given.
+
+        Returns:
+            :class:`~ehrlens.explain.ExplainResult`; ``to_frame()`` gives the table.
+
+        Raises:
+            OutputConflictError: ``out_dir`` holds another run's output or foreign shards.
+            OutputLockedError: another run is writing ``out_dir`` (it names the holder).
+            ValueError: two samples with the same ``patient_id``, or a sample over the
+                run's limits (naming it).
+        """
+        model_id = run.model_id
+        if model is None:
+            if run.model_dir is None:
+                raise ValueError("the run names no model_dir and no model was given")
+            model, card = load_model_dir(run.model_dir, expected_sha256=run.model_sha256)
+            model_id = model_id or card.get("model_id")
+        if run.device is not None:
+            model = model.to(run.device)
+        device = str(model_device(model) or "cpu")
+        model_id = model_id or model_fingerprint(model)
+        interpreters = build_methods(model, run.methods)
+        job, shards, settings = plan(run, model_id, interpreters, device)
+        batches = sum(math.ceil(len(s.patient_ids) / run.batch_size) for s in shards)
+        bar = progress_bar(range(batches), self.progress, desc="explain", unit="batch")
+        bar_iter = iter(bar)
+        try:
+            if run.out_dir is None:
+                parts = [job.explain(model, interpreters, shard, bar_iter) for shard in shards]
+                result = ExplainResult(
+                    fingerprint=job.fingerprint, num_patients=patient_count(shards)
+                )
+                result._columns = concat_columns(parts)
+                result.computed = [s.index for s in shards]
+                result.num_rows = len(result._columns["patient_id"])
+                return result
+
+            def compute(todo: list[SourceShard]) -> Iterator[tuple[int, int]]:
+                todo_set = {s.index for s in todo}
+                for shard in shards:
+                    if shard.index not in todo_set:  # reused: its batches count as done
+                        for _ in range(math.ceil(len(shard.patient_ids) / run.batch_size)):
+                            next(bar_iter, None)
+                        continue
+                    columns = job.explain(model, interpreters, shard, bar_iter)
+                    path = job.write(shard, columns)
+                    if self.on_shard is not None:
+                        self.on_shard(shard.index, path)
+                    yield shard.index, len(columns["patient_id"])
+
+            return execute(run, job, shards, settings, compute)
+        finally:
+            if hasattr(bar, "close"):
+                bar.close()
 
 
 def explain_cohort(
@@ -89,7 +131,9 @@ def explain_cohort(
     bucket_by_length: bool = False,
     overwrite: bool = False,
 ) -> ExplainResult:
-    """Explain every patient of ``dataset`` with every method; optionally write Parquet shards.
+    """Explain every patient of a processed ``dataset`` with every method: an
+    :class:`~ehrlens.explain.run.ExplainRun` over a
+    :class:`~ehrlens.data.sources.DatasetSource`, run by :class:`LocalExecutor`.
 
     Args:
         model: a trained ehrlens model (or any model the methods accept), in eval mode during
@@ -132,63 +176,12 @@ def explain_cohort(
         >>> again.reused, again.computed      # verified and kept
         ([0, 1, 2], [])
     """
-    if batch_size < 1 or shard_size < 1:
-        raise ValueError(f"batch_size and shard_size must be >= 1, got {batch_size}, {shard_size}")
-    clash = find_id_clash(dataset.items, strict=True)
-    if clash is not None:
-        raise ValueError(clash.describe(f"sample {clash.first}", f"sample {clash.second}"))
-    interpreters = build_methods(model, methods)
-    schema = model.schema
-    model_id = model_id or model_fingerprint(model)
-    extra = {"bucket_by_length": True} if bucket_by_length else {}
-    settings = run_settings(
-        model_id, dataset_fingerprint(dataset), interpreters, batch_size, shard_size,
-        target_class_idx, **extra,
+    run = ExplainRun(
+        DatasetSource(dataset), methods, out_dir=out_dir, overwrite=overwrite,
+        batch_size=batch_size, shard_size=shard_size, bucket_by_length=bucket_by_length,
+        target_class_idx=target_class_idx, model_id=model_id,
     )  # fmt: skip
-    fingerprint = run_fingerprint(settings)
-    identity = identity_columns(dataset.items)
-    n = len(dataset)
-    bounds = [(start, min(start + shard_size, n)) for start in range(0, n, shard_size)]
-    result = ExplainResult(fingerprint=fingerprint)
-    out = None if out_dir is None else Path(out_dir)
-    claim = (
-        None if out is None else claimed_output(out, fingerprint, settings, len(bounds), overwrite)
-    )
-    with nullcontext() if claim is None else claim:
-        parts = []
-        bar = progress_bar(range(0, n, batch_size), progress, desc="explain", unit="batch")
-        bar_iter = iter(bar)
-        for index, (start, stop) in enumerate(bounds):
-            patient_ids = [str(dataset[i]["patient_id"]) for i in range(start, stop)]
-            path = None if out is None else out / SHARD_PATTERN.format(index)
-            if path is not None:
-                result.shards.append(path)
-                rows = verified_shard_rows(path, fingerprint, index, patient_hash(patient_ids))
-                if rows is not None:
-                    result.reused.append(index)
-                    result.num_rows += rows
-                    for _ in range(start, stop, batch_size):
-                        next(bar_iter, None)
-                    continue
-            columns = explain_rows(
-                model, dataset, interpreters, range(start, stop), batch_size, target_class_idx,
-                model_id, schema, bar_iter, bucket_by_length, identity,
-            )  # fmt: skip
-            result.computed.append(index)
-            result.num_rows += len(columns["patient_id"])
-            if path is None:
-                parts.append(columns)
-                continue
-            write_shard(path, columns, shard_metadata(fingerprint, index, columns, patient_ids))
-            if on_shard is not None:
-                on_shard(index, path)
-        if hasattr(bar, "close"):
-            bar.close()
-        if out is None:
-            result._columns = concat_columns(parts)
-        else:
-            finish_manifest(out, fingerprint, result.num_rows)
-    return result
+    return LocalExecutor(progress, on_shard).run(run, model=model)
 
 
-__all__ = ["dataset_fingerprint", "explain_cohort"]
+__all__ = ["LocalExecutor", "dataset_fingerprint", "explain_cohort"]

@@ -1,10 +1,10 @@
 """Explain batches of patients with several methods into long-format columns.
 
-The one code path both engines run: the single-process :func:`~ehrlens.explain.explain_cohort`
-and each Ray worker of :func:`~ehrlens.explain.ray_engine.explain_cohort_ray`.
+The one code path both executors run (:meth:`~ehrlens.explain.job.ShardJob.explain`), in this
+process and on each Ray worker.
 
 Example:
-    >>> interpreters = build_methods(model, ["rollout", "chefer"])
+    >>> interpreters = {"rollout": AttentionRollout(model), "chefer": CheferRelevance(model)}
     >>> columns = explain_rows(model, dataset, interpreters, range(8), 8, None, "m1", model.schema)
 """
 
@@ -20,27 +20,9 @@ from ..data.dataset import SampleDataset, length_buckets, move_to_device
 from ..data.identity import identity_columns
 from ..interpret.levels import score_level
 from ..interpret.methods import BaseInterpreter
-from ..interpret.registry import make_interpreter
+from ..metrics.faithfulness import model_device
+from .predictions import batch_prediction_rows
 from .table import concat_columns, method_columns
-
-MethodSpec = Sequence[str] | Mapping[str, Mapping[str, Any] | BaseInterpreter]
-
-
-def build_methods(model: Any, methods: MethodSpec) -> dict[str, BaseInterpreter]:
-    """``{name: interpreter}`` from names, ``{name: options}`` or ``{name: interpreter}``."""
-    if isinstance(methods, str):
-        methods = [methods]
-    if isinstance(methods, Mapping):
-        built = {}
-        for name, spec in methods.items():
-            if isinstance(spec, BaseInterpreter):
-                built[name] = spec
-            else:
-                built[name] = make_interpreter(name, model, **dict(spec))
-        return built
-    if not methods:
-        raise ValueError("methods is empty: name at least one, e.g. ['rollout']")
-    return {name: make_interpreter(name, model) for name in methods}
 
 
 def explain_rows(
@@ -69,6 +51,9 @@ def explain_rows(
     Rows carry the identity columns of ``identity`` (default: those any item of ``dataset``
     has; see :mod:`ehrlens.data.identity`).
 
+    Each row carries its patient's prediction (:mod:`~ehrlens.explain.predictions`): one
+    more forward pass per batch, under ``torch.inference_mode()``.
+
     The ``level`` column says, per method and feature, whether a score is the unit's own or
     its visit's (:func:`~ehrlens.interpret.score_level`).
     """
@@ -85,26 +70,42 @@ def explain_rows(
         for chunk in chunks:
             items = [dataset[i] for i in chunk]
             batch = dataset.collate(items)
-            batch = move_to_device(batch, getattr(model, "device", "cpu"))
+            batch = move_to_device(batch, model_device(model) or "cpu")
             per_method = {}
-            levels = {
-                name: {k: score_level(i, k, batch.get(k)) for k in schema.feature_keys}
-                for name, i in interpreters.items()
-            }
+            levels = method_levels(interpreters, batch, schema)
             for name, interpreter in interpreters.items():
                 if type(interpreter).gradient_free:
                     with torch.inference_mode():
                         per_method[name] = interpreter.attribute(target, **batch)
                 else:
                     per_method[name] = interpreter.attribute(target, **batch)
+            predictions = batch_prediction_rows(model, batch, target)
             blocks.append(
-                method_columns(per_method, batch, schema, model_id, items, identity, levels)
+                method_columns(
+                    per_method, batch, schema, model_id, items, identity, levels, predictions
+                )
             )
             if bar_iter is not None:
                 next(bar_iter, None)
     if not bucket_by_length:
         return concat_columns(blocks)
     return _in_input_order(blocks, chunks, dataset, indices)
+
+
+def method_levels(
+    interpreters: Mapping[str, BaseInterpreter], batch: Mapping[str, Any], schema: Any
+) -> dict[str, dict[str, Any]]:
+    """``{method: {feature: "code" | "visit"}}`` of the ``level`` column for one batch
+    (:func:`~ehrlens.interpret.score_level`).
+
+    Example:
+        >>> method_levels({"rollout": AttentionRollout(model)}, batch, model.schema)
+        {'rollout': {'diagnoses': 'visit'}}
+    """
+    return {
+        name: {k: score_level(i, k, batch.get(k)) for k in schema.feature_keys}
+        for name, i in interpreters.items()
+    }
 
 
 def _require_unique_ids(dataset: SampleDataset, indices: Sequence[int]) -> None:

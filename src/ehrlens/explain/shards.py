@@ -50,6 +50,7 @@ class ExplainResult:
         computed: indices of shards computed in this call.
         reused: indices of shards found complete and verified, so not recomputed.
         num_rows: rows in the whole table.
+        num_patients: patients the run's source holds (after any selection).
         fingerprint: the run's fingerprint (model, data, methods, settings).
     """
 
@@ -58,6 +59,7 @@ class ExplainResult:
     reused: list[int] = field(default_factory=list)
     num_rows: int = 0
     fingerprint: str = ""
+    num_patients: int = 0
     _columns: dict[str, list] | None = None
 
     def to_arrow(self):

@@ -13,12 +13,15 @@ code           string     decoded code (``"<unk>"`` for codes unseen in training
 score          float64    the method's score for that unit
 method         string     method name, e.g. ``"rollout"``
 model_id       string     the model's fingerprint (:func:`model_fingerprint`)
+predicted_*    ...        the patient's predicted class and its probability, and the
+explained_*               explained class and its probability
+                          (:mod:`~ehrlens.explain.predictions`; null when not computed)
+value          float64    the measured value the model was given (numeric features); null
+                          for codes
 level          string     ``"code"``: the score is this unit's own; ``"visit"``: it is the
                           score of the unit's visit (or step), the same on each of its
                           units (an attention method on a model that pools visits); null
                           when the caller did not say (:func:`~ehrlens.interpret.score_level`)
-value          float64    the measured value the model was given (numeric features); null
-                          for codes
 =============  =========  ==============================================================
 
 When the input carries identity (:mod:`ehrlens.data.identity`), rows carry it too, after
@@ -49,6 +52,7 @@ from torch import Tensor
 from ..data.dataset import FittedSchema
 from ..data.identity import IDENTITY_COLUMNS, identity_columns, unit_identity
 from ..data.processors import FeatureProcessor
+from .predictions import PREDICTION_COLUMNS, PredictionRow
 
 ATTRIBUTION_COLUMNS = (
     "patient_id",
@@ -59,8 +63,9 @@ ATTRIBUTION_COLUMNS = (
     "score",
     "method",
     "model_id",
-    "level",
+    *PREDICTION_COLUMNS,
     "value",
+    "level",
 )
 
 
@@ -79,8 +84,12 @@ def arrow_schema(identity: Sequence[str] = ()):
         ("score", pa.float64()),
         ("method", pa.string()),
         ("model_id", pa.string()),
-        ("level", pa.string()),
+        ("predicted_class", pa.string()),
+        ("predicted_probability", pa.float64()),
+        ("explained_class", pa.string()),
+        ("explained_probability", pa.float64()),
         ("value", pa.float64()),
+        ("level", pa.string()),
     ]
     types = _identity_types()
     return pa.schema(fields + [(name, types[name]) for name in identity])
@@ -143,7 +152,8 @@ def method_columns(
     model_id: str,
     items: Sequence[Mapping[str, Any]] | None = None,
     identity: Sequence[str] | None = None,
-    levels: Mapping[str, Mapping[str, str]] | None = None,
+    levels: Mapping[str, Mapping[str, Any]] | None = None,
+    predictions: Sequence[PredictionRow] | None = None,
 ) -> dict[str, list]:
     """Long-format columns for one batch explained by several methods: rows in patient order,
     then method, then feature, then position.
@@ -161,6 +171,8 @@ def method_columns(
             whole run's so that every batch has the same columns.
         levels: ``{method: {feature: "code" | "visit"}}`` for the ``level`` column; null
             where absent.
+        predictions: one :data:`~ehrlens.explain.predictions.PredictionRow` per patient,
+            in batch order, for the prediction columns; null where absent.
 
     Example:
         >>> per_method = {"rollout": rollout(**batch), "chefer": chefer(**batch)}
@@ -170,6 +182,11 @@ def method_columns(
     """
     if items is not None and len(items) != len(batch["patient_id"]):
         raise ValueError(f"{len(items)} items for a batch of {len(batch['patient_id'])}")
+    if predictions is not None and len(predictions) != len(batch["patient_id"]):
+        raise ValueError(
+            f"{len(predictions)} predictions for a batch of {len(batch['patient_id'])}"
+        )
+    no_prediction: PredictionRow = (None, None, None, None)
     if identity is None:
         identity = identity_columns(items or [])
     identity = [name for name in IDENTITY_COLUMNS if name in identity]
@@ -185,6 +202,7 @@ def method_columns(
     step_masks = {k: masks[k].detach().cpu() for k in keys if k in masks}
     measured = {k for k in keys if getattr(processors[k], "event_kind", None) == "measurements"}
     for index, pid in enumerate(batch["patient_id"]):
+        prediction = no_prediction if predictions is None else predictions[index]
         units = {
             k: list(_units(processors[k], values[k][index], _row(step_masks.get(k), index)))
             for k in keys
@@ -210,6 +228,8 @@ def method_columns(
                     columns["score"].append(float(feature_scores[unit]))
                     columns["method"].append(method)
                     columns["model_id"].append(model_id)
+                    for name, value in zip(PREDICTION_COLUMNS, prediction, strict=True):
+                        columns[name].append(value)
                     columns["level"].append(level)
                     columns["value"].append(None if given is None else float(given[unit]))
     return columns
@@ -229,7 +249,8 @@ def _units(processor: Any, values: Tensor, step_mask: Tensor | None):
 
 def columns_to_arrow(columns: Mapping[str, list]):
     """``{column: list}`` -> a pyarrow Table with :func:`arrow_schema` (and the identity
-    columns present; ``event_time`` as float64 when its values are numbers)."""
+    columns present; ``event_time`` as float64 when its values are numbers; prediction
+    columns the rows were built without are null)."""
     import pyarrow as pa
 
     identity = [name for name in IDENTITY_COLUMNS if name in columns]
@@ -239,7 +260,12 @@ def columns_to_arrow(columns: Mapping[str, list]):
     ):
         index = schema.get_field_index("event_time")
         schema = schema.set(index, pa.field("event_time", pa.float64()))
-    ordered = {name: columns[name] for name in schema.names}
+    n = len(columns["patient_id"])
+    unknown: list[Any] = [None] * n  # rows built without predictions: null
+    ordered = {
+        name: columns[name] if name in columns or name not in PREDICTION_COLUMNS else unknown
+        for name in schema.names
+    }
     return pa.Table.from_pydict(ordered, schema=schema)
 
 

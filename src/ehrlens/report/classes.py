@@ -21,33 +21,15 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ..explain.predictions import PREDICTION_COLUMNS, prediction_rows
 from .patient import Prediction
-
-#: Columns of attribution rows that carry what the model said about the patient.
-PREDICTION_COLUMNS = (
-    "predicted_class",
-    "predicted_probability",
-    "explained_class",
-    "explained_probability",
-)
-
-
-def model_class_names(model: Any) -> list[str] | None:
-    """The class names of a model's (first) label in output order, from its fitted label
-    processor; ``None`` for regression or a model without a fitted schema."""
-    schema = getattr(model, "schema", None)
-    processors = getattr(schema, "output_processors", None)
-    if not processors:
-        return None
-    names = getattr(next(iter(processors.values())), "class_names", None)
-    return [str(n) for n in names] if isinstance(names, list) else None
-
 
 def predicted_and_explained(
     model: Any, y_prob: Tensor, target: int | None = None
 ) -> list[tuple[str | None, float | None, str | None]]:
-    """Per patient ``(predicted class, its probability, explained class)``, classes by name
-    (their index as text when the model has no names); ``(None, None, None)`` for regression.
+    """Per patient ``(predicted class, its probability, explained class)``, classes by name;
+    ``(None, None, None)`` for regression. The definition is
+    :func:`~ehrlens.explain.predictions.prediction_rows`, the one the stored rows use.
 
     Args:
         model: the model (its ``mode`` and label processor's class names are read).
@@ -56,37 +38,22 @@ def predicted_and_explained(
         target: the explained class index; ``None``: the interpreters' default.
 
     Example:
-        >>> predicted_and_explained(model, torch.tensor([[0.39]]), target=None)
-        [('low', 0.61, 'high')]
+        >>> predicted_and_explained(model, torch.tensor([[0.25]]), target=None)
+        [('0', 0.75, '1')]
     """
-    mode = getattr(model, "mode", None)
-    names = model_class_names(model)
-    n, outputs = y_prob.shape
-
-    def name(index: int) -> str:
-        return names[index] if names is not None and 0 <= index < len(names) else str(index)
-
-    if mode == "regression" or outputs == 0:
-        return [(None, None, None)] * n
-    if outputs == 1 and mode == "binary":
-        positive = y_prob[:, 0]
-        best = (positive >= 0.5).long()
-        best_prob = torch.where(best == 1, positive, 1.0 - positive)
-        explained = [1 if target is None else target] * n
-    else:
-        best_prob, best = y_prob.max(dim=1)
-        explained = [int(b) if target is None else target for b in best]
-    return [(name(int(best[i])), float(best_prob[i]), name(explained[i])) for i in range(n)]
+    return [(p, q, e) for p, q, e, _ in prediction_rows(model, y_prob, target)]
 
 
 def stored_predictions(
     frame: Any,
     computed: Mapping[str, Prediction] | None = None,
     class_names: list[str] | None = None,
+    mode: str | None = None,
 ) -> dict[str, Prediction] | None:
     """``{patient_id: Prediction}`` from the prediction columns of attribution rows
     (:data:`PREDICTION_COLUMNS`, the same on every row of a patient), or ``None`` when the
-    rows lack them. Labels (and the mode) come from ``computed`` when given.
+    rows lack them or hold none (a folder written by an older ehrlens, a regression model).
+    Labels (and the mode) come from ``computed`` when given, else the mode is ``mode``.
 
     Example:
         >>> stored_predictions(read_attributions("attributions/"))["P1"].predicted_class
@@ -95,6 +62,8 @@ def stored_predictions(
     if frame is None or not all(c in frame.columns for c in PREDICTION_COLUMNS):
         return None
     first = frame.drop_duplicates("patient_id")
+    if first["explained_probability"].isna().all():
+        return None
     out: dict[str, Prediction] = {}
     for row in first.itertuples(index=False):
         pid = str(row.patient_id)
@@ -111,7 +80,7 @@ def stored_predictions(
             None if _missing(row.predicted_class) else str(row.predicted_class),
             None if _missing(row.predicted_probability) else float(row.predicted_probability),
             explained,
-            None if known is None else known.mode,
+            mode if known is None else known.mode,
         )
     return out
 

@@ -1,9 +1,12 @@
 """Explanations as a result object: a table with :meth:`Explanation.to_frame`, an inline view
-in a notebook (``_repr_html_``, :meth:`Explanation.show`) and files with
-:meth:`Explanation.save`.
+in a notebook (``_repr_html_``, :meth:`Explanation.show`; a text table elsewhere), files with
+:meth:`Explanation.save` / :meth:`Explanation.load`, and cohort-level code importance with
+:meth:`Explanation.aggregate`.
 
-The object wraps what interpreters return (``{feature: Tensor}`` per method) with the batch
-and schema that say what each score belongs to; interpreters keep returning plain dicts. The
+One type for a batch and for a run: the object wraps what interpreters return
+(``{feature: Tensor}`` per method) with the batch and schema that say what each score belongs
+to, or the rows of an explain run (:meth:`Explanation.from_rows`, :meth:`Explanation.load` of
+its folder), which carry each patient's prediction; interpreters keep returning plain dicts. The
 notebook view draws one patient as the report does (shared colour scale per method, legend,
 descriptions under codes), with every CSS rule scoped under the view's own element id, so
 nothing else in the notebook is restyled.
@@ -18,13 +21,15 @@ Example:
     >>> frame = explanation.to_frame()        # one row per (patient, method, input unit)
     >>> explanation.save("explanation.html")
     PosixPath('explanation.html')
+    >>> run = Explanation.load("attr/", model_dir="model/")   # an explain run's folder
+    >>> importance = run.aggregate()   # cohort-level code importance, with intervals
 """
 
 from __future__ import annotations
 
 import itertools
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,13 +39,17 @@ from torch import Tensor
 
 from ..core.files import atomic_write, check_overwrite
 from ..data.dataset import FittedSchema
-from ..explain.rows import MethodSpec, build_methods
+from ..explain.predictions import PredictionRow, batch_prediction_rows
+from ..explain.rows import method_levels
+from ..explain.run import MethodSpec, build_methods
 from ..explain.table import method_columns
-from ..models.directory import model_fingerprint
+from ..models.directory import CARD, model_fingerprint
+from .cohort import code_importance
 from .colours import ColourScale, method_scales
 from .header import class_names, explained_class
-from .html import render_report
+from .html import read_descriptions, render_report
 from .patient import Prediction, esc, patient_section
+from .classes import stored_predictions
 from .predictions import batch_predictions
 from .style import stylesheet
 
@@ -61,6 +70,13 @@ class Explanation:
         descriptions: ``{code: description}`` printed under codes, or None.
         card: the model card, for class names, or None.
         target: the class index explained (``None``: the interpreters' default).
+        levels: ``{method: {feature: "code" | "visit"}}`` for the ``level`` column.
+        prediction_rows: one prediction per patient for the table's prediction columns
+            (:data:`~ehrlens.explain.predictions.PredictionRow`).
+        items: the batch's dataset items, for the identity columns (``subject_id``,
+            ``prediction_time``, ``visit_id``, ``event_time``) where the data has them.
+        rows: the attribution rows of a run (pandas) instead of scores
+            (:meth:`from_rows`, :meth:`load`).
 
     Example:
         >>> scores = AttentionRollout(model).attribute(**batch)       # {feature: Tensor}
@@ -77,9 +93,20 @@ class Explanation:
     descriptions: Mapping[str, str] | None = None
     card: Mapping[str, Any] | None = None
     target: int | None = None
+    levels: Mapping[str, Mapping[str, Any]] | None = None
+    prediction_rows: Sequence[PredictionRow] | None = None
+    items: Sequence[Mapping[str, Any]] | None = None
+    rows: Any = field(default=None, repr=False, compare=False)
     _frame: Any = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
+        if self.rows is not None:
+            missing = [c for c in ("patient_id", "method", "code", "score") if c not in self.rows]
+            if missing:
+                raise ValueError(f"rows lack the attribution column(s) {missing}")
+            if len(self.rows) == 0:
+                raise ValueError("an Explanation needs at least one row")
+            return
         if not self.scores:
             raise ValueError("an Explanation needs the scores of at least one method")
         for method, per_feature in self.scores.items():
@@ -108,6 +135,7 @@ class Explanation:
         target_class_idx: int | None = None,
         descriptions: Mapping[str, str] | None = None,
         card: Mapping[str, Any] | None = None,
+        items: Sequence[Mapping[str, Any]] | None = None,
     ) -> Explanation:
         """Explain ``batch`` with each method (by name, ``{name: options}`` or
         ``{name: interpreter}``), with the model's predictions.
@@ -119,7 +147,8 @@ class Explanation:
             Explanation(8 patients, scores {'rollout': ...})
         """
         scores = {}
-        for name, interpreter in build_methods(model, methods).items():
+        interpreters = build_methods(model, methods)
+        for name, interpreter in interpreters.items():
             if type(interpreter).gradient_free:
                 with torch.inference_mode():
                     scores[name] = interpreter.attribute(target_class_idx, **batch)
@@ -128,7 +157,8 @@ class Explanation:
         return cls(
             scores, batch, model.schema, model_fingerprint(model),
             batch_predictions(model, batch, target_class_idx), descriptions, card,
-            target_class_idx,
+            target_class_idx, method_levels(interpreters, batch, model.schema),
+            batch_prediction_rows(model, batch, target_class_idx), items,
         )  # fmt: skip
 
     @classmethod
@@ -152,18 +182,101 @@ class Explanation:
         return cls(
             dict(scores), batch, model.schema, model_fingerprint(model),
             batch_predictions(model, batch, target_class_idx), descriptions, card,
-            target_class_idx,
+            target_class_idx, None, batch_prediction_rows(model, batch, target_class_idx),
         )  # fmt: skip
+
+    @classmethod
+    def from_rows(
+        cls,
+        rows: Any,
+        *,
+        descriptions: Mapping[str, str] | None = None,
+        card: Mapping[str, Any] | None = None,
+        target_class_idx: int | None = None,
+    ) -> Explanation:
+        """The explanation of a run from its attribution rows (pandas, e.g.
+        ``explain_cohort(...).to_frame()``); the predictions shown are those stored with the
+        rows, so the model does not run.
+
+        Example:
+            >>> Explanation.from_rows(explain_cohort(model, dataset, ["rollout"]).to_frame())
+        """
+        predictions = stored_predictions(
+            rows, None, class_names(card), (card or {}).get("task", {}).get("mode")
+        )
+        ids = list(dict.fromkeys(str(p) for p in rows["patient_id"]))
+        model_ids = list(dict.fromkeys(rows["model_id"])) if "model_id" in rows else [""]
+        return cls(
+            {}, {"patient_id": ids}, None, str(model_ids[0]), predictions,  # type: ignore[arg-type]
+            descriptions, card, target_class_idx, rows=rows.reset_index(drop=True),
+        )  # fmt: skip
+
+    @classmethod
+    def load(
+        cls,
+        path: str | os.PathLike,
+        *,
+        model_dir: str | os.PathLike | None = None,
+        descriptions: Mapping[str, str] | None = None,
+    ) -> Explanation:
+        """An explanation from disk: an ``explain`` run's folder (its shards verified, the
+        explained class read from its manifest) or a table written by :meth:`save`
+        (``.parquet`` / ``.csv``). ``model_dir`` adds the model card (class names) and, unless
+        ``descriptions`` are given, the code descriptions it knows: ``codes.csv`` in the
+        model directory, else ``metadata/codes.parquet`` of the MEDS data it was trained on.
+
+        Raises:
+            FileNotFoundError: ``path`` does not exist.
+            ValueError: a folder that is not a finished explain run, or another file type.
+
+        Example:
+            >>> Explanation.load("attr/", model_dir="model/").show(0)
+        """
+        import pandas as pd
+
+        from ..explain.shards import read_attributions, read_run_manifest
+
+        path = Path(path)
+        if not path.exists():
+            raise FileNotFoundError(f"{path}: no such folder or file")
+        card = _read_card(model_dir) if model_dir is not None else None
+        if descriptions is None and model_dir is not None:
+            descriptions = _model_descriptions(Path(model_dir), card or {})
+        target = None
+        if path.is_dir():
+            rows = read_attributions(path)
+            target = read_run_manifest(path).get("settings", {}).get("target_class_idx")
+        elif path.suffix.lower() == ".parquet":
+            rows = pd.read_parquet(path)
+        elif path.suffix.lower() == ".csv":
+            rows = pd.read_csv(path, dtype={"patient_id": str, "code": str})
+        else:
+            raise ValueError(
+                f"{path}: load reads an explain folder, .parquet or .csv, not {path.suffix!r}"
+            )
+        return cls.from_rows(rows, descriptions=descriptions, card=card, target_class_idx=target)
 
     @property
     def methods(self) -> list[str]:
         """Method names, in order."""
+        if self.rows is not None:
+            return [str(m) for m in dict.fromkeys(self.rows["method"])]
         return list(self.scores)
 
     @property
     def patient_ids(self) -> list[str]:
         """Patient ids of the batch, in order."""
         return [str(p) for p in self.batch["patient_id"]]
+
+    def aggregate(self, *, n_boot: int = 1000, confidence: float = 0.95, seed: int = 0) -> Any:
+        """Cohort-level code importance per method: each code's score summed within each
+        patient, averaged over the explained patients, with a bootstrap interval over patients
+        (:func:`~ehrlens.report.cohort.code_importance`).
+
+        Example:
+            >>> explanation.aggregate().query("method == 'rollout'").head(5)
+        """
+        return code_importance(self.to_frame(), n_boot=n_boot, confidence=confidence, seed=seed)
 
     def to_frame(self) -> Any:
         """The long-format table (pandas): one row per patient, method and input unit, the
@@ -174,10 +287,15 @@ class Explanation:
             >>> sorted(explanation.to_frame().groupby("method")["score"].sum().index)
             ['chefer', 'rollout']
         """
+        if self.rows is not None:
+            return self.rows.copy()
         if self._frame is None:
             import pandas as pd
 
-            columns = method_columns(self.scores, self.batch, self.schema, self.model_id)
+            columns = method_columns(
+                self.scores, self.batch, self.schema, self.model_id, self.items,
+                levels=self.levels, predictions=self.prediction_rows,
+            )  # fmt: skip
             frame = pd.DataFrame(columns)
             frame["visit"] = frame["visit"].astype("float64")  # null visits as NaN
             self._frame = frame
@@ -228,8 +346,9 @@ class Explanation:
         """The notebook view: the first patient."""
         return self.to_html(0)
 
-    def show(self, patient: int | str = 0) -> None:
-        """Display one patient inline in a notebook (needs IPython, extra ``notebook``).
+    def show(self, patient: int | str = 0, top_k: int = 10) -> None:
+        """Display one patient: inline in a notebook; elsewhere (a script, a terminal) print
+        :meth:`to_text`.
 
         Example:
             >>> explanation = Explanation.compute(model, batch, ["rollout"])
@@ -237,14 +356,43 @@ class Explanation:
             <BLANKLINE>
             ...
         """
-        try:
+        if _in_ipython():
             from IPython.display import HTML, display
-        except ImportError as error:
-            raise ImportError(
-                "show() displays in a notebook and needs IPython: pip install "
-                "'ehrlens[notebook]'; elsewhere use save('explanation.html')"
-            ) from error
-        display(HTML(self.to_html(patient)))
+
+            display(HTML(self.to_html(patient)))
+        else:
+            print(self.to_text(patient, top_k))
+
+    def to_text(self, patient: int | str = 0, top_k: int = 10) -> str:
+        """One patient as plain text: its prediction, then per method its ``top_k`` units by
+        score (feature, visit, code with its description, score).
+
+        Example:
+            >>> print(explanation.to_text("P000123", top_k=5))
+        """
+        pid = self._patient_id(patient)
+        frame = self.to_frame()
+        rows = frame[frame["patient_id"] == pid]
+        lines = [f"patient {pid}"]
+        prediction = None if self.predictions is None else self.predictions.get(pid)
+        if prediction is not None:
+            what = explained_class(self.card, self.target) if self.card else "the class explained"
+            lines.append(f"probability of {what}: {prediction.probability:.3f}")
+        if "predicted_class" in rows and rows["predicted_class"].notna().any():
+            first = rows.iloc[0]
+            lines.append(
+                f"predicted {first['predicted_class']} ({first['predicted_probability']:.3f}); "
+                f"explained {first['explained_class']} ({first['explained_probability']:.3f})"
+            )
+        for method in self.methods:
+            top = rows[rows["method"] == method].nlargest(top_k, "score")
+            table = top[["feature", "visit", "code", "score"]].copy()
+            table["visit"] = [None if v != v else int(v) for v in table["visit"]]
+            if self.descriptions:
+                table["description"] = [self.descriptions.get(str(c), "") for c in table["code"]]
+            lines += ["", f"{method}: top {len(table)} of {len(rows[rows['method'] == method])}"]
+            lines.append(table.to_string(index=False, float_format=lambda x: f"{x:.4f}"))
+        return "\n".join(lines)
 
     def save(self, path: str | os.PathLike, *, overwrite: bool = False) -> Path:
         """Write the explanation by the file's suffix: ``.html`` the full report of every
@@ -264,7 +412,7 @@ class Explanation:
         suffix = path.suffix.lower()
         if suffix not in (".html", ".csv", ".parquet"):
             raise ValueError(f"{path}: save writes .html, .csv or .parquet, not {suffix!r}")
-        check_overwrite([path], overwrite)
+        check_overwrite([path], overwrite, f"{path} exists; pass overwrite=True to replace it")
         if suffix == ".html":
             text = render_report(
                 self.to_frame(), self.predictions, descriptions=self.descriptions,
@@ -281,5 +429,42 @@ class Explanation:
         return path
 
     def __repr__(self) -> str:
+        if self.rows is not None:
+            return (
+                f"Explanation({len(self.patient_ids)} patients, {len(self.rows)} rows, methods "
+                f"{self.methods})"
+            )
         shapes = {m: {k: tuple(t.shape) for k, t in s.items()} for m, s in self.scores.items()}
         return f"Explanation({len(self.patient_ids)} patients, scores {shapes})"
+
+
+def _in_ipython() -> bool:
+    """Whether an IPython shell (a notebook) is running this code."""
+    try:
+        from IPython import get_ipython
+    except ImportError:
+        return False
+    return get_ipython() is not None
+
+
+def _read_card(model_dir: str | os.PathLike) -> dict[str, Any]:
+    import json
+
+    path = Path(model_dir) / CARD
+    if not path.exists():
+        raise FileNotFoundError(f"{model_dir}: no {CARD}; is it a model directory?")
+    return json.loads(path.read_text())
+
+
+def _model_descriptions(model_dir: Path, card: Mapping[str, Any]) -> dict[str, str] | None:
+    """Code descriptions a model directory knows: its ``codes.csv``, else those of the MEDS
+    data in its card (``metadata/codes.parquet``); None when neither is there."""
+    if (model_dir / "codes.csv").exists():
+        return read_descriptions(model_dir / "codes.csv")
+    meds = card.get("meds")
+    root = meds.get("root") if isinstance(meds, Mapping) else None
+    if root and Path(root).is_dir():
+        from ..data.meds import code_descriptions
+
+        return code_descriptions(root) or None
+    return None

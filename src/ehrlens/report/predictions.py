@@ -9,13 +9,14 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import replace
 from typing import Any
 
 import torch
 
 from ..core.modes import eval_mode
 from ..data.dataset import SampleDataset, get_dataloader, move_to_device
-from .classes import predicted_and_explained
+from .classes import predicted_and_explained, stored_predictions
 from .patient import Prediction
 
 
@@ -84,4 +85,28 @@ def patient_predictions(
         if not dataset.has_labels:
             batch = {k: v for k, v in batch.items() if k != model.label_key}
         out.update(batch_predictions(model, batch, target))
+    return out
+
+
+def with_labels(
+    predictions: Mapping[str, Prediction], dataset: SampleDataset
+) -> dict[str, Prediction]:
+    """``predictions`` with each patient's label from ``dataset`` (when it has labels); the
+    model is not run.
+
+    Example:
+        >>> stored = stored_predictions(frame, None, ["0", "1"])
+        >>> with_labels(stored, test_dataset)["P000123"].label
+        1
+    """
+    out = dict(predictions)
+    if not dataset.has_labels or not dataset.label_keys:
+        return out
+    key = dataset.label_keys[0]
+    for item in dataset.items:
+        pid = str(item["patient_id"])
+        if pid in out and isinstance(item.get(key), torch.Tensor):
+            value = item[key].reshape(-1).tolist()
+            label = value[0] if len(value) == 1 else value
+            out[pid] = replace(out[pid], label=label)
     return out

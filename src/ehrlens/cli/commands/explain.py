@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -61,7 +60,8 @@ from ..options import (
     "--device",
     type=click.Choice(["cpu", "cuda"]),
     default=None,
-    help="Where to explain (default: CPU; with --engine ray, GPUs when the cluster has them).",
+    help="Where to explain, on every engine (default: CPU; with --engine ray, GPUs when the "
+    "cluster has them).",
 )
 @click.option(
     "--seed", default=0, show_default=True, help="Seed of methods that take one (e.g. random)."
@@ -105,99 +105,77 @@ def explain(
     import torch
 
     from ...app.task import card_classes, resolve_target
-    from ...explain import explain_cohort
+    from ...data.sources import SizeLimits
+    from ...explain import ExplainRun, LocalExecutor
+    from ...models.directory import load_model_dir
 
-    if device == "cuda" and not torch.cuda.is_available():
+    if device == "cuda" and engine == "local" and not torch.cuda.is_available():
         raise click.UsageError("--device cuda: no CUDA device is available to torch here")
     torch.manual_seed(seed)
     names = parse_methods(methods)
-    limits = {"max_steps": max_steps, "max_codes_per_step": max_codes_per_step}
     options = method_options(names, seed)
-    if engine == "ray" and isinstance(data, MedsRoot):
-        # each worker reads its own data shard: nothing is turned into samples here
-        result = _explain_meds_ray(
-            model_dir, data, labels, options, out, split, batch_size, target, address,
-            workers, quiet, model_sha256, overwrite,
-        )  # fmt: skip
-        n_patients = len(set(result.to_arrow().column("patient_id").to_pylist()))
-        _summary(n_patients, names, result, out)
-        return
-    model, card, dataset, samples = model_and_data(
-        model_dir, data, labels, split, model_sha256, limits, on_bad_rows
-    )
+    model, card = load_model_dir(model_dir, expected_sha256=model_sha256)
     target_index = resolve_target(target, card_classes(card, model))
     check_method_options(model, options)
+    source = _source(model_dir, model, card, data, labels, split, model_sha256, on_bad_rows)
+    run = ExplainRun(
+        source, options, model_dir=model_dir, model_sha256=model_sha256, out_dir=out,
+        overwrite=overwrite, batch_size=batch_size, shard_size=shard_size,
+        bucket_by_length=bucket, target_class_idx=target_index, device=device,
+        limits=SizeLimits(max_steps, max_codes_per_step), model_id=card.get("model_id"),
+    )  # fmt: skip
     if engine == "ray":
-        from ...explain.ray_engine import explain_cohort_ray
+        from ...explain.ray_engine import RayExecutor
 
-        # JSON Lines are read by Ray Data itself; other inputs go as the parsed samples
-        jsonl = isinstance(data, Path) and data.suffix.lower() == ".jsonl"
-        source = data if split == "all" and jsonl else samples
-        result = explain_cohort_ray(
-            model_dir, source, options, out_dir=out, batch_size=batch_size,
-            shard_size=shard_size, target_class_idx=target_index, address=address,
-            num_workers=workers, progress=not quiet, model_sha256=model_sha256,
-            num_gpus_per_worker=None if device is None else float(device == "cuda"),
-            overwrite=overwrite, quiet=quiet,
-        )  # fmt: skip
+        executor = RayExecutor(address, workers, progress=not quiet, quiet=quiet)
+        result = executor.run(run)
     else:
-        model = model.to(device or "cpu")
-        result = explain_cohort(
-            model, dataset, options, batch_size=batch_size, target_class_idx=target_index,
-            out_dir=out, shard_size=shard_size, model_id=card.get("model_id"),
-            progress=not quiet, bucket_by_length=bucket, overwrite=overwrite,
-        )  # fmt: skip
-    _summary(len(dataset), names, result, out)
-
-
-def _summary(n_patients: int, names: dict[str, Any], result: Any, out: Path) -> None:
+        result = LocalExecutor(progress=not quiet).run(run, model=model)
     click.echo(
-        f"{n_patients} patients x {len(names)} method(s): {result.num_rows} rows in "
+        f"{result.num_patients} patients x {len(names)} method(s): {result.num_rows} rows in "
         f"{len(result.shards)} shard(s) under {out} "
         f"({len(result.computed)} computed, {len(result.reused)} already complete)"
     )
 
 
-def _explain_meds_ray(
+def _source(
     model_dir: Path,
-    data: MedsRoot,
+    model: Any,
+    card: dict[str, Any],
+    data: Path | MedsRoot,
     labels: Path | None,
-    options: dict[str, Any],
-    out: Path,
     split: str,
-    batch_size: int,
-    target: str | None,
-    address: str | None,
-    workers: int | None,
-    quiet: bool,
     model_sha256: str | None,
-    overwrite: bool,
+    on_bad_rows: str,
 ) -> Any:
-    """``explain --engine ray --data meds:ROOT``: the split's samples by the ids the card
-    records, each data shard read and explained on a worker."""
-    from ...app.splits import recorded_patients
-    from ...explain.ray_engine import explain_meds_ray
-    from ...models.directory import CARD
+    """The sample source of ``--data``, restricted to ``--split`` by the ids the card records
+    (an older card without them: the split is redrawn on the driver, as every command does)."""
+    from ...app.meds import meds_options
+    from ...app.splits import split_selection
+    from ...data.sources import JSONL_SUFFIXES, EventTableSource, JsonlSource, MedsSource
 
-    if labels is None:
-        raise click.UsageError("--data meds:ROOT needs --labels (MEDS task labels)")
-    from ...app.task import card_classes, resolve_target
-
-    chosen = None
-    card_path = model_dir / CARD
-    card = json.loads(card_path.read_text()) if card_path.exists() else {}
-    target_index = resolve_target(target, card_classes(card))
-    if split != "all":
-        recorded = recorded_patients(card)
-        if split == "new" or recorded is None:
-            raise click.UsageError(
-                f"--split {split} with --engine ray on MEDS data needs the split's ids in the "
-                "model's card (train, val or test); use --engine local for 'new'"
-            )
-        chosen = recorded[split]
-    return explain_meds_ray(
-        model_dir, data.root, labels, options, out_dir=out, batch_size=batch_size,
-        target_class_idx=target_index, address=address, num_workers=workers,
-        progress=not quiet, model_sha256=model_sha256, patient_ids=chosen, overwrite=overwrite,
-        quiet=quiet,
+    chosen = split_selection(card, split)
+    if chosen is None:
+        _, _, dataset, _ = model_and_data(
+            model_dir, data, labels, split, model_sha256, {"max_steps": None,
+            "max_codes_per_step": None}, on_bad_rows,
+        )  # fmt: skip
+        chosen = (list(dataset.patient_ids), [], f"the {split!r} patients of the redrawn split")
+    patients, exclude, selection = chosen
+    label_key = model.schema.label_keys[0]
+    if isinstance(data, MedsRoot):
+        if labels is None:
+            raise click.UsageError("--data meds:ROOT needs --labels (MEDS task labels)")
+        return MedsSource(
+            data.root, labels, meds_options(card).to_dict(), label_key, patients, exclude,
+            selection,
+        )  # fmt: skip
+    if data.name.lower().endswith(JSONL_SUFFIXES):
+        if labels is not None:
+            raise click.UsageError(f"{data}: JSON Lines samples carry their labels; drop --labels")
+        return JsonlSource(data, patients, exclude, selection)
+    return EventTableSource(
+        data, model.schema.input_schema, labels=labels, label_key=label_key,
+        columns=card.get("columns"), on_bad_rows=on_bad_rows, patients=patients,
+        exclude=exclude, selection=selection,
     )  # fmt: skip

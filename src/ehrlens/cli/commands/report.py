@@ -9,8 +9,8 @@ import click
 from ..errors import handle_errors, writes
 from ..loading import model_and_data
 from ..options import (
+    DataType,
     MedsRoot,
-    data_option,
     labels_option,
     model_option,
     on_bad_rows_option,
@@ -25,7 +25,14 @@ HEATMAP_INDEX = "index.csv"
 
 @click.command()
 @model_option
-@data_option
+@click.option(
+    "--data",
+    type=DataType(),
+    default=None,
+    help="The explained patients (JSON Lines, event table or meds:ROOT with --labels): "
+    "checks that the attributions describe them and shows their labels. Optional: the "
+    "attribution folder holds each patient's prediction.",
+)
 @labels_option
 @click.option(
     "--attributions",
@@ -83,7 +90,7 @@ HEATMAP_INDEX = "index.csv"
 @writes("out", "heatmaps")
 def report(
     model_dir: Path,
-    data: Path | MedsRoot,
+    data: Path | MedsRoot | None,
     labels: Path | None,
     attributions: Path,
     out: Path,
@@ -106,27 +113,42 @@ def report(
     from ...explain import read_attributions
     from ...explain.consistency import check_attributions_match
     from ...explain.shards import read_run_manifest
+    from ...models.directory import load_model_dir
     from ...report import patient_predictions, read_descriptions, read_evaluation, write_report
-    from ...report.classes import report_predictions
+    from ...report.classes import stored_predictions
     from ...report.header import class_names
+    from ...report.predictions import with_labels
 
     check_overwrite([out], overwrite)
-    limits = {"max_steps": max_steps, "max_codes_per_step": max_codes_per_step}
-    model, card, dataset, _ = model_and_data(
-        model_dir, data, labels, "all", model_sha256, limits, on_bad_rows
-    )
     frame = read_attributions(attributions)
+    if data is None:
+        model, card = load_model_dir(model_dir, expected_sha256=model_sha256)
+        dataset = None
+    else:
+        limits = {"max_steps": max_steps, "max_codes_per_step": max_codes_per_step}
+        model, card, dataset, _ = model_and_data(
+            model_dir, data, labels, "all", model_sha256, limits, on_bad_rows
+        )
     ids = sorted(set(frame["model_id"]))
     if ids != [card.get("model_id")]:
         raise ValueError(
             f"{attributions} holds attributions of model(s) {ids}, not only of "
             f"{model_dir} (model {card.get('model_id')})"
         )
-    check_attributions_match(frame, dataset, model.schema)
+    if dataset is not None:
+        check_attributions_match(frame, dataset, model.schema)
     target = read_run_manifest(attributions).get("settings", {}).get("target_class_idx")
     rows = read_evaluation(evaluation) if evaluation is not None else None
-    computed = patient_predictions(model, dataset, target=target)
-    predictions = report_predictions(frame, computed, class_names(card))
+    predictions = stored_predictions(frame, None, class_names(card), model.mode)
+    if predictions is None:
+        if dataset is None:
+            raise click.UsageError(
+                f"{attributions}: the rows hold no predictions (written by an older ehrlens); "
+                "pass --data to compute them, or run explain again"
+            )
+        predictions = patient_predictions(model, dataset, target=target)
+    elif dataset is not None:
+        predictions = with_labels(predictions, dataset)
     explained = [p for p in dict.fromkeys(frame["patient_id"]) if p in predictions]
     missing = len(set(frame["patient_id"])) - len(explained)
     if missing:
