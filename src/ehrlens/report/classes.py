@@ -24,6 +24,7 @@ from torch import Tensor
 from ..explain.predictions import PREDICTION_COLUMNS, prediction_rows
 from .patient import Prediction
 
+
 def predicted_and_explained(
     model: Any, y_prob: Tensor, target: int | None = None
 ) -> list[tuple[str | None, float | None, str | None]]:

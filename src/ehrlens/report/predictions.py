@@ -16,7 +16,7 @@ import torch
 
 from ..core.modes import eval_mode
 from ..data.dataset import SampleDataset, get_dataloader, move_to_device
-from .classes import predicted_and_explained, stored_predictions
+from .classes import predicted_and_explained
 from .patient import Prediction
 
 
@@ -95,6 +95,7 @@ def with_labels(
     model is not run.
 
     Example:
+        >>> from ehrlens.report.classes import stored_predictions
         >>> stored = stored_predictions(frame, None, ["0", "1"])
         >>> with_labels(stored, test_dataset)["P000123"].label
         1
