@@ -9,7 +9,7 @@ import torch
 
 from ehrlens.data import create_sample_dataset, get_dataloader
 from ehrlens.explain import explain_cohort
-from ehrlens.explain.predictions import PREDICTION_COLUMNS, batch_prediction_rows, model_classes
+from ehrlens.explain.predictions import PREDICTION_COLUMNS, batch_prediction_rows, model_class_names
 from ehrlens.models import Transformer
 
 
@@ -47,7 +47,7 @@ def _per_patient(frame):
 @pytest.mark.parametrize("target", [None, 0])
 def test_binary_rows_name_the_predicted_and_the_explained_class(target):
     model, dataset = _model(_samples(["no", "yes", "no", "yes", "yes", "no"]), "binary")
-    assert model_classes(model) == ["no", "yes"]
+    assert model_class_names(model) == ["no", "yes"]
     frame = explain_cohort(model, dataset, ["rollout"], target_class_idx=target).to_frame()
     rows = _per_patient(frame)
     for pid, (p_no, p_yes) in _probabilities(model, dataset).items():
@@ -64,7 +64,7 @@ def test_binary_rows_name_the_predicted_and_the_explained_class(target):
 def test_multiclass_default_explains_the_predicted_class_and_a_target_its_own():
     labels = ["low", "mid", "high", "mid", "low", "high"]
     model, dataset = _model(_samples(labels), "multiclass")
-    classes = model_classes(model)
+    classes = model_class_names(model)
     assert sorted(classes) == ["high", "low", "mid"]
     probabilities = _probabilities(model, dataset)
     default = _per_patient(explain_cohort(model, dataset, ["rollout"]).to_frame())

@@ -45,13 +45,13 @@ PREDICTION_COLUMNS = (
 PredictionRow = tuple[str | None, float | None, str | None, float | None]
 
 
-def model_classes(model: Any) -> list[str] | None:
+def model_class_names(model: Any) -> list[str] | None:
     """The class names of ``model``'s (first) label in output order, from its fitted label
     processor (binary: ``[negative, positive]``, as the model card records them); ``None``
     for a regression model or a model without a fitted schema.
 
     Example:
-        >>> model_classes(model)
+        >>> model_class_names(model)
         ['0', '1']
     """
     processors = getattr(getattr(model, "schema", None), "output_processors", None)
@@ -75,7 +75,7 @@ def prediction_rows(
         >>> prediction_rows(model, torch.tensor([[0.25]]), target=None)
         [('0', 0.75, '1', 0.25)]
     """
-    classes = model_classes(model)
+    classes = model_class_names(model)
     n = y_prob.shape[0]
     if classes is None:
         return [(None, None, None, None)] * n
@@ -116,7 +116,7 @@ def batch_prediction_rows(
         >>> explained, round(p + q, 6) if predicted != explained else q == p
         ('0', 1.0)
     """
-    if model_classes(model) is None:
+    if model_class_names(model) is None:
         return [(None, None, None, None)] * len(batch["patient_id"])
     with eval_mode(model), torch.inference_mode():
         moved = move_to_device(dict(batch), model_device(model) or "cpu")
@@ -132,6 +132,6 @@ __all__ = [
     "PREDICTION_COLUMNS",
     "PredictionRow",
     "batch_prediction_rows",
-    "model_classes",
+    "model_class_names",
     "prediction_rows",
 ]

@@ -117,7 +117,9 @@ def read_ground_truth(
 
     Example:
         >>> truth = read_ground_truth("data/ground_truth.json", test.patient_ids)
-        >>> Evaluator(model, ground_truth=truth).evaluate(loader, method)
+        >>> result = Evaluator(model, ground_truth=truth).evaluate(loader, AttentionRollout(model))
+        >>> "precision@5" in result.summaries, "signal_auroc" in result.summaries
+        (True, True)
     """
     path = Path(path)
     try:

@@ -8,9 +8,16 @@ multilabel: the predicted class). They differ whenever a user explains a class t
 not predict, so every surface shows both, each under its own name.
 
 Example:
-    >>> y_prob = torch.tensor([[0.39], [0.8]])      # binary: P(positive) [batch, 1]
-    >>> predicted_and_explained(model, y_prob)      # classes ["low", "high"]
-    [('low', 0.61, 'high'), ('high', 0.8, 'high')]
+    >>> rows = [{"patient_id": "A", "codes": ["I10"], "risk": "low"},
+    ...         {"patient_id": "B", "codes": ["I21.4"], "risk": "high"}]
+    >>> risk = create_sample_dataset(rows, {"codes": "sequence"}, {"risk": "binary"},
+    ...                              positive_class="high")
+    >>> risk_model = Transformer(risk, embedding_dim=8, heads=2, num_layers=1)
+    >>> model_class_names(risk_model)
+    ['low', 'high']
+    >>> y_prob = torch.tensor([[0.25], [0.75]])     # binary: P(positive) [batch, 1]
+    >>> predicted_and_explained(risk_model, y_prob)
+    [('low', 0.75, 'high'), ('high', 0.75, 'high')]
 """
 
 from __future__ import annotations
@@ -21,7 +28,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..explain.predictions import PREDICTION_COLUMNS, prediction_rows
+from ..explain.predictions import PREDICTION_COLUMNS, model_class_names, prediction_rows
 from .patient import Prediction
 
 
@@ -39,8 +46,12 @@ def predicted_and_explained(
         target: the explained class index; ``None``: the interpreters' default.
 
     Example:
+        >>> model_class_names(model)
+        ['0', '1']
         >>> predicted_and_explained(model, torch.tensor([[0.25]]), target=None)
         [('0', 0.75, '1')]
+        >>> predicted_and_explained(model, torch.tensor([[0.25]]), target=0)
+        [('0', 0.75, '0')]
     """
     return [(p, q, e) for p, q, e, _ in prediction_rows(model, y_prob, target)]
 
@@ -57,8 +68,14 @@ def stored_predictions(
     Labels (and the mode) come from ``computed`` when given, else the mode is ``mode``.
 
     Example:
-        >>> stored_predictions(read_attributions("attributions/"))["P1"].predicted_class
-        'low'
+        >>> rows = pd.DataFrame({"patient_id": ["P1", "P1"], "code": ["I10", "I21.4"],
+        ...                      "predicted_class": "low", "predicted_probability": 0.61,
+        ...                      "explained_class": "high", "explained_probability": 0.39})
+        >>> p = stored_predictions(rows, class_names=["low", "high"])["P1"]
+        >>> p.predicted_class, p.predicted_probability, p.explained_class, p.class_index
+        ('low', 0.61, 'high', 1)
+        >>> stored_predictions(rows.drop(columns="predicted_class")) is None  # older rows
+        True
     """
     if frame is None or not all(c in frame.columns for c in PREDICTION_COLUMNS):
         return None

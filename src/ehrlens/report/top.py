@@ -7,8 +7,10 @@ A visit-level score (the same on every code of a visit) is one entry per visit,
 ``visit 2: I21.4, I10``, its score counted once.
 
 Example:
-    >>> top_codes_of(frame[(frame["patient_id"] == "P1") & (frame["method"] == "rollout")], 3)
-    [TopCode(feature='diagnoses', code='0YB4KZZ', score=0.295, count=2), ...]
+    >>> rows = frame[(frame["patient_id"] == "P000123") & (frame["method"] == "rollout")]
+    >>> top = top_codes_of(rows, 3)
+    >>> len(top), type(top[0]).__name__, top[0].score >= top[1].score >= top[2].score
+    (3, 'TopCode', True)
 """
 
 from __future__ import annotations
@@ -51,7 +53,15 @@ def top_codes_of(rows: Any, k: int) -> list[TopCode]:
         k: how many entries.
 
     Example:
-        >>> [t.label for t in top_codes_of(rows, 2)]
+        >>> rows = pd.DataFrame({
+        ...     "feature": ["procedures", "procedures", "diagnoses", "diagnoses", "procedures"],
+        ...     "code": ["0YB4KZZ", "0YB4KZZ", "I10", "I21.4", "3E0G76Z"],
+        ...     "score": [0.15, 0.14, 0.2, 0.2, 0.1],
+        ...     "visit": [0, 1, 1, 1, 1],
+        ...     "position": [0, 0, 1, 0, 1],
+        ...     "level": ["code", "code", "visit", "visit", "code"],
+        ... })
+        >>> [t.label for t in top_codes_of(rows, 2)]   # 0.15 + 0.14, then visit 1's 0.2
         ['0YB4KZZ ×2', 'visit 1: I21.4, I10']
     """
     per_visit = (rows["level"] == "visit").to_numpy() if "level" in rows else None

@@ -96,7 +96,13 @@ class NumericProcessor(FeatureProcessor):
             ValueError: as many names as values are needed.
 
         Example:
+            >>> proc = TimeseriesProcessor()
+            >>> proc.fit([([0.0, 24.0], [[1.1, 140.0], [0.9, 138.0]])], key="labs")  # 2 values
+            >>> proc.column_name(1)                 # unnamed: the column index
+            '1'
             >>> proc.name_columns(["LOINC//2160-0", "LOINC//2345-7"], key="labs")
+            >>> proc.column_name(1)
+            'LOINC//2345-7'
         """
         if names is None:
             self.columns = None
