@@ -151,6 +151,9 @@ def _is_null(value: Any) -> bool:
 BAD_TIME = "unparsable or missing time"
 DATE_AMONG_NUMBERS = "a date among numeric times"
 NUMBER_AMONG_DATES = "a number among dates"
+YEAR_OUT_OF_RANGE = "a date outside years 1-9999 (year 0 or before has no calendar date)"
+#: The earliest date a row may hold (Python's dates start at year 1).
+FIRST_DATE = np.datetime64("0001-01-01T00:00:00", "us")
 
 
 def _parse_times(series: Any, time_unit: str) -> tuple[np.ndarray, dict[str, np.ndarray], bool]:
@@ -165,8 +168,8 @@ def _parse_times(series: Any, time_unit: str) -> tuple[np.ndarray, dict[str, np.
         values = series.to_numpy(dtype=np.float64, na_value=np.nan)
         return values, {BAD_TIME: ~np.isfinite(values)}, False
     if pd.api.types.is_datetime64_any_dtype(series):
-        seconds = _seconds(pd.to_datetime(series, utc=True), time_unit)
-        return seconds, {BAD_TIME: ~np.isfinite(seconds)}, True
+        seconds, early = _seconds(pd.to_datetime(series, utc=True), time_unit)
+        return seconds, {BAD_TIME: ~np.isfinite(seconds) & ~early, YEAR_OUT_OF_RANGE: early}, True
     text = _as_text(series)
     numbers = pd.to_numeric(text, errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
     as_number = np.isfinite(numbers)
@@ -174,8 +177,8 @@ def _parse_times(series: Any, time_unit: str) -> tuple[np.ndarray, dict[str, np.
     if as_number[present].all() and present.any():
         return numbers, {BAD_TIME: ~as_number}, False
     stamps = pd.to_datetime(text, errors="coerce", utc=True, format="ISO8601")
-    seconds = _seconds(stamps, time_unit)
-    as_date = np.isfinite(seconds)
+    seconds, early = _seconds(stamps, time_unit)
+    as_date = np.isfinite(seconds) | early
     # Numbers when they leave fewer bad rows; on a tie, numbers only if no other cell is a
     # date (one malformed cell must not turn every numeric time into a date, nor the reverse).
     numeric = as_number.sum() > as_date.sum() or (
@@ -185,17 +188,20 @@ def _parse_times(series: Any, time_unit: str) -> tuple[np.ndarray, dict[str, np.
         odd = as_date & ~as_number
         return numbers, {BAD_TIME: ~as_number & ~odd, DATE_AMONG_NUMBERS: odd}, False
     odd = as_number & ~as_date
-    return seconds, {BAD_TIME: ~as_date & ~odd, NUMBER_AMONG_DATES: odd}, True
+    reasons = {BAD_TIME: ~as_date & ~odd, NUMBER_AMONG_DATES: odd, YEAR_OUT_OF_RANGE: early}
+    return seconds, reasons, True
 
 
-def _seconds(stamps: Any, time_unit: str) -> np.ndarray:
+def _seconds(stamps: Any, time_unit: str) -> tuple[np.ndarray, np.ndarray]:
     """UTC timestamps as ``time_unit`` since the epoch (NaN at NaT), computed in microseconds:
-    no nanosecond overflow for far dates such as 9999-12-31."""
+    no nanosecond overflow for far dates such as 9999-12-31; and which are before year 1
+    (``0000-01-01`` parses, but has no Python date): those are NaN too."""
     micros = stamps.dt.tz_localize(None).to_numpy(dtype="datetime64[us]")
     missing = np.isnat(micros)
+    early = ~missing & (micros < FIRST_DATE)
     out = micros.astype(np.int64).astype(np.float64) / 1e6 / TIME_UNITS[time_unit]
-    out[missing] = np.nan
-    return out
+    out[missing | early] = np.nan
+    return out, early
 
 
 def _parse_values(series: Any) -> np.ndarray:

@@ -74,6 +74,14 @@ from ..quiet import warn
 @click.option("--seed", default=0, show_default=True, help="Seed of the split and training.")
 @size_options
 @on_bad_rows_option
+@click.option(
+    "--unsplit-subjects",
+    type=click.Choice(["error", "leave-out"]),
+    default="error",
+    show_default=True,
+    help="MEDS: labelled subjects that metadata/subject_splits.parquet does not name are an "
+    "error, or left out of training (with a warning counting them).",
+)
 @click.option("--overwrite", is_flag=True, help="Replace an existing model in --out.")
 @quiet_option
 @handle_errors
@@ -97,6 +105,7 @@ def train(
     max_steps: int | None,
     max_codes_per_step: int | None,
     on_bad_rows: str,
+    unsplit_subjects: str,
     overwrite: bool,
     quiet: bool,
 ) -> None:
@@ -106,7 +115,7 @@ def train(
     from ...core.files import check_overwrite, file_sha256
     from ...data.sources import load_samples
     from ...models.base import model_class
-    from ...models.directory import CARD, WEIGHTS, save_model_dir
+    from ...models.directory import CARD, WEIGHTS, model_dir_sha256, save_model_dir
 
     if embedding_dim % heads != 0:
         raise click.BadParameter(
@@ -135,7 +144,7 @@ def train(
         meds, schema = read_for_training(
             data.root, labels, features=features, numeric=numeric, time_bucket=time_bucket
         )
-        samples, parts = meds.samples, training_parts(meds, seed)
+        samples, parts = meds.samples, training_parts(meds, seed, unsplit_subjects)
         meds_entry = card_entry(meds, data.root, labels)
     else:
         if features or numeric or time_bucket:
@@ -176,3 +185,4 @@ def train(
             "classes (output order): " + ", ".join(f"{i}: {c}" for i, c in enumerate(classes))
         )
     click.echo(f"wrote {out / WEIGHTS} and {out / CARD}")
+    click.echo(f"model directory SHA-256 (for --model-sha256): {model_dir_sha256(out)}")
