@@ -58,6 +58,7 @@ from ..core.outputs import probabilities
 from ..interpret.api import GradientInterpretable
 from ..models.capture import AttentionSlot
 from ..models.lrp import ELEMENTWISE_ACTIVATIONS, LRPRules
+from .hf_inputs import check_hf_inputs, input_limits
 from .hf_outputs import OutputFn, cls_projection, last_hidden_state, pool, similarity_to
 from .hf_words import WordScore, token_scores_to_words
 
@@ -188,6 +189,7 @@ class HuggingFaceEncoder(nn.Module, GradientInterpretable):
         use_eager_attention(model)
         self._capture = _AttentionStore()
         self._attention_modules = attention_modules(model)
+        self._input_limits = input_limits(model)
 
     @property
     def device(self) -> torch.device:
@@ -210,6 +212,9 @@ class HuggingFaceEncoder(nn.Module, GradientInterpretable):
             raise ValueError(
                 f"feature '{FEATURE_KEY}': expected token ids [batch, tokens], got {got}"
             )
+        check_hf_inputs(
+            self.model, input_ids, {**inputs, "attention_mask": attention_mask}, self._input_limits
+        )
         model_inputs = {k: v for k, v in inputs.items() if k not in TOKENIZER_ONLY_KEYS}
         if attention_mask is not None:
             model_inputs["attention_mask"] = attention_mask
