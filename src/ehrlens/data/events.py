@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import os
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +46,7 @@ import numpy as np
 
 from ..core.ids import find_id_collision
 from .processors import FEATURE_PROCESSORS, RESERVED_CODES, EventRows, FeatureProcessor
+from .processors.codes import NestedSequenceProcessor, SequenceProcessor, StageNetProcessor
 
 EVENT_COLUMNS = ("patient_id", "visit_id", "time", "feature", "code", "value")
 REQUIRED_COLUMNS = ("patient_id", "time", "feature", "code")
@@ -403,29 +404,48 @@ def build_samples(
     frame = frame.sort_values(["time", "row"], kind="stable")
     measurement_names = _measurement_names(frame, kinds, columns)
     code_features = {k for k, kind in kinds.items() if kind == "codes"}
+    keys = list(processors)
+    # One stable sort groups the rows by patient (patients in order of their first row), and
+    # a second by patient and feature; both keep the (time, row) order within a group. Each
+    # patient and feature is then a slice of plain columns: no per-patient pandas work.
+    order = pd.unique(frame.sort_values("row", kind="stable")["patient_id"])
+    patient = pd.Categorical(frame["patient_id"], categories=order).codes.astype(np.int64)
+    feature = pd.Categorical(frame["feature"], categories=keys).codes.astype(np.int64)
+    by_patient = np.argsort(patient, kind="stable")
+    by_feature = np.argsort(patient * (len(keys) + 1) + feature, kind="stable")
+    names = ["row", "patient_id", "visit", "visit_id", "time", "stamp", "feature", "code", "value"]
+    names = [n for n in names if n in frame.columns]
+    plain = {n: _column_values(frame[n]) for n in names}
+    first = _Columns({n: v[by_patient] for n, v in plain.items()})
+    second = _Columns({n: v[by_feature] for n, v in plain.items()})
+    counts = np.bincount(patient, minlength=len(order))
+    bounds = np.concatenate([[0], np.cumsum(counts)])
+    pair = (patient * (len(keys) + 1) + feature)[by_feature]
+    wanted = np.arange(len(order))[:, None] * (len(keys) + 1) + np.arange(len(keys))[None, :]
+    pair_start = np.searchsorted(pair, wanted, side="left")
+    pair_stop = np.searchsorted(pair, wanted, side="right")
+    light = {k for k, p in processors.items() if type(p) in _COLUMN_PROCESSORS}
     samples = []
-    order = pd.unique(frame.sort_values("row")["patient_id"])
-    groups = dict(tuple(frame.groupby("patient_id", sort=False)))
-    for pid in order:
-        rows = groups[pid]
+    for number, pid in enumerate(order.tolist()):
+        rows = first.slice(int(bounds[number]), int(bounds[number + 1]))
         sample: dict[str, Any] = {"patient_id": pid}
-        start = rows["time"].min() if dated else 0.0
+        start = float(np.min(rows.values["time"])) if dated else 0.0
         # rows are in (time, row) order: a visit's first code row is its earliest
         visit_time: dict[Any, float] = {}
-        for feature, visit, time in zip(
+        for feature_name, visit, time in zip(
             rows["feature"].tolist(), rows["visit"].tolist(), rows["time"].tolist(), strict=True
         ):
-            if feature in code_features and visit not in visit_time:
+            if feature_name in code_features and visit not in visit_time:
                 visit_time[visit] = time
         visit_order = list(visit_time)
         identity_of = _step_identity(rows) if identity else None
-        by_feature = dict(tuple(rows.groupby("feature", sort=False)))
         steps: dict[str, dict[str, list]] = {}
-        for key, processor in processors.items():
+        for index, (key, processor) in enumerate(processors.items()):
+            part = second.slice(int(pair_start[number, index]), int(pair_stop[number, index]))
             events = EventRows(
                 key=key,
                 patient_id=pid,
-                rows=by_feature.get(key, rows.iloc[0:0]),
+                rows=part if key in light else part.frame(),
                 visits=visit_order,
                 visit_times=visit_time,
                 start=start,
@@ -443,6 +463,64 @@ def build_samples(
             sample[label_key] = labels[pid]
         samples.append(sample)
     return samples
+
+
+def _column_values(series: Any) -> np.ndarray:
+    """A column as a numpy array whose ``tolist()`` gives what ``Series.tolist()`` gives
+    (timestamps stay pandas Timestamps, not integers)."""
+    pd = _require_pandas()
+    if pd.api.types.is_datetime64_any_dtype(series) or isinstance(
+        series.dtype, pd.CategoricalDtype
+    ):
+        return series.to_numpy(dtype=object)
+    return series.to_numpy()
+
+
+#: Processors that read event rows only through ``rows[name].tolist()`` and iteration, so
+#: they get plain column slices instead of a DataFrame per patient (subclasses get one).
+_COLUMN_PROCESSORS = (SequenceProcessor, NestedSequenceProcessor, StageNetProcessor)
+
+
+class _Column:
+    """One column of :class:`_Columns`: iterates and lists like a pandas Series."""
+
+    __slots__ = ("values",)
+
+    def __init__(self, values: np.ndarray) -> None:
+        self.values = values
+
+    def tolist(self) -> list:
+        return self.values.tolist()
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter(self.values.tolist())
+
+    def __len__(self) -> int:
+        return len(self.values)
+
+
+class _Columns:
+    """Rows of an event table as plain numpy columns, sliced without pandas: what the
+    built-in code processors read (``rows[name].tolist()``, iteration); ``frame()`` gives a
+    pandas DataFrame for every other processor."""
+
+    __slots__ = ("values",)
+
+    def __init__(self, values: dict[str, np.ndarray]) -> None:
+        self.values = values
+
+    def slice(self, start: int, stop: int) -> _Columns:
+        return _Columns({n: v[start:stop] for n, v in self.values.items()})
+
+    def __getitem__(self, name: str) -> _Column:
+        return _Column(self.values[name])
+
+    def __len__(self) -> int:
+        return len(next(iter(self.values.values()))) if self.values else 0
+
+    def frame(self) -> Any:
+        pd = _require_pandas()
+        return pd.DataFrame(dict(self.values))
 
 
 def _step_identity(rows: Any) -> Any:
