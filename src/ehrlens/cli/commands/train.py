@@ -113,6 +113,7 @@ def train(
     JSON card of the run (data hash, split, settings, history, test metrics)."""
     from ...app.workflow import read_schema_file, train_model
     from ...core.files import check_overwrite, file_sha256
+    from ...core.memory import check_fits
     from ...data.sources import load_samples
     from ...models.base import model_class
     from ...models.directory import CARD, WEIGHTS, model_dir_sha256, save_model_dir
@@ -122,6 +123,10 @@ def train(
             f"--embedding-dim {embedding_dim} must be divisible by --heads {heads}",
             param_hint="'--embedding-dim' / '--heads'",
         )
+    check_fits(  # weights, gradients and two Adam moments of the attention layers alone
+        4 * 4 * 12 * layers * embedding_dim**2,
+        f"a model of --embedding-dim {embedding_dim:,} and --layers {layers} (at least)",
+    )
     message = None  # a card.json alone: the plain message naming it
     if (out / WEIGHTS).exists() and not (out / CARD).exists():
         message = (
