@@ -420,6 +420,7 @@ def build_samples(
     second = _Columns({n: v[by_feature] for n, v in plain.items()})
     counts = np.bincount(patient, minlength=len(order))
     bounds = np.concatenate([[0], np.cumsum(counts)])
+    first_times = plain["time"][by_patient][bounds[:-1]] if len(order) else np.array([])
     pair = (patient * (len(keys) + 1) + feature)[by_feature]
     wanted = np.arange(len(order))[:, None] * (len(keys) + 1) + np.arange(len(keys))[None, :]
     pair_start = np.searchsorted(pair, wanted, side="left")
@@ -429,7 +430,7 @@ def build_samples(
     for number, pid in enumerate(order.tolist()):
         rows = first.slice(int(bounds[number]), int(bounds[number + 1]))
         sample: dict[str, Any] = {"patient_id": pid}
-        start = float(np.min(rows.values["time"])) if dated else 0.0
+        start = float(first_times[number]) if dated else 0.0  # rows are in time order
         # rows are in (time, row) order: a visit's first code row is its earliest
         visit_time: dict[Any, float] = {}
         for feature_name, visit, time in zip(
@@ -500,27 +501,30 @@ class _Column:
 
 
 class _Columns:
-    """Rows of an event table as plain numpy columns, sliced without pandas: what the
-    built-in code processors read (``rows[name].tolist()``, iteration); ``frame()`` gives a
-    pandas DataFrame for every other processor."""
+    """Rows ``start:stop`` of an event table held as plain numpy columns, sliced without
+    pandas and only when a column is read: what the built-in code processors read
+    (``rows[name].tolist()``, iteration); ``frame()`` gives a pandas DataFrame for every
+    other processor."""
 
-    __slots__ = ("values",)
+    __slots__ = ("columns", "start", "stop")
 
-    def __init__(self, values: dict[str, np.ndarray]) -> None:
-        self.values = values
+    def __init__(self, columns: dict[str, np.ndarray], start: int = 0, stop: int = -1) -> None:
+        self.columns = columns
+        self.start = start
+        self.stop = len(next(iter(columns.values()))) if stop < 0 and columns else stop
 
     def slice(self, start: int, stop: int) -> _Columns:
-        return _Columns({n: v[start:stop] for n, v in self.values.items()})
+        return _Columns(self.columns, self.start + start, self.start + stop)
 
     def __getitem__(self, name: str) -> _Column:
-        return _Column(self.values[name])
+        return _Column(self.columns[name][self.start : self.stop])
 
     def __len__(self) -> int:
-        return len(next(iter(self.values.values()))) if self.values else 0
+        return self.stop - self.start
 
     def frame(self) -> Any:
         pd = _require_pandas()
-        return pd.DataFrame(dict(self.values))
+        return pd.DataFrame({n: v[self.start : self.stop] for n, v in self.columns.items()})
 
 
 def _step_identity(rows: Any) -> Any:
