@@ -50,3 +50,19 @@ def test_item_16_evaluate_refuses_a_huge_bootstrap_before_any_work(cli_cohort, t
     )  # fmt: skip
     assert "--bootstrap 1,000,000,000 over" in result.stderr and "needs about" in result.stderr
     assert not (tmp_path / "eval.json").exists()
+
+
+def test_item_16_integrated_gradients_with_a_billion_steps_is_refused():
+    """``integrated_gradients:n_steps=1e9`` peaked at 16 GB before crashing; now it is refused
+    before Captum allocates its step weights."""
+    from _robustness_kit import make_dataset, make_model
+
+    from ehrlens.interpret import IntegratedGradients
+
+    dataset = make_dataset()
+    model = make_model("Transformer", dataset)
+    batch = dataset.collate([dataset[i] for i in range(4)])
+    with pytest.raises(ValueError, match=r"n_steps=1,000,000,000 on a batch of 4 .* needs about"):
+        IntegratedGradients(model, n_steps=10**9).attribute(None, **batch)
+    scores = IntegratedGradients(model, n_steps=4).attribute(None, **batch)
+    assert set(scores) == set(dataset.input_schema)
