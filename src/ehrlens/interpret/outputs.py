@@ -22,6 +22,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ..core.modes import model_lock
+
 #: Output keys whose values must be finite (the first present are checked).
 OUTPUT_KEYS = ("logit", "logits", "y_prob")
 
@@ -94,7 +96,8 @@ def finite_outputs(model: Any, batch: Mapping[str, Any]) -> Iterator[None]:
     """While the block runs, every forward of ``model`` has its outputs checked
     (:func:`check_finite_outputs`), naming patients by the forward's own ``patient_id``
     argument or else by ``batch["patient_id"]``. The hook is removed on exit, however the
-    block ends. Models that are not ``torch.nn.Module`` (or refuse hooks) are not hooked.
+    block ends, and the model's lock (:func:`~ehrlens.core.modes.model_lock`) is held
+    meanwhile. Models that are not ``torch.nn.Module`` (or refuse hooks) are not hooked.
 
     Example:
         >>> with finite_outputs(model, batch):
@@ -107,17 +110,21 @@ def finite_outputs(model: Any, batch: Mapping[str, Any]) -> Iterator[None]:
         own = kwargs.get("patient_id")
         check_finite_outputs(output, list(own) if isinstance(own, (list, tuple)) else fallback)
 
-    handle = None
-    if isinstance(model, torch.nn.Module):
+    if not isinstance(model, torch.nn.Module):
+        yield
+        return
+    # Held for the block: another thread must not add or remove a hook while this one's
+    # forward iterates the model's hooks (explanations of one model take turns anyway).
+    with model_lock(model):
         try:
             handle = model.register_forward_hook(hook, with_kwargs=True)
         except (RuntimeError, TypeError):  # scripted modules take no Python hooks
             handle = None
-    try:
-        yield
-    finally:
-        if handle is not None:
-            handle.remove()
+        try:
+            yield
+        finally:
+            if handle is not None:
+                handle.remove()
 
 
 __all__ = ["check_finite_outputs", "finite_outputs", "non_finite_rows", "output_tensors"]
