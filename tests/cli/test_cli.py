@@ -28,6 +28,7 @@ from ehrlens.core.jsonl import read_jsonl, write_jsonl
 from ehrlens.data import create_sample_dataset, generate_cohort
 from ehrlens.data.events import to_events
 from ehrlens.explain import explain_cohort
+from ehrlens.explain.shards import manifest_digest
 from ehrlens.explain.table import arrow_schema
 from ehrlens.models.directory import load_model_dir
 from ehrlens.report import patient_predictions
@@ -559,7 +560,10 @@ def test_not_a_model_directory_and_foreign_attributions_exit_1(pipeline, tmp_pat
     unfinished = tmp_path / "unfinished"
     shutil.copytree(pipeline["attr"], unfinished)
     manifest = unfinished / "_ehrlens_run.json"
-    manifest.write_text(manifest.read_text().replace('"complete": true', '"complete": false'))
+    record = json.loads(manifest.read_text())
+    record["complete"] = False  # as an interrupted run leaves it (sealed by ehrlens)
+    record["digest"] = manifest_digest(record)
+    manifest.write_text(json.dumps(record))
     result = invoke(
         "report", "--model", pipeline["model"], "--data", samples,
         "--attributions", unfinished, "--out", tmp_path / "r.html", expect=1,
@@ -632,7 +636,10 @@ def test_explain_into_another_runs_folder_exits_3_and_changes_nothing(pipeline, 
         "-m", "rollout", "--out", folder, "--shard-size", 25, "--batch-size", 16, "-q", expect=3,
     )  # fmt: skip
     assert result.stderr.startswith(f"error: {folder} holds attributions of a different run")
-    assert "methods ['chefer', 'random', 'rollout']" in result.stderr
+    # only what differs is named: the methods this run leaves out
+    assert 'methods.chefer: ["CheferRelevance"' in result.stderr
+    assert 'methods.random: ["RandomBaseline"' in result.stderr
+    assert "methods.rollout" not in result.stderr and "model_id" not in result.stderr
     assert "nothing was changed" in result.stderr
     assert snapshot(folder) == before
     # the same arguments are not a conflict: everything is reused

@@ -381,12 +381,12 @@ def test_table_digest_sees_every_value_and_ignores_chunking(reference):
 @pytest.mark.parametrize(
     ("change", "message"),
     [
-        ({"methods": ["rollout", "chefer"]}, r"methods \['chefer', 'random', 'rollout'\]"),
-        ({"shard_size": 12}, "holds attributions of a different run"),
-        ({"batch_size": 5}, "holds attributions of a different run"),
+        ({"methods": ["rollout", "chefer"]}, r'differ .*: methods\.random: \["RandomBaseline"'),
+        ({"shard_size": 12}, r"differ .*: shard_size: \d+ -> 12; nothing"),
+        ({"batch_size": 5}, r"differ .*: batch_size: \d+ -> 5; nothing"),
         ({"methods": {"rollout": {"head_fusion": "max"}, "chefer": {}, "random": {}}}, "rollout"),
-        ({"methods": {"rollout": {}, "chefer": {}, "random": {"seed": 1}}}, "different run"),
-        ({"model_id": "another-model"}, "model [0-9a-f]{12}"),
+        ({"methods": {"rollout": {}, "chefer": {}, "random": {"seed": 1}}}, "methods.random"),
+        ({"model_id": "another-model"}, r'model_id: "[0-9a-f]{12}" -> "another-model"; nothing'),
     ],
 )
 def test_another_runs_folder_is_refused_and_left_unchanged(
@@ -410,7 +410,7 @@ def test_other_model_and_other_data_are_refused(tmp_path, cohort, dataset, model
     before = snapshot(folder)
     torch.manual_seed(1)
     other = Transformer(dataset, embedding_dim=16, heads=2, num_layers=1, dropout=0.0).eval()
-    with pytest.raises(OutputConflictError, match=f"model {model_fingerprint(model)}"):
+    with pytest.raises(OutputConflictError, match=f'model_id: "{model_fingerprint(model)}"'):
         run(other, dataset, folder)
     fewer = dataset.subset(range(N_PATIENTS - 1))
     with pytest.raises(OutputConflictError):

@@ -219,8 +219,10 @@ def test_a_model_with_nan_weights_is_an_error_not_nan_scores(dataset, batch, met
     model = make_model("Transformer", dataset)
     with torch.no_grad():
         model.encoders["steps"].blocks[0].attention.qkv.weight[0, 0] = float("nan")
-    # NaN spreads through the logit, so the first feature reported may be any of them.
-    with pytest.raises(ValueError, match=r"feature '\w+': sample 0 \(patient_id='p0'\) has NaN"):
+    # NaN spreads through the logit: the model's outputs are refused, naming the patients.
+    with pytest.raises(
+        ValueError, match=r"output 'logit' is NaN or infinite for \d+ patient\(s\): \['p0'"
+    ):
         METHODS[method](model).attribute(**batch)
 
 

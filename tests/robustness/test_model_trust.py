@@ -17,7 +17,7 @@ from _robustness_kit import MODELS, make_dataset, make_model, run_cli, save_tiny
 
 from ehrlens.models import BaseModel, StageAttentionNet, Transformer
 from ehrlens.models.base import checkpoint_checksum
-from ehrlens.models.directory import WEIGHTS, load_model_dir
+from ehrlens.models.directory import load_model_dir, model_dir_sha256
 
 
 @pytest.fixture(scope="module")
@@ -187,7 +187,7 @@ def test_a_malformed_expected_sha256_is_refused(saved, given):
 
 def test_model_directories_and_the_cli_verify_the_sha256(dataset, tmp_path):
     model_dir = save_tiny_model(tmp_path, dataset)
-    digest = _sha256(model_dir / WEIGHTS)
+    digest = model_dir_sha256(model_dir)
     other = "0" * 64
     load_model_dir(model_dir, expected_sha256=digest)
     with pytest.raises(ValueError, match="is not the expected 0000"):

@@ -13,22 +13,53 @@ Example:
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from ..data.meds import MedsData, MedsOptions, from_meds, meds_digest
+from ..data.meds import MedsData, MedsOptions, MedsWarning, from_meds, meds_digest
 from .workflow import group_parts
 
 #: The card entry holding the MEDS feature mapping.
 CARD_KEY = "meds"
 
 
-def training_parts(data: MedsData, seed: int) -> dict[str, str]:
+#: What ``training_parts`` does with labelled subjects ``subject_splits.parquet`` leaves out.
+UNSPLIT_CHOICES = ("error", "leave-out")
+
+
+def training_parts(data: MedsData, seed: int, unsplit: str = "error") -> dict[str, str]:
     """The split for training: the dataset's subject splits, else a seeded split of the
-    subjects (every sample of a subject in one part)."""
-    if data.parts is not None:
-        return data.parts
-    return group_parts({s["patient_id"]: s["subject_id"] for s in data.samples}, seed)
+    subjects (every sample of a subject in one part).
+
+    Args:
+        unsplit: labelled subjects that ``subject_splits.parquet`` does not name: ``"error"``
+            (default) refuses them, naming how many and some of them; ``"leave-out"`` trains
+            without them (they are "new" to the model) and warns with their count.
+
+    Example:
+        >>> parts = training_parts(data, seed=0, unsplit="leave-out")
+    """
+    if unsplit not in UNSPLIT_CHOICES:
+        raise ValueError(f"unsplit must be one of {UNSPLIT_CHOICES}, got {unsplit!r}")
+    if data.parts is None:
+        return group_parts({s["patient_id"]: s["subject_id"] for s in data.samples}, seed)
+    left = [s for s in data.samples if s["patient_id"] not in data.parts]
+    if left:
+        subjects = sorted({int(s["subject_id"]) for s in left})
+        what = (
+            f"metadata/subject_splits.parquet names no split for {len(subjects)} labelled "
+            f"subject(s) ({len(left)} of {len(data.samples)} samples), e.g. {subjects[:5]}"
+        )
+        if unsplit == "error":
+            raise ValueError(
+                f"{what}; complete the splits file, or train without them with "
+                "--unsplit-subjects leave-out"
+            )
+        warnings.warn(
+            f"{what}: left out of training, validation and testing", MedsWarning, stacklevel=2
+        )
+    return data.parts
 
 
 def read_for_training(

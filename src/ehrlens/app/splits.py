@@ -59,7 +59,9 @@ def select_recorded_split(
     Args:
         dataset: the patients at hand (any file: selection is by patient id).
         split: ``"all"``, ``"train"``, ``"val"``, ``"test"``, or ``"new"`` (in no part: never
-            seen in training, validation or testing).
+            seen in training, validation or testing; on samples that carry a ``subject_id``,
+            as MEDS samples do, a subject of any recorded sample is not new, whatever its
+            prediction times).
         card: the model directory's card.
         data_sha256: SHA-256 of the data file, needed only for cards without patient ids:
             their split can be redrawn from its seed only on the training file itself.
@@ -88,6 +90,10 @@ def select_recorded_split(
     if split == "new":
         seen = {p for ids in recorded.values() for p in ids}
         keep = [i for i, p in enumerate(dataset.patient_ids) if str(p) not in seen]
+        subjects = sample_subjects(dataset)
+        if subjects is not None:  # MEDS: new means a subject the model never saw, at any time
+            seen_subjects = {p.split("@", 1)[0] for p in seen}
+            keep = [i for i in keep if subjects[i] not in seen_subjects]
     else:
         wanted = set(recorded[split])
         keep = [i for i, p in enumerate(dataset.patient_ids) if str(p) in wanted]
@@ -128,6 +134,20 @@ def split_selection(
         [],
         f"the {len(recorded[split])} {split!r} patients recorded in the model's card",
     )
+
+
+def sample_subjects(dataset: SampleDataset) -> list[str] | None:
+    """Each sample's ``subject_id`` as text when every sample has one (MEDS: one sample per
+    subject and prediction time, ``patient_id`` ``"<subject_id>@<time>"``), else None.
+
+    Example:
+        >>> sample_subjects(meds_dataset)[:2]
+        ['7', '7']
+    """
+    subjects = [item.get("identity", {}).get("subject_id") for item in dataset.items]
+    if not subjects or any(s is None for s in subjects):
+        return None
+    return [str(s) for s in subjects]
 
 
 def _redrawn_split(

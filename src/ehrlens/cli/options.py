@@ -206,8 +206,9 @@ sha256_option = click.option(
     callback=_sha256_hex,
     metavar="HEX",
     default=None,
-    help="Load the model only if model.pt has this SHA-256 (from a source you trust; the "
-    "checksum inside the file detects damage, not edits).",
+    help="Load the model only if its directory (model.pt and card.json) has this SHA-256, as "
+    "`ehrlens train` prints it (from a source you trust; the checksum inside model.pt detects "
+    "damage, not edits).",
 )
 
 

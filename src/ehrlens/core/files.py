@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import stat
 import tempfile
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -39,7 +40,9 @@ def check_overwrite(
 
     Raises:
         OutputConflictError: one of ``paths`` exists (a file, folder or link) and
-            ``overwrite`` is false.
+            ``overwrite`` is false; or, even with ``overwrite``, one of them is something
+            a file must not replace (a folder, FIFO, socket or device): ``--overwrite``
+            replaces regular files (and symbolic links, never what they point to) only.
 
     Example:
         >>> check_overwrite([Path("results.json"), Path("curves.png")], overwrite=False)
@@ -49,7 +52,11 @@ def check_overwrite(
         ehrlens.core.files.OutputConflictError: codes.csv exists; pass --overwrite to ...
     """
     existing = [Path(p) for p in paths if os.path.lexists(p)]
-    if not existing or overwrite:
+    if not existing:
+        return
+    for path in existing:
+        check_replaceable(path)
+    if overwrite:
         return
     if message is None:
         if len(existing) == 1:
@@ -60,6 +67,47 @@ def check_overwrite(
             message = f"{names}{more} exist; pass --overwrite to replace them"
         message += "; nothing was changed"
     raise OutputConflictError(message)
+
+
+def check_replaceable(path: str | os.PathLike) -> None:
+    """Refuse to put a file where something other than a regular file (or a symbolic link,
+    which is replaced, never written through) is: a folder, FIFO, socket or device.
+
+    Raises:
+        OutputConflictError: naming ``path`` and what it is.
+
+    Example:
+        >>> check_replaceable("report.html")      # absent or a regular file: fine
+    """
+    try:
+        mode = os.lstat(path).st_mode
+    except FileNotFoundError:
+        return
+    if not (stat.S_ISREG(mode) or stat.S_ISLNK(mode)):
+        raise OutputConflictError(
+            f"{path} is {file_kind(mode)}, not a regular file; ehrlens writes only regular "
+            "files and --overwrite never replaces anything else; nothing was changed. "
+            "Write somewhere else."
+        )
+
+
+def file_kind(mode: int) -> str:
+    """What a file is, in words, from its ``st_mode`` (``os.lstat(path).st_mode``).
+
+    Example:
+        >>> file_kind(os.lstat("/dev/null").st_mode)
+        'a character device'
+    """
+    kinds = [
+        (stat.S_ISREG, "a regular file"),
+        (stat.S_ISDIR, "a folder"),
+        (stat.S_ISLNK, "a symbolic link"),
+        (stat.S_ISFIFO, "a FIFO (named pipe)"),
+        (stat.S_ISSOCK, "a socket"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+    ]
+    return next((name for test, name in kinds if test(mode)), "not a regular file")
 
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9_-]+")
@@ -97,6 +145,7 @@ def atomic_write(path: str | os.PathLike, mode: str = "w") -> Iterator[IO]:
         '{"model_id": "3f2a9c01d4e5"}'
     """
     path = Path(path)
+    check_replaceable(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:

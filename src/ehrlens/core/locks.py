@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import stat
 import sys
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
@@ -28,7 +29,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from .files import OutputConflictError
+from .files import OutputConflictError, file_kind
 
 LOCK_SUFFIX = ".ehrlens-lock"
 
@@ -60,14 +61,70 @@ class OutputLockedError(OutputConflictError):
 def lock_path(target: str | os.PathLike) -> Path:
     """The lock file of an output: ``.<name>.ehrlens-lock`` beside the resolved target.
 
+    Raises:
+        OutputConflictError: ``target`` is a symbolic link that loops or leads nowhere
+            (dangling), so what would be written is unclear.
+
     Example:
         >>> lock_path("runs/attr")          # next to the target, in its resolved folder
         PosixPath('/.../runs/.attr.ehrlens-lock')
     """
-    resolved = Path(target).resolve()
+    resolved = resolve_output(target)
     if not resolved.name:
         raise ValueError(f"{target}: cannot lock the root of a file system")
     return resolved.parent / f".{resolved.name}{LOCK_SUFFIX}"
+
+
+def resolve_output(target: str | os.PathLike) -> Path:
+    """``target`` with every symbolic link resolved; a link that loops, or one that leads
+    nowhere, is refused by name rather than followed into a traceback.
+
+    Example:
+        >>> resolve_output("attr")          # PosixPath('/home/me/runs/attr')
+    """
+    path = Path(target)
+    try:
+        resolved = path.resolve(strict=False)
+    except (RuntimeError, OSError) as error:  # Python 3.11 says RuntimeError for a loop
+        raise OutputConflictError(
+            f"{target}: a symbolic link loop ({error}); nothing was changed. Remove the link or "
+            "write somewhere else."
+        ) from error
+    if os.path.islink(path) and not os.path.exists(path):
+        raise OutputConflictError(
+            f"{target} is a symbolic link to {os.readlink(path)}, which does not exist; nothing "
+            "was changed. Remove the link, or write to the place it names."
+        )
+    return resolved
+
+
+def _not_a_lock(path: Path, what: str) -> OutputConflictError:
+    return OutputConflictError(
+        f"{path} is {what}, not an ehrlens lock file (ehrlens makes its locks as regular files "
+        "and never follows or opens anything else there); nothing was changed. Remove it, or "
+        "write somewhere else."
+    )
+
+
+def _open_lock_file(path: Path) -> int:
+    """Open (creating if absent) the regular file ``path`` without following a symbolic link
+    or opening a FIFO, device or socket: anything but a regular file is refused by name."""
+    try:
+        mode = os.lstat(path).st_mode
+    except FileNotFoundError:
+        mode = None
+    if mode is not None and not stat.S_ISREG(mode):
+        raise _not_a_lock(path, file_kind(mode))
+    flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
+    try:
+        fd = os.open(path, flags, 0o666)
+    except OSError as error:  # ELOOP: a link put there after the check above
+        raise _not_a_lock(path, f"not a regular file ({error.strerror})") from error
+    mode = os.fstat(fd).st_mode
+    if not stat.S_ISREG(mode):
+        os.close(fd)
+        raise _not_a_lock(path, file_kind(mode))
+    return fd
 
 
 def _this_command() -> str:
@@ -130,7 +187,7 @@ def output_lock(target: str | os.PathLike, command: str | None = None) -> Iterat
     path = lock_path(target)
     path.parent.mkdir(parents=True, exist_ok=True)
     while True:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+        fd = _open_lock_file(path)
         try:
             if not _flock(fd):
                 raise OutputLockedError(Path(target), _read_holder(fd))
@@ -157,9 +214,19 @@ def output_lock(target: str | os.PathLike, command: str | None = None) -> Iterat
         yield path
     finally:
         try:
-            path.unlink(missing_ok=True)  # still ours: nobody removes a held lock
+            _remove_if_same(path, os.fstat(fd))  # still ours: nobody removes a held lock
         finally:
             os.close(fd)  # releases the lock
+
+
+def _remove_if_same(path: Path, mine: os.stat_result) -> None:
+    """Remove ``path`` only while it is still the file ``mine`` describes."""
+    try:
+        current = os.lstat(path)
+    except FileNotFoundError:
+        return
+    if (current.st_ino, current.st_dev) == (mine.st_ino, mine.st_dev):
+        path.unlink(missing_ok=True)
 
 
 @contextmanager

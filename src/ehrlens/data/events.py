@@ -40,7 +40,7 @@ from __future__ import annotations
 
 import os
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +48,7 @@ import numpy as np
 
 from ..core.ids import find_id_collision
 from .processors import FEATURE_PROCESSORS, RESERVED_CODES, EventRows, FeatureProcessor
+from .processors.codes import NestedSequenceProcessor, SequenceProcessor, StageNetProcessor
 
 EVENT_COLUMNS = ("patient_id", "visit_id", "time", "feature", "code", "value")
 REQUIRED_COLUMNS = ("patient_id", "time", "feature", "code")
@@ -155,6 +156,9 @@ def _is_null(value: Any) -> bool:
 BAD_TIME = "unparsable or missing time"
 DATE_AMONG_NUMBERS = "a date among numeric times"
 NUMBER_AMONG_DATES = "a number among dates"
+YEAR_OUT_OF_RANGE = "a date outside years 1-9999 (year 0 or before has no calendar date)"
+#: The earliest date a row may hold (Python's dates start at year 1).
+FIRST_DATE = np.datetime64("0001-01-01T00:00:00", "us")
 
 
 def _parse_times(series: Any, time_unit: str) -> tuple[np.ndarray, dict[str, np.ndarray], bool]:
@@ -169,8 +173,8 @@ def _parse_times(series: Any, time_unit: str) -> tuple[np.ndarray, dict[str, np.
         values = series.to_numpy(dtype=np.float64, na_value=np.nan)
         return values, {BAD_TIME: ~np.isfinite(values)}, False
     if pd.api.types.is_datetime64_any_dtype(series):
-        seconds = _seconds(pd.to_datetime(series, utc=True), time_unit)
-        return seconds, {BAD_TIME: ~np.isfinite(seconds)}, True
+        seconds, early = _seconds(pd.to_datetime(series, utc=True), time_unit)
+        return seconds, {BAD_TIME: ~np.isfinite(seconds) & ~early, YEAR_OUT_OF_RANGE: early}, True
     text = _as_text(series)
     numbers = pd.to_numeric(text, errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
     as_number = np.isfinite(numbers)
@@ -178,8 +182,8 @@ def _parse_times(series: Any, time_unit: str) -> tuple[np.ndarray, dict[str, np.
     if as_number[present].all() and present.any():
         return numbers, {BAD_TIME: ~as_number}, False
     stamps = pd.to_datetime(text, errors="coerce", utc=True, format="ISO8601")
-    seconds = _seconds(stamps, time_unit)
-    as_date = np.isfinite(seconds)
+    seconds, early = _seconds(stamps, time_unit)
+    as_date = np.isfinite(seconds) | early
     # Numbers when they leave fewer bad rows; on a tie, numbers only if no other cell is a
     # date (one malformed cell must not turn every numeric time into a date, nor the reverse).
     numeric = as_number.sum() > as_date.sum() or (
@@ -189,17 +193,20 @@ def _parse_times(series: Any, time_unit: str) -> tuple[np.ndarray, dict[str, np.
         odd = as_date & ~as_number
         return numbers, {BAD_TIME: ~as_number & ~odd, DATE_AMONG_NUMBERS: odd}, False
     odd = as_number & ~as_date
-    return seconds, {BAD_TIME: ~as_date & ~odd, NUMBER_AMONG_DATES: odd}, True
+    reasons = {BAD_TIME: ~as_date & ~odd, NUMBER_AMONG_DATES: odd, YEAR_OUT_OF_RANGE: early}
+    return seconds, reasons, True
 
 
-def _seconds(stamps: Any, time_unit: str) -> np.ndarray:
+def _seconds(stamps: Any, time_unit: str) -> tuple[np.ndarray, np.ndarray]:
     """UTC timestamps as ``time_unit`` since the epoch (NaN at NaT), computed in microseconds:
-    no nanosecond overflow for far dates such as 9999-12-31."""
+    no nanosecond overflow for far dates such as 9999-12-31; and which are before year 1
+    (``0000-01-01`` parses, but has no Python date): those are NaN too."""
     micros = stamps.dt.tz_localize(None).to_numpy(dtype="datetime64[us]")
     missing = np.isnat(micros)
+    early = ~missing & (micros < FIRST_DATE)
     out = micros.astype(np.int64).astype(np.float64) / 1e6 / TIME_UNITS[time_unit]
-    out[missing] = np.nan
-    return out
+    out[missing | early] = np.nan
+    return out, early
 
 
 def _parse_values(series: Any) -> np.ndarray:
@@ -413,29 +420,49 @@ def build_samples(
     frame = frame.sort_values(["time", "row"], kind="stable")
     measurement_names = _measurement_names(frame, kinds, columns)
     code_features = {k for k, kind in kinds.items() if kind == "codes"}
+    keys = list(processors)
+    # One stable sort groups the rows by patient (patients in order of their first row), and
+    # a second by patient and feature; both keep the (time, row) order within a group. Each
+    # patient and feature is then a slice of plain columns: no per-patient pandas work.
+    order = pd.unique(frame.sort_values("row", kind="stable")["patient_id"])
+    patient = pd.Categorical(frame["patient_id"], categories=order).codes.astype(np.int64)
+    feature = pd.Categorical(frame["feature"], categories=keys).codes.astype(np.int64)
+    by_patient = np.argsort(patient, kind="stable")
+    by_feature = np.argsort(patient * (len(keys) + 1) + feature, kind="stable")
+    names = ["row", "patient_id", "visit", "visit_id", "time", "stamp", "feature", "code", "value"]
+    names = [n for n in names if n in frame.columns]
+    plain = {n: _column_values(frame[n]) for n in names}
+    first = _Columns({n: v[by_patient] for n, v in plain.items()})
+    second = _Columns({n: v[by_feature] for n, v in plain.items()})
+    counts = np.bincount(patient, minlength=len(order))
+    bounds = np.concatenate([[0], np.cumsum(counts)])
+    first_times = plain["time"][by_patient][bounds[:-1]] if len(order) else np.array([])
+    pair = (patient * (len(keys) + 1) + feature)[by_feature]
+    wanted = np.arange(len(order))[:, None] * (len(keys) + 1) + np.arange(len(keys))[None, :]
+    pair_start = np.searchsorted(pair, wanted, side="left")
+    pair_stop = np.searchsorted(pair, wanted, side="right")
+    light = {k for k, p in processors.items() if type(p) in _COLUMN_PROCESSORS}
     samples = []
-    order = pd.unique(frame.sort_values("row")["patient_id"])
-    groups = dict(tuple(frame.groupby("patient_id", sort=False)))
-    for pid in order:
-        rows = groups[pid]
+    for number, pid in enumerate(order.tolist()):
+        rows = first.slice(int(bounds[number]), int(bounds[number + 1]))
         sample: dict[str, Any] = {"patient_id": pid}
-        start = rows["time"].min() if dated else 0.0
+        start = float(first_times[number]) if dated else 0.0  # rows are in time order
         # rows are in (time, row) order: a visit's first code row is its earliest
         visit_time: dict[Any, float] = {}
-        for feature, visit, time in zip(
+        for feature_name, visit, time in zip(
             rows["feature"].tolist(), rows["visit"].tolist(), rows["time"].tolist(), strict=True
         ):
-            if feature in code_features and visit not in visit_time:
+            if feature_name in code_features and visit not in visit_time:
                 visit_time[visit] = time
         visit_order = list(visit_time)
         identity_of = _step_identity(rows) if identity else None
-        by_feature = dict(tuple(rows.groupby("feature", sort=False)))
         steps: dict[str, dict[str, list]] = {}
-        for key, processor in processors.items():
+        for index, (key, processor) in enumerate(processors.items()):
+            part = second.slice(int(pair_start[number, index]), int(pair_stop[number, index]))
             events = EventRows(
                 key=key,
                 patient_id=pid,
-                rows=by_feature.get(key, rows.iloc[0:0]),
+                rows=part if key in light else part.frame(),
                 visits=visit_order,
                 visit_times=visit_time,
                 start=start,
@@ -453,6 +480,67 @@ def build_samples(
             sample[label_key] = labels[pid]
         samples.append(sample)
     return samples
+
+
+def _column_values(series: Any) -> np.ndarray:
+    """A column as a numpy array whose ``tolist()`` gives what ``Series.tolist()`` gives
+    (timestamps stay pandas Timestamps, not integers)."""
+    pd = _require_pandas()
+    if pd.api.types.is_datetime64_any_dtype(series) or isinstance(
+        series.dtype, pd.CategoricalDtype
+    ):
+        return series.to_numpy(dtype=object)
+    return series.to_numpy()
+
+
+#: Processors that read event rows only through ``rows[name].tolist()`` and iteration, so
+#: they get plain column slices instead of a DataFrame per patient (subclasses get one).
+_COLUMN_PROCESSORS = (SequenceProcessor, NestedSequenceProcessor, StageNetProcessor)
+
+
+class _Column:
+    """One column of :class:`_Columns`: iterates and lists like a pandas Series."""
+
+    __slots__ = ("values",)
+
+    def __init__(self, values: np.ndarray) -> None:
+        self.values = values
+
+    def tolist(self) -> list:
+        return self.values.tolist()
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter(self.values.tolist())
+
+    def __len__(self) -> int:
+        return len(self.values)
+
+
+class _Columns:
+    """Rows ``start:stop`` of an event table held as plain numpy columns, sliced without
+    pandas and only when a column is read: what the built-in code processors read
+    (``rows[name].tolist()``, iteration); ``frame()`` gives a pandas DataFrame for every
+    other processor."""
+
+    __slots__ = ("columns", "start", "stop")
+
+    def __init__(self, columns: dict[str, np.ndarray], start: int = 0, stop: int = -1) -> None:
+        self.columns = columns
+        self.start = start
+        self.stop = len(next(iter(columns.values()))) if stop < 0 and columns else stop
+
+    def slice(self, start: int, stop: int) -> _Columns:
+        return _Columns(self.columns, self.start + start, self.start + stop)
+
+    def __getitem__(self, name: str) -> _Column:
+        return _Column(self.columns[name][self.start : self.stop])
+
+    def __len__(self) -> int:
+        return self.stop - self.start
+
+    def frame(self) -> Any:
+        pd = _require_pandas()
+        return pd.DataFrame({n: v[self.start : self.stop] for n, v in self.columns.items()})
 
 
 def _step_identity(rows: Any) -> Any:

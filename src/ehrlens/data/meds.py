@@ -247,8 +247,11 @@ def read_shard(path: Path) -> Any:
         meds.DataSchema.validate(table)
     except Exception as error:  # flexible_schema's validation errors
         raise ValueError(f"{path}: not MEDS data: {str(error).strip()}") from error
+    check_years(table, "time", path)
     columns = ["subject_id", "time", "code"]
     has_values = "numeric_value" in table.column_names
+    if has_values:
+        check_values(table, path)
     frame = table.select(columns + (["numeric_value"] if has_values else [])).to_pandas()
     if not has_values:
         frame["numeric_value"] = np.nan
@@ -276,6 +279,65 @@ def read_shard(path: Path) -> Any:
                 f"{times[i]}; MEDS sorts each subject's rows by time)"
             )
     return frame
+
+
+#: The earliest time a MEDS row may hold: Python's dates start at year 1.
+FIRST_TIME = datetime(1, 1, 1)
+#: The largest ``numeric_value`` magnitude read: its square (standardising) stays finite in
+#: float32, and no real measurement comes near it.
+MAX_ABS_VALUE = 1e18
+
+
+def _row_subject(table: Any, row: int) -> str:
+    if "subject_id" not in table.column_names:
+        return ""
+    return f" (subject {table.column('subject_id')[row].as_py()})"
+
+
+def check_years(table: Any, column: str, path: str | os.PathLike) -> None:
+    """Refuse a time before year 1 (``0000-01-01`` fits in Parquet but has no Python date),
+    naming the file, the row (counting from 0) and the subject.
+
+    Example:
+        >>> check_years(pq.read_table("data/0.parquet"), "time", "data/0.parquet")
+    """
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    values = table.column(column)
+    if not pa.types.is_timestamp(values.type) or len(values) == 0:
+        return
+    micros = pc.cast(pc.cast(values, pa.timestamp("us")), pa.int64())
+    first = int((FIRST_TIME - datetime(1970, 1, 1)).total_seconds() * 1_000_000)
+    early = pc.less(micros, first)
+    if not pc.any(early).as_py():
+        return
+    row = int(pc.index(early, True).as_py())
+    raw = int(micros[row].as_py())
+    raise ValueError(
+        f"{path}: row {row}{_row_subject(table, row)}: {column} is before year 1 "
+        f"({raw} microseconds since 1970, e.g. 0000-01-01); dates must lie in years 1-9999"
+    )
+
+
+def check_values(table: Any, path: str | os.PathLike) -> None:
+    """Refuse a ``numeric_value`` that is infinite or beyond :data:`MAX_ABS_VALUE` in size,
+    naming the file, the row (counting from 0), the subject, the code and the value.
+
+    Example:
+        >>> check_values(pq.read_table("data/0.parquet"), "data/0.parquet")
+    """
+    values = table.column("numeric_value").to_numpy(zero_copy_only=False).astype(np.float64)
+    bad = np.flatnonzero(np.isinf(values) | (np.abs(np.nan_to_num(values)) > MAX_ABS_VALUE))
+    if not len(bad):
+        return
+    row = int(bad[0])
+    code = table.column("code")[row].as_py() if "code" in table.column_names else None
+    raise ValueError(
+        f"{path}: row {row}{_row_subject(table, row)}, code {code!r}: numeric_value "
+        f"{values[row]:.6g} is beyond ±{MAX_ABS_VALUE:.0e} ({len(bad)} such row(s)); such a "
+        "value is a unit or entry error, and would overflow standardisation in float32"
+    )
 
 
 def read_labels(labels: str | os.PathLike) -> tuple[Any, str]:
@@ -329,6 +391,7 @@ def read_labels(labels: str | os.PathLike) -> tuple[Any, str]:
                 f"got {present or 'none'}"
             )
         kinds.add(present[0])
+        check_years(table, "prediction_time", file)
         frame = table.select(["subject_id", "prediction_time", present[0]]).to_pandas()
         frame = frame.rename(columns={present[0]: "label"})
         frame["file"] = str(file)
@@ -385,6 +448,13 @@ def subject_splits(root: str | os.PathLike) -> dict[int, str] | None:
         raise ValueError(f"{path}: not MEDS subject splits: {str(error).strip()}") from error
     subjects = table.column("subject_id").to_pylist()
     splits = table.column("split").to_pylist()
+    unknown = sorted({str(s) for s in splits} - set(SPLIT_PARTS))
+    if unknown:
+        row = next(i for i, s in enumerate(splits) if str(s) in unknown)
+        raise ValueError(
+            f"{path}: unknown split name(s) {unknown} (row {row}, subject {subjects[row]}); "
+            f"MEDS splits are {list(SPLIT_PARTS)}"
+        )
     out: dict[int, str] = {}
     for subject, split in zip(subjects, splits, strict=True):
         if out.setdefault(subject, split) != split:
@@ -413,6 +483,49 @@ def resolve_features(codes: Sequence[str], options: MedsOptions) -> dict[str, li
             )
         features[OTHER_FEATURE] = [""]  # "": the codes without a prefix
     return features
+
+
+#: Sample keys a feature may not be named: the identity, the step identity, the masks.
+RESERVED_NAMES = frozenset(
+    {"patient_id", "subject_id", "prediction_time", "step_identity", "visit_id", "masks"}
+)
+
+
+def _check_feature_names(
+    features: Mapping[str, list[str]],
+    events: Any,
+    separator: str,
+    label_key: str,
+    shards: Sequence[Path],
+) -> None:
+    """Refuse a feature that would be named ``""`` (a code such as ``//X``) or a reserved
+    sample key (a code such as ``patient_id//N``), naming the code and its first row."""
+    for name, prefixes in features.items():
+        empty = name == "" or (separator and name.startswith(separator))
+        if not empty and name not in RESERVED_NAMES and name != label_key:
+            continue
+        prefix = next((p for p in prefixes if p), name)
+        taken = events["code"].astype(str)
+        hit = taken.eq(prefix) | taken.str.startswith(prefix + separator)
+        if not prefix:
+            hit = taken.str.startswith(separator)
+        first = events[hit].iloc[0] if hit.any() else None
+        where = (
+            f"{shards[int(first['shard'])]}: row {int(first['row'])} (subject "
+            f"{first['subject_id']}), code {first['code']!r}"
+            if first is not None
+            else f"feature {name!r}"
+        )
+        why = (
+            f"its vocabulary prefix (before {separator!r}) is empty"
+            if empty
+            else f"its prefix {name!r} is a reserved sample key (the identity, the masks or "
+            "the label)"
+        )
+        raise ValueError(
+            f"{where}: {why}, so it cannot name a feature; rename the code, or name the "
+            "features yourself (--feature NAME=PREFIX,...)"
+        )
 
 
 def _feature_of(codes: Any, features: Mapping[str, list[str]], separator: str) -> Any:
@@ -505,6 +618,7 @@ def from_meds(
         frame = read_shard(path)
         _claim_subjects(owner, pd.unique(frame["subject_id"]).tolist(), path)
         frame["shard"] = number
+        frame["row"] = np.arange(len(frame))
         frames.append(frame)
     events = pd.concat(frames, ignore_index=True)
     if shards is None:
@@ -515,6 +629,7 @@ def from_meds(
                         [all_shards[i] for i in chosen])  # fmt: skip
     codes = sorted(set(events["code"].tolist()))
     resolved = resolve_features(codes, options)
+    _check_feature_names(resolved, events, options.separator, label_key, all_shards)
     options = MedsOptions(**{**options.to_dict(), "features": resolved})
     options.check()
     feature_of = _feature_of(codes, resolved, options.separator)

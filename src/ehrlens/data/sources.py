@@ -522,6 +522,16 @@ class MedsSource(SampleSource):
         self.patients = None if patients is None else tuple(str(p) for p in patients)
         self.exclude = tuple(str(p) for p in exclude)
 
+    def _selected(self, patient_id: str) -> bool:
+        # A MEDS sample is "<subject_id>@<prediction time>": an excluded sample (a recorded
+        # training one, for --split new) excludes its subject at every prediction time.
+        subject = patient_id.split("@", 1)[0]
+        return super()._selected(patient_id) and subject not in self._drop_subjects
+
+    @property
+    def _drop_subjects(self) -> frozenset[str]:
+        return frozenset(p.split("@", 1)[0] for p in self.exclude)
+
     def shards(self, shard_size: int) -> list[SourceShard]:
         from .meds import shard_sample_ids
 

@@ -135,8 +135,82 @@ def patient_hash(patient_ids: Sequence[str]) -> str:
     return hashlib.sha256("\n".join(patient_ids).encode()).hexdigest()[:16]
 
 
-def claim_output_dir(out: Path, fingerprint: str, settings: dict, n_shards: int) -> None:
-    """Create ``out`` for this run, or check it holds this run's output; clean stale temps."""
+#: Manifest key of the SHA-256 over the rest of the manifest (:func:`manifest_digest`).
+DIGEST_KEY = "digest"
+
+
+def manifest_digest(record: Mapping[str, Any]) -> str:
+    """SHA-256 (hex) of a run manifest's content, every key but :data:`DIGEST_KEY` itself.
+
+    Example:
+        >>> record = {"fingerprint": "ab12", "shards": 3}
+        >>> manifest_digest(record) == manifest_digest({**record, "digest": "x"})
+        True
+    """
+    content = {k: v for k, v in record.items() if k != DIGEST_KEY}
+    return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
+
+
+def _write_manifest(path: Path, record: Mapping[str, Any]) -> None:
+    sealed = {**record, DIGEST_KEY: manifest_digest(record)}
+    with atomic_write(path) as f:
+        json.dump(sealed, f, indent=2, sort_keys=True)
+
+
+def manifest_problem(record: Mapping[str, Any]) -> str:
+    """Why a run manifest cannot be trusted (``""`` when its digest matches its content).
+
+    Example:
+        >>> manifest_problem(json.loads(Path("attr/_ehrlens_run.json").read_text()))
+        ''
+    """
+    if DIGEST_KEY not in record:
+        return "it has no digest (written by an older ehrlens, or edited)"
+    if record[DIGEST_KEY] != manifest_digest(record):
+        return "its content no longer matches the digest written with it (it was edited)"
+    return ""
+
+
+def _flat(settings: Any, prefix: str = "") -> dict[str, Any]:
+    """``{"methods.rollout": ..., "batch_size": 32}``: nested settings as dotted keys."""
+    if isinstance(settings, Mapping) and settings:
+        out: dict[str, Any] = {}
+        for key, value in settings.items():
+            out.update(_flat(value, f"{prefix}{key}."))
+        return out
+    return {prefix.rstrip("."): settings}
+
+
+def settings_difference(old: Mapping[str, Any], new: Mapping[str, Any]) -> str:
+    """The settings in which two runs differ, one ``key: old -> new`` each (``"(none)"`` if
+    they are the same), so that a refused re-run shows what changed, not two whole summaries.
+
+    Example:
+        >>> settings_difference({"batch_size": 32, "data": "a"}, {"batch_size": 64, "data": "a"})
+        'batch_size: 32 -> 64'
+    """
+    before, after = _flat(old), _flat(new)
+    missing = object()
+    lines = []
+    for key in sorted(set(before) | set(after)):
+        a, b = before.get(key, missing), after.get(key, missing)
+        if a != b:
+            shown_a = "(not set)" if a is missing else json.dumps(a)
+            shown_b = "(not set)" if b is missing else json.dumps(b)
+            lines.append(f"{key}: {shown_a} -> {shown_b}")
+    return "; ".join(lines) if lines else "(none)"
+
+
+def claim_output_dir(
+    out: Path, fingerprint: str, settings: dict, n_shards: int, left_alone: Sequence[Path] = ()
+) -> None:
+    """Create ``out`` for this run, or check it holds this run's output; clean stale temps.
+
+    A previous manifest must verify (:func:`manifest_problem`) and name this run and its shard
+    count. Without one, shard-named files are refused, except those in ``left_alone`` (files
+    ``--overwrite`` did not remove because no run wrote them) whose names this run will not
+    write.
+    """
     out.mkdir(parents=True, exist_ok=True)
     manifest = out / MANIFEST
     if manifest.exists():
@@ -144,17 +218,31 @@ def claim_output_dir(out: Path, fingerprint: str, settings: dict, n_shards: int)
             previous = json.loads(manifest.read_text())
         except (OSError, json.JSONDecodeError) as error:
             raise OutputConflictError(f"{manifest}: unreadable run manifest ({error})") from error
+        if not isinstance(previous, dict):
+            raise OutputConflictError(f"{manifest}: not a run manifest (a JSON object)")
+        problem = manifest_problem(previous)
+        if problem:
+            raise OutputConflictError(
+                f"{manifest}: cannot be trusted: {problem}; nothing was changed. Replace that "
+                "run with --overwrite (overwrite=True), or write to a new folder."
+            )
         if previous.get("fingerprint") != fingerprint:
             old = previous.get("settings", {})
             raise OutputConflictError(
-                f"{out} holds attributions of a different run (model {old.get('model_id')}, "
-                f"methods {sorted(old.get('methods', {}))}) than this one (model "
-                f"{settings.get('model_id')}, methods {sorted(settings.get('methods', {}))}); "
-                "nothing was changed. Write to a new folder, or replace that run with "
-                "--overwrite (overwrite=True)."
+                f"{out} holds attributions of a different run; the settings that differ "
+                f"(that run -> this one): {settings_difference(old, settings)}; nothing was "
+                "changed. Write to a new folder, or replace that run with --overwrite "
+                "(overwrite=True)."
+            )
+        if previous.get("shards") != n_shards:
+            raise OutputConflictError(
+                f"{manifest}: lists {previous.get('shards')} shard(s), but this run has "
+                f"{n_shards}; nothing was changed. Replace that run with --overwrite."
             )
     else:
-        foreign = sorted(p.name for p in out.glob("part-*.parquet"))
+        mine = {SHARD_PATTERN.format(i) for i in range(n_shards)}
+        spared = {p.name for p in left_alone} - mine
+        foreign = [p.name for p in _shard_files(out) if p.name not in spared]
         if foreign:
             raise OutputConflictError(
                 f"{out} already holds shard files ({foreign[:3]}...) but no {MANIFEST}; "
@@ -167,28 +255,70 @@ def claim_output_dir(out: Path, fingerprint: str, settings: dict, n_shards: int)
             "ehrlens_version": __version__,
             "complete": False,
         }
-        with atomic_write(manifest) as f:
-            json.dump(record, f, indent=2, sort_keys=True)
-    for stale in out.glob(".part-*.tmp"):  # left by a killed run of ours
+        _write_manifest(manifest, record)
+    for stale in _temporaries(out):  # left by a killed run of ours
         stale.unlink(missing_ok=True)
 
 
-#: Names of the files a run writes into its folder (besides the manifest).
-_RUN_FILE = re.compile(r"part-\d{5}\.parquet|\.part-.*\.tmp")
+_SHARD_NAME = re.compile(r"part-(\d{5})\.parquet")
+#: A temporary of :func:`~ehrlens.core.files.atomic_write` for a shard.
+_SHARD_TEMP = re.compile(r"\.part-\d{5}\.parquet\.[A-Za-z0-9_]+\.tmp")
 
 
-def _run_files(out: Path) -> list[Path]:
-    return sorted(p for p in out.iterdir() if p.is_file() and _RUN_FILE.fullmatch(p.name))
+def _shard_files(out: Path) -> list[Path]:
+    return sorted(p for p in out.glob("part-*.parquet") if _SHARD_NAME.fullmatch(p.name))
+
+
+def _temporaries(out: Path) -> list[Path]:
+    return sorted(
+        p for p in out.glob(".part-*.tmp") if _SHARD_TEMP.fullmatch(p.name) and p.is_file()
+    )
+
+
+def _written_by(path: Path, fingerprint: str | None) -> bool:
+    """Whether ``path`` is a regular Parquet file whose own metadata names run ``fingerprint``
+    and the shard index in its name."""
+    import pyarrow.parquet as pq
+
+    match = _SHARD_NAME.fullmatch(path.name)
+    if fingerprint is None or match is None or path.is_symlink() or not path.is_file():
+        return False
+    try:
+        metadata = pq.read_metadata(path).metadata or {}
+    except Exception:  # not Parquet, damaged: not known to be ours
+        return False
+    kv = {k.decode(errors="replace"): v.decode(errors="replace") for k, v in metadata.items()}
+    return kv.get("ehrlens.run") == fingerprint and kv.get("ehrlens.shard") == str(
+        int(match.group(1))
+    )
 
 
 def clear_run_files(out: Path) -> list[Path]:
-    """Remove the previous explain run in ``out``: its manifest and its shard files (names
-    ``part-NNNNN.parquet``, temporaries), nothing else. A folder without a manifest is left
-    alone (its ``part-*`` files are not known to be ours). Returns the removed paths."""
+    """Remove the previous explain run in ``out``: its manifest, the shard files it wrote and
+    their temporaries, nothing else. A shard counts as the run's when the manifest lists it
+    (and the manifest verifies) or when the file's own metadata names the run and its index;
+    other files, even named ``part-NNNNN.parquet``, are left alone. A folder without a
+    manifest is left alone. Returns the removed paths."""
     manifest = out / MANIFEST
-    if not manifest.is_file():
+    if not manifest.is_file() or manifest.is_symlink():
         return []
-    removed = _run_files(out)
+    try:
+        record = json.loads(manifest.read_text())
+    except (OSError, ValueError):
+        record = {}
+    record = record if isinstance(record, dict) else {}
+    fingerprint = record.get("fingerprint")
+    listed: set[str] = set()
+    shards = record.get("shards")
+    if not manifest_problem(record) and isinstance(shards, int):
+        listed = {SHARD_PATTERN.format(i) for i in range(shards)}
+    removed = [
+        p
+        for p in _shard_files(out)
+        if (p.name in listed and p.is_file() and not p.is_symlink())
+        or _written_by(p, str(fingerprint))
+    ]
+    removed += _temporaries(out)
     for path in removed:
         path.unlink(missing_ok=True)
     manifest.unlink()
@@ -213,16 +343,18 @@ def claimed_output(
     """
     existed = out.exists()
     with output_lock(out):
-        if overwrite and existed:
-            clear_run_files(out)
+        left_alone: list[Path] = []
+        if overwrite and existed and (out / MANIFEST).is_file():
+            removed = clear_run_files(out)
+            left_alone = [p for p in _shard_files(out) if p not in removed]
         had_manifest = (out / MANIFEST).exists()
-        claim_output_dir(out, fingerprint, settings, n_shards)
+        claim_output_dir(out, fingerprint, settings, n_shards, left_alone)
         try:
             yield
         except BaseException:
-            if not had_manifest and not any(out.glob("part-*.parquet")):
+            if not had_manifest and not any(_written_by(p, fingerprint) for p in _shard_files(out)):
                 (out / MANIFEST).unlink(missing_ok=True)
-                for stale in out.glob(".part-*.tmp"):
+                for stale in _temporaries(out):
                     stale.unlink(missing_ok=True)
                 if not existed and not any(out.iterdir()):
                     out.rmdir()
@@ -233,9 +365,9 @@ def finish_manifest(out: Path, fingerprint: str, num_rows: int) -> None:
     """Mark the run in ``out`` complete, with its total row count."""
     manifest = out / MANIFEST
     record = json.loads(manifest.read_text())
+    record.pop(DIGEST_KEY, None)
     record.update(complete=True, rows=num_rows)
-    with atomic_write(manifest) as f:
-        json.dump(record, f, indent=2, sort_keys=True)
+    _write_manifest(manifest, record)
 
 
 def table_digest(table: Any) -> str:
@@ -356,9 +488,18 @@ def read_run_manifest(folder: str | os.PathLike) -> dict[str, Any]:
     if not manifest.exists():
         raise FileNotFoundError(f"{folder}: no {MANIFEST}; is it a folder written by `explain`?")
     try:
-        return json.loads(manifest.read_text())
+        record = json.loads(manifest.read_text())
     except json.JSONDecodeError as error:
         raise ValueError(f"{manifest}: not valid JSON ({error})") from error
+    if not isinstance(record, dict):
+        raise ValueError(f"{manifest}: not a run manifest (expected a JSON object)")
+    problem = manifest_problem(record)
+    if problem:
+        raise ValueError(
+            f"{manifest}: cannot be trusted: {problem}; run the `ehrlens explain` command that "
+            "wrote the folder again with --overwrite"
+        )
+    return record
 
 
 def read_attributions(folder: str | os.PathLike) -> Any:
@@ -400,4 +541,18 @@ def read_attributions(folder: str | os.PathLike) -> Any:
                 "to compute it anew"
             )
         tables.append(table)
-    return pa.concat_tables(tables).to_pandas()
+    extra = folder / SHARD_PATTERN.format(len(shards))
+    if _written_by(extra, str(record.get("fingerprint"))):
+        raise ValueError(
+            f"{folder}: {extra.name} belongs to this run but the manifest lists only "
+            f"{len(shards)} shard(s); run the same `ehrlens explain` command again with "
+            "--overwrite"
+        )
+    whole = pa.concat_tables(tables)
+    if "rows" in record and record["rows"] != whole.num_rows:
+        raise ValueError(
+            f"{folder}: the manifest says {record['rows']} rows but its {len(shards)} shard(s) "
+            f"hold {whole.num_rows}; run the same `ehrlens explain` command again with "
+            "--overwrite"
+        )
+    return whole.to_pandas()

@@ -70,6 +70,7 @@ from ..core.interpretable import Capabilities, GradientFusion
 from ..core.outputs import probabilities
 from ..interpret.api import GradientInterpretable
 from ..models.capture import AttentionSlot
+from .hf_inputs import check_hf_inputs, input_limits
 from .hf_lrp import LRP_MODEL_TYPES, bert_lrp_rules, lrp_rules_for
 from .hf_modules import find_attention_modules, has_attention, head_kind, is_causal
 from .hf_outputs import OutputFn, cls_projection, last_hidden_state, pool, similarity_to
@@ -249,6 +250,7 @@ class HuggingFaceModel(nn.Module, GradientInterpretable):
         self._capture = _AttentionStore()
         self._attention_modules = found
         self._forward_parameters = forward_parameters(model)
+        self._input_limits = input_limits(model)
 
     @property
     def device(self) -> torch.device:
@@ -271,6 +273,9 @@ class HuggingFaceModel(nn.Module, GradientInterpretable):
             raise ValueError(
                 f"feature '{FEATURE_KEY}': expected token ids [batch, tokens], got {got}"
             )
+        check_hf_inputs(
+            self.model, input_ids, {**inputs, "attention_mask": attention_mask}, self._input_limits
+        )
         model_inputs = {k: v for k, v in inputs.items() if k not in TOKENIZER_ONLY_KEYS}
         if attention_mask is not None:
             model_inputs["attention_mask"] = attention_mask

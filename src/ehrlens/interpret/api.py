@@ -611,6 +611,10 @@ def lrp_rules(model: Any) -> Iterator[None]:
             rules.set_lrp_rules(False)
 
 
+#: PyTorch's words when a tensor hook is registered on a tensor that needs no gradient.
+_REFUSED_HOOK = "cannot register a hook on a tensor that doesn't require gradient"
+
+
 def _legacy_forward(model: Any, batch: Mapping[str, Any], autograd: bool) -> Any:
     """The forward of a model whose capture may register gradient hooks; with ``autograd``
     (the caller is under no_grad or inference mode) autograd is on for this forward only and
@@ -621,7 +625,7 @@ def _legacy_forward(model: Any, batch: Mapping[str, Any], autograd: bool) -> Any
         with torch.inference_mode(False), torch.enable_grad():
             return model(**plain_tensors(batch))
     except RuntimeError as error:
-        if "hook" not in str(error):
+        if _REFUSED_HOOK not in str(error):  # e.g. a user's own hook that raised: as it is
             raise
         frozen = isinstance(model, nn.Module) and not any(
             p.requires_grad for p in model.parameters()

@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..core.memory import check_fits
 from ..core.progress import progress_bar
 from ..data.dataset import LengthBucketSampler
 from .faithfulness import (
@@ -51,6 +52,10 @@ def bootstrap_interval(
     if finite.size == 0:
         return MetricSummary(math.nan, math.nan, math.nan, 0)
     rng = np.random.default_rng(seed)
+    check_fits(
+        16 * n_bootstrap * finite.size,  # the draws (int64) and the values they pick (float64)
+        f"a bootstrap of {n_bootstrap:,} draws over {finite.size:,} patients",
+    )
     draws = rng.integers(0, finite.size, size=(n_bootstrap, finite.size))
     means = finite[draws].mean(axis=1)
     tail = (1 - level) / 2 * 100

@@ -30,7 +30,7 @@ from typing import Any
 import torch
 
 from ..core import __version__
-from ..core.files import atomic_write
+from ..core.files import atomic_write, file_sha256
 from .base import BaseModel
 
 
@@ -104,13 +104,61 @@ def save_model_dir(
     return path
 
 
+#: The files a model directory's behaviour depends on, all covered by :func:`model_dir_sha256`.
+TRUSTED_FILES = (CARD, WEIGHTS)
+
+
+def _directory_digest(card_bytes: bytes, weights_sha256: str) -> str:
+    digest = hashlib.sha256(b"ehrlens model directory\n")
+    digest.update(f"{CARD}\0{hashlib.sha256(card_bytes).hexdigest()}\n".encode())
+    digest.update(f"{WEIGHTS}\0{weights_sha256}\n".encode())
+    return digest.hexdigest()
+
+
+def model_dir_sha256(path: str | os.PathLike) -> str:
+    """The trusted checksum of a model directory: a SHA-256 (hex) over every file its
+    behaviour depends on (:data:`TRUSTED_FILES`: ``card.json``, whose split, classes and
+    schema decide what is explained, and ``model.pt``), each by name and content. This is the
+    value ``--model-sha256`` / ``load_model_dir(expected_sha256=...)`` take; ``ehrlens train``
+    prints it.
+
+    Example:
+        >>> model_dir_sha256("runs/transformer")[:12]
+        '9b0e4f7a21c3'
+    """
+    path = Path(path)
+    return _directory_digest((path / CARD).read_bytes(), file_sha256(path / WEIGHTS))
+
+
+def _check_directory_sha256(path: Path, card_bytes: bytes, expected: str) -> None:
+    if not isinstance(expected, str) or len(expected) != 64:
+        raise ValueError(f"expected_sha256 must be 64 hexadecimal digits, got {expected!r}")
+    weights = file_sha256(path / WEIGHTS)
+    actual = _directory_digest(card_bytes, weights)
+    if actual == expected.lower():
+        return
+    hint = ""
+    if weights == expected.lower():
+        hint = (
+            f" The value given is the SHA-256 of {WEIGHTS} alone; the trusted checksum covers "
+            f"{CARD} too (its split and classes decide what is explained), so ask the model's "
+            "author for the directory's checksum (`ehrlens train` prints it)."
+        )
+    raise ValueError(
+        f"{path}: the model directory's SHA-256 ({', '.join(TRUSTED_FILES)}) is not the "
+        f"expected {expected.lower()} (--model-sha256) but {actual}; one of its files changed "
+        f"since the checksum was taken, so it is not loaded.{hint}"
+    )
+
+
 def load_model_dir(
     path: str | os.PathLike, *, expected_sha256: str | None = None
 ) -> tuple[BaseModel, dict[str, Any]]:
     """Load ``(model, card)`` from a model directory; the model is in eval mode.
 
-    ``expected_sha256`` (hex SHA-256 of ``model.pt``) refuses any other weights file; see
-    :meth:`BaseModel.load`.
+    ``expected_sha256`` (hex, from :func:`model_dir_sha256`) refuses the directory unless
+    every file it depends on (``card.json`` and ``model.pt``) is the trusted one. The card is
+    checked for its shape (:func:`check_card`).
 
     Raises:
         FileNotFoundError: ``path`` is not a model directory (no ``model.pt``).
@@ -130,11 +178,15 @@ def load_model_dir(
         raise FileNotFoundError(f"{path}: not a model directory (no {WEIGHTS})")
     if not (path / CARD).exists():
         raise IncompleteModelDirError(path)
-    model = BaseModel.load(weights, expected_sha256=expected_sha256)
+    card_bytes = (path / CARD).read_bytes()
+    if expected_sha256 is not None:
+        _check_directory_sha256(path, card_bytes, expected_sha256)
+    model = BaseModel.load(weights)
     try:
-        card: dict[str, Any] = json.loads((path / CARD).read_text())
-    except json.JSONDecodeError as error:
+        card: dict[str, Any] = json.loads(card_bytes.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
         raise ValueError(f"{path / CARD}: not valid JSON ({error})") from error
+    check_card(card, path / CARD)
     expected = card.get("model_id")
     actual = model_fingerprint(model)
     if expected is not None and expected != actual:
@@ -143,3 +195,55 @@ def load_model_dir(
             "the two files come from different runs"
         )
     return model, card
+
+
+#: Card entries that must be JSON objects when present (``null`` is not one).
+_OBJECT_ENTRIES = ("data", "task", "hparams", "input_schema", "output_schema", "test_metrics")
+
+
+def check_card(card: Any, where: str | os.PathLike = CARD) -> None:
+    """Refuse a card of the wrong shape, saying what is wrong: it must be a JSON object;
+    ``data``, ``task``, ``hparams``, schemas and ``test_metrics`` objects when present;
+    ``data.split`` an object; ``model_id`` a string; ``task.classes`` a list of names and
+    ``warnings`` a list.
+
+    Raises:
+        ValueError: naming the file and the entry.
+
+    Example:
+        >>> check_card([], "model/card.json")
+        Traceback (most recent call last):
+        ...
+        ValueError: model/card.json: a model card must be a JSON object, got an array ...
+    """
+    names = {list: "an array", str: "a string", type(None): "null", bool: "a boolean"}
+
+    def kind(value: Any) -> str:
+        return names.get(type(value), type(value).__name__)
+
+    if not isinstance(card, dict):
+        raise ValueError(
+            f"{where}: a model card must be a JSON object, got {kind(card)}; the file was "
+            "edited or is not an ehrlens card"
+        )
+    problems = [
+        f"'{key}' must be an object, got {kind(card[key])}"
+        for key in _OBJECT_ENTRIES
+        if key in card and not isinstance(card[key], dict)
+    ]
+    data = card.get("data")
+    if isinstance(data, dict) and "split" in data and not isinstance(data["split"], dict):
+        problems.append(f"'data.split' must be an object, got {kind(data['split'])}")
+    if "model_id" in card and not isinstance(card["model_id"], str):
+        problems.append(f"'model_id' must be a string, got {kind(card['model_id'])}")
+    task = card.get("task")
+    if isinstance(task, dict) and task.get("classes") is not None:
+        classes = task["classes"]
+        if not isinstance(classes, list) or not all(
+            isinstance(c, (str, int, float)) for c in classes
+        ):
+            problems.append("'task.classes' must be a list of class names")
+    if "warnings" in card and not isinstance(card["warnings"], list):
+        problems.append(f"'warnings' must be a list, got {kind(card['warnings'])}")
+    if problems:
+        raise ValueError(f"{where}: not a valid model card: {'; '.join(problems)}")

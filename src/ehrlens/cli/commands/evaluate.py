@@ -134,6 +134,7 @@ def evaluate(
 
     from ...app.task import MIN_SPLIT_PATIENTS
     from ...core.files import check_overwrite
+    from ...core.memory import check_fits
     from ...data import get_dataloader
     from ...interpret.registry import make_interpreter
     from ...metrics import Evaluator
@@ -146,6 +147,10 @@ def evaluate(
     limits = {"max_steps": max_steps, "max_codes_per_step": max_codes_per_step}
     model, _, dataset, _ = model_and_data(
         model_dir, data, labels, split, model_sha256, limits, on_bad_rows
+    )
+    check_fits(  # the draws (int64) and the values they pick (float64), before any work
+        16 * bootstrap * len(dataset),
+        f"--bootstrap {bootstrap:,} over {len(dataset):,} patients",
     )
     if len(dataset) < MIN_SPLIT_PATIENTS:
         warn(

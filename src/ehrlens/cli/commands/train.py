@@ -92,6 +92,14 @@ from ..quiet import warn
 )
 @size_options
 @on_bad_rows_option
+@click.option(
+    "--unsplit-subjects",
+    type=click.Choice(["error", "leave-out"]),
+    default="error",
+    show_default=True,
+    help="MEDS: labelled subjects that metadata/subject_splits.parquet does not name are an "
+    "error, or left out of training (with a warning counting them).",
+)
 @click.option("--overwrite", is_flag=True, help="Replace an existing model in --out.")
 @quiet_option
 @handle_errors
@@ -117,6 +125,7 @@ def train(
     max_steps: int | None,
     max_codes_per_step: int | None,
     on_bad_rows: str,
+    unsplit_subjects: str,
     overwrite: bool,
     quiet: bool,
 ) -> None:
@@ -132,15 +141,20 @@ def train(
         train_model,
     )
     from ...core.files import check_overwrite, file_sha256
+    from ...core.memory import check_fits
     from ...data.sources import load_samples
     from ...models.base import model_class
-    from ...models.directory import CARD, WEIGHTS, save_model_dir
+    from ...models.directory import CARD, WEIGHTS, model_dir_sha256, save_model_dir
 
     if embedding_dim % heads != 0:
         raise click.BadParameter(
             f"--embedding-dim {embedding_dim} must be divisible by --heads {heads}",
             param_hint="'--embedding-dim' / '--heads'",
         )
+    check_fits(  # weights, gradients and two Adam moments of the attention layers alone
+        4 * 4 * 12 * layers * embedding_dim**2,
+        f"a model of --embedding-dim {embedding_dim:,} and --layers {layers} (at least)",
+    )
     message = None  # a card.json alone: the plain message naming it
     if (out / WEIGHTS).exists() and not (out / CARD).exists():
         message = (
@@ -163,7 +177,7 @@ def train(
         meds, schema = read_for_training(
             data.root, labels, features=features, numeric=numeric, time_bucket=time_bucket
         )
-        samples, parts = meds.samples, training_parts(meds, seed)
+        samples, parts = meds.samples, training_parts(meds, seed, unsplit_subjects)
         meds_entry = card_entry(meds, data.root, labels)
     else:
         if features or numeric or time_bucket:
@@ -215,3 +229,4 @@ def train(
     if order is not None:
         click.echo(order)
     click.echo(f"wrote {out / WEIGHTS} and {out / CARD}")
+    click.echo(f"model directory SHA-256 (for --model-sha256): {model_dir_sha256(out)}")

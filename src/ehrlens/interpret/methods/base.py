@@ -11,7 +11,8 @@ from __future__ import annotations
 import inspect
 import re
 from abc import ABC, ABCMeta, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from functools import wraps
 from typing import Any, ClassVar
 
 import torch
@@ -26,6 +27,7 @@ from ..api import (
     input_view,
     mask_unscored_inputs,
 )
+from ..outputs import finite_outputs
 
 TargetIndex = int | Tensor | None
 
@@ -76,6 +78,8 @@ class BaseInterpreter(ABC):
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
+        if "attribute" in cls.__dict__:
+            cls.attribute = _checking_outputs(cls.__dict__["attribute"])  # type: ignore[method-assign]
         if not is_abstract(cls):
             check_declaration(cls)
 
@@ -155,6 +159,18 @@ class BaseInterpreter(ABC):
             self.description.single_positions,
         )
         return mask_unscored_inputs(self.model, scores, batch)
+
+
+def _checking_outputs(attribute: Callable[..., Any]) -> Callable[..., Any]:
+    """``attribute`` run inside :func:`~ehrlens.interpret.outputs.finite_outputs`: every
+    forward it makes has the model's outputs checked, whatever the method or engine."""
+
+    @wraps(attribute)
+    def checked(self: Any, target_class_idx: TargetIndex = None, **batch: Any) -> Any:
+        with finite_outputs(self.model, batch):
+            return attribute(self, target_class_idx, **batch)
+
+    return checked
 
 
 _NAME = re.compile(r"[a-z][a-z0-9_]*")

@@ -17,6 +17,7 @@ from typing import Any, cast
 import torch
 from torch import Tensor
 
+from ...core.memory import check_fits
 from ...core.modes import eval_mode
 from ..api import (
     EmbeddingLayers,
@@ -218,6 +219,14 @@ class IntegratedGradients(_LayerGradientMethod):
         return inner < len(layout) and layout[inner] == "value"
 
     def _run(self, method, batch, tensors, paths, target):
+        size = len(target) if target.dim() else 1
+        steps_at_once = self.n_steps
+        if self.internal_batch_size is not None:
+            steps_at_once = min(self.n_steps, max(1, self.internal_batch_size // max(size, 1)))
+        check_fits(  # Captum's step weights, and the inputs repeated once per step at a time
+            16 * self.n_steps + steps_at_once * sum(t.numel() * t.element_size() for t in tensors),
+            f"integrated_gradients with n_steps={self.n_steps:,} on a batch of {size} (at least)",
+        )
         features = set(self.description.feature_keys or ())
         baselines = tuple(
             torch.zeros_like(t) if key in features and self._is_value(batch, key, inner) else t
