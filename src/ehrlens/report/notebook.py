@@ -42,7 +42,7 @@ from ..data.dataset import FittedSchema
 from ..explain.predictions import PredictionRow, batch_prediction_rows
 from ..explain.rows import method_levels
 from ..explain.run import MethodSpec, build_methods
-from ..explain.table import method_columns
+from ..explain.table import columns_to_arrow, method_columns
 from ..models.directory import CARD, model_fingerprint
 from .cohort import code_importance
 from .colours import ColourScale, method_scales
@@ -290,15 +290,12 @@ class Explanation:
         if self.rows is not None:
             return self.rows.copy()
         if self._frame is None:
-            import pandas as pd
-
             columns = method_columns(
                 self.scores, self.batch, self.schema, self.model_id, self.items,
                 levels=self.levels, predictions=self.prediction_rows,
             )  # fmt: skip
-            frame = pd.DataFrame(columns)
-            frame["visit"] = frame["visit"].astype("float64")  # null visits as NaN
-            self._frame = frame
+            # the same conversion as a run's shards, so both give the same dtypes
+            self._frame = columns_to_arrow(columns).to_pandas()
         return self._frame.copy()
 
     def _patient_id(self, patient: int | str) -> str:
