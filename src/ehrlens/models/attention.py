@@ -1,9 +1,12 @@
 """The one multi-head attention module of ehrlens and its encoder block.
 
-Every model computes attention here, so capture is written once: :class:`MultiHeadAttention`
-passes each post-softmax, pre-dropout map ``[batch, heads, seq, seq]`` to its attention hooks
-(registered with :meth:`MultiHeadAttention.register_attention_hook`, removable handles as in
-PyTorch), or block by block of query rows to its attention block hooks
+Every model computes attention here, so capture is written once. While no hook listens,
+:class:`MultiHeadAttention` computes attention with PyTorch's
+:func:`~torch.nn.functional.scaled_dot_product_attention` (flash / memory-efficient kernels, no
+map formed), for training and inference alike. While a hook listens it forms the maps
+explicitly and passes each post-softmax, pre-dropout map ``[batch, heads, seq, seq]`` to its
+attention hooks (:meth:`MultiHeadAttention.register_attention_hook`, removable handles as
+in PyTorch), or block by block of query rows to its attention block hooks
 (:meth:`MultiHeadAttention.register_attention_block_hook`); :mod:`ehrlens.models.capture`
 holds the hooks that store maps and gradients.
 """
@@ -15,6 +18,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
@@ -33,7 +37,13 @@ class MultiHeadAttention(nn.Module):
 
     Shapes:
         ``x``: ``[batch, seq, D]``; ``mask``: ``[batch, seq]`` bool, True = real position.
-        Hooks receive ``[batch, H, seq, seq]`` post-softmax weights; padded keys get exactly 0.
+        Hooks receive ``[batch, H, seq, seq]`` post-softmax weights; padded keys get exactly 0,
+        and a sample without any real key gets all-zero rows (its attention output is 0).
+
+    Without hooks the forward is :func:`torch.nn.functional.scaled_dot_product_attention`
+    with the key-padding mask (and ``dropout`` as its ``dropout_p`` in training); with hooks it
+    is the explicit ``softmax(q k^T / sqrt(head_dim)) v`` of :meth:`attention_weights`. The two
+    agree to floating-point rounding (tested in float64).
 
     Example:
         >>> mha = MultiHeadAttention(dim=8, heads=2)
@@ -141,11 +151,18 @@ class MultiHeadAttention(nn.Module):
         # The dtype's most negative value rather than -inf: exp() gives exactly 0 for padded
         # keys, and a row with no real key stays finite instead of NaN.
         scores = scores.masked_fill(~mask[:, None, None, :], torch.finfo(scores.dtype).min)
-        return scores.softmax(dim=-1)
+        weights = scores.softmax(dim=-1)
+        has_key = mask.any(dim=-1)
+        if not bool(has_key.all()):  # no real key: attend to nothing, as SDPA does
+            weights = weights * has_key[:, None, None, None].to(weights.dtype)
+        return weights
 
     def forward(self, x: Tensor, mask: Tensor) -> Tensor:
         batch, seq, _ = x.shape
         q, k, v = self.qkv(x).view(batch, seq, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        if not self.has_attention_hooks:
+            out = self.fast_attention(q, k, v, mask)
+            return self.proj(out.transpose(1, 2).reshape(batch, seq, self.dim))
         for query_key_hook in tuple(self._query_key_hooks.values()):
             query_key_hook(self, q, k, mask)
         if self._computes_in_blocks() and seq > 0:
@@ -158,6 +175,19 @@ class MultiHeadAttention(nn.Module):
                 block_hook(self, slice(0, seq), attention)
             out = self.dropout(attention) @ v  # [batch, heads, seq, head_dim]
         return self.proj(out.transpose(1, 2).reshape(batch, seq, self.dim))
+
+    def fast_attention(self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor) -> Tensor:
+        """``softmax(q k^T / sqrt(head_dim)) v`` by
+        :func:`~torch.nn.functional.scaled_dot_product_attention`, no map formed:
+        ``[batch, heads, seq, head_dim]``. Dropout (in training) acts on the weights as in
+        the explicit path; a query without any real key gets 0.
+        """
+        if q.shape[2] == 0:
+            return q.new_zeros((*q.shape[:3], v.shape[-1]))
+        dropout = self.dropout.p if self.training else 0.0
+        return F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask[:, None, None, :].bool(), dropout_p=dropout
+        )
 
     def _computes_in_blocks(self) -> bool:
         """No hook needs the whole map, and one listens: block hooks, or query-key hooks
