@@ -183,7 +183,7 @@ def test_models_expose_their_attention_modules(make_tiny_model, name):
     assert not any(m.has_attention_hooks for m in modules["codes"])
 
 
-def test_a_forward_seen_only_by_query_key_hooks_is_computed_in_blocks():
+def test_a_forward_seen_only_by_query_key_and_logsumexp_hooks_forms_no_map():
     mha = MultiHeadAttention(dim=8, heads=4).double().eval()
     x, mask = _long_inputs()
     with torch.no_grad():
@@ -191,12 +191,20 @@ def test_a_forward_seen_only_by_query_key_hooks_is_computed_in_blocks():
     rows = []
     original = mha.attention_weights
     mha.attention_weights = lambda q, k, m: rows.append(q.shape[2]) or original(q, k, m)
-    handle = mha.register_query_key_hook(lambda m, q, k, mask: None)
+    kept = {}
+    handles = [
+        mha.register_query_key_hook(lambda m, q, k, mask: kept.update(q=q, k=k)),
+        mha.register_logsumexp_hook(lambda m, lse: kept.update(lse=lse)),
+    ]
     with torch.no_grad():
-        blocked = mha(x, mask)
-    handle.remove()
-    assert rows == [2] * 5 + [1]  # ceil(11 / 8) = 2 rows a block
-    torch.testing.assert_close(blocked, plain, rtol=0, atol=1e-12)
+        fused = mha(x, mask)
+    for handle in handles:
+        handle.remove()
+    assert rows == []  # no map, not even a block of one
+    torch.testing.assert_close(fused, plain, rtol=0, atol=1e-12)
+    scores = kept["q"] @ kept["k"].transpose(-2, -1) / 2**0.5  # head_dim 2
+    scores = scores.masked_fill(~mask[:, None, None, :], float("-inf"))
+    torch.testing.assert_close(kept["lse"], scores.logsumexp(-1), rtol=0, atol=1e-12)
 
 
 # --------------------------------------------------------------------------- SDPA path

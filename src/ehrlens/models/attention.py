@@ -22,9 +22,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
+from .fused_attention import attention_with_logsumexp
+
 AttentionHook = Callable[["MultiHeadAttention", Tensor], None]
 AttentionBlockHook = Callable[["MultiHeadAttention", slice, Tensor], None]
 QueryKeyHook = Callable[["MultiHeadAttention", Tensor, Tensor, Tensor], None]
+LogSumExpHook = Callable[["MultiHeadAttention", Tensor], None]
 
 
 class MultiHeadAttention(nn.Module):
@@ -66,6 +69,7 @@ class MultiHeadAttention(nn.Module):
         self._attention_hooks: OrderedDict[int, AttentionHook] = OrderedDict()
         self._attention_block_hooks: OrderedDict[int, AttentionBlockHook] = OrderedDict()
         self._query_key_hooks: OrderedDict[int, QueryKeyHook] = OrderedDict()
+        self._logsumexp_hooks: OrderedDict[int, LogSumExpHook] = OrderedDict()
 
     def register_attention_hook(self, hook: AttentionHook) -> RemovableHandle:
         """Call ``hook(module, attention)`` on every forward; returns a removable handle."""
@@ -82,8 +86,8 @@ class MultiHeadAttention(nn.Module):
         :meth:`register_attention_hook` hook), the forward computes attention in blocks of
         :meth:`attention_block_rows` rows, so the per-head map ``[batch, heads, seq, seq]``
         never exists whole: a hook that keeps a head-fused map ``[batch, seq, seq]`` then
-        costs less memory than the map the plain forward forms (the same holds while only
-        query-key hooks listen). The output is the same up to floating-point rounding. With a
+        costs ``1 / heads`` of the per-head map the explicit formula forms. The output is the
+        same up to floating-point rounding. With a
         map hook also registered, block hooks get one block of all rows. Returns a removable
         handle.
 
@@ -120,7 +124,9 @@ class MultiHeadAttention(nn.Module):
         """Call ``hook(module, q, k, mask)`` on every forward, before attention is formed.
 
         ``q``/``k`` are ``[batch, heads, seq, head_dim]``; with :meth:`attention_weights` they
-        reproduce the attention map, in row blocks if wanted. Returns a removable handle.
+        reproduce the attention map, in row blocks if wanted. They need no map: while only
+        query-key (and log-sum-exp) hooks listen, the forward runs PyTorch's fused kernels.
+        Returns a removable handle.
 
         Example:
             >>> kept = {}
@@ -132,14 +138,42 @@ class MultiHeadAttention(nn.Module):
         self._query_key_hooks[handle.id] = hook
         return handle
 
+    def register_logsumexp_hook(self, hook: LogSumExpHook) -> RemovableHandle:
+        """Call ``hook(module, logsumexp)`` on every forward with each query row's log-sum-exp
+        of its scaled, masked scores ``[batch, heads, seq]``.
+
+        While no map or block hook listens, the forward still runs a fused kernel (no map
+        formed) that returns these with the output
+        (:func:`~ehrlens.models.fused_attention.attention_with_logsumexp`); with queries and
+        keys they give any weighted sum of the map's rows
+        (:func:`~ehrlens.models.fused_attention.weighted_rows_of_map`). Returns a removable
+        handle.
+
+        Example:
+            >>> kept = {}
+            >>> handle = mha.register_logsumexp_hook(lambda m, lse: kept.update(lse=lse))
+            >>> _ = mha(x, mask)
+            >>> handle.remove()
+        """
+        handle = RemovableHandle(self._logsumexp_hooks)
+        self._logsumexp_hooks[handle.id] = hook
+        return handle
+
     @property
     def has_attention_hooks(self) -> bool:
-        """Whether any attention or query-key hook is registered."""
+        """Whether any attention, query-key or log-sum-exp hook is registered."""
         return (
             bool(self._attention_hooks)
             or bool(self._attention_block_hooks)
             or bool(self._query_key_hooks)
+            or bool(self._logsumexp_hooks)
         )
+
+    @property
+    def forms_maps(self) -> bool:
+        """Whether the forward forms attention maps: a map or block hook listens. Otherwise it
+        runs PyTorch's fused kernels (query-key and log-sum-exp hooks need no map)."""
+        return bool(self._attention_hooks) or bool(self._attention_block_hooks)
 
     def attention_weights(self, q: Tensor, k: Tensor, mask: Tensor) -> Tensor:
         """Post-softmax weights ``[batch, heads, rows, seq]`` of queries ``q`` over keys ``k``.
@@ -160,12 +194,17 @@ class MultiHeadAttention(nn.Module):
     def forward(self, x: Tensor, mask: Tensor) -> Tensor:
         batch, seq, _ = x.shape
         q, k, v = self.qkv(x).view(batch, seq, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)
-        if not self.has_attention_hooks:
-            out = self.fast_attention(q, k, v, mask)
-            return self.proj(out.transpose(1, 2).reshape(batch, seq, self.dim))
         for query_key_hook in tuple(self._query_key_hooks.values()):
             query_key_hook(self, q, k, mask)
-        if self._computes_in_blocks() and seq > 0:
+        if not self.forms_maps:
+            if self._logsumexp_hooks and seq > 0:
+                dropout = self.dropout.p if self.training else 0.0
+                out, logsumexp = attention_with_logsumexp(q, k, v, mask, dropout)
+                for logsumexp_hook in tuple(self._logsumexp_hooks.values()):
+                    logsumexp_hook(self, logsumexp)
+            else:
+                out = self.fast_attention(q, k, v, mask)
+        elif self._computes_in_blocks() and seq > 0:
             out = self._attend_in_blocks(q, k, v, mask)
         else:
             attention = self.attention_weights(q, k, mask)
@@ -190,10 +229,8 @@ class MultiHeadAttention(nn.Module):
         )
 
     def _computes_in_blocks(self) -> bool:
-        """No hook needs the whole map, and one listens: block hooks, or query-key hooks
-        (whose capture recomputes maps from queries and keys)."""
-        listening = bool(self._attention_block_hooks) or bool(self._query_key_hooks)
-        return listening and not self._attention_hooks
+        """Block hooks listen and no hook needs the whole map."""
+        return bool(self._attention_block_hooks) and not self._attention_hooks
 
     def _attend_in_blocks(self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor) -> Tensor:
         """``softmax(q k^T) v`` computed for blocks of query rows, each block shown to the

@@ -34,6 +34,7 @@ from torch.utils.hooks import RemovableHandle
 
 from ..core.fusion import check_head_fusion, fuse_heads
 from ..core.interpretable import Capabilities, GradientFusion
+from .fused_attention import weighted_rows_of_map
 
 if TYPE_CHECKING:
     from .attention import MultiHeadAttention
@@ -47,6 +48,8 @@ class CapturedKeys:
         module: the attention module (its :meth:`~MultiHeadAttention.attention_weights`).
         query / key: ``[batch, heads, seq, head_dim]``, detached.
         mask: ``[batch, seq]`` key mask.
+        logsumexp: ``[batch, heads, seq]``, each query row's log-sum-exp of its scores, from
+            the forward's fused kernel (``None`` until the forward's attention ran).
 
     Example:
         >>> model.set_attention_hooks(True, capture_gradients=False, keys_only=True)
@@ -60,6 +63,7 @@ class CapturedKeys:
     query: Tensor
     key: Tensor
     mask: Tensor
+    logsumexp: Tensor | None = None
 
     @property
     def seq_len(self) -> int:
@@ -68,6 +72,14 @@ class CapturedKeys:
     def weights(self, rows: slice = slice(None)) -> Tensor:
         """Attention weights of the query ``rows``: ``[batch, heads, len(rows), seq]``."""
         return self.module.attention_weights(self.query[:, :, rows], self.key, self.mask)
+
+    def weighted_rows(self, rows: Tensor) -> Tensor:
+        """``sum_i rows[:, i] * A[:, h, i, :]`` per head without forming the map ``A``:
+        ``[batch, seq]`` -> ``[batch, heads, seq]``
+        (:func:`~ehrlens.models.fused_attention.weighted_rows_of_map`)."""
+        if self.logsumexp is None:
+            raise RuntimeError("no log-sum-exp captured: run a forward with keys_only capture")
+        return weighted_rows_of_map(self.query, self.key, self.mask, self.logsumexp, rows)
 
     @property
     def dtype(self) -> torch.dtype:
@@ -179,6 +191,14 @@ class AttentionSlot:
         self.clear()
         self.keys = keys
 
+    def record_logsumexp(self, logsumexp: Tensor) -> None:
+        """Add the forward's row log-sum-exp to the queries and keys just recorded."""
+        if not self.records_this_thread():
+            return
+        if self.keys is None:
+            raise RuntimeError("log-sum-exp arrived before this forward's queries and keys")
+        self.keys.logsumexp = logsumexp.detach()
+
     def _on_gradient(self, gradient: Tensor) -> None:
         if self.gradient_fusion is None:
             self.gradient = gradient.detach()
@@ -240,16 +260,17 @@ class AttentionCapture:
             raise ValueError("head_fusion and keys_only at capture are for forward-only capture")
         self.slot = AttentionSlot(capture_gradients, head_fusion, gradient_fusion)
         self._handle: RemovableHandle | None
-        self._anchor_handle: RemovableHandle | None = None
+        self._second_handle: RemovableHandle | None = None
         self._query: Tensor | None = None
         if keys_only:
             self._handle = module.register_query_key_hook(self._on_query_key)
+            self._second_handle = module.register_logsumexp_hook(self._on_logsumexp)
         elif head_fusion is not None and not whole_maps:  # no per-head map exists whole
             self._handle = module.register_attention_block_hook(self._on_attention_block)
         else:
             self._handle = module.register_attention_hook(self._on_attention)
             if gradient_fusion is not None:  # the queries anchor the backward to this map
-                self._anchor_handle = module.register_query_key_hook(self._on_query)
+                self._second_handle = module.register_query_key_hook(self._on_query)
 
     @property
     def attention(self) -> Tensor | None:
@@ -266,6 +287,9 @@ class AttentionCapture:
     def _on_query_key(self, module: MultiHeadAttention, q: Tensor, k: Tensor, mask: Tensor) -> None:
         self.slot.record_keys(CapturedKeys(module, q.detach(), k.detach(), mask.detach()))
 
+    def _on_logsumexp(self, module: MultiHeadAttention, logsumexp: Tensor) -> None:
+        self.slot.record_logsumexp(logsumexp)
+
     def _on_query(self, module: MultiHeadAttention, q: Tensor, k: Tensor, mask: Tensor) -> None:
         self._query = q
 
@@ -281,9 +305,9 @@ class AttentionCapture:
         if self._handle is not None:
             self._handle.remove()
             self._handle = None
-        if self._anchor_handle is not None:
-            self._anchor_handle.remove()
-            self._anchor_handle = None
+        if self._second_handle is not None:
+            self._second_handle.remove()
+            self._second_handle = None
         self._query = None
 
     def remove(self) -> None:
@@ -322,6 +346,10 @@ class AttentionCaptureMixin:
         clear_capture=True,
         gradient_fusion=True,
     )
+
+    #: Captured queries and keys carry rows through a layer's map by a fused kernel
+    #: (:meth:`CapturedKeys.weighted_rows`), so rollout needs no map at all.
+    fused_weighted_rows: ClassVar[bool] = True
 
     def attention_modules(self) -> dict[str, list[MultiHeadAttention]]:
         """``{feature_key: [MultiHeadAttention per layer, input side first]}``."""
