@@ -336,3 +336,39 @@ def test_models_give_the_same_logits_with_and_without_capture(make_tiny_model, n
         captured = model(**batch)["logit"]
         model.set_attention_hooks(False)
     torch.testing.assert_close(fast, captured, rtol=0, atol=1e-12)
+
+
+def test_gradient_hook_blocks_equal_the_map_and_its_autograd_gradient():
+    mha = MultiHeadAttention(dim=8, heads=2).double().eval()
+    x, mask = _padded_inputs()
+    direction = torch.linspace(-1, 1, 8, dtype=torch.float64)
+    # Reference: the explicit map kept in the graph, its gradient by autograd.
+    maps = []
+    handle = mha.register_attention_hook(lambda m, a: maps.append(a))
+    reference_out = mha(x, mask)
+    handle.remove()
+    (reference_grad,) = torch.autograd.grad((reference_out * direction).sum(), maps)
+    blocks, outputs = [], []
+    handle = mha.register_attention_gradient_hook(
+        lambda m, rows, a, g: blocks.append((rows, a, g)), lambda m, out: outputs.append(out)
+    )
+    xx = x.clone().requires_grad_(True)
+    out = mha(xx, mask)
+    assert blocks == [] and len(outputs) == 1  # nothing formed in the forward
+    (out * direction).sum().backward()
+    handle.remove()
+    assert [rows.start for rows, _, _ in blocks] == sorted({r.start for r, _, _ in blocks})
+    weights = torch.cat([a for _, a, _ in blocks], dim=2)
+    gradient = torch.cat([g for _, _, g in blocks], dim=2)
+    torch.testing.assert_close(weights, maps[0].detach(), rtol=0, atol=1e-14)
+    torch.testing.assert_close(gradient, reference_grad, rtol=0, atol=1e-12)
+    torch.testing.assert_close(out, reference_out, rtol=0, atol=1e-12)
+
+
+def test_gradient_hooks_refuse_dropout_in_training():
+    mha = MultiHeadAttention(dim=8, heads=2, dropout=0.1).train()
+    handle = mha.register_attention_gradient_hook(lambda *_: None)
+    x, mask = _inputs()
+    with pytest.raises(RuntimeError, match="eval mode"):
+        mha(x, mask)
+    handle.remove()

@@ -28,6 +28,8 @@ AttentionHook = Callable[["MultiHeadAttention", Tensor], None]
 AttentionBlockHook = Callable[["MultiHeadAttention", slice, Tensor], None]
 QueryKeyHook = Callable[["MultiHeadAttention", Tensor, Tensor, Tensor], None]
 LogSumExpHook = Callable[["MultiHeadAttention", Tensor], None]
+GradientBlockHook = Callable[["MultiHeadAttention", slice, Tensor, Tensor], None]
+OutputHook = Callable[["MultiHeadAttention", Tensor], None]
 
 
 class MultiHeadAttention(nn.Module):
@@ -70,6 +72,9 @@ class MultiHeadAttention(nn.Module):
         self._attention_block_hooks: OrderedDict[int, AttentionBlockHook] = OrderedDict()
         self._query_key_hooks: OrderedDict[int, QueryKeyHook] = OrderedDict()
         self._logsumexp_hooks: OrderedDict[int, LogSumExpHook] = OrderedDict()
+        self._gradient_hooks: OrderedDict[int, tuple[GradientBlockHook, OutputHook | None]] = (
+            OrderedDict()
+        )
 
     def register_attention_hook(self, hook: AttentionHook) -> RemovableHandle:
         """Call ``hook(module, attention)`` on every forward; returns a removable handle."""
@@ -159,14 +164,44 @@ class MultiHeadAttention(nn.Module):
         self._logsumexp_hooks[handle.id] = hook
         return handle
 
+    def register_attention_gradient_hook(
+        self, hook: GradientBlockHook, output_hook: OutputHook | None = None
+    ) -> RemovableHandle:
+        """In the backward pass, call ``hook(module, rows, weights, gradient)`` for each block
+        of query rows: the post-softmax weights ``[batch, heads, len(rows), seq]`` and the
+        gradient of the backward's target with respect to them (same shape).
+
+        Neither the map nor its gradient is kept from the forward: while no map or block hook
+        listens, the forward runs the fused kernel (keeping each row's log-sum-exp) and a
+        tensor hook on the attention output recomputes, block by block of
+        :meth:`attention_block_rows` rows, ``weights = exp(q k^T / sqrt(d) - logsumexp)`` and
+        ``gradient = d_output v^T``, as flash attention's backward does. The blocks come in
+        order and cover every row once; the output's own gradient is unchanged.
+        ``output_hook(module, output)`` is called in the forward with the attention output
+        ``[batch, heads, seq, head_dim]`` the backward starts from (differentiating it runs
+        the hook). Weights after dropout have no such gradient: in training with dropout the
+        forward raises. Returns a removable handle.
+
+        Example:
+            >>> seen = []
+            >>> handle = mha.register_attention_gradient_hook(
+            ...     lambda m, rows, a, g: seen.append((g * a).clamp(min=0).mean(1)))
+            >>> mha(x, mask).sum().backward()
+            >>> handle.remove()
+        """
+        handle = RemovableHandle(self._gradient_hooks)
+        self._gradient_hooks[handle.id] = (hook, output_hook)
+        return handle
+
     @property
     def has_attention_hooks(self) -> bool:
-        """Whether any attention, query-key or log-sum-exp hook is registered."""
+        """Whether any attention, query-key, log-sum-exp or gradient hook is registered."""
         return (
             bool(self._attention_hooks)
             or bool(self._attention_block_hooks)
             or bool(self._query_key_hooks)
             or bool(self._logsumexp_hooks)
+            or bool(self._gradient_hooks)
         )
 
     @property
@@ -197,13 +232,23 @@ class MultiHeadAttention(nn.Module):
         for query_key_hook in tuple(self._query_key_hooks.values()):
             query_key_hook(self, q, k, mask)
         if not self.forms_maps:
-            if self._logsumexp_hooks and seq > 0:
+            if (self._logsumexp_hooks or self._gradient_hooks) and seq > 0:
                 dropout = self.dropout.p if self.training else 0.0
+                if self._gradient_hooks and dropout > 0:
+                    raise RuntimeError(
+                        "attention gradient hooks need the weights without dropout: put the "
+                        "model in eval mode (or use dropout 0) while they listen"
+                    )
                 out, logsumexp = attention_with_logsumexp(q, k, v, mask, dropout)
                 for logsumexp_hook in tuple(self._logsumexp_hooks.values()):
                     logsumexp_hook(self, logsumexp)
+                if self._gradient_hooks:
+                    self._attach_gradient_hooks(q, k, v, mask, logsumexp, out)
             else:
                 out = self.fast_attention(q, k, v, mask)
+                for _, output_hook in tuple(self._gradient_hooks.values()):  # seq 0
+                    if output_hook is not None:
+                        output_hook(self, out)
         elif self._computes_in_blocks() and seq > 0:
             out = self._attend_in_blocks(q, k, v, mask)
         else:
@@ -227,6 +272,33 @@ class MultiHeadAttention(nn.Module):
         return F.scaled_dot_product_attention(
             q, k, v, attn_mask=mask[:, None, None, :].bool(), dropout_p=dropout
         )
+
+    def _attach_gradient_hooks(
+        self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor, logsumexp: Tensor, out: Tensor
+    ) -> None:
+        hooks = tuple(self._gradient_hooks.values())
+        for _, output_hook in hooks:
+            if output_hook is not None:
+                output_hook(self, out)
+        if not out.requires_grad:
+            return
+        q, k, v, logsumexp = q.detach(), k.detach(), v.detach(), logsumexp.detach()
+
+        def on_output_gradient(grad_out: Tensor) -> None:
+            batch, _, seq, _ = q.shape
+            step = self.attention_block_rows(batch, seq)
+            has_key = mask.any(dim=-1)[:, None, None, None].to(q.dtype)
+            key_t, value_t = k.transpose(-2, -1), v.transpose(-2, -1)
+            for start in range(0, seq, step):
+                rows = slice(start, min(start + step, seq))
+                scores = (q[:, :, rows] @ key_t) / math.sqrt(self.head_dim)
+                scores = scores.masked_fill(~mask[:, None, None, :], torch.finfo(q.dtype).min)
+                weights = (scores - logsumexp[:, :, rows, None]).exp_() * has_key
+                gradient = grad_out[:, :, rows].to(q.dtype) @ value_t
+                for hook, _ in hooks:
+                    hook(self, rows, weights, gradient)
+
+        out.register_hook(on_output_gradient)
 
     def _computes_in_blocks(self) -> bool:
         """Block hooks listen and no hook needs the whole map."""

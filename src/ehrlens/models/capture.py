@@ -191,6 +191,35 @@ class AttentionSlot:
         self.clear()
         self.keys = keys
 
+    def record_output(self, output: Tensor) -> None:
+        """Start a forward whose map's gradient comes block by block in the backward
+        (:meth:`record_gradient_block`): ``output`` ``[batch, heads, seq, head_dim]`` is the
+        attention output the backward starts from (the anchor)."""
+        if not self.records_this_thread():
+            return
+        self.clear()
+        if self.gradient_fusion is None:
+            raise RuntimeError("record_output is for capture with a gradient_fusion")
+        batch, _, seq, _ = output.shape
+        self._fused_shape = (torch.Size((batch, seq, seq)), output.dtype, output.device)
+        self.anchor = output if output.requires_grad else None
+
+    def record_gradient_block(self, rows: slice, weights: Tensor, gradient: Tensor) -> None:
+        """Store ``gradient_fusion(weights, gradient)`` for a block of query rows
+        ``[batch, heads, len(rows), seq]`` (in the backward), into ``[batch, seq, seq]``."""
+        if not self.records_this_thread() or self.gradient_fusion is None:
+            return
+        if rows.start == 0 and self.fused_gradient is not None:
+            raise RuntimeError(
+                "gradient fusion at capture takes one backward per captured forward: this "
+                "layer's map was already fused with its gradient"
+            )
+        fused = self.gradient_fusion(weights, gradient)
+        if self.fused_gradient is None:
+            batch, _, seq = fused.shape
+            self.fused_gradient = fused.new_zeros(batch, seq, seq)
+        self.fused_gradient[:, rows] = fused
+
     def record_logsumexp(self, logsumexp: Tensor) -> None:
         """Add the forward's row log-sum-exp to the queries and keys just recorded."""
         if not self.records_this_thread():
@@ -267,6 +296,11 @@ class AttentionCapture:
             self._second_handle = module.register_logsumexp_hook(self._on_logsumexp)
         elif head_fusion is not None and not whole_maps:  # no per-head map exists whole
             self._handle = module.register_attention_block_hook(self._on_attention_block)
+        elif gradient_fusion is not None and capture_gradients and not whole_maps:
+            # No map in the forward; each block's weights and gradient recomputed in backward.
+            self._handle = module.register_attention_gradient_hook(
+                self._on_gradient_block, self._on_output
+            )
         else:
             self._handle = module.register_attention_hook(self._on_attention)
             if gradient_fusion is not None:  # the queries anchor the backward to this map
@@ -286,6 +320,14 @@ class AttentionCapture:
 
     def _on_query_key(self, module: MultiHeadAttention, q: Tensor, k: Tensor, mask: Tensor) -> None:
         self.slot.record_keys(CapturedKeys(module, q.detach(), k.detach(), mask.detach()))
+
+    def _on_output(self, module: MultiHeadAttention, output: Tensor) -> None:
+        self.slot.record_output(output)
+
+    def _on_gradient_block(
+        self, module: MultiHeadAttention, rows: slice, weights: Tensor, gradient: Tensor
+    ) -> None:
+        self.slot.record_gradient_block(rows, weights, gradient)
 
     def _on_logsumexp(self, module: MultiHeadAttention, logsumexp: Tensor) -> None:
         self.slot.record_logsumexp(logsumexp)
@@ -491,10 +533,10 @@ class AttentionCaptureMixin:
         for key, layer_captures in captures.items():
             pairs = []
             for capture in layer_captures:
-                if capture.attention is None and capture.slot.fused_gradient is not None:
+                if capture.attention is None and capture.slot.gradient_fusion is not None:
                     raise RuntimeError(
-                        f"feature '{key}': the maps were fused with their gradients in the "
-                        "backward and dropped (gradient_fusion); read get_fused_gradients()"
+                        f"feature '{key}': the maps are fused with their gradients in the "
+                        "backward and not kept (gradient_fusion); read get_fused_gradients()"
                     )
                 if capture.attention is None:
                     raise RuntimeError(
