@@ -143,15 +143,18 @@ class AttentionRollout(BaseInterpreter):
     layers. Gradient-free: runs under ``torch.no_grad()`` and ``torch.inference_mode()`` and
     registers no autograd hook. Class-agnostic: ``target_class_idx`` is accepted and ignored.
 
-    Memory: with ``low_memory=False`` every layer's fused map ``[batch, seq, seq]`` is kept
-    until the top-down pass; ehrlens's models compute it in blocks of query rows during the
-    forward, so no per-head map ``[batch, heads, seq, seq]`` exists whole and ``layers`` fused
-    maps cost no more than the ``2 * heads`` the plain forward's attention briefly holds
-    whenever ``layers <= 2 * heads``. ``low_memory=True`` keeps each layer's queries and keys
-    instead and recomputes the maps in blocks of rows during that pass: peak memory stays near
-    plain inference whatever the depth, for about one extra ``QK^T`` and softmax per layer
-    (models with ``Capabilities.key_capture`` that state their readout). ``"auto"`` (the
-    default) recomputes only when the kept maps, ``sum over features of layers * seq^2``
+    Memory and time: with ``head_fusion="mean"`` and inputs on CPU (the default), ehrlens's
+    models form no map at all: the capture forward runs the fused attention kernel and keeps
+    each layer's queries, keys and row log-sum-exp, and the top-down pass carries the readout
+    row through each layer by one more fused-kernel call
+    (:func:`~ehrlens.models.fused_attention.weighted_rows_of_map`); peak memory stays near
+    plain inference whatever the depth. Otherwise, with ``low_memory=False`` every layer's
+    fused map ``[batch, seq, seq]`` is kept until the top-down pass, computed in blocks of
+    query rows during the forward so no per-head map ``[batch, heads, seq, seq]`` exists
+    whole; ``low_memory=True`` keeps each layer's queries and keys instead and recomputes the
+    maps in blocks of rows during that pass (models with ``Capabilities.key_capture`` that
+    state their readout). ``"auto"`` (the default) takes the fused-kernel path where it
+    applies, else recomputes only when the kept maps, ``sum over features of layers * seq^2``
     values, would outgrow the largest layer's ``2 * heads * seq^2``; models without key
     capture, and rollout with a discard, keep maps.
 
