@@ -319,7 +319,10 @@ class AttentionCapture:
         return self.slot.keys
 
     def _on_query_key(self, module: MultiHeadAttention, q: Tensor, k: Tensor, mask: Tensor) -> None:
-        self.slot.record_keys(CapturedKeys(module, q.detach(), k.detach(), mask.detach()))
+        # Contiguous copies: the fused kernel reads them faster than views into the
+        # projection output, and that output ([batch, seq, 3 * dim]) is not kept alive.
+        query, key = q.detach().contiguous(), k.detach().contiguous()
+        self.slot.record_keys(CapturedKeys(module, query, key, mask.detach()))
 
     def _on_output(self, module: MultiHeadAttention, output: Tensor) -> None:
         self.slot.record_output(output)
