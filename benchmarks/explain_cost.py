@@ -1,24 +1,32 @@
-"""Explanations against their floors: rollout vs inference, Chefer vs forward + backward.
+"""Explanations against PyTorch's fastest inference for the same model.
 
-The goals of "explanations at the cost of inference": at seq 1024 x batch 32 and seq 4096 x
-batch 2 (6 layers, ``Transformer`` with embedding 128 and 4 heads, one ``"codes"`` feature),
-default rollout within 1.10x inference time and 1.2x inference peak memory; Chefer within
-1.3x a plain forward + backward in time and in extra memory.
+The floors are the models' own forward, which computes attention with
+``torch.nn.functional.scaled_dot_product_attention`` (SDPA) whenever no hook listens: plain
+inference for the gradient-free methods, one forward + backward for the gradient methods, both
+measured in the same run. Goals at seq 1024 x batch 8 and seq 4096 x batch 2 (6 layers,
+``Transformer`` with embedding 128 and 4 heads, one ``"codes"`` feature): inference and a
+training step within 1.1x SDPA (the model is SDPA); default rollout within 1.5x SDPA inference
+time and peak memory; Chefer within 1.8x SDPA forward + backward time and 1.5x its peak
+memory; AttnLRP within 2x SDPA forward + backward time.
 
 Methods (all on the same model and batch):
 
-- ``inference``: the model's forward under ``torch.inference_mode()``; floor of rollout;
+- ``inference``: the model's forward under ``torch.inference_mode()`` (SDPA); floor of the
+  gradient-free methods;
+- ``inference_explicit``: BASELINE, the same forward with a no-op attention hook on every
+  layer, so attention is the explicit ``softmax(QK^T) V`` with whole maps, as every forward
+  computed it before SDPA;
 - ``inference_in_blocks``: CONTEXT, the same forward with a no-op attention block hook on
-  every layer, so attention is computed in blocks of query rows as in rollout's capture
-  forward (what inference would cost if it were computed that way too);
+  every layer (attention in blocks of query rows, as in rollout's capture forward);
 - ``rollout``: :class:`AttentionRollout` with its defaults, under ``inference_mode``;
 - ``rollout_keep_maps`` / ``rollout_low_memory``: ``low_memory=False`` / ``True`` explicitly;
-- ``forward_backward``: forward, ``logit[:, 0].sum().backward()``, grads set to None; floor of
-  Chefer;
+- ``forward_backward``: forward, ``logit[:, 0].sum().backward()``, grads set to None (SDPA);
+  floor of the gradient methods;
+- ``forward_backward_explicit``: BASELINE, the same with explicit whole maps (a no-op hook);
 - ``chefer``: :class:`CheferRelevance` (gradient fusion at capture);
-- ``chefer_per_head``: BASELINE, the same interpreter on the same weights through a model
-  class that does not declare gradient fusion, so every layer's per-head gradient is taken
-  with ``autograd.grad`` (the previous path).
+- ``chefer_per_head``: BASELINE, the same interpreter through a model class that does not
+  declare gradient fusion (per-head gradients taken with ``autograd.grad``);
+- ``attnlrp``: :class:`AttnLRP` (one forward and one backward with the rules attached).
 
 Time: one process, interleaved repetitions after one warm-up call per method on a small batch;
 medians and minima, ratios to the floor in the same run. Memory: one fresh subprocess per
@@ -27,7 +35,7 @@ the RSS before it; on CUDA ``torch.cuda.max_memory_allocated``. The load average
 before and after each run (the machine is shared).
 
     python benchmarks/explain_cost.py                          # both configs, 2 repetitions
-    python benchmarks/explain_cost.py --configs 6x1024x32 --methods inference chefer
+    python benchmarks/explain_cost.py --configs 6x1024x8 --methods inference chefer
     python benchmarks/explain_cost.py --device cuda
     python benchmarks/explain_cost.py --quick                  # seconds; run by the tests
 """
@@ -53,17 +61,26 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import speed
 
-from ehrlens.interpret import AttentionRollout
+from ehrlens.interpret import AttentionRollout, AttnLRP
 from ehrlens.models import Transformer
 
 ROLLOUT_METHODS = (
     "inference",
+    "inference_explicit",
     "inference_in_blocks",
     "rollout",
     "rollout_keep_maps",
     "rollout_low_memory",
 )
-CHEFER_METHODS = ("forward_backward", "chefer", "chefer_per_head")
+CHEFER_METHODS = (
+    "forward_backward",
+    "forward_backward_explicit",
+    "chefer",
+    "chefer_per_head",
+    "attnlrp",
+)
+#: Run unless --methods names them: the per-head Chefer baseline is slow and large.
+DEFAULT_METHODS = tuple(m for m in ROLLOUT_METHODS + CHEFER_METHODS if m != "chefer_per_head")
 METHODS = ROLLOUT_METHODS + CHEFER_METHODS
 FLOORS = {m: "inference" for m in ROLLOUT_METHODS} | {m: "forward_backward" for m in CHEFER_METHODS}
 RESULT_TAG = "EXPLAIN_COST_RESULT "
@@ -92,8 +109,27 @@ def build(layers: int, dim: int, heads: int, device: str, per_head: bool = False
 def method_callable(method: str, model: Transformer, batch: dict) -> Callable[[], Any]:
     """A zero-argument function that runs ``method`` once on ``batch``: this benchmark's own
     variants here, the rest as :func:`speed.method_callable` runs them."""
+    modules = [m for layers in model.attention_modules().values() for m in layers]
+    if method in ("inference_explicit", "forward_backward_explicit"):
+        plain = speed.method_callable(method.removesuffix("_explicit"), model, batch)
+
+        def run_explicit() -> Any:
+            handles = [m.register_attention_hook(lambda *_: None) for m in modules]
+            try:
+                return plain()
+            finally:
+                for handle in handles:
+                    handle.remove()
+
+        return run_explicit
+    if method == "attnlrp":
+        lrp = AttnLRP(model)
+
+        def run_lrp() -> Any:
+            return lrp.attribute(**batch)
+
+        return run_lrp
     if method == "inference_in_blocks":
-        modules = [m for layers in model.attention_modules().values() for m in layers]
 
         def run_in_blocks() -> Any:
             handles = [m.register_attention_block_hook(lambda *_: None) for m in modules]
@@ -172,6 +208,8 @@ def _agreement(results: dict[str, Any]) -> dict[str, dict]:
     """Largest score difference of each rollout / Chefer variant to its default."""
     out: dict[str, dict] = {}
     for variant, default in (
+        ("inference_explicit", "inference"),
+        ("forward_backward_explicit", "forward_backward"),
         ("inference_in_blocks", "inference"),
         ("rollout_keep_maps", "rollout"),
         ("rollout_low_memory", "rollout"),
@@ -271,11 +309,14 @@ def table(time_rows: list[dict], memory_rows: list[dict]) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    parser.add_argument("--configs", nargs="+", default=["6x1024x32", "6x4096x2"])
+    parser.add_argument("--configs", nargs="+", default=["6x1024x8", "6x4096x2"])
     parser.add_argument(
-        "--chefer-configs", nargs="*", default=["6x1024x32"], help="configs that run Chefer"
+        "--chefer-configs",
+        nargs="*",
+        default=["6x1024x8", "6x4096x2"],
+        help="configs that run the gradient methods",
     )
-    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    parser.add_argument("--methods", nargs="+", default=list(DEFAULT_METHODS), choices=METHODS)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--dim", type=int, default=128)
     parser.add_argument("--heads", type=int, default=4)
@@ -291,6 +332,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--device cuda: no CUDA device is available")
     if args.quick:
         args.configs, args.chefer_configs, args.repeats = ["2x32x2"], ["2x32x2"], 1
+        args.methods = list(METHODS)
         args.dim, args.heads = 16, 2
     meta = {
         "command": " ".join(

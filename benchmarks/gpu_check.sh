@@ -1,7 +1,11 @@
 #!/usr/bin/env bash
 # Every GPU check of the explanation-cost work in one short run (about 5 minutes on one
-# H200): the CUDA-only tests, then the benchmarks with --device cuda. Results land in
-# benchmarks/out/gpu/ (JSON) and gpu_check.log; copy the tables into benchmarks/RESULTS.md.
+# H200): the CUDA-only tests, then the benchmarks with --device cuda. explain_cost.py runs the
+# same table as on CPU (seq 1024 x batch 8 and seq 4096 x batch 2, every method next to the
+# model's SDPA forward, which on CUDA picks the flash / memory-efficient kernels);
+# hf_memory.py --chefer measures MiniLM against its attn_implementation="sdpa" floors.
+# Results land in benchmarks/out/gpu/ (JSON and the printed tables); copy them into
+# benchmarks/RESULTS.md.
 #
 #     bash benchmarks/gpu_check.sh            # PYTHON=... to choose the interpreter
 set -euo pipefail

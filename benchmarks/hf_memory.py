@@ -5,12 +5,17 @@ downloaded): a 6-layer MiniLM-size BERT (hidden 384, 12 heads, intermediate 1536
 table extended to 8192 so that long inputs can be run) and a 22-layer ModernBERT-size encoder
 (``ModernBertConfig()`` defaults: hidden 768, 12 heads, intermediate 1152, 8192 positions,
 local attention every layer but each third). Both with a 2-label classification head, eager
-attention (the adapter switches to it).
+attention where the adapter explains (it switches to eager), SDPA for the floors.
 
 Methods, each measured in a fresh subprocess (peak RSS of the call, ``VmHWM`` reset just
-before it; ``torch.cuda.max_memory_allocated`` on CUDA):
+before it; ``torch.cuda.max_memory_allocated`` on CUDA; and the call's wall time):
 
-- ``inference``: the wrapped model's forward under ``torch.inference_mode()``, no capture;
+- ``inference_sdpa``: the floor, the plain ``transformers`` model built with
+  ``attn_implementation="sdpa"`` (PyTorch's fused attention), forward under
+  ``torch.inference_mode()``; ``forward_backward_sdpa`` (with ``--chefer``) likewise for one
+  forward + backward;
+- ``inference``: the wrapped model's forward under ``torch.inference_mode()``, no capture
+  (eager attention, as the adapter runs it);
 - ``rollout``: :class:`AttentionRollout` (maps captured by forward hooks, fused at capture);
 - ``rollout_low_memory``: the same with ``low_memory=True``: each attention module's call is
   kept (its input hidden states), and the maps are recomputed one layer at a time during the
@@ -50,8 +55,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import speed
 
 RESULT_TAG = "HF_MEMORY_RESULT "
-METHODS = ("inference", "rollout", "rollout_low_memory", "rollout_output_attentions")
-CHEFER_METHODS = ("forward_backward", "chefer")
+METHODS = (
+    "inference_sdpa",
+    "inference",
+    "rollout",
+    "rollout_low_memory",
+    "rollout_output_attentions",
+)
+CHEFER_METHODS = ("forward_backward_sdpa", "forward_backward", "chefer")
+SDPA_METHODS = ("inference_sdpa", "forward_backward_sdpa")
 LADDERS = {"minilm": [512, 1024, 2048, 4096], "modernbert": [256, 512, 1024]}
 
 
@@ -90,6 +102,14 @@ def make_batch(model: Any, batch: int, tokens: int) -> dict[str, torch.Tensor]:
 def run_method(method: str, encoder: Any, batch: dict) -> Any:
     from ehrlens.interpret import AttentionRollout, CheferRelevance
 
+    if method == "inference_sdpa":  # ``encoder`` is the plain transformers model here
+        with torch.inference_mode():
+            return encoder(**batch).logits
+    if method == "forward_backward_sdpa":
+        logits = encoder(**batch).logits
+        logits[:, 0].sum().backward()
+        encoder.zero_grad(set_to_none=True)
+        return logits.detach()
     if method == "inference":
         with torch.inference_mode():
             return encoder(**batch)["logit"]
@@ -113,13 +133,19 @@ def memory_worker(spec: dict) -> dict:
     from ehrlens.integrations.huggingface import HuggingFaceEncoder
 
     device = spec["device"]
-    encoder = HuggingFaceEncoder(build(spec["config"], spec.get("quick", False))).to(device)
+    model = build(spec["config"], spec.get("quick", False))
+    if spec["method"] in SDPA_METHODS:
+        if hasattr(model, "set_attn_implementation"):
+            model.set_attn_implementation("sdpa")
+        else:  # transformers releases before set_attn_implementation
+            model.config._attn_implementation = "sdpa"
+        encoder = model.to(device)
+    else:
+        encoder = HuggingFaceEncoder(model).to(device)
     if spec["method"] == "rollout_output_attentions":
         encoder._attention_modules = {}  # BASELINE: the previous output_attentions capture
-    batch = {
-        k: v.to(device) for k, v in make_batch(encoder.model, spec["batch"], spec["tokens"]).items()
-    }
-    tiny = {k: v.to(device) for k, v in make_batch(encoder.model, 1, 8).items()}
+    batch = {k: v.to(device) for k, v in make_batch(model, spec["batch"], spec["tokens"]).items()}
+    tiny = {k: v.to(device) for k, v in make_batch(model, 1, 8).items()}
     run_method(spec["method"], encoder, tiny)  # lazy initialisation is not counted
     gc.collect()
     out: dict[str, Any] = {}
@@ -214,9 +240,12 @@ def main(argv: list[str] | None = None) -> int:
             )
         floor = {r["method"]: r for r in goal_rows}
         for r in goal_rows:
-            ref = floor["forward_backward" if r["method"] == "chefer" else "inference"]
-            if r.get("peak_mib") and ref.get("peak_mib"):
-                r["peak_ratio_to_floor"] = r["peak_mib"] / ref["peak_mib"]
+            gradient = r["method"] in CHEFER_METHODS
+            ref = floor.get("forward_backward_sdpa" if gradient else "inference_sdpa", {})
+            for what in ("peak_mib", "extra_mib", "elapsed_s"):
+                if r.get(what) and ref.get(what):
+                    name = what.removesuffix("_mib").removesuffix("_s")
+                    r[f"{name}_ratio_to_floor"] = r[what] / ref[what]
     ladder_rows: list[dict] = []
     longest: list[dict] = []
     if not args.no_ladder:
@@ -256,7 +285,9 @@ def main(argv: list[str] | None = None) -> int:
     meta["loadavg_end"] = list(os.getloadavg())
     for r in goal_rows:
         print(
-            f"goal {r['method']}: peak {r.get('peak_mib', 0):.0f} MiB, "
+            f"goal {r['method']}: {r.get('elapsed_s', 0):.2f} s, "
+            f"x floor {r.get('elapsed_ratio_to_floor', float('nan')):.2f}; "
+            f"peak {r.get('peak_mib', 0):.0f} MiB, "
             f"x floor {r.get('peak_ratio_to_floor', float('nan')):.2f}"
         )
     for r in longest:

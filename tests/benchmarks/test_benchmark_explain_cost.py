@@ -23,9 +23,12 @@ def test_explain_cost_quick_run_agrees_with_the_defaults(tmp_path):
     assert load("explain_cost").main(["--quick", "--no-memory", "--out", str(out)]) == 0
     rows = {row["method"]: row for row in json.loads(out.read_text())["time"]}
     assert set(rows) == {
-        "inference", "inference_in_blocks", "rollout", "rollout_keep_maps",
-        "rollout_low_memory", "forward_backward", "chefer", "chefer_per_head",
+        "inference", "inference_explicit", "inference_in_blocks", "rollout",
+        "rollout_keep_maps", "rollout_low_memory", "forward_backward",
+        "forward_backward_explicit", "chefer", "chefer_per_head", "attnlrp",
     }  # fmt: skip
+    assert rows["inference_explicit"]["max_abs_diff_to_inference"] < 1e-5
+    assert rows["forward_backward_explicit"]["max_abs_diff_to_forward_backward"] < 1e-5
     assert rows["inference_in_blocks"]["max_abs_diff_to_inference"] < 1e-5
     assert rows["chefer_per_head"]["max_abs_diff_to_chefer"] < 1e-6
     assert rows["rollout_low_memory"]["max_abs_diff_to_rollout"] < 1e-6
@@ -38,7 +41,8 @@ def test_hf_memory_quick_run_measures_every_method(tmp_path):
     assert load("hf_memory").main(["--quick", "--no-ladder", "--out", str(out)]) == 0
     goal = json.loads(out.read_text())["goal"]
     assert [row["method"] for row in goal] == [
-        "inference", "rollout", "rollout_low_memory", "rollout_output_attentions",
+        "inference_sdpa", "inference", "rollout", "rollout_low_memory",
+        "rollout_output_attentions",
     ]  # fmt: skip
     assert all(row.get("peak_mib", 0) > 0 for row in goal), goal
 

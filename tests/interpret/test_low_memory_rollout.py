@@ -96,18 +96,19 @@ def _one_feature(heads, layers):
     [(4, 6, False), (4, 8, False), (4, 9, True), (1, 2, False), (1, 3, True), (2, 5, True)],
 )
 def test_auto_keeps_maps_while_they_fit_in_the_forwards_own_attention(heads, layers, recomputes):
-    # One feature: kept maps are layers * seq^2 values, the plain forward's per-head scores
-    # and softmax 2 * heads * seq^2, whatever the batch and length.
+    # One feature, max over heads (no fused-kernel product): kept maps are layers * seq^2
+    # values, the explicit forward's per-head scores and softmax 2 * heads * seq^2, whatever
+    # the batch and length.
     model, batch = _one_feature(heads, layers)
-    auto = AttentionRollout(model)
+    auto = AttentionRollout(model, head_fusion="max")
     assert auto.low_memory == "auto"
     assert auto.recomputes_maps(batch) is recomputes
-    assert AttentionRollout(model, low_memory=True).recomputes_maps(batch) is True
-    assert AttentionRollout(model, low_memory=False).recomputes_maps(batch) is False
-    assert AttentionRollout(model, discard_ratio=0.2).recomputes_maps(batch) is False
+    assert AttentionRollout(model, "max", low_memory=True).recomputes_maps(batch) is True
+    assert AttentionRollout(model, "max", low_memory=False).recomputes_maps(batch) is False
+    assert AttentionRollout(model, "max", discard_ratio=0.2).recomputes_maps(batch) is False
     with torch.inference_mode():
         scores = auto.attribute(**batch)
-        kept = AttentionRollout(model, low_memory=False).attribute(**batch)
+        kept = AttentionRollout(model, "max", low_memory=False).attribute(**batch)
     torch.testing.assert_close(scores["diagnoses"], kept["diagnoses"], rtol=1e-5, atol=1e-6)
 
 
@@ -118,7 +119,35 @@ def test_auto_adds_up_every_features_maps():
     lengths = {key: batch[key].shape[1] + 1 for key in model.feature_keys}  # [CLS] + codes
     kept = sum(3 * n * n for n in lengths.values())
     transient = max(2 * 2 * n * n for n in lengths.values())
-    assert AttentionRollout(model).recomputes_maps(batch) is (kept > transient)
+    assert AttentionRollout(model, "max").recomputes_maps(batch) is (kept > transient)
+
+
+@pytest.mark.parametrize(("heads", "layers"), [(4, 1), (4, 6), (1, 2)])
+def test_auto_mean_rollout_on_cpu_forms_no_map_below_the_top_layer(heads, layers, monkeypatch):
+    # Mean over heads on CPU: every layer's rows go through the fused kernel in one call
+    # (weighted_rows), whatever the depth; only the top layer's readout block is recomputed.
+    model, batch = _one_feature(heads, layers)
+    auto = AttentionRollout(model)
+    assert auto.recomputes_maps(batch) is True
+    assert AttentionRollout(model, discard_ratio=0.2).recomputes_maps(batch) is False
+    formed = []
+    for module in model.attention_modules()["diagnoses"]:
+        original = module.attention_weights
+        monkeypatch.setattr(
+            module,
+            "attention_weights",
+            lambda q, k, m, original=original: formed.append(q.shape[2]) or original(q, k, m),
+        )
+    with torch.inference_mode():
+        scores = auto.attribute(**batch)
+    block = model.attention_modules()["diagnoses"][0].attention_block_rows(
+        7, batch["diagnoses"].shape[1] + 1
+    )
+    assert formed == [block]  # the [CLS] block of the top layer, nothing else
+    monkeypatch.undo()
+    with torch.inference_mode():
+        kept = AttentionRollout(model, low_memory=False).attribute(**batch)
+    torch.testing.assert_close(scores["diagnoses"], kept["diagnoses"], rtol=1e-5, atol=1e-6)
 
 
 def test_low_memory_must_be_auto_or_a_bool():

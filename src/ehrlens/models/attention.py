@@ -1,9 +1,12 @@
 """The one multi-head attention module of ehrlens and its encoder block.
 
-Every model computes attention here, so capture is written once: :class:`MultiHeadAttention`
-passes each post-softmax, pre-dropout map ``[batch, heads, seq, seq]`` to its attention hooks
-(registered with :meth:`MultiHeadAttention.register_attention_hook`, removable handles as in
-PyTorch), or block by block of query rows to its attention block hooks
+Every model computes attention here, so capture is written once. While no hook listens,
+:class:`MultiHeadAttention` computes attention with PyTorch's
+:func:`~torch.nn.functional.scaled_dot_product_attention` (flash / memory-efficient kernels, no
+map formed), for training and inference alike. While a hook listens it forms the maps
+explicitly and passes each post-softmax, pre-dropout map ``[batch, heads, seq, seq]`` to its
+attention hooks (:meth:`MultiHeadAttention.register_attention_hook`, removable handles as
+in PyTorch), or block by block of query rows to its attention block hooks
 (:meth:`MultiHeadAttention.register_attention_block_hook`); :mod:`ehrlens.models.capture`
 holds the hooks that store maps and gradients.
 """
@@ -15,12 +18,18 @@ from collections import OrderedDict
 from collections.abc import Callable
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
+
+from .fused_attention import attention_with_logsumexp
 
 AttentionHook = Callable[["MultiHeadAttention", Tensor], None]
 AttentionBlockHook = Callable[["MultiHeadAttention", slice, Tensor], None]
 QueryKeyHook = Callable[["MultiHeadAttention", Tensor, Tensor, Tensor], None]
+LogSumExpHook = Callable[["MultiHeadAttention", Tensor], None]
+GradientBlockHook = Callable[["MultiHeadAttention", slice, Tensor, Tensor], None]
+OutputHook = Callable[["MultiHeadAttention", Tensor], None]
 
 
 class MultiHeadAttention(nn.Module):
@@ -33,7 +42,13 @@ class MultiHeadAttention(nn.Module):
 
     Shapes:
         ``x``: ``[batch, seq, D]``; ``mask``: ``[batch, seq]`` bool, True = real position.
-        Hooks receive ``[batch, H, seq, seq]`` post-softmax weights; padded keys get exactly 0.
+        Hooks receive ``[batch, H, seq, seq]`` post-softmax weights; padded keys get exactly 0,
+        and a sample without any real key gets all-zero rows (its attention output is 0).
+
+    Without hooks the forward is :func:`torch.nn.functional.scaled_dot_product_attention`
+    with the key-padding mask (and ``dropout`` as its ``dropout_p`` in training); with hooks it
+    is the explicit ``softmax(q k^T / sqrt(head_dim)) v`` of :meth:`attention_weights`. The two
+    agree to floating-point rounding (tested in float64).
 
     Example:
         >>> mha = MultiHeadAttention(dim=8, heads=2)
@@ -56,6 +71,10 @@ class MultiHeadAttention(nn.Module):
         self._attention_hooks: OrderedDict[int, AttentionHook] = OrderedDict()
         self._attention_block_hooks: OrderedDict[int, AttentionBlockHook] = OrderedDict()
         self._query_key_hooks: OrderedDict[int, QueryKeyHook] = OrderedDict()
+        self._logsumexp_hooks: OrderedDict[int, LogSumExpHook] = OrderedDict()
+        self._gradient_hooks: OrderedDict[int, tuple[GradientBlockHook, OutputHook | None]] = (
+            OrderedDict()
+        )
 
     def register_attention_hook(self, hook: AttentionHook) -> RemovableHandle:
         """Call ``hook(module, attention)`` on every forward; returns a removable handle."""
@@ -72,8 +91,8 @@ class MultiHeadAttention(nn.Module):
         :meth:`register_attention_hook` hook), the forward computes attention in blocks of
         :meth:`attention_block_rows` rows, so the per-head map ``[batch, heads, seq, seq]``
         never exists whole: a hook that keeps a head-fused map ``[batch, seq, seq]`` then
-        costs less memory than the map the plain forward forms (the same holds while only
-        query-key hooks listen). The output is the same up to floating-point rounding. With a
+        costs ``1 / heads`` of the per-head map the explicit formula forms. The output is the
+        same up to floating-point rounding. With a
         map hook also registered, block hooks get one block of all rows. Returns a removable
         handle.
 
@@ -110,7 +129,9 @@ class MultiHeadAttention(nn.Module):
         """Call ``hook(module, q, k, mask)`` on every forward, before attention is formed.
 
         ``q``/``k`` are ``[batch, heads, seq, head_dim]``; with :meth:`attention_weights` they
-        reproduce the attention map, in row blocks if wanted. Returns a removable handle.
+        reproduce the attention map, in row blocks if wanted. They need no map: while only
+        query-key (and log-sum-exp) hooks listen, the forward runs PyTorch's fused kernels.
+        Returns a removable handle.
 
         Example:
             >>> kept = {}
@@ -122,14 +143,72 @@ class MultiHeadAttention(nn.Module):
         self._query_key_hooks[handle.id] = hook
         return handle
 
+    def register_logsumexp_hook(self, hook: LogSumExpHook) -> RemovableHandle:
+        """Call ``hook(module, logsumexp)`` on every forward with each query row's log-sum-exp
+        of its scaled, masked scores ``[batch, heads, seq]``.
+
+        While no map or block hook listens, the forward still runs a fused kernel (no map
+        formed) that returns these with the output
+        (:func:`~ehrlens.models.fused_attention.attention_with_logsumexp`); with queries and
+        keys they give any weighted sum of the map's rows
+        (:func:`~ehrlens.models.fused_attention.weighted_rows_of_map`). Returns a removable
+        handle.
+
+        Example:
+            >>> kept = {}
+            >>> handle = mha.register_logsumexp_hook(lambda m, lse: kept.update(lse=lse))
+            >>> _ = mha(x, mask)
+            >>> handle.remove()
+        """
+        handle = RemovableHandle(self._logsumexp_hooks)
+        self._logsumexp_hooks[handle.id] = hook
+        return handle
+
+    def register_attention_gradient_hook(
+        self, hook: GradientBlockHook, output_hook: OutputHook | None = None
+    ) -> RemovableHandle:
+        """In the backward pass, call ``hook(module, rows, weights, gradient)`` for each block
+        of query rows: the post-softmax weights ``[batch, heads, len(rows), seq]`` and the
+        gradient of the backward's target with respect to them (same shape).
+
+        Neither the map nor its gradient is kept from the forward: while no map or block hook
+        listens, the forward runs the fused kernel (keeping each row's log-sum-exp) and a
+        tensor hook on the attention output recomputes, block by block of
+        :meth:`attention_block_rows` rows, ``weights = exp(q k^T / sqrt(d) - logsumexp)`` and
+        ``gradient = d_output v^T``, as flash attention's backward does. The blocks come in
+        order and cover every row once; the output's own gradient is unchanged.
+        ``output_hook(module, output)`` is called in the forward with the attention output
+        ``[batch, heads, seq, head_dim]`` the backward starts from (differentiating it runs
+        the hook). Weights after dropout have no such gradient: in training with dropout the
+        forward raises. Returns a removable handle.
+
+        Example:
+            >>> seen = []
+            >>> handle = mha.register_attention_gradient_hook(
+            ...     lambda m, rows, a, g: seen.append((g * a).clamp(min=0).mean(1)))
+            >>> mha(x, mask).sum().backward()
+            >>> handle.remove()
+        """
+        handle = RemovableHandle(self._gradient_hooks)
+        self._gradient_hooks[handle.id] = (hook, output_hook)
+        return handle
+
     @property
     def has_attention_hooks(self) -> bool:
-        """Whether any attention or query-key hook is registered."""
+        """Whether any attention, query-key, log-sum-exp or gradient hook is registered."""
         return (
             bool(self._attention_hooks)
             or bool(self._attention_block_hooks)
             or bool(self._query_key_hooks)
+            or bool(self._logsumexp_hooks)
+            or bool(self._gradient_hooks)
         )
+
+    @property
+    def forms_maps(self) -> bool:
+        """Whether the forward forms attention maps: a map or block hook listens. Otherwise it
+        runs PyTorch's fused kernels (query-key and log-sum-exp hooks need no map)."""
+        return bool(self._attention_hooks) or bool(self._attention_block_hooks)
 
     def attention_weights(self, q: Tensor, k: Tensor, mask: Tensor) -> Tensor:
         """Post-softmax weights ``[batch, heads, rows, seq]`` of queries ``q`` over keys ``k``.
@@ -141,14 +220,36 @@ class MultiHeadAttention(nn.Module):
         # The dtype's most negative value rather than -inf: exp() gives exactly 0 for padded
         # keys, and a row with no real key stays finite instead of NaN.
         scores = scores.masked_fill(~mask[:, None, None, :], torch.finfo(scores.dtype).min)
-        return scores.softmax(dim=-1)
+        weights = scores.softmax(dim=-1)
+        has_key = mask.any(dim=-1)
+        if not bool(has_key.all()):  # no real key: attend to nothing, as SDPA does
+            weights = weights * has_key[:, None, None, None].to(weights.dtype)
+        return weights
 
     def forward(self, x: Tensor, mask: Tensor) -> Tensor:
         batch, seq, _ = x.shape
         q, k, v = self.qkv(x).view(batch, seq, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)
         for query_key_hook in tuple(self._query_key_hooks.values()):
             query_key_hook(self, q, k, mask)
-        if self._computes_in_blocks() and seq > 0:
+        if not self.forms_maps:
+            if (self._logsumexp_hooks or self._gradient_hooks) and seq > 0:
+                dropout = self.dropout.p if self.training else 0.0
+                if self._gradient_hooks and dropout > 0:
+                    raise RuntimeError(
+                        "attention gradient hooks need the weights without dropout: put the "
+                        "model in eval mode (or use dropout 0) while they listen"
+                    )
+                out, logsumexp = attention_with_logsumexp(q, k, v, mask, dropout)
+                for logsumexp_hook in tuple(self._logsumexp_hooks.values()):
+                    logsumexp_hook(self, logsumexp)
+                if self._gradient_hooks:
+                    self._attach_gradient_hooks(q, k, v, mask, logsumexp, out)
+            else:
+                out = self.fast_attention(q, k, v, mask)
+                for _, output_hook in tuple(self._gradient_hooks.values()):  # seq 0
+                    if output_hook is not None:
+                        output_hook(self, out)
+        elif self._computes_in_blocks() and seq > 0:
             out = self._attend_in_blocks(q, k, v, mask)
         else:
             attention = self.attention_weights(q, k, mask)
@@ -159,11 +260,49 @@ class MultiHeadAttention(nn.Module):
             out = self.dropout(attention) @ v  # [batch, heads, seq, head_dim]
         return self.proj(out.transpose(1, 2).reshape(batch, seq, self.dim))
 
+    def fast_attention(self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor) -> Tensor:
+        """``softmax(q k^T / sqrt(head_dim)) v`` by
+        :func:`~torch.nn.functional.scaled_dot_product_attention`, no map formed:
+        ``[batch, heads, seq, head_dim]``. Dropout (in training) acts on the weights as in
+        the explicit path; a query without any real key gets 0.
+        """
+        if q.shape[2] == 0:
+            return q.new_zeros((*q.shape[:3], v.shape[-1]))
+        dropout = self.dropout.p if self.training else 0.0
+        return F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask[:, None, None, :].bool(), dropout_p=dropout
+        )
+
+    def _attach_gradient_hooks(
+        self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor, logsumexp: Tensor, out: Tensor
+    ) -> None:
+        hooks = tuple(self._gradient_hooks.values())
+        for _, output_hook in hooks:
+            if output_hook is not None:
+                output_hook(self, out)
+        if not out.requires_grad:
+            return
+        q, k, v, logsumexp = q.detach(), k.detach(), v.detach(), logsumexp.detach()
+
+        def on_output_gradient(grad_out: Tensor) -> None:
+            batch, _, seq, _ = q.shape
+            step = self.attention_block_rows(batch, seq)
+            has_key = mask.any(dim=-1)[:, None, None, None].to(q.dtype)
+            key_t, value_t = k.transpose(-2, -1), v.transpose(-2, -1)
+            for start in range(0, seq, step):
+                rows = slice(start, min(start + step, seq))
+                scores = (q[:, :, rows] @ key_t) / math.sqrt(self.head_dim)
+                scores = scores.masked_fill(~mask[:, None, None, :], torch.finfo(q.dtype).min)
+                weights = (scores - logsumexp[:, :, rows, None]).exp_() * has_key
+                gradient = grad_out[:, :, rows].to(q.dtype) @ value_t
+                for hook, _ in hooks:
+                    hook(self, rows, weights, gradient)
+
+        out.register_hook(on_output_gradient)
+
     def _computes_in_blocks(self) -> bool:
-        """No hook needs the whole map, and one listens: block hooks, or query-key hooks
-        (whose capture recomputes maps from queries and keys)."""
-        listening = bool(self._attention_block_hooks) or bool(self._query_key_hooks)
-        return listening and not self._attention_hooks
+        """Block hooks listen and no hook needs the whole map."""
+        return bool(self._attention_block_hooks) and not self._attention_hooks
 
     def _attend_in_blocks(self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor) -> Tensor:
         """``softmax(q k^T) v`` computed for blocks of query rows, each block shown to the

@@ -34,6 +34,7 @@ from torch.utils.hooks import RemovableHandle
 
 from ..core.fusion import check_head_fusion, fuse_heads
 from ..core.interpretable import Capabilities, GradientFusion
+from .fused_attention import weighted_rows_of_map
 
 if TYPE_CHECKING:
     from .attention import MultiHeadAttention
@@ -47,6 +48,8 @@ class CapturedKeys:
         module: the attention module (its :meth:`~MultiHeadAttention.attention_weights`).
         query / key: ``[batch, heads, seq, head_dim]``, detached.
         mask: ``[batch, seq]`` key mask.
+        logsumexp: ``[batch, heads, seq]``, each query row's log-sum-exp of its scores, from
+            the forward's fused kernel (``None`` until the forward's attention ran).
 
     Example:
         >>> model.set_attention_hooks(True, capture_gradients=False, keys_only=True)
@@ -61,6 +64,7 @@ class CapturedKeys:
     query: Tensor
     key: Tensor
     mask: Tensor
+    logsumexp: Tensor | None = None
 
     @property
     def seq_len(self) -> int:
@@ -69,6 +73,14 @@ class CapturedKeys:
     def weights(self, rows: slice = slice(None)) -> Tensor:
         """Attention weights of the query ``rows``: ``[batch, heads, len(rows), seq]``."""
         return self.module.attention_weights(self.query[:, :, rows], self.key, self.mask)
+
+    def weighted_rows(self, rows: Tensor) -> Tensor:
+        """``sum_i rows[:, i] * A[:, h, i, :]`` per head without forming the map ``A``:
+        ``[batch, seq]`` -> ``[batch, heads, seq]``
+        (:func:`~ehrlens.models.fused_attention.weighted_rows_of_map`)."""
+        if self.logsumexp is None:
+            raise RuntimeError("no log-sum-exp captured: run a forward with keys_only capture")
+        return weighted_rows_of_map(self.query, self.key, self.mask, self.logsumexp, rows)
 
     @property
     def dtype(self) -> torch.dtype:
@@ -183,6 +195,43 @@ class AttentionSlot:
         self.clear()
         self.keys = keys
 
+    def record_output(self, output: Tensor) -> None:
+        """Start a forward whose map's gradient comes block by block in the backward
+        (:meth:`record_gradient_block`): ``output`` ``[batch, heads, seq, head_dim]`` is the
+        attention output the backward starts from (the anchor)."""
+        if not self.records_this_thread():
+            return
+        self.clear()
+        if self.gradient_fusion is None:
+            raise RuntimeError("record_output is for capture with a gradient_fusion")
+        batch, _, seq, _ = output.shape
+        self._fused_shape = (torch.Size((batch, seq, seq)), output.dtype, output.device)
+        self.anchor = output if output.requires_grad else None
+
+    def record_gradient_block(self, rows: slice, weights: Tensor, gradient: Tensor) -> None:
+        """Store ``gradient_fusion(weights, gradient)`` for a block of query rows
+        ``[batch, heads, len(rows), seq]`` (in the backward), into ``[batch, seq, seq]``."""
+        if not self.records_this_thread() or self.gradient_fusion is None:
+            return
+        if rows.start == 0 and self.fused_gradient is not None:
+            raise RuntimeError(
+                "gradient fusion at capture takes one backward per captured forward: this "
+                "layer's map was already fused with its gradient"
+            )
+        fused = self.gradient_fusion(weights, gradient)
+        if self.fused_gradient is None:
+            batch, _, seq = fused.shape
+            self.fused_gradient = fused.new_zeros(batch, seq, seq)
+        self.fused_gradient[:, rows] = fused
+
+    def record_logsumexp(self, logsumexp: Tensor) -> None:
+        """Add the forward's row log-sum-exp to the queries and keys just recorded."""
+        if not self.records_this_thread():
+            return
+        if self.keys is None:
+            raise RuntimeError("log-sum-exp arrived before this forward's queries and keys")
+        self.keys.logsumexp = logsumexp.detach()
+
     def _on_gradient(self, gradient: Tensor) -> None:
         if self.gradient_fusion is None:
             self.gradient = gradient.detach()
@@ -244,16 +293,22 @@ class AttentionCapture:
             raise ValueError("head_fusion and keys_only at capture are for forward-only capture")
         self.slot = AttentionSlot(capture_gradients, head_fusion, gradient_fusion)
         self._handle: RemovableHandle | None
-        self._anchor_handle: RemovableHandle | None = None
+        self._second_handle: RemovableHandle | None = None
         self._query: Tensor | None = None
         if keys_only:
             self._handle = module.register_query_key_hook(self._on_query_key)
+            self._second_handle = module.register_logsumexp_hook(self._on_logsumexp)
         elif head_fusion is not None and not whole_maps:  # no per-head map exists whole
             self._handle = module.register_attention_block_hook(self._on_attention_block)
+        elif gradient_fusion is not None and capture_gradients and not whole_maps:
+            # No map in the forward; each block's weights and gradient recomputed in backward.
+            self._handle = module.register_attention_gradient_hook(
+                self._on_gradient_block, self._on_output
+            )
         else:
             self._handle = module.register_attention_hook(self._on_attention)
             if gradient_fusion is not None:  # the queries anchor the backward to this map
-                self._anchor_handle = module.register_query_key_hook(self._on_query)
+                self._second_handle = module.register_query_key_hook(self._on_query)
 
     @property
     def attention(self) -> Tensor | None:
@@ -268,7 +323,21 @@ class AttentionCapture:
         return self.slot.keys
 
     def _on_query_key(self, module: MultiHeadAttention, q: Tensor, k: Tensor, mask: Tensor) -> None:
-        self.slot.record_keys(CapturedKeys(module, q.detach(), k.detach(), mask.detach()))
+        # Contiguous copies: the fused kernel reads them faster than views into the
+        # projection output, and that output ([batch, seq, 3 * dim]) is not kept alive.
+        query, key = q.detach().contiguous(), k.detach().contiguous()
+        self.slot.record_keys(CapturedKeys(module, query, key, mask.detach()))
+
+    def _on_output(self, module: MultiHeadAttention, output: Tensor) -> None:
+        self.slot.record_output(output)
+
+    def _on_gradient_block(
+        self, module: MultiHeadAttention, rows: slice, weights: Tensor, gradient: Tensor
+    ) -> None:
+        self.slot.record_gradient_block(rows, weights, gradient)
+
+    def _on_logsumexp(self, module: MultiHeadAttention, logsumexp: Tensor) -> None:
+        self.slot.record_logsumexp(logsumexp)
 
     def _on_query(self, module: MultiHeadAttention, q: Tensor, k: Tensor, mask: Tensor) -> None:
         self._query = q
@@ -285,9 +354,9 @@ class AttentionCapture:
         if self._handle is not None:
             self._handle.remove()
             self._handle = None
-        if self._anchor_handle is not None:
-            self._anchor_handle.remove()
-            self._anchor_handle = None
+        if self._second_handle is not None:
+            self._second_handle.remove()
+            self._second_handle = None
         self._query = None
 
     def remove(self) -> None:
@@ -326,6 +395,10 @@ class AttentionCaptureMixin:
         clear_capture=True,
         gradient_fusion=True,
     )
+
+    #: Captured queries and keys carry rows through a layer's map by a fused kernel
+    #: (:meth:`CapturedKeys.weighted_rows`), so rollout needs no map at all.
+    fused_weighted_rows: ClassVar[bool] = True
 
     def attention_modules(self) -> dict[str, list[MultiHeadAttention]]:
         """``{feature_key: [MultiHeadAttention per layer, input side first]}``."""
@@ -471,10 +544,10 @@ class AttentionCaptureMixin:
         for key, layer_captures in captures.items():
             pairs = []
             for capture in layer_captures:
-                if capture.attention is None and capture.slot.fused_gradient is not None:
+                if capture.attention is None and capture.slot.gradient_fusion is not None:
                     raise RuntimeError(
-                        f"feature '{key}': the maps were fused with their gradients in the "
-                        "backward and dropped (gradient_fusion); read get_fused_gradients()"
+                        f"feature '{key}': the maps are fused with their gradients in the "
+                        "backward and not kept (gradient_fusion); read get_fused_gradients()"
                     )
                 if capture.attention is None:
                     raise RuntimeError(

@@ -87,16 +87,20 @@ def low_memory_rollout_rows(
     discard_ratio: float = 0.0,
     block_rows: int | None = None,
 ) -> Tensor:
-    """Rollout readout rows from captured queries/keys, recomputing maps in row blocks.
+    """Rollout readout rows from captured queries/keys, without keeping any layer's map.
 
-    Same result as carrying ``readout`` down the stored fused maps, but only one block of
-    ``block_rows`` query rows of one layer's map (``[batch, heads, block_rows, seq]``) exists
-    at a time; each layer decides with ``layer.block_rows(block_rows)`` (ehrlens's models:
-    ``block_rows``, or ``None`` for
-    :meth:`~ehrlens.models.MultiHeadAttention.attention_block_rows`; a Hugging Face layer is
-    recomputed whole, once). Blocks whose rows carry no relevance are skipped (e.g. all but
-    the readout block in the top layer). ``layers`` are any objects with ``weights(rows)``,
-    ``seq_len``, ``dtype`` and ``block_rows(requested)``.
+    Same result as carrying ``readout`` down the stored fused maps. With ``head_fusion="mean"``
+    and no discard, a layer that offers ``weighted_rows(rows)`` (ehrlens's models:
+    ``sum_i rows_i A_h[i, :]`` by one fused-kernel call, no map formed;
+    :func:`~ehrlens.models.fused_attention.weighted_rows_of_map`) carries the rows through in
+    one call; a layer whose rows carry relevance in one block only (the top layer: the
+    readout row) is recomputed for that block. Otherwise maps are recomputed in blocks of
+    ``block_rows`` query rows (``[batch, heads, block_rows, seq]`` at a time); each layer
+    decides with ``layer.block_rows(block_rows)`` (ehrlens's models: ``block_rows``, or
+    ``None`` for :meth:`~ehrlens.models.MultiHeadAttention.attention_block_rows`; a Hugging
+    Face layer is recomputed whole, once), and blocks whose rows carry no relevance are
+    skipped. ``layers`` are any objects with ``weights(rows)``, ``seq_len``, ``dtype`` and
+    ``block_rows(requested)``, optionally ``weighted_rows(rows)``.
 
     Shapes: ``readout`` ``[batch, seq]`` -> ``[batch, seq]``.
 
@@ -108,13 +112,18 @@ def low_memory_rollout_rows(
         >>> rows = low_memory_rollout_rows(readout, layers, "mean")     # [batch, 1 + seq]
     """
     rows = readout.to(working_dtype(layers[0].dtype)) if layers else readout
+    fused_product = head_fusion == "mean" and discard_ratio == 0
     for layer in reversed(layers):
-        mixed = torch.zeros_like(rows)
         step = layer.block_rows(block_rows)
-        for start in range(0, layer.seq_len, step):
+        starts = [s for s in range(0, layer.seq_len, step) if bool(rows[:, s : s + step].any())]
+        weighted_rows = getattr(layer, "weighted_rows", None)
+        if fused_product and weighted_rows is not None and len(starts) > 1:
+            mixed = weighted_rows(rows).mean(dim=1).to(rows.dtype)
+            rows = 0.5 * (mixed + rows)
+            continue
+        mixed = torch.zeros_like(rows)
+        for start in starts:
             part = rows[:, start : start + step]
-            if not bool(part.any()):
-                continue
             block = slice(start, start + part.shape[1])
             attention = fuse_heads(layer.weights(block), head_fusion)
             attention = discard_lowest(attention, discard_ratio, row_offset=start).to(rows.dtype)
@@ -134,15 +143,18 @@ class AttentionRollout(BaseInterpreter):
     layers. Gradient-free: runs under ``torch.no_grad()`` and ``torch.inference_mode()`` and
     registers no autograd hook. Class-agnostic: ``target_class_idx`` is accepted and ignored.
 
-    Memory: with ``low_memory=False`` every layer's fused map ``[batch, seq, seq]`` is kept
-    until the top-down pass; ehrlens's models compute it in blocks of query rows during the
-    forward, so no per-head map ``[batch, heads, seq, seq]`` exists whole and ``layers`` fused
-    maps cost no more than the ``2 * heads`` the plain forward's attention briefly holds
-    whenever ``layers <= 2 * heads``. ``low_memory=True`` keeps each layer's queries and keys
-    instead and recomputes the maps in blocks of rows during that pass: peak memory stays near
-    plain inference whatever the depth, for about one extra ``QK^T`` and softmax per layer
-    (models with ``Capabilities.key_capture`` that state their readout). ``"auto"`` (the
-    default) recomputes only when the kept maps, ``sum over features of layers * seq^2``
+    Memory and time: with ``head_fusion="mean"`` and inputs on CPU (the default), ehrlens's
+    models form no map at all: the capture forward runs the fused attention kernel and keeps
+    each layer's queries, keys and row log-sum-exp, and the top-down pass carries the readout
+    row through each layer by one more fused-kernel call
+    (:func:`~ehrlens.models.fused_attention.weighted_rows_of_map`); peak memory stays near
+    plain inference whatever the depth. Otherwise, with ``low_memory=False`` every layer's
+    fused map ``[batch, seq, seq]`` is kept until the top-down pass, computed in blocks of
+    query rows during the forward so no per-head map ``[batch, heads, seq, seq]`` exists
+    whole; ``low_memory=True`` keeps each layer's queries and keys instead and recomputes the
+    maps in blocks of rows during that pass (models with ``Capabilities.key_capture`` that
+    state their readout). ``"auto"`` (the default) takes the fused-kernel path where it
+    applies, else recomputes only when the kept maps, ``sum over features of layers * seq^2``
     values, would outgrow the largest layer's ``2 * heads * seq^2``; models without key
     capture, and rollout with a discard, keep maps.
 
@@ -213,11 +225,14 @@ class AttentionRollout(BaseInterpreter):
         """Whether :meth:`attribute` recomputes maps from queries and keys for ``batch``.
 
         ``low_memory=True``/``False`` decide; ``"auto"`` recomputes when the model captures
-        keys, states its readout and lists its heads (``attention_heads()``), and keeping
-        every layer's fused map would take more values than the largest layer's per-head
-        attention in the plain forward (``2 * heads * seq^2``: its scores and its softmax).
-        With a ``discard_ratio``, ``"auto"`` keeps maps computed whole, so weights the plain
-        forward ties exactly are dropped in the documented order.
+        keys, states its readout and lists its heads (``attention_heads()``), and either
+        carries rows through a layer by PyTorch's fused kernel (the model sets
+        ``fused_weighted_rows``, the inputs are on CPU, ``head_fusion="mean"``: no map is
+        formed at all, the fastest path) or keeping every layer's fused map would take more
+        values than the largest layer's per-head attention formed explicitly
+        (``2 * heads * seq^2``: its scores and its softmax). With a ``discard_ratio``,
+        ``"auto"`` keeps maps computed whole, so weights the explicit formula ties exactly are
+        dropped in the documented order.
         """
         if self.low_memory != "auto":
             return bool(self.low_memory)
@@ -226,6 +241,13 @@ class AttentionRollout(BaseInterpreter):
         weights = readout_weights(self.model, batch)
         if not hasattr(self.model, "attention_heads") or weights is None:
             return False
+        on_cpu = all(w.device.type == "cpu" for w in weights.values())
+        if (
+            self.head_fusion == "mean"
+            and on_cpu
+            and getattr(self.model, "fused_weighted_rows", False)
+        ):
+            return True
         heads = cast(AttentionHeads, self.model).attention_heads()
         sizes = {key: weights[key].shape[-1] ** 2 for key in heads if key in weights}
         kept = sum(len(heads[key]) * size for key, size in sizes.items())
