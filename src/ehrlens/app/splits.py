@@ -116,8 +116,13 @@ def split_selection(
     older card: see :func:`select_recorded_split`).
 
     Example:
-        >>> split_selection(card, "test")[0][:2]
-        ['p17', 'p4']
+        >>> keep, exclude, what = split_selection(card, "test")
+        >>> len(keep), exclude, what
+        (20, [], "the 20 'test' patients recorded in the model's card")
+        >>> keep == recorded_patients(card)["test"]
+        True
+        >>> split_selection(card, "new")[2]
+        'the patients new to the model (in no part of its training split)'
     """
     if split not in SPLIT_CHOICES:
         raise ValueError(f"split must be one of {SPLIT_CHOICES}, got {split!r}")

@@ -97,8 +97,11 @@ def iter_jsonl(path: str | os.PathLike) -> Iterator[tuple[int, tuple[int, int], 
             naming the file and the line number.
 
     Example:
-        >>> [(n, span) for n, span, _ in iter_jsonl("patients.jsonl")][:1]
-        [(1, (0, 412))]
+        >>> number, (start, end), sample = next(iter_jsonl("patients.jsonl"))
+        >>> number, start, sample["patient_id"]
+        (1, 0, 'P000000')
+        >>> end == len(Path("patients.jsonl").read_bytes().splitlines(keepends=True)[0])
+        True
     """
     path = Path(path)
     if not path.exists():
@@ -122,7 +125,9 @@ def read_jsonl_spans(
         ValueError: a span no longer holds one JSON object (the file changed), naming the line.
 
     Example:
-        >>> read_jsonl_spans("patients.jsonl", [(1, 0, 412)])[0]["patient_id"]
+        >>> spans = [(n, start, end) for n, (start, end), _ in iter_jsonl("patients.jsonl")]
+        >>> [s["patient_id"] for s in read_jsonl_spans("patients.jsonl", spans[2::-1])]
+        ['P000002', 'P000001', 'P000000']
     """
     path = Path(path)
     samples = []

@@ -324,9 +324,11 @@ class SamplesSource(SampleSource):
     """Samples already in memory (dicts as :func:`~ehrlens.data.create_sample_dataset` takes).
 
     Example:
-        >>> source = SamplesSource(cohort.samples)
+        >>> source = SamplesSource(cohort.samples)       # 130 patients
         >>> [len(s.patient_ids) for s in source.shards(100)]
-        [100, 100, 50]
+        [100, 30]
+        >>> len(SamplesSource(cohort.samples, exclude=["P000000"]).samples)
+        129
     """
 
     def __init__(
@@ -366,6 +368,9 @@ class DatasetSource(SampleSource):
 
     Example:
         >>> DatasetSource(dataset).shards(1000)[0].patient_ids[:2]
+        ('P000000', 'P000001')
+        >>> DatasetSource(dataset).digest() == dataset_fingerprint(dataset)
+        True
     """
 
     def __init__(self, dataset: SampleDataset) -> None:
@@ -391,8 +396,9 @@ class JsonlSource(SampleSource):
     reads only its own lines, by byte span, where it is built.
 
     Example:
-        >>> JsonlSource("patients.jsonl").shards(1000)[0].spans[0]
-        (1, 0, 412)
+        >>> shard = JsonlSource("patients.jsonl").shards(1000)[0]
+        >>> shard.patient_ids[0], shard.spans[0][:2]     # (line number, start byte, end byte)
+        ('P000000', (1, 0))
     """
 
     def __init__(
@@ -454,7 +460,10 @@ class EventTableSource(SamplesSource):
     here (building a patient needs the table's row order), with each step's identity.
 
     Example:
-        >>> EventTableSource("events.parquet", {"dx": "nested_sequence"}, labels="y.csv")
+        >>> schema = json.loads(Path("schema.json").read_text())["input_schema"]
+        >>> source = EventTableSource("events.parquet", schema, labels="labels.csv")
+        >>> [len(s.patient_ids) for s in source.shards(100)], source.identity()
+        ([100, 30], ['visit_id', 'event_time'])
     """
 
     def __init__(
@@ -494,9 +503,30 @@ class MedsSource(SampleSource):
     each unit reads its own shard where it is built.
 
     Example:
-        >>> source = MedsSource("meds/", "labels.parquet", card["meds"]["options"])
+        A tiny MEDS folder: three subjects, one per data shard, each labelled once.
+
+        >>> import pyarrow as pa
+        >>> from datetime import datetime
+        >>> Path("meds/data").mkdir(parents=True)
+        >>> for i, subject in enumerate([7, 8, 9]):
+        ...     events = pa.table({
+        ...         "subject_id": pa.array([subject, subject], pa.int64()),
+        ...         "time": pa.array([None, datetime(2020, 1, 1)], pa.timestamp("us")),
+        ...         "code": ["SEX//F", "ICD10CM//I10"],
+        ...         "numeric_value": pa.array([None, None], pa.float32()),
+        ...     })
+        ...     pq.write_table(events, f"meds/data/{i}.parquet")
+        >>> pq.write_table(pa.table({
+        ...     "subject_id": pa.array([7, 8, 9], pa.int64()),
+        ...     "prediction_time": pa.array([datetime(2020, 1, 2)] * 3, pa.timestamp("us")),
+        ...     "boolean_value": [True, False, True],
+        ... }), "labels.parquet")
+        >>> options = {"features": {"diagnoses": ["ICD10CM"]}}   # as a model card records them
+        >>> source = MedsSource("meds/", "labels.parquet", options)
         >>> [s.index for s in source.shards(1000)]     # shard_size does not apply
-        [0, 1, 2, 3]
+        [0, 1, 2]
+        >>> source.shards(1000)[0].patient_ids
+        ('7@2020-01-02T00:00:00',)
     """
 
     #: The identity columns of MEDS rows (every shard writes them, even an empty one).

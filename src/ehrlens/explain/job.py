@@ -9,8 +9,16 @@ dataset with the run's limits, explain it, rows in patient order) and :meth:`Sha
 that verify and hands the rest to the executor.
 
 Example:
-    >>> job, shards = plan(run, model, interpreters, model_id, "cpu")
-    >>> columns = job.explain(model, interpreters, shards[0])
+    >>> from ehrlens.data.sources import DatasetSource
+    >>> from ehrlens.explain.run import build_methods
+    >>> run = ExplainRun(DatasetSource(test), ["rollout"], shard_size=8)
+    >>> interpreters = build_methods(model, run.methods)
+    >>> job, shards, settings = plan(run, card["model_id"], interpreters, "cpu")
+    >>> [len(shard.patient_ids) for shard in shards]      # 20 test patients
+    [8, 8, 4]
+    >>> columns = job.explain(model, interpreters, shards[0])   # what a worker does
+    >>> list(dict.fromkeys(columns["patient_id"])) == list(shards[0].patient_ids)
+    True
 """
 
 from __future__ import annotations

@@ -44,8 +44,18 @@ class LocalExecutor:
         on_shard: called as ``on_shard(index, path)`` after each shard is written.
 
     Example:
-        >>> result = LocalExecutor(progress=True).run(run)
-        >>> result = LocalExecutor().run(run, model=model)   # a model object, not a directory
+        >>> from ehrlens.data.sources import DatasetSource
+        >>> run = ExplainRun(DatasetSource(test), ["rollout"], model_dir="model/",
+        ...                  out_dir="explained/")
+        >>> result = LocalExecutor().run(run)     # the model loaded from run.model_dir
+        >>> result.num_patients, result.computed
+        (20, [0])
+        >>> LocalExecutor().run(run).reused       # the same run again: its shard is reused
+        [0]
+        >>> in_memory = ExplainRun(DatasetSource(test), ["rollout"])   # no out_dir
+        >>> result = LocalExecutor().run(in_memory, model=model)   # a model object
+        >>> sorted(result.to_frame()["patient_id"].unique())[:2]
+        ['P000110', 'P000111']
     """
 
     def __init__(

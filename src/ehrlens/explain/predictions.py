@@ -17,9 +17,10 @@ the methods' default: the positive class (binary), the predicted class (otherwis
 Regression models have no classes: the four columns are null.
 
 Example:
-    >>> rows = batch_prediction_rows(model, batch, target=None)
-    >>> rows[0]
-    ('1', 0.91, '1', 0.91)
+    >>> rows = batch_prediction_rows(model, batch, target=None)   # one row per patient
+    >>> predicted, p, explained, q = rows[0]
+    >>> predicted in ("0", "1"), p >= 0.5, explained   # binary: the positive class by default
+    (True, True, '1')
 """
 
 from __future__ import annotations
@@ -112,9 +113,12 @@ def batch_prediction_rows(
         ValueError: ``target`` is not a class of the model.
 
     Example:
-        >>> predicted, p, explained, q = batch_prediction_rows(model, batch, target=0)[0]
-        >>> explained, round(p + q, 6) if predicted != explained else q == p
-        ('0', 1.0)
+        >>> rows = batch_prediction_rows(model, batch, target=0)     # explain class "0"
+        >>> len(rows), {explained for _, _, explained, _ in rows}
+        (8, {'0'})
+        >>> predicted, p, explained, q = rows[0]
+        >>> round(q, 6) == round(p if predicted == explained else 1 - p, 6)
+        True
     """
     if model_class_names(model) is None:
         return [(None, None, None, None)] * len(batch["patient_id"])

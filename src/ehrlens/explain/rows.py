@@ -100,7 +100,7 @@ def method_levels(
 
     Example:
         >>> method_levels({"rollout": AttentionRollout(model)}, batch, model.schema)
-        {'rollout': {'diagnoses': 'visit'}}
+        {'rollout': {'diagnoses': 'visit', 'procedures': 'visit', 'drugs': 'visit'}}
     """
     return {
         name: {k: score_level(i, k, batch.get(k)) for k in schema.feature_keys}

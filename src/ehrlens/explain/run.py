@@ -9,9 +9,14 @@ Both executors (:class:`~ehrlens.explain.local_engine.LocalExecutor`,
 by one executor is resumed by the other.
 
 Example:
-    >>> run = ExplainRun(JsonlSource("patients.jsonl"), ["rollout", "flow"],
-    ...                  model_dir="model/", out_dir="attr/", limits=SizeLimits(max_steps=None))
+    >>> from ehrlens.data.sources import JsonlSource
+    >>> run = ExplainRun(JsonlSource("patients.jsonl"), ["rollout", "flow"], model_dir="model/",
+    ...                  out_dir="explained/", limits=SizeLimits(max_steps=None))
     >>> result = LocalExecutor().run(run)          # or RayExecutor(num_workers=8).run(run)
+    >>> result.num_patients, result.computed
+    (130, [0])
+    >>> LocalExecutor().run(run).reused            # the folder resumes: nothing to compute
+    [0]
 """
 
 from __future__ import annotations
@@ -111,7 +116,9 @@ def rebuild_methods(model: Any, recipes: Mapping[str, MethodRecipe]) -> dict[str
             and the class.
 
     Example:
-        >>> rebuild_methods(model, method_recipes(["rollout"]))["rollout"]
+        >>> rebuilt = rebuild_methods(model, method_recipes({"rollout": {"head_fusion": "max"}}))
+        >>> type(rebuilt["rollout"]).__name__, rebuilt["rollout"].head_fusion
+        ('AttentionRollout', 'max')
     """
     built = {}
     for name, (path, options) in recipes.items():
@@ -149,6 +156,7 @@ class ExplainRun:
         model_id: the ``model_id`` column; default the card's (or the model's fingerprint).
 
     Example:
+        >>> from ehrlens.data.sources import SamplesSource
         >>> run = ExplainRun(SamplesSource(samples), {"rollout": {"head_fusion": "max"}},
         ...                  model_dir="model/", batch_size=32, device="cpu")
         >>> run.method_recipes()["rollout"][1]
@@ -188,8 +196,14 @@ class ExplainRun:
         executor is not part of it: local and Ray write the same folder.
 
         Example:
-            >>> run.settings("m1", build_methods(model, run.methods), "cpu")["limits"]
+            >>> from ehrlens.data.sources import SamplesSource
+            >>> run = ExplainRun(SamplesSource(samples), ["rollout"], model_dir="model/")
+            >>> interpreters = build_methods(model, run.methods)
+            >>> run.settings("m1", interpreters, "cpu")["limits"]
             {'max_codes_per_step': 1000, 'max_steps': 10000}
+            >>> on_gpu = [run.settings("m1", interpreters, d) for d in ("cuda:0", "cuda:1")]
+            >>> on_gpu[0] == on_gpu[1]      # a device's index does not change the rows
+            True
         """
         extra: dict[str, Any] = {"bucket_by_length": True} if self.bucket_by_length else {}
         return run_settings(

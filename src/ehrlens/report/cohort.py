@@ -2,8 +2,14 @@
 patients, with a bootstrap interval over patients.
 
 Example:
-    >>> table = code_importance(explanation.to_frame(), n_boot=1000, seed=0)
-    >>> table.head()      # method, feature, code, mean, low, high, patients
+    >>> rows = explain_cohort(code_transformer, test, ["rollout"]).to_frame()   # code scores
+    >>> table = code_importance(rows, n_boot=1000, seed=0)
+    >>> list(table.columns)
+    ['method', 'feature', 'code', 'mean', 'low', 'high', 'patients']
+    >>> table["mean"].is_monotonic_decreasing   # one method: its codes by decreasing mean
+    True
+    >>> bool(table["patients"].between(1, 20).all())   # patients with the code, of 20
+    True
 """
 
 from __future__ import annotations
@@ -40,7 +46,15 @@ def code_importance(
         ValueError: ``n_boot`` below 0 or ``confidence`` not in (0, 1).
 
     Example:
-        >>> code_importance(frame).query("method == 'rollout'").head(3)
+        ``frame`` holds visit-level scores only (its model pools each visit's codes), so
+        there is no code to rank; a model with a score per code has some:
+
+        >>> code_importance(frame).empty
+        True
+        >>> rows = explain_cohort(code_transformer, test, ["rollout", "chefer"]).to_frame()
+        >>> top = code_importance(rows).query("method == 'rollout'").head(3)
+        >>> len(top), list(top["method"].unique())
+        (3, ['rollout'])
     """
     import pandas as pd
 

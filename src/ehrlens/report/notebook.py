@@ -44,12 +44,12 @@ from ..explain.rows import method_levels
 from ..explain.run import MethodSpec, build_methods
 from ..explain.table import columns_to_arrow, method_columns
 from ..models.directory import CARD, model_fingerprint
+from .classes import stored_predictions
 from .cohort import code_importance
 from .colours import ColourScale, method_scales
 from .header import class_names, explained_class
 from .html import read_descriptions, render_report
 from .patient import Prediction, esc, patient_section
-from .classes import stored_predictions
 from .predictions import batch_predictions
 from .style import stylesheet
 
@@ -199,7 +199,8 @@ class Explanation:
         rows, so the model does not run.
 
         Example:
-            >>> Explanation.from_rows(explain_cohort(model, dataset, ["rollout"]).to_frame())
+            >>> Explanation.from_rows(explain_cohort(model, test, ["rollout"]).to_frame())
+            Explanation(20 patients, ... rows, methods ['rollout'])
         """
         predictions = stored_predictions(
             rows, None, class_names(card), (card or {}).get("task", {}).get("mode")
@@ -230,7 +231,11 @@ class Explanation:
             ValueError: a folder that is not a finished explain run, or another file type.
 
         Example:
-            >>> Explanation.load("attr/", model_dir="model/").show(0)
+            >>> explanation = Explanation.load("attr/", model_dir="model/")   # a finished run
+            >>> explanation
+            Explanation(20 patients, ... rows, methods ['rollout'])
+            >>> explanation.patient_ids[:2]
+            ['P000110', 'P000111']
         """
         import pandas as pd
 
@@ -274,7 +279,13 @@ class Explanation:
         (:func:`~ehrlens.report.cohort.code_importance`).
 
         Example:
-            >>> explanation.aggregate().query("method == 'rollout'").head(5)
+            >>> explanation = Explanation.compute(code_transformer, batch, ["rollout", "chefer"])
+            >>> table = explanation.aggregate()      # a row per method and code
+            >>> sorted(table["method"].unique()), int(table["patients"].max()) <= 8
+            (['chefer', 'rollout'], True)
+            >>> top = table.query("method == 'rollout'").head(5)   # rollout's top 5 codes
+            >>> list(top.columns)
+            ['method', 'feature', 'code', 'mean', 'low', 'high', 'patients']
         """
         return code_importance(self.to_frame(), n_boot=n_boot, confidence=confidence, seed=seed)
 
@@ -365,7 +376,15 @@ class Explanation:
         score (feature, visit, code with its description, score).
 
         Example:
+            >>> explanation = Explanation.compute(model, batch, ["rollout"])
             >>> print(explanation.to_text("P000123", top_k=5))
+            patient P000123
+            probability of the class explained: 0...
+            predicted ...; explained 1 (0...)
+            <BLANKLINE>
+            rollout: top 5 of 23
+               feature  visit    code  score
+            ...
         """
         pid = self._patient_id(patient)
         frame = self.to_frame()

@@ -97,8 +97,8 @@ def with_labels(
     Example:
         >>> from ehrlens.report.classes import stored_predictions
         >>> stored = stored_predictions(frame, None, ["0", "1"])
-        >>> with_labels(stored, test_dataset)["P000123"].label
-        1
+        >>> stored["P000123"].label, with_labels(stored, test_dataset)["P000123"].label
+        (None, 1.0)
     """
     out = dict(predictions)
     if not dataset.has_labels or not dataset.label_keys:
