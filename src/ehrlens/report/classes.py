@@ -13,6 +13,7 @@ Example:
     >>> risk = create_sample_dataset(rows, {"codes": "sequence"}, {"risk": "binary"},
     ...                              positive_class="high")
     >>> risk_model = Transformer(risk, embedding_dim=8, heads=2, num_layers=1)
+    >>> from ehrlens.explain.predictions import model_class_names
     >>> model_class_names(risk_model)
     ['low', 'high']
     >>> y_prob = torch.tensor([[0.25], [0.75]])     # binary: P(positive) [batch, 1]
@@ -25,10 +26,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-import torch
 from torch import Tensor
 
-from ..explain.predictions import PREDICTION_COLUMNS, model_class_names, prediction_rows
+from ..explain.predictions import PREDICTION_COLUMNS, prediction_rows
 from .patient import Prediction
 
 
@@ -46,6 +46,7 @@ def predicted_and_explained(
         target: the explained class index; ``None``: the interpreters' default.
 
     Example:
+        >>> from ehrlens.explain.predictions import model_class_names
         >>> model_class_names(model)
         ['0', '1']
         >>> predicted_and_explained(model, torch.tensor([[0.25]]), target=None)
