@@ -35,6 +35,7 @@ from ehrlens.core.files import atomic_write
 from ehrlens.explain.shards import (
     MANIFEST,
     SHARD_PATTERN,
+    manifest_digest,
     patient_hash,
     read_attributions,
     shard_metadata,
@@ -128,6 +129,7 @@ def run(n_shards: int, patients: int, units: int, repeats: int) -> dict:
                 assert verified_shard_rows(new / SHARD_PATTERN.format(i), FINGERPRINT, i, hashes[i])
 
         manifest = {"fingerprint": FINGERPRINT, "shards": n_shards, "complete": True}
+        manifest["digest"] = manifest_digest(manifest)  # a sealed manifest, as explain writes
         (new / MANIFEST).write_text(json.dumps(manifest))
 
         def read_plain():

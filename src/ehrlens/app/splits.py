@@ -146,8 +146,8 @@ def sample_subjects(dataset: SampleDataset) -> list[str] | None:
     subject and prediction time, ``patient_id`` ``"<subject_id>@<time>"``), else None.
 
     Example:
-        >>> sample_subjects(meds_dataset)[:2]
-        ['7', '7']
+        >>> sample_subjects(dataset) is None               # JSON Lines samples: no subjects
+        True
     """
     subjects = [item.get("identity", {}).get("subject_id") for item in dataset.items]
     if not subjects or any(s is None for s in subjects):

@@ -249,8 +249,8 @@ def _units(processor: Any, values: Tensor, step_mask: Tensor | None):
 
 def columns_to_arrow(columns: Mapping[str, list]):
     """``{column: list}`` -> a pyarrow Table with :func:`arrow_schema` (and the identity
-    columns present; ``event_time`` as float64 when its values are numbers; prediction
-    columns the rows were built without are null)."""
+    columns present; ``event_time`` as float64 when its values are numbers; prediction and
+    value columns the rows were built without are null)."""
     import pyarrow as pa
 
     identity = [name for name in IDENTITY_COLUMNS if name in columns]
@@ -261,9 +261,10 @@ def columns_to_arrow(columns: Mapping[str, list]):
         index = schema.get_field_index("event_time")
         schema = schema.set(index, pa.field("event_time", pa.float64()))
     n = len(columns["patient_id"])
-    unknown: list[Any] = [None] * n  # rows built without predictions: null
+    unknown: list[Any] = [None] * n  # rows built without predictions or values: null
+    optional = (*PREDICTION_COLUMNS, "value")
     ordered = {
-        name: columns[name] if name in columns or name not in PREDICTION_COLUMNS else unknown
+        name: columns[name] if name in columns or name not in optional else unknown
         for name in schema.names
     }
     return pa.Table.from_pydict(ordered, schema=schema)

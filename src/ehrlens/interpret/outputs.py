@@ -101,7 +101,7 @@ def finite_outputs(model: Any, batch: Mapping[str, Any]) -> Iterator[None]:
 
     Example:
         >>> with finite_outputs(model, batch):
-        ...     scores = interpreter.attribute(**batch)
+        ...     scores = AttentionRollout(model).attribute(**batch)
     """
     ids = batch.get("patient_id")
     fallback = list(ids) if isinstance(ids, (list, tuple)) else None

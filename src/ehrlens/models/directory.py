@@ -123,8 +123,9 @@ def model_dir_sha256(path: str | os.PathLike) -> str:
     prints it.
 
     Example:
-        >>> model_dir_sha256("runs/transformer")[:12]
-        '9b0e4f7a21c3'
+        >>> checksum = model_dir_sha256("model")       # a saved model directory
+        >>> len(checksum), checksum == model_dir_sha256("model")
+        (64, True)
     """
     path = Path(path)
     return _directory_digest((path / CARD).read_bytes(), file_sha256(path / WEIGHTS))
@@ -214,7 +215,7 @@ def check_card(card: Any, where: str | os.PathLike = CARD) -> None:
         >>> check_card([], "model/card.json")
         Traceback (most recent call last):
         ...
-        ValueError: model/card.json: a model card must be a JSON object, got an array ...
+        ValueError: model/card.json: a model card must be a JSON object, got an array; ...
     """
     names = {list: "an array", str: "a string", type(None): "null", bool: "a boolean"}
 
