@@ -25,10 +25,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-import torch
 from torch import Tensor
 
-from ..explain.predictions import PREDICTION_COLUMNS, model_class_names, prediction_rows
+from ..explain.predictions import PREDICTION_COLUMNS, prediction_rows
 from .patient import Prediction
 
 

@@ -44,12 +44,12 @@ from ..explain.rows import method_levels
 from ..explain.run import MethodSpec, build_methods
 from ..explain.table import columns_to_arrow, method_columns
 from ..models.directory import CARD, model_fingerprint
+from .classes import stored_predictions
 from .cohort import code_importance
 from .colours import ColourScale, method_scales
 from .header import class_names, explained_class
 from .html import read_descriptions, render_report
 from .patient import Prediction, esc, patient_section
-from .classes import stored_predictions
 from .predictions import batch_predictions
 from .style import stylesheet
 
