@@ -7,7 +7,11 @@ scikit-learn's ``check_estimator`` does for estimators:
 - batch = one by one: a patient's scores do not depend on the others in its batch (methods
   that read the model; a baseline that reads nothing of it is exempt by its ``needs``);
 - state restored: train/eval mode, hooks, parameters' gradients and ``requires_grad``;
-- ``get_params()`` round trip: ``type(i)(model, **i.get_params())`` is the same method.
+- ``get_params()`` round trip: ``type(i)(model, **i.get_params())`` is the same method;
+- NaN refused: a model whose output is NaN is not explained; the ``ValueError`` names the
+  patients (methods that read the model);
+- Ray = local: each method by the Ray engine gives the local engine's rows
+  (``tests/explain/test_ray_conformance.py``, where the session's Ray runtime is).
 
 A method registered with :func:`~ehrlens.interpret.register_method` or a model class with a
 ``short_name`` is covered on its next run.
@@ -15,6 +19,7 @@ A method registered with :func:`~ehrlens.interpret.register_method` or a model c
 
 from __future__ import annotations
 
+import re
 from functools import cache
 from typing import Any
 
@@ -144,3 +149,25 @@ def test_get_params_rebuilds_the_same_method(method, short):
     assert set(first) == set(again)
     for key in first:
         torch.testing.assert_close(again[key], first[key], atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize(("method", "short"), [p for p, _ in READING], ids=[i for _, i in READING])
+def test_a_nan_output_is_refused_naming_the_patients(method, short):
+    """Every patient's logit is NaN (a forward hook): the method refuses, naming all of them.
+    A method that never runs the model (``needs`` empty: the random baseline) is exempt."""
+    model, _, batch = _case(short)
+
+    def poison(module: Any, args: Any, kwargs: Any, output: dict[str, Any]) -> dict[str, Any]:
+        return {**output, "logit": output["logit"] * float("nan")}
+
+    ids = [str(p) for p in batch["patient_id"]]
+    handle = model.register_forward_hook(poison, with_kwargs=True)
+    try:
+        with pytest.raises(
+            ValueError,
+            match=re.escape(f"output 'logit' is NaN or infinite for {len(ids)} patient(s): {ids}"),
+        ):
+            make_interpreter(method, model).attribute(**batch)
+    finally:
+        handle.remove()
+    assert len(model._forward_hooks) == 0  # the check leaves no hook behind

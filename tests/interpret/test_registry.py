@@ -29,20 +29,22 @@ from ehrlens.interpret import (
     register_method,
     unregister_method,
 )
+from ehrlens.interpret.methods.base import METHOD_REGISTRY
 from ehrlens.interpret.registry import BUILTIN_METHODS, class_path, load_class
 from ehrlens.models import Transformer
 
-#: The built-ins as the command line has always listed them, with their mode by hand:
-#: forward-only methods run under inference mode, gradient methods need autograd.
+#: The built-ins in the order they are listed (the order interpret/methods/__init__.py imports
+#: their modules; each registers at its definition), with their mode by hand: forward-only
+#: methods run under inference mode, gradient methods need autograd.
 EXPECTED = {
     "rollout": (AttentionRollout, True),
     "flow": (AttentionFlow, True),
     "chefer": (CheferRelevance, False),
     "attnlrp": (AttnLRP, False),
-    "raw_attention": (RawAttention, True),
     "input_x_gradient": (InputXGradient, False),
     "integrated_gradients": (IntegratedGradients, False),
     "random": (RandomBaseline, True),
+    "raw_attention": (RawAttention, True),
     "visit_split": (VisitScoreSplit, False),
 }
 
@@ -59,10 +61,9 @@ def model_and_batch():
 @pytest.fixture
 def restore_registry():
     """Whatever a test registers or removes, the next test sees the built-ins only."""
-    before = dict(METHODS)
+    before = METHOD_REGISTRY.snapshot()
     yield
-    METHODS.clear()
-    METHODS.update(before)
+    METHOD_REGISTRY.restore(before)
 
 
 def _declared(name="scratch", gradient_free=True, needs=(), summary="a scratch method"):

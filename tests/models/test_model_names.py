@@ -15,14 +15,16 @@ from ehrlens.models import (
     model_class,
     model_classes,
 )
+from ehrlens.models.base import MODEL_REGISTRY
 
 
 @pytest.fixture
 def restore_models():
-    before = dict(BaseModel._registry)
+    before, names = dict(BaseModel._registry), MODEL_REGISTRY.snapshot()
     yield
     BaseModel._registry.clear()
     BaseModel._registry.update(before)
+    MODEL_REGISTRY.restore(names)
 
 
 def test_the_table_lists_the_models_by_their_declared_short_names():

@@ -10,6 +10,7 @@
 - :mod:`~ehrlens.core.jsonl`: JSON Lines samples.
 - :mod:`~ehrlens.core.ids`: patient ids compared as text; repeated or colliding ids.
 - :mod:`~ehrlens.core.outputs`: model outputs from logits (probabilities by task mode).
+- :mod:`~ehrlens.core.registry`: objects by name (methods, processors, models): ``Registry``.
 """
 
 __version__ = "0.1.0"

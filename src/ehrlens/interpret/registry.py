@@ -18,22 +18,29 @@ Example:
 from __future__ import annotations
 
 import importlib
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from .methods import (
-    AttentionFlow,
-    AttentionRollout,
-    AttnLRP,
-    BaseInterpreter,
-    CheferRelevance,
-    InputXGradient,
-    IntegratedGradients,
-    RandomBaseline,
-    RawAttention,
-    VisitScoreSplit,
+from .methods import AttentionRollout, BaseInterpreter  # noqa: F401 (AttentionRollout: examples)
+from .methods.base import (
+    METHOD_REGISTRY,
+    constructor_params,
+    register_method,
+    unregister_method,
 )
-from .methods.base import check_declaration, constructor_params, is_abstract
+
+__all__ = [
+    "BUILTIN_METHODS",
+    "METHODS",
+    "MethodInfo",
+    "class_path",
+    "load_class",
+    "make_interpreter",
+    "method_help",
+    "register_method",
+    "unregister_method",
+]
 
 
 @dataclass(frozen=True)
@@ -64,59 +71,25 @@ class MethodInfo:
         return constructor_params(self.cls)
 
 
-#: ``{name: MethodInfo}`` of every registered method, in registration order.
-METHODS: dict[str, MethodInfo] = {}
+class _MethodTable(Mapping[str, MethodInfo]):
+    """``{name: MethodInfo}``: a read-only view of :data:`METHOD_REGISTRY`."""
+
+    def __getitem__(self, name: str) -> MethodInfo:
+        return MethodInfo(METHOD_REGISTRY[name])
+
+    def __contains__(self, name: object) -> bool:
+        return name in METHOD_REGISTRY
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(METHOD_REGISTRY)
+
+    def __len__(self) -> int:
+        return len(METHOD_REGISTRY)
 
 
-def register_method(cls: type[BaseInterpreter]) -> type[BaseInterpreter]:
-    """Make ``cls`` available by its ``name``; usable as a class decorator.
-
-    Registering the same class again does nothing.
-
-    Raises:
-        TypeError: ``cls`` is not a concrete :class:`BaseInterpreter` subclass with its own
-            ``name`` and a valid declaration.
-        ValueError: another class is registered under the same name.
-
-    Example:
-        >>> @register_method
-        ... class Toy(BaseInterpreter):
-        ...     name, gradient_free, needs, summary = "toy", True, (), "a toy"
-        ...     def attribute(self, target_class_idx=None, **batch): ...
-        >>> make_interpreter("toy", model)
-        <...Toy object at ...>
-        >>> _ = unregister_method("toy")
-    """
-    if not (isinstance(cls, type) and issubclass(cls, BaseInterpreter)):
-        raise TypeError(f"register_method takes a BaseInterpreter subclass, got {cls!r}")
-    if is_abstract(cls):
-        raise TypeError(f"{cls.__qualname__} is abstract (it does not implement attribute)")
-    check_declaration(cls)
-    if "name" not in vars(cls):
-        raise TypeError(
-            f"{cls.__qualname__} inherits name {cls.name!r} from a parent class; declare its "
-            "own name to register it"
-        )
-    known = METHODS.get(cls.name)
-    if known is not None and known.cls is not cls:
-        raise ValueError(
-            f"method name {cls.name!r} is already registered to "
-            f"{known.cls.__module__}.{known.cls.__qualname__}; choose another name for "
-            f"{cls.__module__}.{cls.__qualname__}, or unregister_method({cls.name!r}) first"
-        )
-    METHODS[cls.name] = MethodInfo(cls)
-    return cls
-
-
-def unregister_method(name: str) -> type[BaseInterpreter]:
-    """Remove the method called ``name``; returns its class.
-
-    Raises:
-        ValueError: no method has that name.
-    """
-    if name not in METHODS:
-        raise ValueError(f"unknown method {name!r}; choose from {', '.join(METHODS)}")
-    return METHODS.pop(name).cls
+#: ``{name: MethodInfo}`` of every registered method, in registration order (read-only; change
+#: it with :func:`register_method` and :func:`unregister_method`).
+METHODS: Mapping[str, MethodInfo] = _MethodTable()
 
 
 def make_interpreter(name: str, model: Any, **options: Any) -> BaseInterpreter:
@@ -129,10 +102,7 @@ def make_interpreter(name: str, model: Any, **options: Any) -> BaseInterpreter:
     Example:
         >>> flow = make_interpreter("flow", model, max_seq_len=512)
     """
-    info = METHODS.get(name)
-    if info is None:
-        raise ValueError(f"unknown method {name!r}; choose from {', '.join(METHODS)}")
-    return info.cls(model, **options)
+    return METHOD_REGISTRY[name](model, **options)
 
 
 def method_help() -> list[tuple[str, str]]:
@@ -190,18 +160,5 @@ def load_class(path: str) -> type:
     return target
 
 
-#: The built-in methods, in the order they are listed.
-BUILTIN_METHODS: tuple[type[BaseInterpreter], ...] = (
-    AttentionRollout,
-    AttentionFlow,
-    CheferRelevance,
-    AttnLRP,
-    RawAttention,
-    InputXGradient,
-    IntegratedGradients,
-    RandomBaseline,
-    VisitScoreSplit,
-)
-for _cls in BUILTIN_METHODS:
-    register_method(_cls)
-del _cls
+#: The built-in methods, in the order they are listed (each registers at its definition).
+BUILTIN_METHODS: tuple[type[BaseInterpreter], ...] = tuple(METHOD_REGISTRY.values())

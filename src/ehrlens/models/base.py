@@ -18,6 +18,7 @@ from torch import Tensor, nn
 from ..core import __version__
 from ..core.files import atomic_write, file_sha256
 from ..core.outputs import probabilities
+from ..core.registry import Registry
 from ..data.dataset import RESERVED_KEYS, FittedSchema, SampleDataset
 
 CHECKPOINT_FORMAT = "ehrlens-model"
@@ -83,6 +84,14 @@ def feature_values(batch: Mapping[str, Any], key: str) -> Tensor:
     return batch[key]
 
 
+#: Model classes by ``short_name``, in order of definition: a class that declares its own
+#: ``short_name`` registers itself when it is defined (``BaseModel.__init_subclass__``).
+MODEL_REGISTRY: Registry[type[BaseModel]] = Registry(
+    "model",
+    key=lambda cls: vars(cls).get("short_name"),  # type: ignore[arg-type, return-value]
+)
+
+
 def model_classes() -> dict[str, type[BaseModel]]:
     """``{short name: class}`` of every model class that declares a ``short_name``: the one
     table of model names (command line, workflows, tests), in order of definition.
@@ -91,12 +100,7 @@ def model_classes() -> dict[str, type[BaseModel]]:
         >>> model_classes()["transformer"]
         <class 'ehrlens.models.transformer.Transformer'>
     """
-    table: dict[str, type[BaseModel]] = {}
-    for cls in BaseModel._registry.values():
-        short = vars(cls).get("short_name")
-        if isinstance(short, str):
-            table[short] = cls
-    return table
+    return dict(MODEL_REGISTRY)
 
 
 def model_class(name: str) -> type[BaseModel]:
@@ -110,10 +114,7 @@ def model_class(name: str) -> type[BaseModel]:
         >>> type(model).__name__
         'StageAttentionNet'
     """
-    classes = model_classes()
-    if name not in classes:
-        raise ValueError(f"unknown model {name!r}; choose from {', '.join(classes)}")
-    return classes[name]
+    return MODEL_REGISTRY[name]
 
 
 class BaseModel(nn.Module):
@@ -142,12 +143,14 @@ class BaseModel(nn.Module):
         super().__init_subclass__(**kwargs)
         short = vars(cls).get("short_name")
         if short is not None:
-            taken = model_classes().get(short)
+            taken = MODEL_REGISTRY.get(short)
             if taken is not None and taken.__name__ != cls.__name__:
                 raise TypeError(
                     f"model short_name {short!r} of {cls.__qualname__} is already used by "
                     f"{taken.__qualname__}; choose another"
                 )
+            # a class defined again under the same name (a reloaded module) takes its place
+            MODEL_REGISTRY.register(cls, replace=True)
         BaseModel._registry[cls.__name__] = cls
 
     def __init__(self, dataset: SampleDataset | FittedSchema) -> None:

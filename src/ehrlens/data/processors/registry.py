@@ -19,32 +19,43 @@ Example:
 from __future__ import annotations
 
 import inspect
-from typing import TypeVar
+from typing import Any, TypeVar
 
+from ...core.registry import Registry
 from .base import FeatureProcessor, LabelProcessor, Processor, check_max_length
 
+
+def _schema(cls: type[Processor]) -> str:
+    schema = getattr(cls, "schema", None)
+    if not isinstance(schema, str) or not schema:
+        raise TypeError(f"{cls.__name__} needs a class attribute schema = '<name>' to register")
+    return schema
+
+
+def _check_processor(cls: type[Processor]) -> None:
+    schema = _schema(cls)
+    if inspect.isabstract(cls):
+        missing = sorted(getattr(cls, "__abstractmethods__", ()))
+        raise TypeError(f"{cls.__name__} (schema '{schema}') does not implement {missing}")
+
+
 #: Input schema string -> processor class (filled by :func:`register_processor`).
-FEATURE_PROCESSORS: dict[str, type[FeatureProcessor]] = {}
+FEATURE_PROCESSORS: Registry[type[FeatureProcessor]] = Registry(
+    "input schema", key=_schema, check=_check_processor
+)
 #: Output schema string -> processor class.
-LABEL_PROCESSORS: dict[str, type[LabelProcessor]] = {}
+LABEL_PROCESSORS: Registry[type[LabelProcessor]] = Registry(
+    "output schema", key=_schema, check=_check_processor
+)
 
 P = TypeVar("P", bound=type[Processor])
-
-
-def _registry(cls: type) -> dict[str, type]:
-    if isinstance(cls, type) and issubclass(cls, FeatureProcessor):
-        return FEATURE_PROCESSORS
-    if isinstance(cls, type) and issubclass(cls, LabelProcessor):
-        return LABEL_PROCESSORS
-    raise TypeError(
-        f"register_processor expects a FeatureProcessor or LabelProcessor subclass, got {cls!r}"
-    )
 
 
 def register_processor(cls: P) -> P:
     """Register a processor class under its ``schema`` string; usable as a decorator.
 
-    Registering the same class again does nothing.
+    Input processors go to :data:`FEATURE_PROCESSORS`, label processors to
+    :data:`LABEL_PROCESSORS`. Registering the same class again does nothing.
 
     Raises:
         TypeError: ``cls`` is not a processor class, has no ``schema`` string, or leaves
@@ -63,28 +74,27 @@ def register_processor(cls: P) -> P:
         'CodeListProcessor'
         >>> _ = unregister_processor("code_list")
     """
-    registry = _registry(cls)
-    schema = getattr(cls, "schema", None)
-    if not isinstance(schema, str) or not schema:
-        raise TypeError(f"{cls.__name__} needs a class attribute schema = '<name>' to register")
-    if inspect.isabstract(cls):
-        missing = sorted(getattr(cls, "__abstractmethods__", ()))
-        raise TypeError(f"{cls.__name__} (schema '{schema}') does not implement {missing}")
-    known = registry.get(schema)
-    if known is not None and known is not cls:
-        raise ValueError(
-            f"schema '{schema}' is already registered to {known.__module__}.{known.__qualname__}; "
-            "unregister_processor it first, or choose another schema string"
+    if isinstance(cls, type) and issubclass(cls, FeatureProcessor):
+        FEATURE_PROCESSORS.register(cls)
+    elif isinstance(cls, type) and issubclass(cls, LabelProcessor):
+        LABEL_PROCESSORS.register(cls)
+    else:
+        raise TypeError(
+            f"register_processor expects a FeatureProcessor or LabelProcessor subclass, got {cls!r}"
         )
-    registry[schema] = cls
     return cls
 
 
 def unregister_processor(schema: str) -> type[Processor]:
-    """Remove a schema string from the registry and return its class."""
+    """Remove a schema string from the registry and return its class.
+
+    Raises:
+        ValueError: no processor has that schema string.
+    """
+    registry: Registry[Any]
     for registry in (FEATURE_PROCESSORS, LABEL_PROCESSORS):
         if schema in registry:
-            return registry.pop(schema)
+            return registry.unregister(schema)
     raise ValueError(f"schema {schema!r} is not registered")
 
 

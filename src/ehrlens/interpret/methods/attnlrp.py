@@ -22,6 +22,7 @@ from .base import (
     TargetIndex,
     check_finite_scores,
     feature_processor,
+    register_method,
     require_autograd,
     select_target,
 )
@@ -35,6 +36,7 @@ def _logit(outputs: Any) -> Tensor:
     raise TypeError("AttnLRP needs the model to return a logit tensor or {'logit': ...}")
 
 
+@register_method
 class AttnLRP(BaseInterpreter):
     """Attention-aware layer-wise relevance propagation (AttnLRP), signed.
 

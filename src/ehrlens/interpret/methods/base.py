@@ -18,6 +18,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor
 
+from ...core.registry import Registry
 from ...data.processors import PAD_ID, FeatureProcessor, processor_for_tensor
 from ..api import (
     Capabilities,
@@ -241,6 +242,49 @@ def constructor_params(cls: type[BaseInterpreter]) -> list[str]:
             "override get_params"
         )
     return [p.name for p in parameters]
+
+
+def _check_method(cls: type[BaseInterpreter]) -> None:
+    """What :data:`METHOD_REGISTRY` asks of a class before it registers it."""
+    if not (isinstance(cls, type) and issubclass(cls, BaseInterpreter)):
+        raise TypeError(f"register_method takes a BaseInterpreter subclass, got {cls!r}")
+    if is_abstract(cls):
+        raise TypeError(f"{cls.__qualname__} is abstract (it does not implement attribute)")
+    check_declaration(cls)
+    if "name" not in vars(cls):
+        raise TypeError(
+            f"{cls.__qualname__} inherits name {cls.name!r} from a parent class; declare its "
+            "own name to register it"
+        )
+
+
+#: Method classes by their ``name``, in registration order: the built-ins register at their
+#: definition (the order of imports in ``interpret/methods/__init__.py``), others after them.
+METHOD_REGISTRY: Registry[type[BaseInterpreter]] = Registry(
+    "method", key=lambda cls: cls.name, check=_check_method
+)
+
+
+def register_method(cls: type[BaseInterpreter]) -> type[BaseInterpreter]:
+    """Make ``cls`` available by its ``name``; usable as a class decorator.
+
+    Registering the same class again does nothing.
+
+    Raises:
+        TypeError: ``cls`` is not a concrete :class:`BaseInterpreter` subclass with its own
+            ``name`` and a valid declaration.
+        ValueError: another class is registered under the same name.
+    """
+    return METHOD_REGISTRY.register(cls)
+
+
+def unregister_method(name: str) -> type[BaseInterpreter]:
+    """Remove the method called ``name``; returns its class.
+
+    Raises:
+        ValueError: no method has that name (an :class:`~ehrlens.core.registry.UnknownNameError`).
+    """
+    return METHOD_REGISTRY.unregister(name)
 
 
 def feature_processor(model: Any, key: str, values: Tensor) -> FeatureProcessor:

@@ -9,11 +9,12 @@ from torch import Tensor
 
 from ...core.fusion import check_head_fusion
 from ..api import AttentionInterpretable, input_view, mask_unscored_inputs
-from .base import BaseInterpreter, TargetIndex, feature_processor
+from .base import BaseInterpreter, TargetIndex, feature_processor, register_method
 from .propagation import readout_relevance
 from .rollout import fused_attention_layers
 
 
+@register_method
 class RandomBaseline(BaseInterpreter):
     """Uniform random scores in ``[0, 1)`` for every real input unit; padding 0.
 
@@ -64,6 +65,7 @@ def _attention_step(rows: Tensor, attention: Tensor) -> Tensor:
     return torch.bmm(rows, attention)
 
 
+@register_method
 class RawAttention(BaseInterpreter):
     """One layer's attention, read out at the model's readout row as it is (no residual).
 

@@ -21,6 +21,7 @@ from ..api import (
 from .base import (
     BaseInterpreter,
     TargetIndex,
+    register_method,
     require_autograd,
     select_target,
     working_dtype,
@@ -52,6 +53,7 @@ def _logit(outputs: Any) -> Tensor:
     raise TypeError("CheferRelevance needs the model to return a logit tensor or {'logit': ...}")
 
 
+@register_method
 class CheferRelevance(BaseInterpreter):
     """Chefer et al. relevance: attention weighted by its gradient, accumulated over layers.
 

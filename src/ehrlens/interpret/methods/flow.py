@@ -16,12 +16,14 @@ from .base import (
     BaseInterpreter,
     TargetIndex,
     check_finite_scores,
+    register_method,
     working_dtype,
 )
 from .maxflow import flow_values
 from .rollout import fused_attention_layers
 
 
+@register_method
 class AttentionFlow(BaseInterpreter):
     """Attention flow: the maximum flow from each input to the readout through the layers.
 

@@ -33,6 +33,7 @@ from .base import (
     explained_logits,
     feature_processor,
     is_single_position,
+    register_method,
     require_autograd,
     single_position_scores,
     target_index,
@@ -160,6 +161,7 @@ class _LayerGradientMethod(BaseInterpreter):
         return mask_unscored_inputs(self.model, out, batch)
 
 
+@register_method
 class InputXGradient(_LayerGradientMethod):
     """Gradient × activation on each unit's embedding (Captum ``LayerGradientXActivation``).
 
@@ -178,6 +180,7 @@ class InputXGradient(_LayerGradientMethod):
         return method.attribute(tensors, target=target)
 
 
+@register_method
 class IntegratedGradients(_LayerGradientMethod):
     """Integrated gradients on each unit's embedding (Captum ``LayerIntegratedGradients``).
 

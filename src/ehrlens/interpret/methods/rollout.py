@@ -19,7 +19,7 @@ from ..api import (
     readout_weights,
     select_input_positions,
 )
-from .base import BaseInterpreter, TargetIndex, working_dtype
+from .base import BaseInterpreter, TargetIndex, register_method, working_dtype
 from .propagation import readout_relevance
 
 if TYPE_CHECKING:  # only for annotations: interpreters do not depend on concrete models
@@ -132,6 +132,7 @@ def low_memory_rollout_rows(
     return rows
 
 
+@register_method
 class AttentionRollout(BaseInterpreter):
     """Attention rollout: compose residual-augmented attention over layers, read it out.
 

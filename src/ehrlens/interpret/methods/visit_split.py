@@ -25,6 +25,7 @@ from .base import (
     TargetIndex,
     check_finite_scores,
     feature_processor,
+    register_method,
     require_autograd,
     select_target,
 )
@@ -43,6 +44,7 @@ SPLIT_METHODS: dict[str, type[BaseInterpreter]] = {
 SHARES = ("gradient_x_input", "uniform")
 
 
+@register_method
 class VisitScoreSplit(BaseInterpreter):
     """An attention method's visit score, split among the visit's codes.
 
