@@ -304,7 +304,7 @@ def test_bad_max_length_is_refused(max_length, error, pattern):
 
 
 def test_max_length_cannot_be_changed_on_a_fitted_schema(dataset):
-    with pytest.raises(ValueError, match="max_length and positive_class are part of a fitted schema"):
+    with pytest.raises(ValueError, match="max_length and positive_class are part of a fitted"):
         create_sample_dataset(make_sample_list(), schema=dataset.schema, max_length=2)
 
 

@@ -2,10 +2,10 @@
 with the estimate in the message, instead of being killed by the operating system.
 
 Example:
-    >>> check_fits(16 * 10**9 * 400, "a bootstrap of 1,000,000,000 draws over 400 patients")
+    >>> check_fits(16 * 10**9 * 400, "a bootstrap of 10**9 draws over 400 patients")
     Traceback (most recent call last):
     ...
-    ehrlens.core.memory.MemoryEstimateError: a bootstrap of 1,000,000,000 draws over 400 patients needs about ...
+    ehrlens.core.memory.MemoryEstimateError: a bootstrap of 10**9 draws over 400 patients ...
 """
 
 from __future__ import annotations
