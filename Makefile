@@ -23,8 +23,10 @@ demo: $(STAMP)
 demo-full: $(STAMP)
 	$(PY) -m ehrlens.app.demo --full
 
+# Two workers (one per core of the reference machine), each test file on one worker so that
+# its module fixtures (a trained model, a Ray runtime) are built once.
 test: $(STAMP)
-	$(PY) -m pytest
+	$(PY) -m pytest -n 2 --dist loadfile
 
 # The suite's stability check: 1 and 2 torch threads, then with every core kept busy.
 stability: $(STAMP)
