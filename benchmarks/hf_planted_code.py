@@ -130,12 +130,10 @@ def train(data: dict[str, torch.Tensor], epochs: int, seed: int, shuffle_events:
 
 
 def auroc(scores: np.ndarray, labels: np.ndarray) -> float:
-    positives, negatives = scores[labels], scores[~labels]
-    if len(positives) == 0 or len(negatives) == 0:
-        return float("nan")
-    greater = (positives[:, None] > negatives[None, :]).sum()
-    ties = (positives[:, None] == negatives[None, :]).sum()
-    return float((greater + 0.5 * ties) / (len(positives) * len(negatives)))
+    """Mann-Whitney AUROC, ties half (the library's own, as signal recovery computes it)."""
+    from ehrlens.metrics.recovery import _auroc
+
+    return _auroc(scores, labels)
 
 
 def interval(values: np.ndarray, seed: int = 0) -> tuple[float, float, float]:

@@ -19,10 +19,9 @@ from pathlib import Path
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
-from click.testing import CliRunner
 
+from _cli_invoke import TINY_TRAIN, invoke
 from _tolerance import assert_same_rows
-from ehrlens.cli.app import main
 from ehrlens.core.files import file_sha256
 from ehrlens.core.jsonl import read_jsonl, write_jsonl
 from ehrlens.data import create_sample_dataset, generate_cohort
@@ -34,17 +33,7 @@ from ehrlens.models.directory import load_model_dir
 from ehrlens.report import patient_predictions
 
 N_PATIENTS = 120
-TINY_TRAIN = ["--epochs", "1", "--embedding-dim", "16", "--layers", "1", "--heads", "2", "-q"]
 COMMANDS = ("synthetic", "train", "explain", "evaluate", "report", "demo")
-
-
-def invoke(*args, expect=0):
-    result = CliRunner().invoke(main, [str(a) for a in args])
-    assert result.exit_code == expect, (
-        f"exit {result.exit_code} (expected {expect})\nstdout: {result.stdout}\n"
-        f"stderr: {result.stderr}\n{result.exception!r}"
-    )
-    return result
 
 
 def count_units(sample, input_schema) -> int:

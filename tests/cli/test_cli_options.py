@@ -14,10 +14,9 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 import torch
-from click.testing import CliRunner
 
+from _cli_invoke import invoke
 from ehrlens.app.task import resolve_target, small_split_warning
-from ehrlens.cli.app import main
 from ehrlens.cli.methods import method_options, parse_methods
 from ehrlens.cli.quiet import command_output
 from ehrlens.core.jsonl import write_jsonl
@@ -30,15 +29,6 @@ from ehrlens.interpret.registry import unregister_method
 from ehrlens.models.directory import load_model_dir
 
 TINY = ["--epochs", "1", "--embedding-dim", "8", "--layers", "1", "--heads", "2", "-q"]
-
-
-def invoke(*args, expect=0):
-    result = CliRunner().invoke(main, [str(a) for a in args])
-    assert result.exit_code == expect, (
-        f"exit {result.exit_code} (expected {expect})\nstdout: {result.stdout}\n"
-        f"stderr: {result.stderr}\n{result.exception!r}"
-    )
-    return result
 
 
 @pytest.fixture(scope="module")

@@ -9,8 +9,8 @@ import json
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
-from click.testing import CliRunner
 
+from _cli_invoke import invoke
 from _meds_kit import (
     generated,
     generated_labels,
@@ -20,19 +20,9 @@ from _meds_kit import (
     write_labels,
     write_rows,
 )
-from ehrlens.cli.app import main
 from ehrlens.data.meds import read_labels, sample_id
 
 TINY = ["--epochs", "1", "--embedding-dim", "8", "--layers", "1", "--heads", "2", "-q"]
-
-
-def invoke(*args, expect=0):
-    result = CliRunner().invoke(main, [str(a) for a in args])
-    assert result.exit_code == expect, (
-        f"exit {result.exit_code} (expected {expect})\nstdout: {result.stdout}\n"
-        f"stderr: {result.stderr}\n{result.exception!r}"
-    )
-    return result
 
 
 def full_path(tmp_path, root, labels, *train_options):

@@ -7,23 +7,13 @@ import json
 
 import pandas as pd
 import pytest
-from click.testing import CliRunner
 
+from _cli_invoke import invoke
 from _html_tree import parse, patient_sections
 from _meds_kit import t, write_codes, write_labels, write_rows
-from ehrlens.cli.app import main
 
 TINY = ["--epochs", "1", "--embedding-dim", "8", "--layers", "1", "--heads", "2", "-q"]
 CREATININE, GLUCOSE = "LOINC//2160-0", "LOINC//2345-7"
-
-
-def invoke(*args, expect=0):
-    result = CliRunner().invoke(main, [str(a) for a in args])
-    assert result.exit_code == expect, (
-        f"exit {result.exit_code} (expected {expect})\nstdout: {result.stdout}\n"
-        f"stderr: {result.stderr}\n{result.exception!r}"
-    )
-    return result
 
 
 def creatinine(subject: int) -> float:

@@ -8,22 +8,10 @@ import json
 import re
 
 import pytest
-from click.testing import CliRunner
 
+from _cli_invoke import TINY_TRAIN, invoke
 from _html_tree import parse, patient_sections
-from ehrlens.cli.app import main
 from ehrlens.models.directory import load_model_dir
-
-TINY_TRAIN = ["--epochs", "1", "--embedding-dim", "16", "--layers", "1", "--heads", "2", "-q"]
-
-
-def invoke(*args, expect=0):
-    result = CliRunner().invoke(main, [str(a) for a in args])
-    assert result.exit_code == expect, (
-        f"exit {result.exit_code} (expected {expect})\nstdout: {result.stdout}\n"
-        f"stderr: {result.stderr}\n{result.exception!r}"
-    )
-    return result
 
 
 @pytest.fixture(scope="module")
