@@ -168,3 +168,39 @@ def test_frozen_model_is_refused_naming_why(make):
         parameter.requires_grad_(False)
     with pytest.raises(RuntimeError, match="no captured attention map requires grad"):
         CheferRelevance(model).attribute(None, **batch)
+
+
+def _batch_with_an_empty_feature(keys: list[str]):
+    """One patient whose ``codes`` has no step (so the batch's ``codes`` sequence is empty),
+    with a patient seen only at fit time; StageAttentionNet, 8 wide, 1 head, 1 layer."""
+    from ehrlens.data import create_sample_dataset
+
+    values = {"codes": [], "demo": [0.5, -1.0, 2.0]}
+    fit = {"codes": [f"C{i}" for i in range(4)], "demo": [0.0, 0.0, 0.0]}
+    schema = {"codes": "sequence", "demo": "tensor"}
+    samples = [
+        {"patient_id": "p0", **{k: values[k] for k in keys}, "y": 0},
+        {"patient_id": "fit", **{k: fit[k] for k in keys}, "y": 1},
+    ]
+    dataset = create_sample_dataset(samples, {k: schema[k] for k in keys}, {"y": "binary"})
+    kwargs = dict(embedding_dim=8, heads=1, attention_layers=1, chunk_size=4, levels=2)
+    torch.manual_seed(0)
+    model = StageAttentionNet(dataset, **kwargs).double().eval()
+    per_head = StageAttentionNet(dataset, **kwargs).double().eval()
+    per_head.load_state_dict(model.state_dict())
+    per_head.__class__ = PerHeadStageNet
+    return model, per_head, dataset.collate(dataset.items[:1])
+
+
+@pytest.mark.parametrize("keys", [["codes"], ["codes", "demo"]], ids=["alone", "with-demo"])
+def test_feature_without_any_step_in_the_batch(keys):
+    """An attention layer over an empty sequence still anchors the backward: Chefer scores
+    the empty feature (shape ``[1, 0]``) instead of refusing the model as frozen, and agrees
+    with the per-head path on every feature."""
+    model, per_head, batch = _batch_with_an_empty_feature(keys)
+    fused = CheferRelevance(model).attribute(None, **batch)
+    reference = CheferRelevance(per_head).attribute(None, **batch)
+    assert fused.keys() == reference.keys() == set(keys)
+    assert fused["codes"].shape == batch["codes"].shape == (1, 0)
+    for key in fused:
+        torch.testing.assert_close(fused[key], reference[key], atol=1e-12, rtol=0)

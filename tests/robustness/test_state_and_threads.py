@@ -6,6 +6,7 @@ neither overwrite nor leak into a capture in progress.
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 from collections.abc import Callable
@@ -15,7 +16,7 @@ import torch
 from _robustness_kit import METHODS, MODEL_METHODS, MODELS, make_dataset, make_model, no_hooks
 
 from ehrlens.core.modes import eval_mode, model_lock
-from ehrlens.interpret.api import capture_attention
+from ehrlens.interpret.api import capabilities, capture_attention
 from ehrlens.models import Transformer
 from ehrlens.models.capture import AttentionSlot
 
@@ -100,21 +101,46 @@ def test_a_failure_inside_forward_leaves_no_trace(dataset, monkeypatch, name, me
     assert _modes(model) == modes
 
 
+#: Where Chefer's backward reaches the capture, per path: with gradient fusion (ehrlens's
+#: models) the hook on each attention output hands every block of recomputed weights and
+#: their gradient to ``record_gradient_block``; without it (the per-head path, whole maps kept
+#: in the graph) the tensor hook on each map calls ``_on_gradient``.
+BACKWARD_PATHS = {
+    "fused": "record_gradient_block",
+    "per_head": "_on_gradient",
+}
+
+
+@pytest.mark.parametrize("path", list(BACKWARD_PATHS))
 @pytest.mark.parametrize("name", MODELS)
-def test_a_failure_inside_the_backward_leaves_no_trace(dataset, monkeypatch, name):
+def test_a_failure_inside_the_backward_leaves_no_trace(dataset, monkeypatch, name, path):
     model = make_model(name, dataset)
     batch = dataset.collate(dataset.items[:3])
+    if path == "per_head":
+        per_head = dataclasses.replace(capabilities(model), gradient_fusion=False)
+        monkeypatch.setattr(type(model), "interpret_capabilities", per_head)
+    assert capabilities(model).gradient_fusion == (path == "fused")
+    expected = METHODS["chefer"](model.eval()).attribute(**batch)
     modes = _set_mixed_modes(model, True)
+    calls = []
 
-    def fail(self, gradient):
+    def fail(*args, **kwargs):
+        calls.append(args)
         raise Boom("injected failure inside backward")
 
-    monkeypatch.setattr(AttentionSlot, "_on_gradient", fail)
-    with pytest.raises(Boom):
-        METHODS["chefer"](model).attribute(**batch)
+    with monkeypatch.context() as patch:
+        patch.setattr(AttentionSlot, BACKWARD_PATHS[path], fail)
+        with pytest.raises(Boom):
+            METHODS["chefer"](model).attribute(**batch)
+    assert calls, f"the {path} backward never reached AttentionSlot.{BACKWARD_PATHS[path]}"
     _assert_clean(model, modes)
+    _same(METHODS["chefer"](model).attribute(**batch), expected)  # and it works afterwards
+    assert _modes(model) == modes
 
-    handle = model.head.register_full_backward_hook(lambda *args: fail(None, None))
+    def fail_in_head(*args):
+        raise Boom("injected failure inside backward")
+
+    handle = model.head.register_full_backward_hook(fail_in_head)
     try:
         for method in ("input_x_gradient", "integrated_gradients"):
             with pytest.raises(Boom):

@@ -264,10 +264,12 @@ class MultiHeadAttention(nn.Module):
         """``softmax(q k^T / sqrt(head_dim)) v`` by
         :func:`~torch.nn.functional.scaled_dot_product_attention`, no map formed:
         ``[batch, heads, seq, head_dim]``. Dropout (in training) acts on the weights as in
-        the explicit path; a query without any real key gets 0.
+        the explicit path; a query without any real key gets 0. An empty sequence gives an
+        empty output that is still computed from ``v``, so it stays in the autograd graph as
+        any other output does (a gradient hook's ``output_hook`` anchors the backward on it).
         """
         if q.shape[2] == 0:
-            return q.new_zeros((*q.shape[:3], v.shape[-1]))
+            return v[:, :, :0] * 0
         dropout = self.dropout.p if self.training else 0.0
         return F.scaled_dot_product_attention(
             q, k, v, attn_mask=mask[:, None, None, :].bool(), dropout_p=dropout
