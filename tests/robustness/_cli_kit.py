@@ -8,23 +8,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-from click.testing import CliRunner
-
-from ehrlens.cli.app import main
+# re-exported: the robustness tests import them from here
+from _cli_invoke import TINY_TRAIN as TINY_TRAIN
+from _cli_invoke import invoke as invoke
 
 SRC = str(Path(__file__).resolve().parents[2] / "src")
-#: The smallest model that trains in a second or two.
-TINY_TRAIN = ["--epochs", "1", "--embedding-dim", "16", "--layers", "1", "--heads", "2", "-q"]
-
-
-def invoke(*args, expect: int = 0):
-    """``ehrlens ARGS`` in this process; asserts the exit code."""
-    result = CliRunner().invoke(main, [str(a) for a in args])
-    assert result.exit_code == expect, (
-        f"exit {result.exit_code} (expected {expect})\nstdout: {result.stdout}\n"
-        f"stderr: {result.stderr}\n{result.exception!r}"
-    )
-    return result
 
 
 def env() -> dict[str, str]:
