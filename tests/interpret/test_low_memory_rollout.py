@@ -125,7 +125,7 @@ def test_auto_adds_up_every_features_maps():
 @pytest.mark.parametrize(("heads", "layers"), [(4, 1), (4, 6), (1, 2)])
 def test_auto_mean_rollout_on_cpu_forms_no_map_below_the_top_layer(heads, layers, monkeypatch):
     # Mean over heads on CPU: every layer's rows go through the fused kernel in one call
-    # (weighted_rows), whatever the depth; only the top layer's readout block is recomputed.
+    # (weighted_rows), whatever the depth; only the top layer's readout row is recomputed.
     model, batch = _one_feature(heads, layers)
     auto = AttentionRollout(model)
     assert auto.recomputes_maps(batch) is True
@@ -140,10 +140,7 @@ def test_auto_mean_rollout_on_cpu_forms_no_map_below_the_top_layer(heads, layers
         )
     with torch.inference_mode():
         scores = auto.attribute(**batch)
-    block = model.attention_modules()["diagnoses"][0].attention_block_rows(
-        7, batch["diagnoses"].shape[1] + 1
-    )
-    assert formed == [block]  # the [CLS] block of the top layer, nothing else
+    assert formed == [1]  # the top layer's [CLS] row alone, nothing else
     monkeypatch.undo()
     with torch.inference_mode():
         kept = AttentionRollout(model, low_memory=False).attribute(**batch)

@@ -289,13 +289,25 @@ class MultiHeadAttention(nn.Module):
         def on_output_gradient(grad_out: Tensor) -> None:
             batch, _, seq, _ = q.shape
             step = self.attention_block_rows(batch, seq)
-            has_key = mask.any(dim=-1)[:, None, None, None].to(q.dtype)
-            key_t, value_t = k.transpose(-2, -1), v.transpose(-2, -1)
+            # Each block's weights are exp(q k^T / sqrt(d) - logsumexp), formed in place in
+            # one buffer: every extra pass over a [batch, heads, rows, seq] block costs about
+            # as much as its matrix product on CPU. Padded keys, and the rows of a sample
+            # without any real key, are zeroed afterwards (only when the batch has them).
+            scaled_q = q / math.sqrt(self.head_dim)
+            # Contiguous once per layer, so no block's product copies them again.
+            key_t = k.transpose(-2, -1).contiguous()
+            value_t = v.transpose(-2, -1).contiguous()
+            padded_keys = None if bool(mask.all()) else ~mask[:, None, None, :]
+            has_key = mask.any(dim=-1)
+            no_key = None if bool(has_key.all()) else ~has_key
             for start in range(0, seq, step):
                 rows = slice(start, min(start + step, seq))
-                scores = (q[:, :, rows] @ key_t) / math.sqrt(self.head_dim)
-                scores = scores.masked_fill(~mask[:, None, None, :], torch.finfo(q.dtype).min)
-                weights = (scores - logsumexp[:, :, rows, None]).exp_() * has_key
+                weights = torch.matmul(scaled_q[:, :, rows], key_t)
+                weights.sub_(logsumexp[:, :, rows, None]).exp_()
+                if padded_keys is not None:
+                    weights.masked_fill_(padded_keys, 0.0)
+                if no_key is not None:
+                    weights[no_key] = 0.0
                 gradient = grad_out[:, :, rows].to(q.dtype) @ value_t
                 for hook, _ in hooks:
                     hook(self, rows, weights, gradient)

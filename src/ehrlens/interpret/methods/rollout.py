@@ -123,10 +123,14 @@ def low_memory_rollout_rows(
             continue
         mixed = torch.zeros_like(rows)
         for start in starts:
-            part = rows[:, start : start + step]
-            block = slice(start, start + part.shape[1])
+            # Only the rows that carry relevance (the top layer: the readout row alone).
+            carried = rows[:, start : start + step].any(dim=0).nonzero()[:, 0]
+            block = slice(start + int(carried[0]), start + int(carried[-1]) + 1)
+            part = rows[:, block]
             attention = fuse_heads(layer.weights(block), head_fusion)
-            attention = discard_lowest(attention, discard_ratio, row_offset=start).to(rows.dtype)
+            attention = discard_lowest(attention, discard_ratio, row_offset=block.start).to(
+                rows.dtype
+            )
             mixed += torch.bmm(part[:, None, :], attention)[:, 0]
         rows = 0.5 * (mixed + rows)
     return rows
