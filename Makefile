@@ -26,7 +26,7 @@ demo-full: $(STAMP)
 # Two workers (one per core of the reference machine), each test file on one worker so that
 # its module fixtures (a trained model, a Ray runtime) are built once.
 test: $(STAMP)
-	$(PY) -m pytest -n 2 --dist loadfile
+	$(PY) -m pytest -n 2 --dist loadgroup
 
 # The suite's stability check: 1 and 2 torch threads, then with every core kept busy.
 stability: $(STAMP)

@@ -33,3 +33,26 @@ def make_tiny_model():
         return MODEL_CLASSES[name](dataset, **{**TINY_MODEL_KWARGS[name], **overrides})
 
     return make
+
+
+def pytest_collection_modifyitems(config, items):
+    """Groups for pytest-xdist's ``--dist loadgroup`` (how ``make test`` runs the suite):
+    each test module (or module of doctests) is one group, so a module's fixtures are built
+    once, on one worker; and every module that uses the session's Ray runtime
+    (``ray_runtime``) joins the one group ``"ray"``, so a single worker starts one runtime
+    and runs those modules one after another. Two runtimes side by side on two cores made
+    each Ray test several times slower on a loaded machine. Without xdist the marks are
+    inert."""
+    ray_modules = {
+        item.path for item in items if "ray_runtime" in getattr(item, "fixturenames", ())
+    }
+    root = config.rootpath
+    for item in items:
+        if item.path in ray_modules:
+            group = "ray"
+        else:
+            try:
+                group = str(item.path.relative_to(root))
+            except ValueError:
+                group = str(item.path)
+        item.add_marker(pytest.mark.xdist_group(group))
