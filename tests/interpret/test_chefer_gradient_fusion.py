@@ -204,3 +204,78 @@ def test_feature_without_any_step_in_the_batch(keys):
     assert fused["codes"].shape == batch["codes"].shape == (1, 0)
     for key in fused:
         torch.testing.assert_close(fused[key], reference[key], atol=1e-12, rtol=0)
+
+
+@pytest.mark.parametrize(("name", "layout"), CASES, ids=CASE_IDS)
+def test_carried_rows_equal_rows_through_stored_fused_maps(make, name, layout):
+    # Chefer carries its readout rows down the layers inside the backward; the same rows
+    # carried after the backward through every stored fused map (the path kept for models
+    # without route_fused_gradients) must agree.
+    from ehrlens.interpret.methods.chefer import chefer_step
+    from ehrlens.interpret.methods.propagation import readout_relevance
+
+    model, _, batch = make(name, layout, torch.float64)
+    interpreter = CheferRelevance(model)
+    carried = interpreter.attribute(1, **batch)
+    cams = interpreter._fused_in_backward(1, batch)
+    stored = interpreter._input_scores(readout_relevance(model, cams, chefer_step, batch), batch)
+    for key in carried:
+        assert bool(stored[key].abs().sum() > 0)
+        torch.testing.assert_close(carried[key], stored[key], atol=1e-13, rtol=0)
+
+
+def test_carried_path_keeps_no_fused_map_and_gets_layers_top_down(make, monkeypatch):
+    import itertools
+
+    model, _, batch = make("Transformer", "nested")
+    routes: list[tuple[str, int]] = []
+    route = model.route_fused_gradients
+
+    def spy_route(sinks):
+        def wrapped(key, layer):
+            sink = sinks(key, layer)
+
+            def record(rows, fused):
+                routes.append((key, layer))
+                sink(rows, fused)
+                slots = [c.slot for v in model._captures().values() for c in v]
+                assert slots and all(slot.fused_gradient is None for slot in slots)
+
+            return record
+
+        route(wrapped)
+
+    monkeypatch.setattr(model, "route_fused_gradients", spy_route)
+    CheferRelevance(model).attribute(None, **batch)
+    for key, modules in model.attention_modules().items():
+        layers = [layer for k, layer in routes if k == key]
+        runs = [layer for layer, _ in itertools.groupby(layers)]
+        # Every layer delivers its blocks together, top layer first.
+        assert runs == list(reversed(range(len(modules))))
+
+
+def test_carrier_refuses_layers_that_arrive_bottom_up():
+    from ehrlens.interpret.methods.chefer import ReadoutRowCarrier
+
+    carrier = ReadoutRowCarrier(torch.tensor([[1.0, 0.0]]))
+    block = torch.tensor([[[0.5, 0.5], [0.0, 1.0]]])
+    carrier.sink(0)(slice(0, 2), block)
+    with pytest.raises(RuntimeError, match="arrived after layer 0"):
+        carrier.sink(1)(slice(0, 2), block)
+
+
+def test_carrier_applies_each_layer_to_the_rows_before_it():
+    # Two layers, top first: rows <- rows + rows @ cam, with exact hand-computed numbers.
+    from ehrlens.interpret.methods.chefer import ReadoutRowCarrier
+
+    carrier = ReadoutRowCarrier(torch.tensor([[1.0, 0.0]], dtype=torch.float64))
+    top = torch.tensor([[[0.5, 0.5], [0.0, 1.0]]], dtype=torch.float64)
+    bottom = torch.tensor([[[1.0, 0.0], [0.25, 0.75]]], dtype=torch.float64)
+    carrier.sink(1)(slice(0, 1), top[:, :1])  # blocks of one row each
+    carrier.sink(1)(slice(1, 2), top[:, 1:])
+    carrier.sink(0)(slice(0, 2), bottom)
+    # after top: [1, 0] + [0.5, 0.5] = [1.5, 0.5]
+    # after bottom: [1.5, 0.5] + [1.5 * 1 + 0.5 * 0.25, 0.5 * 0.75] = [3.125, 0.875]
+    torch.testing.assert_close(
+        carrier.result(), torch.tensor([[3.125, 0.875]], dtype=torch.float64), atol=0, rtol=0
+    )

@@ -25,6 +25,7 @@ method listing its attention modules per feature key.
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar
 
@@ -133,6 +134,10 @@ class AttentionSlot:
         #: With ``gradient_fusion``: what to differentiate so the backward reaches this map.
         self.anchor: Tensor | None = None
         self.keys: CapturedKeys | None = None
+        #: Where fused gradient blocks go instead of a stored ``[batch, seq, seq]`` map
+        #: (:meth:`route_fused_gradient`); reset by every new capture.
+        self.block_sink: Callable[[slice, Tensor], None] | None = None
+        self._routed = False
         self._fused_shape: tuple[torch.Size, torch.dtype, torch.device] | None = None
         self._gradient_handle: RemovableHandle | None = None
         self._thread = threading.get_ident()
@@ -219,6 +224,15 @@ class AttentionSlot:
                 "layer's map was already fused with its gradient"
             )
         fused = self.gradient_fusion(weights, gradient)
+        if self.block_sink is not None:
+            if rows.start == 0 and self._routed:
+                raise RuntimeError(
+                    "gradient fusion at capture takes one backward per captured forward: this "
+                    "layer's map was already fused with its gradient"
+                )
+            self._routed = True
+            self.block_sink(rows, fused)
+            return
         if self.fused_gradient is None:
             batch, _, seq = fused.shape
             self.fused_gradient = fused.new_zeros(batch, seq, seq)
@@ -241,14 +255,33 @@ class AttentionSlot:
                 "gradient fusion at capture takes one backward per captured forward: this "
                 "layer's map was already fused with its gradient and dropped"
             )
-        self.fused_gradient = self.gradient_fusion(self.attention.detach(), gradient.detach())
+        fused = self.gradient_fusion(self.attention.detach(), gradient.detach())
+        if self.block_sink is not None:
+            self._routed = True
+            self.block_sink(slice(0, fused.shape[1]), fused)
+        else:
+            self.fused_gradient = fused
         # The per-head map and gradient end here; autograd frees its own copy after this node.
         self.attention = None
         self.anchor = None
 
+    def route_fused_gradient(self, sink: Callable[[slice, Tensor], None]) -> None:
+        """Send this capture's fused gradient to ``sink(rows, fused_block)`` as the backward
+        delivers it (``fused_block`` ``[batch, len(rows), seq]``), instead of storing the
+        ``[batch, seq, seq]`` map. Set after the forward and before the backward; the next
+        capture drops it."""
+        if self.gradient_fusion is None:
+            raise RuntimeError("only a capture with a gradient_fusion can route its gradient")
+        self.block_sink = sink
+
     def fused_or_zeros(self) -> Tensor:
         """``gradient_fusion(map, gradient)`` ``[batch, seq, seq]``, or zeros when no gradient
         reached the map (the target does not depend on it)."""
+        if self.block_sink is not None:
+            raise RuntimeError(
+                "this layer's fused gradient was routed to a sink (route_fused_gradients) "
+                "and not stored"
+            )
         if self.fused_gradient is not None:
             return self.fused_gradient
         if self._fused_shape is None:
@@ -270,6 +303,8 @@ class AttentionSlot:
         self.anchor = None
         self._fused_shape = None
         self.keys = None
+        self.block_sink = None
+        self._routed = False
 
 
 class AttentionCapture:
@@ -531,6 +566,30 @@ class AttentionCaptureMixin:
             key: [c.slot.fused_or_zeros() for c in layer_captures]
             for key, layer_captures in captures.items()
         }
+
+    def route_fused_gradients(
+        self, sinks: Callable[[str, int], Callable[[slice, Tensor], None]]
+    ) -> None:
+        """Send each layer's fused gradient blocks to ``sinks(feature_key, layer)`` (layer 0:
+        the input side) as the backward delivers them, instead of storing ``[batch, seq, seq]``
+        per layer (``gradient_fusion`` capture; after the forward, before the backward). A
+        sink is called as ``sink(rows, fused_block)`` with ``fused_block`` ``[batch,
+        len(rows), seq]``. Chefer carries its readout rows down the layers this way.
+
+        Example:
+            >>> fn = lambda attention, gradient: (attention * gradient).clamp(min=0).mean(1)
+            >>> model.set_attention_hooks(True, gradient_fusion=fn)
+            >>> logit = model(**batch)["logit"]
+            >>> seen = []
+            >>> model.route_fused_gradients(lambda key, layer: lambda rows, b: seen.append(layer))
+            >>> _ = torch.autograd.grad(logit.sum(), model.get_gradient_anchors())
+            >>> model.set_attention_hooks(False)
+            >>> seen[0] == len(model.attention_modules()["diagnoses"]) - 1   # top layer first
+            True
+        """
+        for key, layer_captures in self._require_capture().items():
+            for layer, capture in enumerate(layer_captures):
+                capture.slot.route_fused_gradient(sinks(key, layer))
 
     def get_attention_layers(self) -> dict[str, list[tuple[Tensor, Tensor | None]]]:
         """Captured ``(attn_map, attn_grad)`` per layer and feature key, input side first.

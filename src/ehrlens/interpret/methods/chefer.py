@@ -3,7 +3,7 @@ for Interpreting Bi-Modal and Encoder-Decoder Transformers", ICCV 2021), self-at
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, cast
 
 import torch
@@ -17,6 +17,8 @@ from ..api import (
     capture_attention,
     check_attention_layers,
     plain_tensors,
+    readout_weights,
+    select_input_positions,
 )
 from .base import (
     BaseInterpreter,
@@ -46,6 +48,65 @@ def gradient_weighted_attention(attention: Tensor, gradient: Tensor | None) -> T
     return product.clamp_(min=0).mean(dim=1)  # in place on the fresh product: one pass less
 
 
+class ReadoutRowCarrier:
+    """Chefer's readout rows carried down one feature's layers as the backward delivers
+    each layer's fused gradient, top layer first: ``rows <- rows + rows @ cam_l``.
+
+    ``cam_l`` (``[batch, seq, seq]``, :func:`gradient_weighted_attention`) arrives in blocks
+    of query rows; ``rows[:, block] @ cam_l[:, block]`` is added to the layer's sum at once,
+    and the rows are updated when a lower layer's first block arrives (or at
+    :meth:`result`), so no layer's map is kept. A layer that no gradient reaches adds
+    nothing (its ``cam`` is 0). Layers must arrive top-down, as a backward delivers them.
+
+    Args:
+        readout: ``[batch, seq]``, the model's readout weights of this feature.
+
+    Example:
+        >>> carrier = ReadoutRowCarrier(torch.tensor([[1.0, 0.0]]))
+        >>> sink = carrier.sink(0)                          # the only layer
+        >>> sink(slice(0, 1), torch.tensor([[[0.5, 0.5]]]))  # row 0 of its cam
+        >>> sink(slice(1, 2), torch.tensor([[[0.0, 1.0]]]))  # row 1
+        >>> carrier.result()                                # [1, 0] + [1, 0] @ cam
+        tensor([[1.5000, 0.5000]])
+    """
+
+    def __init__(self, readout: Tensor) -> None:
+        self.rows = readout.to(working_dtype(readout.dtype))
+        self._sum: Tensor | None = None
+        self._layer: int | None = None  # the layer whose blocks are being summed
+
+    def sink(self, layer: int) -> Callable[[slice, Tensor], None]:
+        """``sink(rows, fused_block)`` for layer ``layer`` (0: the input side);
+        ``fused_block`` is ``[batch, len(rows), seq]``."""
+
+        def add(rows: slice, fused: Tensor) -> None:
+            self._add(layer, rows, fused)
+
+        return add
+
+    def _add(self, layer: int, rows: slice, fused: Tensor) -> None:
+        if self._layer is not None and layer > self._layer:
+            raise RuntimeError(
+                f"the fused gradient of layer {layer} arrived after layer {self._layer}'s: "
+                "Chefer carries its rows top-down, as a backward delivers the layers"
+            )
+        if layer != self._layer:
+            self._close()
+            self._layer = layer
+        part = torch.bmm(self.rows[:, None, rows], fused.to(self.rows.dtype))[:, 0]
+        self._sum = part if self._sum is None else self._sum + part
+
+    def _close(self) -> None:
+        if self._sum is not None:
+            self.rows = self.rows + self._sum
+            self._sum = None
+
+    def result(self) -> Tensor:
+        """The rows after every delivered layer: ``[batch, seq]``."""
+        self._close()
+        return self.rows
+
+
 def _logit(outputs: Any) -> Tensor:
     if isinstance(outputs, Tensor):
         return outputs
@@ -66,8 +127,12 @@ class CheferRelevance(BaseInterpreter):
     Models that fuse gradients at capture (``Capabilities.gradient_fusion``: ehrlens's models
     and the Hugging Face adapter) compute ``mean_heads(clamp(grad * A, min=0))`` in the
     backward, as each layer's gradient arrives, so no per-head map or gradient outlives its
-    layer's backward (memory near a plain forward + backward). Otherwise the gradient is taken
-    with :func:`torch.autograd.grad` with respect to the captured maps,
+    layer's backward; where the model states its readout row and routes the fused blocks
+    (``route_fused_gradients``: ehrlens's models), the readout row is carried through each
+    layer right there, top layer first (:class:`ReadoutRowCarrier`), so no ``[batch, seq,
+    seq]`` map is kept for any layer either (memory near a plain forward + backward).
+    Otherwise the gradient is taken with :func:`torch.autograd.grad` with respect to the
+    captured maps,
     or, for a model that stores its maps detached and takes their gradients with its own
     tensor hooks (as PyHealth's models do), with respect to its parameters so that those
     hooks fire; either way parameters' ``.grad`` are untouched. Under ``torch.no_grad()``
@@ -100,6 +165,10 @@ class CheferRelevance(BaseInterpreter):
         require_autograd("CheferRelevance")
         batch = plain_tensors(batch)
         if capabilities(self.model).gradient_fusion:
+            readout = readout_weights(self.model, batch)
+            if readout is not None and hasattr(self.model, "route_fused_gradients"):
+                rows = self._carried_in_backward(target_class_idx, batch, readout)
+                return self._input_scores(select_input_positions(self.model, rows, batch), batch)
             cams = self._fused_in_backward(target_class_idx, batch)
             relevance = readout_relevance(self.model, cams, chefer_step, batch)
             return self._input_scores(relevance, batch)
@@ -121,6 +190,36 @@ class CheferRelevance(BaseInterpreter):
             }
         relevance = readout_relevance(self.model, cams, chefer_step, batch)
         return self._input_scores(relevance, batch)
+
+    def _carried_in_backward(
+        self, target_class_idx: TargetIndex, batch: Mapping[str, Any], readout: Mapping[str, Tensor]
+    ) -> dict[str, Tensor]:
+        """The readout rows carried down every layer inside the backward, ``{key: [b, s]}``:
+        each layer's ``mean_heads(clamp(grad * A, min=0))`` arrives block by block, top layer
+        first, and is folded into the rows at once (:class:`ReadoutRowCarrier`), so no
+        ``[batch, seq, seq]`` map is kept for any layer."""
+        model = cast(GradientFusionCapture, self.model)
+        with (
+            torch.enable_grad(),
+            capture_attention(
+                self.model, batch, gradients=True, gradient_fusion=gradient_weighted_attention
+            ) as run,
+        ):
+            target = select_target(_logit(run.outputs), self.description.mode, target_class_idx)
+            anchors = model.get_gradient_anchors()
+            if not anchors:
+                raise RuntimeError(
+                    f"{type(self.model).__name__}: no captured attention map requires grad "
+                    "(are all parameters frozen?), so no attention gradient exists; "
+                    "CheferRelevance needs trainable parameters"
+                )
+            dtype = working_dtype(anchors[0].dtype)  # the maps' dtype, at least float32
+            carriers = {key: ReadoutRowCarrier(w.to(dtype)) for key, w in readout.items()}
+            self.model.route_fused_gradients(  # type: ignore[attr-defined]
+                lambda key, layer: carriers[key].sink(layer)
+            )
+            torch.autograd.grad(target.sum(), anchors, allow_unused=True)
+            return {key: carrier.result() for key, carrier in carriers.items()}
 
     def _fused_in_backward(
         self, target_class_idx: TargetIndex, batch: Mapping[str, Any]
