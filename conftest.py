@@ -363,4 +363,8 @@ def _pyhealth_examples() -> Extra:
 
 
 #: Modules whose examples are not run yet.
-collect_ignore = ["src/ehrlens/integrations"]
+collect_ignore = [
+    "src/ehrlens/integrations/pyhealth.py",
+    "src/ehrlens/integrations/pyhealth_models.py",
+    "src/ehrlens/integrations/pyhealth_retain.py",
+]
