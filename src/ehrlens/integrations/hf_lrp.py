@@ -35,7 +35,8 @@ Example:
     >>> rules = lrp_rules_for(bert)     # attached; forwards compute the same values
     >>> ids = tokenizer(["chest pain"], return_tensors="pt")["input_ids"]
     >>> embedded = bert.get_input_embeddings()(ids).detach().requires_grad_()
-    >>> bert(inputs_embeds=embedded).last_hidden_state[0, 0].sum().backward()
+    >>> output = bert(inputs_embeds=embedded).last_hidden_state[0, 0].sum()  # what is explained
+    >>> output.backward()
     >>> relevance = (embedded * embedded.grad).sum(-1)  # AttnLRP: input x gradient, [1, tokens]
     >>> rules.remove()
 """
