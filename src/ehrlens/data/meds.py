@@ -37,8 +37,12 @@ Everything is read with pyarrow and checked with the ``meds`` schemas (extra
 rows or labels skipped where that is safe are counted in a :class:`MedsWarning`.
 
 Example:
-    >>> data = from_meds("mimic_meds/", "tasks/mortality/")
+    >>> data = from_meds("meds/", "meds/task_labels/boolean_value_task/")  # a folder of labels
+    >>> data.input_schema["ADMISSION"], sorted(data.input_schema), data.output_schema
+    ('nested_sequence', ['ADMISSION', 'EYE_COLOR', 'other'], {'label': 'binary'})
     >>> dataset = create_sample_dataset(data.samples, data.input_schema, data.output_schema)
+    >>> len(dataset), sorted(set(data.parts.values()))
+    (21, ['test', 'train', 'val'])
 """
 
 from __future__ import annotations
@@ -299,7 +303,8 @@ def check_years(table: Any, column: str, path: str | os.PathLike) -> None:
     naming the file, the row (counting from 0) and the subject.
 
     Example:
-        >>> check_years(pq.read_table("data/0.parquet"), "time", "data/0.parquet")
+        >>> path = "meds/data/train/0.parquet"
+        >>> check_years(pq.read_table(path), "time", path)   # None: every time is after year 1
     """
     import pyarrow as pa
     import pyarrow.compute as pc
@@ -325,7 +330,8 @@ def check_values(table: Any, path: str | os.PathLike) -> None:
     naming the file, the row (counting from 0), the subject, the code and the value.
 
     Example:
-        >>> check_values(pq.read_table("data/0.parquet"), "data/0.parquet")
+        >>> path = "meds/data/train/0.parquet"
+        >>> check_values(pq.read_table(path), path)   # None: every value is finite and in range
     """
     values = table.column("numeric_value").to_numpy(zero_copy_only=False).astype(np.float64)
     bad = np.flatnonzero(np.isinf(values) | (np.abs(np.nan_to_num(values)) > MAX_ABS_VALUE))
@@ -593,10 +599,14 @@ def from_meds(
         and labels whose prediction time comes before the subject's first event (skipped).
 
     Example:
-        >>> data = from_meds("meds/", "labels.parquet", features={"dx": ["ICD10CM"]},
-        ...                  numeric=[], time_bucket="1D")
-        >>> data.samples[0]["patient_id"], data.output_schema
-        ('239684@2010-05-11T18:00:00', {'label': 'binary'})
+        >>> features = {"stay": ["ADMISSION", "DISCHARGE"], "vitals": ["HR", "TEMP"],
+        ...             "static": ["EYE_COLOR", "HEIGHT", "MEDS_BIRTH"]}  # every code taken
+        >>> data = from_meds("meds/", "labels.parquet", features=features, numeric=["vitals"],
+        ...                  time_bucket="1h")
+        >>> data.samples[0]["patient_id"], data.input_schema["vitals"]
+        ('1500733@2010-06-03T15:00:00', 'timeseries')
+        >>> data.samples[0]["vitals"]   # ([days since the first event (birth)], [[HR, TEMP]])
+        ([8719.62...], [[91.4..., 100.0]])
     """
     import pandas as pd
 
@@ -742,8 +752,8 @@ def shard_sample_ids(root: str | os.PathLike, labels: str | os.PathLike) -> list
         ValueError: naming the files.
 
     Example:
-        >>> shard_sample_ids("meds/", "labels.parquet")[0][:1]
-        ['1500733@2010-06-03T14:54:38']
+        >>> shard_sample_ids("meds/", "labels.parquet")[0][:2]   # shard 0: held_out/0.parquet
+        ['1500733@2010-06-03T15:00:00', '1500733@2010-06-03T15:30:00']
     """
     import pyarrow.parquet as pq
 

@@ -21,10 +21,14 @@ The driver holds the output folder's lock (:func:`~ehrlens.core.locks.output_loc
 whole run, so a second run into the same folder, with either executor, is refused while this
 one writes.
 
-Example:
-    >>> run = ExplainRun(JsonlSource("patients.jsonl"), ["rollout", "flow"],
-    ...                  model_dir="model/", out_dir="attr/")
-    >>> RayExecutor(num_workers=8).run(run).to_frame()
+Example (paths every worker can read: absolute, on a cluster on a shared file system):
+    >>> here = Path.cwd()
+    >>> few = JsonlSource(here / "patients.jsonl", patients=["P000110", "P000111", "P000112"])
+    >>> run = ExplainRun(few, ["rollout", "flow"], model_dir=here / "model",
+    ...                  out_dir=here / "explained", shard_size=2)
+    >>> result = RayExecutor(num_workers=1).run(run)   # one actor per unit, one at a time
+    >>> result.computed, sorted(result.to_frame()["method"].unique())
+    ([0, 1], ['flow', 'rollout'])
 """
 
 from __future__ import annotations
@@ -56,7 +60,7 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, quiet: boo
     own loggers (``ray``, ``ray.data``) report errors only.
 
     Example:
-        >>> init_ray("ray://head:10001")   # or init_ray() for this machine's cores
+        >>> init_ray()          # this machine's cores; a cluster: init_ray("ray://head:10001")
     """
     ray = _ray()
     if quiet:
@@ -122,8 +126,15 @@ class RayExecutor:
         quiet: start a local Ray runtime that logs only errors.
 
     Example:
-        >>> RayExecutor(num_workers=4).run(run).computed
-        [0, 1, 2]
+        >>> from ehrlens.explain import LocalExecutor
+        >>> here = Path.cwd()       # workers read and write here too: absolute paths
+        >>> few = JsonlSource(here / "patients.jsonl", patients=["P000110", "P000111"])
+        >>> run = ExplainRun(few, ["rollout"], model_dir=here / "model",
+        ...                  out_dir=here / "explained")
+        >>> LocalExecutor().run(run).computed      # this process writes shard 0 ...
+        [0]
+        >>> RayExecutor(num_workers=4).run(run).reused   # ... Ray verifies it and reuses it
+        [0]
     """
 
     def __init__(
@@ -278,8 +289,11 @@ def explain_cohort_ray(
         :class:`~ehrlens.explain.ExplainResult` over the shard files.
 
     Example:
-        >>> result = explain_cohort_ray("model/", "patients.jsonl", ["flow"], out_dir="attr/")
-        >>> result.computed, result.reused
+        >>> here = Path.cwd()       # workers read and write here too: absolute paths
+        >>> result = explain_cohort_ray(here / "model", samples[110:114], ["flow"],
+        ...                             out_dir=here / "flow")
+        >>> result.computed, result.reused, result.num_patients
+        ([0], [], 4)
     """
     run = ExplainRun(
         as_source(data), methods, model_dir=model_dir, model_sha256=model_sha256,

@@ -6,7 +6,8 @@ an "expanded size" RuntimeError or a raw size mismatch. :func:`check_hf_inputs` 
 into a ``ValueError`` that names the input, the sample and what was expected.
 
 Example:
-    >>> check_hf_inputs(model, input_ids, {"attention_mask": mask})
+    >>> batch = tokenizer(["chest pain"], return_tensors="pt")
+    >>> check_hf_inputs(bert, batch["input_ids"], {"attention_mask": batch["attention_mask"]})
 """
 
 from __future__ import annotations

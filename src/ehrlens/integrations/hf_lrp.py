@@ -32,8 +32,12 @@ Architectures other than :data:`LRP_MODEL_TYPES` are refused by name: their laye
 norms such as Gemma's ``1 + w``, parallel blocks, soft-capping) have no rule checked here.
 
 Example:
-    >>> rules = lrp_rules_for(model)    # attached; forwards compute the same values
-    >>> ...                             # forward, backward from the explained logit
+    >>> rules = lrp_rules_for(bert)     # attached; forwards compute the same values
+    >>> ids = tokenizer(["chest pain"], return_tensors="pt")["input_ids"]
+    >>> embedded = bert.get_input_embeddings()(ids).detach().requires_grad_()
+    >>> output = bert(inputs_embeds=embedded).last_hidden_state[0, 0].sum()  # what is explained
+    >>> output.backward()
+    >>> relevance = (embedded * embedded.grad).sum(-1)  # AttnLRP: input x gradient, [1, tokens]
     >>> rules.remove()
 """
 

@@ -20,8 +20,8 @@ Modules can also be listed explicitly (``HuggingFaceModel(model, attention_modul
 Needs ``transformers``.
 
 Example:
-    >>> modules = find_attention_modules(model)   # {attention module: index of its map}
-    >>> len(modules) == model.config.num_hidden_layers
+    >>> modules = find_attention_modules(bert)   # {attention module: index of its map}
+    >>> len(modules) == bert.config.num_hidden_layers
     True
 """
 

@@ -77,8 +77,12 @@ def cls_projection(weight: Tensor, bias: Tensor | float | None = None) -> Output
         bias: optional ``[outputs]`` or a number.
 
     Example:
-        >>> direction = torch.randn(model.config.hidden_size)
-        >>> encoder = HuggingFaceEncoder(model, output_fn=cls_projection(direction))
+        >>> from ehrlens.integrations.huggingface import HuggingFaceEncoder
+        >>> direction = torch.randn(bert.config.hidden_size)
+        >>> encoder = HuggingFaceEncoder(bert, output_fn=cls_projection(direction))
+        >>> batch = tokenizer(["chest pain"], return_tensors="pt")
+        >>> encoder(**batch)["logit"].shape         # one output per sentence
+        torch.Size([1, 1])
     """
     if not isinstance(weight, Tensor) or weight.dim() not in (1, 2):
         got = tuple(weight.shape) if isinstance(weight, Tensor) else type(weight).__name__
@@ -112,8 +116,16 @@ def similarity_to(reference: Tensor, pooling: str = "mean") -> OutputFn:
         pooling: ``"mean"`` or ``"cls"``.
 
     Example:
-        >>> encoder = HuggingFaceEncoder(model, output_fn=similarity_to(reference))
+        >>> from ehrlens.integrations.huggingface import HuggingFaceEncoder, sentence_embedding
+        >>> with torch.no_grad():
+        ...     reference = sentence_embedding(bert, **tokenizer(["chest pain"],
+        ...                                    return_tensors="pt"))[0]          # [hidden]
+        >>> encoder = HuggingFaceEncoder(bert, output_fn=similarity_to(reference))
+        >>> batch = tokenizer(["pain in the chest", "no complaints"], padding=True,
+        ...                   return_tensors="pt")
         >>> scores = CheferRelevance(encoder).attribute(**batch)   # {"input_ids": [b, t]}
+        >>> scores["input_ids"].shape == batch["input_ids"].shape
+        True
     """
     if pooling not in POOLINGS:
         raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")

@@ -57,10 +57,14 @@ def token_scores_to_words(
         ``text[start:end] == word``.
 
     Example:
+        >>> from transformers import AutoModelForSequenceClassification
+        >>> from ehrlens.integrations.huggingface import HuggingFaceEncoder
+        >>> model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=2)
+        >>> text = "Patient reports chest pain."
         >>> enc = tokenizer([text], return_tensors="pt")
-        >>> scores = AttentionRollout(encoder).attribute(**enc)["input_ids"]   # [1, tokens]
+        >>> scores = AttentionRollout(HuggingFaceEncoder(model)).attribute(**enc)["input_ids"]
         >>> token_scores_to_words(scores, enc, text)[0]
-        WordScore(word='Patient', start=0, end=7, score=0.08..., sequence=0)
+        WordScore(word='Patient', start=0, end=7, score=0.018..., sequence=0)
     """
     if not getattr(encoding, "is_fast", False):
         raise ValueError(

@@ -605,11 +605,14 @@ class HuggingFaceEncoder(HuggingFaceModel):
             for decoders), or as :class:`HuggingFaceModel`.
 
     Example:
+        >>> from transformers import AutoModelForSequenceClassification
         >>> model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=2)
         >>> encoder = HuggingFaceEncoder(model)
         >>> batch = tokenizer(["chest pain", "no complaints"], padding=True, return_tensors="pt")
         >>> with torch.inference_mode():
         ...     scores = AttentionRollout(encoder).attribute(**batch)  # {"input_ids": [2, t]}
+        >>> scores["input_ids"][1, -1]      # "no complaints" is one token shorter: padding
+        tensor(0.)
     """
 
     def __init__(
@@ -646,9 +649,10 @@ class CapturedLayerCall:
 
     Example:
         >>> encoder.set_attention_hooks(True, capture_gradients=False, keys_only=True)
-        >>> _ = encoder(**batch)
+        >>> _ = encoder(**encoding)
         >>> layer = encoder.get_attention_keys()["input_ids"][0]
         >>> layer.weights().shape           # [batch, heads, tokens, tokens]
+        torch.Size([2, 2, 5, 5])
         >>> encoder.set_attention_hooks(False)
     """
 
@@ -1090,8 +1094,10 @@ def sentence_embedding(
 
     Example:
         >>> with torch.no_grad():
-        ...     reference = sentence_embedding(model, **tokenizer(["chest pain"],
+        ...     reference = sentence_embedding(bert, **tokenizer(["chest pain"],
         ...                                    return_tensors="pt"))[0]          # [hidden]
+        >>> reference.shape
+        torch.Size([384])
     """
     if isinstance(model, HuggingFaceModel):
         model = model.model

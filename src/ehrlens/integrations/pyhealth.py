@@ -29,8 +29,9 @@ processor) is one attention position and gets one score per sample, ``[batch, 1]
 
 Example:
     >>> from ehrlens.integrations.pyhealth import CheferRelevance
-    >>> scores = CheferRelevance(pyhealth_model).attribute(**batch)   # as PyHealth's
-    >>> scores["conditions"].shape                                     # [batch, seq]
+    >>> scores = CheferRelevance(pyhealth_transformer).attribute(**batch)   # as PyHealth's
+    >>> scores["diagnoses"].shape                                            # [batch, seq]
+    torch.Size([3, 5])
 """
 
 from __future__ import annotations
@@ -104,9 +105,11 @@ class PyHealthInterpreter:
         **params: the ehrlens method's settings (e.g. ``n_steps`` for integrated gradients).
 
     Example:
-        >>> relevance = CheferRelevance(pyhealth_model)
+        >>> relevance = CheferRelevance(pyhealth_transformer)
         >>> batch["class_index"] = 0                       # PyHealth 2.0a13 style
         >>> scores = relevance.get_relevance_matrix(**batch)
+        >>> sorted(scores)
+        ['diagnoses', 'labs', 'visits']
     """
 
     #: The ehrlens interpreter class run underneath.
@@ -197,7 +200,9 @@ class IntegratedGradients(PyHealthInterpreter):
     (:class:`ehrlens.interpret.IntegratedGradients`), for every PyHealth model.
 
     Example:
-        >>> scores = IntegratedGradients(pyhealth_stagenet, n_steps=32).attribute(**batch)
+        >>> scores = IntegratedGradients(pyhealth_rnn, n_steps=32).attribute(**batch)
+        >>> scores["visits"].shape                          # [batch, visits, codes]
+        torch.Size([3, 4, 3])
     """
 
     method = methods.IntegratedGradients

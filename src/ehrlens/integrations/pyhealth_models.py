@@ -21,7 +21,7 @@ float vector ``[batch, features]`` is one attention position (PyHealth embeds it
 ``[batch, 1]``, as PyHealth's interpreters give it.
 
 Example:
-    >>> model = wrap(pyhealth_model)          # PyHealthModel or PyHealthGradientModel
+    >>> model = wrap(pyhealth_transformer)    # PyHealthModel or PyHealthGradientModel
     >>> scores = CheferRelevance(model).attribute(**batch)   # attention models
     >>> scores = IntegratedGradients(model).attribute(**batch)   # every model
 """
@@ -139,8 +139,10 @@ class PyHealthGradientModel(nn.Module):
         TypeError: ``model`` is not an ``nn.Module``, or has no embedding layers.
 
     Example:
-        >>> scores = IntegratedGradients(PyHealthGradientModel(retain)).attribute(**batch)
-        >>> scores["conditions"].shape                  # [batch, visits, codes]
+        >>> scores = IntegratedGradients(PyHealthGradientModel(pyhealth_retain)).attribute(
+        ...     **batch)
+        >>> scores["visits"].shape                      # [batch, visits, codes]
+        torch.Size([3, 4, 3])
     """
 
     #: Gradient methods only: the model's embedding layers.
@@ -214,8 +216,10 @@ class PyHealthModel(PyHealthGradientModel, GradientInterpretable):
         TypeError: the model has neither interface (naming what it lacks).
 
     Example:
-        >>> wrapped = PyHealthModel(pyhealth_model)
-        >>> scores = CheferRelevance(wrapped).attribute(**batch)   # {"conditions": [b, s]}
+        >>> wrapped = PyHealthModel(pyhealth_transformer)
+        >>> scores = CheferRelevance(wrapped).attribute(**batch)   # {"diagnoses": [b, s], ...}
+        >>> scores["diagnoses"].shape
+        torch.Size([3, 5])
     """
 
     #: The model's own capture (one-argument switch, gradient hooks in its forward), dropped
@@ -307,7 +311,7 @@ def wrap(model: nn.Module) -> PyHealthGradientModel:
         TypeError: the model has neither attention nor embedding layers.
 
     Example:
-        >>> type(wrap(pyhealth_stagenet)).__name__
+        >>> type(wrap(pyhealth_rnn)).__name__          # attention-free: gradient methods only
         'PyHealthGradientModel'
     """
     if interface_of(model) in ("hooks", "register_hook"):
@@ -325,8 +329,9 @@ def register(cls: ModelClass) -> ModelClass:
         TypeError: ``cls`` is not a class, or lacks one of the three interface methods.
 
     Example:
-        >>> register(PyHealthTransformer)
-        >>> CheferRelevance(PyHealthTransformer(dataset))   # accepted
+        >>> register(PyHealthTransformer)     # a class with the three methods, as PyHealth's
+        <class '...PyHealthTransformer'>
+        >>> relevance = CheferRelevance(PyHealthTransformer())   # accepted
     """
     if not isinstance(cls, type):
         raise TypeError(f"register() takes a model class, got {type(cls).__name__}")

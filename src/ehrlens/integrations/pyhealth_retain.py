@@ -80,7 +80,8 @@ class RetainContributions(BaseInterpreter):
 
     Example:
         >>> scores = RetainContributions(wrap(pyhealth_retain)).attribute(**batch)
-        >>> scores["conditions"].shape                       # [batch, visits, codes]
+        >>> scores["visits"].shape                           # [batch, visits, codes]
+        torch.Size([3, 4, 3])
     """
 
     name = "retain_contributions"
