@@ -38,13 +38,16 @@ def make_tiny_model():
 def pytest_collection_modifyitems(config, items):
     """Groups for pytest-xdist's ``--dist loadgroup`` (how ``make test`` runs the suite):
     each test module (or module of doctests) is one group, so a module's fixtures are built
-    once, on one worker; and every module that uses the session's Ray runtime
-    (``ray_runtime``) joins the one group ``"ray"``, so a single worker starts one runtime
-    and runs those modules one after another. Two runtimes side by side on two cores made
-    each Ray test several times slower on a loaded machine. Without xdist the marks are
-    inert."""
+    once, on one worker; every module that uses the session's Ray runtime (``ray_runtime``),
+    and the Ray engine's doctests, join the one group ``"ray"``, so a single worker starts
+    one runtime and runs those modules one after another. Two runtimes side by side on two
+    cores made each Ray test several times slower on a loaded machine. Without xdist the
+    marks are inert."""
     ray_modules = {
-        item.path for item in items if "ray_runtime" in getattr(item, "fixturenames", ())
+        item.path
+        for item in items
+        if "ray_runtime" in getattr(item, "fixturenames", ())
+        or item.path.name == "ray_engine.py"  # its doctests start (or reuse) a runtime too
     }
     root = config.rootpath
     for item in items:
