@@ -92,3 +92,55 @@ def test_a_target_out_of_range_is_refused_naming_the_classes():
     batch = next(iter(get_dataloader(dataset, batch_size=2)))
     with pytest.raises(ValueError, match=r"target class 2 is out of range .* \['no', 'yes'\]"):
         batch_prediction_rows(model, batch, target=2)
+
+
+def _count_forwards(model):
+    calls = []
+    handle = model.register_forward_hook(lambda *_: calls.append(1))
+    return calls, handle
+
+
+@pytest.mark.parametrize("method", ["rollout", "flow", "raw_attention", "chefer"])
+def test_a_plain_forward_method_gives_the_predictions_without_another_forward(method):
+    # The method's own forward on the batch gives the probabilities: one forward per batch in
+    # all, and the stored probabilities are the model's (within float32 rounding: the capture
+    # forward may compute attention by another kernel than the plain forward).
+    model, dataset = _model(_samples(["no", "yes", "no", "yes", "yes", "no"]), "binary")
+    calls, handle = _count_forwards(model)
+    try:
+        frame = explain_cohort(model, dataset, [method], batch_size=3).to_frame()
+    finally:
+        handle.remove()
+    assert len(calls) == 2  # two batches of three, one forward each
+    rows = _per_patient(frame)
+    for pid, (p_no, p_yes) in _probabilities(model, dataset).items():
+        assert rows.loc[pid, "predicted_probability"] == pytest.approx(max(p_no, p_yes), abs=1e-6)
+
+
+def test_methods_without_a_plain_forward_get_one_more_forward_per_batch():
+    # Integrated gradients runs the model on interpolated inputs only: its forwards are not
+    # the model's predictions, so the rows' predictions come from one more forward per batch.
+    pytest.importorskip("captum")
+    model, dataset = _model(_samples(["no", "yes", "no", "yes", "yes", "no"]), "binary")
+    frame = explain_cohort(model, dataset, ["integrated_gradients"], batch_size=3).to_frame()
+    rows = _per_patient(frame)
+    for pid, (p_no, p_yes) in _probabilities(model, dataset).items():
+        assert rows.loc[pid, "predicted_probability"] == pytest.approx(max(p_no, p_yes), abs=1e-6)
+        assert rows.loc[pid, "predicted_class"] == ("yes" if p_yes >= 0.5 else "no")
+
+
+def test_the_recorder_ignores_forwards_on_other_tensors():
+    from ehrlens.explain.predictions import ProbabilityRecorder
+
+    model, dataset = _model(_samples(["no", "yes", "no", "yes"]), "binary")
+    batch = next(iter(get_dataloader(dataset, batch_size=4)))
+    recorder = ProbabilityRecorder(model, batch)
+    copies = {k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+    with torch.no_grad(), recorder.watching():
+        model(**copies)  # equal values, other tensors: not the batch itself
+        assert recorder.y_prob is None
+        expected = model(**batch)["y_prob"]
+        model(**batch)  # only the first forward on the batch is kept
+    assert recorder.y_prob is not None
+    torch.testing.assert_close(recorder.y_prob, expected, rtol=0, atol=0)  # same forward
+    assert not model._forward_hooks  # the recorder's hook is gone after the block

@@ -25,7 +25,8 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -128,6 +129,51 @@ def batch_prediction_rows(
     return prediction_rows(model, y_prob, target)
 
 
+class ProbabilityRecorder:
+    """Keeps ``y_prob`` ``[batch, outputs]`` of the first forward of ``model`` that runs on
+    ``batch`` itself (the very tensors of ``batch``, not copies or perturbed inputs), while
+    :meth:`watching`; detached. A cohort run reads its predictions from the forward of a
+    method that runs the model plainly (``BaseInterpreter.plain_forward``) instead of running
+    one more forward per batch.
+
+    Example:
+        >>> recorder = ProbabilityRecorder(model, batch)
+        >>> with recorder.watching():
+        ...     _ = rollout.attribute(**batch)
+        >>> recorder.y_prob.shape                       # [batch, outputs]
+        torch.Size([8, 1])
+    """
+
+    def __init__(self, model: Any, batch: Mapping[str, Any]) -> None:
+        self.model = model
+        self.inputs = {k: v for k, v in batch.items() if isinstance(v, torch.Tensor)}
+        self.y_prob: torch.Tensor | None = None
+
+    def _on_forward(self, module: Any, args: Any, kwargs: Any, output: Any) -> None:
+        if self.y_prob is not None or args or not isinstance(output, Mapping):
+            return
+        given = {k: v for k, v in kwargs.items() if isinstance(v, torch.Tensor)}
+        if not self.inputs or given.keys() != self.inputs.keys():
+            return
+        if any(given[k] is not v for k, v in self.inputs.items()):
+            return
+        y_prob = output.get("y_prob")
+        if isinstance(y_prob, torch.Tensor):
+            self.y_prob = y_prob.detach()
+
+    @contextmanager
+    def watching(self) -> Iterator[ProbabilityRecorder]:
+        """Record during the block (a forward hook on the model, always removed)."""
+        if not isinstance(self.model, torch.nn.Module):
+            yield self
+            return
+        handle = self.model.register_forward_hook(self._on_forward, with_kwargs=True)
+        try:
+            yield self
+        finally:
+            handle.remove()
+
+
 def _is_binary(model: Any) -> bool:
     return getattr(model, "mode", None) == "binary"
 
@@ -135,6 +181,7 @@ def _is_binary(model: Any) -> bool:
 __all__ = [
     "PREDICTION_COLUMNS",
     "PredictionRow",
+    "ProbabilityRecorder",
     "batch_prediction_rows",
     "model_class_names",
     "prediction_rows",

@@ -11,6 +11,7 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from contextlib import nullcontext
 from typing import Any
 
 import torch
@@ -21,7 +22,12 @@ from ..data.identity import identity_columns
 from ..interpret.levels import score_level
 from ..interpret.methods import BaseInterpreter
 from ..metrics.faithfulness import model_device
-from .predictions import batch_prediction_rows
+from .predictions import (
+    ProbabilityRecorder,
+    batch_prediction_rows,
+    model_class_names,
+    prediction_rows,
+)
 from .table import concat_columns, method_columns
 
 
@@ -51,8 +57,10 @@ def explain_rows(
     Rows carry the identity columns of ``identity`` (default: those any item of ``dataset``
     has; see :mod:`ehrlens.data.identity`).
 
-    Each row carries its patient's prediction (:mod:`~ehrlens.explain.predictions`): one
-    more forward pass per batch, under ``torch.inference_mode()``.
+    Each row carries its patient's prediction (:mod:`~ehrlens.explain.predictions`): read
+    from the forward of the first method that runs the model plainly on the batch
+    (``plain_forward``: rollout, flow, raw attention, Chefer), else from one more forward
+    pass per batch under ``torch.inference_mode()``.
 
     The ``level`` column says, per method and feature, whether a score is the unit's own or
     its visit's (:func:`~ehrlens.interpret.score_level`).
@@ -73,13 +81,20 @@ def explain_rows(
             batch = move_to_device(batch, model_device(model) or "cpu")
             per_method = {}
             levels = method_levels(interpreters, batch, schema)
+            recorder = ProbabilityRecorder(model, batch)
             for name, interpreter in interpreters.items():
-                if type(interpreter).gradient_free:
-                    with torch.inference_mode():
+                # The first method that runs the model plainly gives the predictions.
+                records = recorder.y_prob is None and type(interpreter).plain_forward
+                with recorder.watching() if records else nullcontext():
+                    if type(interpreter).gradient_free:
+                        with torch.inference_mode():
+                            per_method[name] = interpreter.attribute(target, **batch)
+                    else:
                         per_method[name] = interpreter.attribute(target, **batch)
-                else:
-                    per_method[name] = interpreter.attribute(target, **batch)
-            predictions = batch_prediction_rows(model, batch, target)
+            if recorder.y_prob is not None and model_class_names(model) is not None:
+                predictions = prediction_rows(model, recorder.y_prob, target)
+            else:
+                predictions = batch_prediction_rows(model, batch, target)
             blocks.append(
                 method_columns(
                     per_method, batch, schema, model_id, items, identity, levels, predictions

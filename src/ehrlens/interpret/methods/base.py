@@ -76,6 +76,12 @@ class BaseInterpreter(ABC):
     #: scores attention positions, so a visit pooled into one token gets one score for all
     #: its codes (see :func:`~ehrlens.interpret.levels.score_level`).
     per_unit: ClassVar[bool] = False
+    #: True when :meth:`attribute` runs the model's own forward on the batch it is given (the
+    #: same tensors, no rule or hook that changes the outputs) before any other forward, so
+    #: that forward's probabilities are the model's predictions; cohort runs read them from
+    #: it instead of running one more forward
+    #: (:class:`~ehrlens.explain.predictions.ProbabilityRecorder`).
+    plain_forward: ClassVar[bool] = False
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)

@@ -84,6 +84,7 @@ class RawAttention(BaseInterpreter):
 
     name = "raw_attention"
     gradient_free = True
+    plain_forward = True
     needs = (AttentionInterpretable,)
     model: AttentionInterpretable
     summary = "last layer's attention from the readout"

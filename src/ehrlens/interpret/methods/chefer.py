@@ -149,6 +149,7 @@ class CheferRelevance(BaseInterpreter):
 
     name = "chefer"
     gradient_free = False
+    plain_forward = True
     needs = (GradientInterpretable,)
     model: GradientInterpretable
     summary = "gradient-weighted relevance (Chefer et al.)"

@@ -63,6 +63,7 @@ class AttentionFlow(BaseInterpreter):
 
     name = "flow"
     gradient_free = True
+    plain_forward = True
     needs = (AttentionInterpretable, "flow")
     model: AttentionInterpretable
     summary = "attention flow, exact max-flow (Abnar & Zuidema)"

@@ -184,6 +184,7 @@ class AttentionRollout(BaseInterpreter):
 
     name = "rollout"
     gradient_free = True
+    plain_forward = True
     needs = (AttentionInterpretable,)
     model: AttentionInterpretable
     summary = "attention rollout (Abnar & Zuidema 2020)"
