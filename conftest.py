@@ -317,11 +317,13 @@ def _ray_examples() -> Iterator[Extra]:
     (30% of the memory) makes fail under a bounded address space (``prlimit --as``)."""
     import ray
 
+    from ehrlens.explain.ray_engine import LOCAL_WORKER_CONFIG
+
     started = not ray.is_initialized()
     if started:
         ray.init(
             num_cpus=1, include_dashboard=False, log_to_driver=False,
-            object_store_memory=128 * 2**20,
+            object_store_memory=128 * 2**20, _system_config=dict(LOCAL_WORKER_CONFIG),
         )  # fmt: skip
     yield Extra()
     if started:

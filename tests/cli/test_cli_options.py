@@ -445,6 +445,8 @@ def test_quiet_ray_engine_starts_ray_logging_errors_only(monkeypatch):
     ray_engine.init_ray(num_cpus=2)
     assert calls[0]["logging_level"] == logging.ERROR and calls[0]["log_to_driver"] is False
     assert "logging_level" not in calls[1]
+    # A local runtime's workers run at the caller's priority, not Ray's niceness 15.
+    assert all(call["_system_config"] == {"worker_niceness": 0} for call in calls)
 
 
 def test_new_options_are_in_the_help():

@@ -11,7 +11,16 @@ def ray_runtime():
     ray = pytest.importorskip("ray")
     started = not ray.is_initialized()
     if started:
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+        from ehrlens.explain.ray_engine import LOCAL_WORKER_CONFIG
+
+        # Workers at the test process's priority, not Ray's niceness 15: on a loaded machine
+        # niced workers wait behind every busy process and each Ray test crawls.
+        ray.init(
+            num_cpus=2,
+            include_dashboard=False,
+            log_to_driver=False,
+            _system_config=dict(LOCAL_WORKER_CONFIG),
+        )
     yield ray.get_runtime_context().gcs_address
     if started:
         ray.shutdown()

@@ -274,3 +274,15 @@ def test_cli_engine_ray(cohort_files, ray_runtime, single_process, tmp_path):
         ignore_index=True,
     )
     assert_same_rows(frame, single_process)
+
+
+def test_workers_of_the_test_runtime_run_at_the_callers_priority(ray_runtime):
+    # Ray starts workers at niceness 15 unless told otherwise; on a loaded machine such workers
+    # wait behind every busy process. The runtime here (as init_ray's) keeps the caller's.
+    import ray
+
+    @ray.remote
+    def niceness() -> int:
+        return os.nice(0)
+
+    assert ray.get(niceness.remote()) == os.nice(0)
