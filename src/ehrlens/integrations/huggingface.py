@@ -70,6 +70,8 @@ from ..core.interpretable import Capabilities, GradientFusion
 from ..core.outputs import probabilities
 from ..interpret.api import GradientInterpretable
 from ..models.capture import AttentionSlot
+from . import hf_attention
+from .hf_attention import ATTENTION_NAME, FusedLayerKeys, listening, supports_fused_attention
 from .hf_inputs import check_hf_inputs, input_limits
 from .hf_lrp import LRP_MODEL_TYPES, bert_lrp_rules, lrp_rules_for
 from .hf_modules import find_attention_modules, has_attention, head_kind, is_causal
@@ -93,6 +95,7 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
+hf_attention.register()
 
 #: The feature key of the token positions in batches and explanations.
 FEATURE_KEY = "input_ids"
@@ -246,11 +249,19 @@ class HuggingFaceModel(nn.Module, GradientInterpretable):
         self.pad_ids: dict[str, int | None] = {
             FEATURE_KEY: getattr(model.config, "pad_token_id", None)
         }
-        use_eager_attention(model)
+        #: Whether the model runs the ``"ehrlens"`` attention (SDPA unless a map is needed).
+        self.fused_attention = use_attention_for(model, found)
         self._capture = _AttentionStore()
         self._attention_modules = found
         self._forward_parameters = forward_parameters(model)
         self._input_limits = input_limits(model)
+
+    @property
+    def fused_weighted_rows(self) -> bool:
+        """Whether rollout's key capture keeps the fused kernel's queries, keys and row
+        log-sum-exp (:class:`~.hf_attention.FusedLayerKeys`): an encoder under the
+        ``"ehrlens"`` attention. Rollout then forms no map (see :class:`AttentionRollout`)."""
+        return self.fused_attention and not self.causal and bool(self._attention_modules)
 
     @property
     def device(self) -> torch.device:
@@ -285,16 +296,16 @@ class HuggingFaceModel(nn.Module, GradientInterpretable):
         capturing = store.records_this_thread()
         if capturing and self._attention_modules:
             outputs = self._hooked_forward(input_ids, attention_mask, model_inputs)
-        else:
-            if capturing:
-                model_inputs["output_attentions"] = True
+        elif capturing:
+            model_inputs["output_attentions"] = True
             outputs = self.model(input_ids=input_ids, **model_inputs)
-            if capturing:
-                store.record(
-                    checked_attentions(
-                        self.model, outputs, input_ids, attention_mask, causal=self.causal
-                    )
+            store.record(
+                checked_attentions(
+                    self.model, outputs, input_ids, attention_mask, causal=self.causal
                 )
+            )
+        else:  # nothing listens (AttnLRP's rules included): SDPA under "ehrlens" attention
+            outputs = self.model(input_ids=input_ids, **model_inputs)
         batch = {FEATURE_KEY: input_ids, "attention_mask": attention_mask, **inputs}
         logit = self._logit(outputs, batch)
         out: dict[str, Any] = {
@@ -334,32 +345,37 @@ class HuggingFaceModel(nn.Module, GradientInterpretable):
         store.begin()
 
         thread = threading.get_ident()
+        mode = "keys" if store.keys_only else "maps"
+        with listening(mode, self._attention_modules) as state:
 
-        def on_attention(module: nn.Module, args: Any, kwargs: Any, output: Any) -> None:
-            if threading.get_ident() != thread:  # another thread's forward of the same model
-                return
-            index = self._attention_modules[module]
-            attention = output[index] if isinstance(output, (tuple, list)) else None
-            if attention is None:
-                store.missing = True
-                return
-            layer = store.layers_seen
-            check_attention_map(name, layer, attention, real, causal=self.causal)
-            if store.keys_only:
-                store.record_call(CapturedLayerCall.of(module, args, kwargs, index))
-                return
-            anchor = args[0] if args else kwargs.get("hidden_states")
-            store.record_layer(attention, anchor if isinstance(anchor, Tensor) else None)
+            def on_attention(module: nn.Module, args: Any, kwargs: Any, output: Any) -> None:
+                if threading.get_ident() != thread:  # another thread's forward of the model
+                    return
+                if store.keys_only and module in state.fused:  # the fused call kept its keys
+                    store.record_call(state.fused.pop(module))
+                    return
+                index = self._attention_modules[module]
+                attention = output[index] if isinstance(output, (tuple, list)) else None
+                if attention is None:
+                    store.missing = True
+                    return
+                layer = store.layers_seen
+                check_attention_map(name, layer, attention, real, causal=self.causal)
+                if store.keys_only:
+                    store.record_call(CapturedLayerCall.of(module, args, kwargs, index))
+                    return
+                anchor = args[0] if args else kwargs.get("hidden_states")
+                store.record_layer(attention, anchor if isinstance(anchor, Tensor) else None)
 
-        handles: list[RemovableHandle] = [
-            module.register_forward_hook(on_attention, with_kwargs=True)
-            for module in self._attention_modules
-        ]
-        try:
-            outputs = self.model(input_ids=input_ids, **model_inputs)
-        finally:
-            for handle in handles:
-                handle.remove()
+            handles: list[RemovableHandle] = [
+                module.register_forward_hook(on_attention, with_kwargs=True)
+                for module in self._attention_modules
+            ]
+            try:
+                outputs = self.model(input_ids=input_ids, **model_inputs)
+            finally:
+                for handle in handles:
+                    handle.remove()
         if store.missing or store.layers_seen == 0:
             store.clear_slots()
             raise TypeError(
@@ -487,9 +503,12 @@ class HuggingFaceModel(nn.Module, GradientInterpretable):
             )
         return {FEATURE_KEY: [(s.attention, s.gradient) for s in slots if s.attention is not None]}
 
-    def get_attention_keys(self) -> dict[str, list[CapturedLayerCall]]:
-        """``{"input_ids": [CapturedLayerCall per layer]}`` (``keys_only`` capture): what
-        recomputes each layer's map ``[batch, heads, tokens, tokens]``, input side first."""
+    def get_attention_keys(self) -> dict[str, list[CapturedLayerCall | FusedLayerKeys]]:
+        """``{"input_ids": [one per layer]}`` (``keys_only`` capture): what recomputes each
+        layer's map ``[batch, heads, tokens, tokens]``, input side first: the queries, keys
+        and log-sum-exp of the fused kernel (:class:`~.hf_attention.FusedLayerKeys`, where
+        the model runs the ``"ehrlens"`` attention and the layer only pads keys), else the
+        attention module's call (:class:`CapturedLayerCall`)."""
         store = self._capture
         if not store.calls:
             raise RuntimeError(
@@ -679,7 +698,7 @@ class CapturedLayerCall:
 
     def weights(self, rows: slice = slice(None)) -> Tensor:
         """The layer's map ``[batch, heads, len(rows), tokens]``, recomputed."""
-        with torch.no_grad():
+        with torch.no_grad(), listening("maps"):  # the "ehrlens" attention returns its map
             output = self.module(*self.args, **self.kwargs)
         return output[self.index][:, :, rows]
 
@@ -700,7 +719,7 @@ class _AttentionStore:
         self.layers_seen = 0
         self.missing = False
         self.keys_only = False
-        self.calls: list[CapturedLayerCall] = []
+        self.calls: list[CapturedLayerCall | FusedLayerKeys] = []
 
     def enable(
         self,
@@ -725,7 +744,7 @@ class _AttentionStore:
         self.layers_seen = 0
         self.missing = False
 
-    def record_call(self, call: CapturedLayerCall) -> None:
+    def record_call(self, call: CapturedLayerCall | FusedLayerKeys) -> None:
         self.calls.append(call)
         self.layers_seen += 1
 
@@ -905,6 +924,29 @@ def resolve_mode(
     if problem_type in _PROBLEM_TYPES:
         return _PROBLEM_TYPES[problem_type]
     return "multiclass" if int(getattr(model.config, "num_labels", 1)) > 1 else "binary"
+
+
+def use_attention_for(model: Any, modules: Mapping[nn.Module, int]) -> bool:
+    """Switch ``model`` (in place) to the ``"ehrlens"`` attention where it applies
+    (:func:`~.hf_attention.supports_fused_attention`; returns True), else to eager attention
+    (False); logged at INFO level."""
+    if supports_fused_attention(model, modules):
+        current = getattr(model.config, "_attn_implementation", None)
+        if current != ATTENTION_NAME:
+            model.set_attn_implementation(ATTENTION_NAME)
+        if getattr(model.config, "_attn_implementation", None) == ATTENTION_NAME:
+            if current != ATTENTION_NAME:
+                logger.info(
+                    "%s: attention implementation switched from %r to %r: PyTorch's SDPA "
+                    "while no explanation listens, eager attention where its maps are "
+                    "needed, the fused kernel for rollout's key capture",
+                    type(model).__name__,
+                    current,
+                    ATTENTION_NAME,
+                )
+            return True
+    use_eager_attention(model)
+    return False
 
 
 def use_eager_attention(model: Any) -> None:
