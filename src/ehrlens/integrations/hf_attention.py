@@ -55,6 +55,7 @@ __all__ = [
     "ATTENTION_NAME",
     "FUSED_MODELING_MODULES",
     "FusedLayerKeys",
+    "KeptTensors",
     "Listening",
     "attention_forward",
     "current",
@@ -153,6 +154,51 @@ class FusedLayerKeys:
         )
 
 
+class KeptTensors:
+    """Copies of the tensors a capture keeps, packed into chunks of at least
+    :data:`CHUNK_BYTES` each.
+
+    The kept queries and keys outlive the forward that makes them; allocated one by one
+    between the forward's own short-lived tensors, they fragment the heap (the C allocator
+    serves tensors of a few MiB from it), so that its peak grows by more than what is kept.
+    Chunks this large are mapped and unmapped whole, apart from the heap the forward reuses.
+    A tensor below :data:`SMALL_BYTES` is kept as it is.
+
+    Example:
+        >>> kept = KeptTensors()
+        >>> q = torch.randn(16, 512, 12, 32).transpose(1, 2)       # [batch, heads, tokens, dim]
+        >>> copy = kept.keep(q)
+        >>> torch.equal(copy, q), copy.is_contiguous()
+        (True, True)
+    """
+
+    #: Above the C allocator's largest dynamic mmap threshold (32 MiB on 64-bit glibc).
+    CHUNK_BYTES = 33 << 20
+    SMALL_BYTES = 1 << 20
+
+    def __init__(self) -> None:
+        self._rest: Tensor | None = None
+
+    def keep(self, tensor: Tensor) -> Tensor:
+        """A contiguous, detached copy of ``tensor`` (itself, detached, when small)."""
+        tensor = tensor.detach()
+        count, size = tensor.numel(), tensor.element_size()
+        if count * size < self.SMALL_BYTES:
+            return tensor
+        rest = self._rest
+        if (
+            rest is None
+            or rest.numel() < count
+            or rest.dtype != tensor.dtype
+            or rest.device != tensor.device
+        ):  # a new chunk holding a whole number of such tensors
+            per_chunk = max(1, -(-self.CHUNK_BYTES // (count * size)))
+            rest = torch.empty(per_chunk * count, dtype=tensor.dtype, device=tensor.device)
+        out = rest[:count].view(tensor.shape)
+        self._rest = rest[count:]
+        return out.copy_(tensor)
+
+
 @dataclass
 class Listening:
     """What listens to the attention calls of one forward (see :func:`listening`)."""
@@ -161,6 +207,8 @@ class Listening:
     modules: frozenset[nn.Module] = frozenset()
     #: ``"keys"``: what each listened module's fused call kept, taken by the adapter.
     fused: dict[nn.Module, FusedLayerKeys] = field(default_factory=dict)
+    #: Where the kept queries and keys are copied to.
+    kept: KeptTensors = field(default_factory=KeptTensors)
     #: Masks already read (the layers share one): ``id -> (mask, key padding or None)``.
     masks: dict[int, tuple[Tensor | None, Tensor | None]] = field(default_factory=dict)
 
@@ -293,8 +341,7 @@ def _fused_keys(
     key, value = repeat_kv(key, groups), repeat_kv(value, groups)
     scaling = kwargs.get("scaling")
     scaling = query.shape[-1] ** -0.5 if scaling is None else float(scaling)
-    # Contiguous copies: the kernel reads them faster, and the projections are not kept.
-    query, key = query.detach().contiguous(), key.detach().contiguous()
+    query, key = state.kept.keep(query), state.kept.keep(key)
     out, logsumexp = attention_with_logsumexp(query, key, value, real, scale=scaling)
     state.fused[module] = FusedLayerKeys(query, key, real, logsumexp.detach(), scaling)
     return out.transpose(1, 2).contiguous()
