@@ -24,10 +24,15 @@ on eager (:func:`supports_fused_attention`).
 Needs ``transformers``.
 
 Example:
-    >>> register()                                  # idempotent; done on import of huggingface
-    >>> model.set_attn_implementation(ATTENTION_NAME)
-    >>> with listening("maps"):
-    ...     maps = model(**batch, output_attentions=True).attentions   # eager maps
+    >>> from transformers import BertConfig, BertModel
+    >>> bert = BertModel(BertConfig(vocab_size=30, hidden_size=16, num_hidden_layers=1,
+    ...                             num_attention_heads=2, intermediate_size=16)).eval()
+    >>> bert.set_attn_implementation(ATTENTION_NAME)      # registered when imported
+    >>> ids = torch.tensor([[2, 5, 6, 3]])
+    >>> with torch.no_grad(), listening("maps"):
+    ...     maps = bert(input_ids=ids, output_attentions=True).attentions
+    >>> maps[0].shape                                    # eager maps [batch, heads, 4, 4]
+    torch.Size([1, 2, 4, 4])
 """
 
 from __future__ import annotations
@@ -237,10 +242,15 @@ def listening(mode: str, modules: Iterable[nn.Module] = ()) -> Iterator[Listenin
     restored on exit.
 
     Example:
-        >>> with listening("keys", attention_modules) as state:
-        ...     _ = model(**batch)
-        >>> sorted(state.fused) == sorted(attention_modules)       # encoders, no dropout
-        True
+        >>> from transformers import BertConfig, BertModel
+        >>> bert = BertModel(BertConfig(vocab_size=30, hidden_size=16, num_hidden_layers=2,
+        ...                             num_attention_heads=2, intermediate_size=16)).eval()
+        >>> bert.set_attn_implementation(ATTENTION_NAME)
+        >>> modules = [layer.attention.self for layer in bert.encoder.layer]
+        >>> with torch.no_grad(), listening("keys", modules) as state:
+        ...     _ = bert(input_ids=torch.tensor([[2, 5, 6, 3]]))
+        >>> [type(kept).__name__ for kept in state.fused.values()]
+        ['FusedLayerKeys', 'FusedLayerKeys']
     """
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
@@ -401,3 +411,6 @@ def supports_fused_attention(model: nn.Module, modules: Iterable[nn.Module]) -> 
     return all(
         getattr(type(m).forward, "__module__", None) in FUSED_MODELING_MODULES for m in found
     )
+
+
+register()

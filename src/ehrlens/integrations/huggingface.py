@@ -23,10 +23,16 @@ How the adapter works:
   A forward hook on each reads the module's returned map, checks it, and stores it, fused
   over heads at once for forward-only methods (``[batch, 1, tokens, tokens]``), so the full
   ``output_attentions`` tuple of per-head maps is never held. Models with no attention module
-  found are run with ``output_attentions=True`` instead (same numbers, more memory). Only the
-  eager attention implementation returns maps, so the wrapped model is switched to
-  ``"eager"`` (logged at INFO level on the ``ehrlens.integrations.huggingface`` logger; the
-  switch stays on the model).
+  found are run with ``output_attentions=True`` instead (same numbers, more memory).
+- The wrapped model is switched to the ``"ehrlens"`` attention implementation
+  (:mod:`.hf_attention`; logged at INFO level on the ``ehrlens.integrations.huggingface``
+  logger; the switch stays on the model): PyTorch's SDPA, the same numbers as
+  ``attn_implementation="sdpa"``, when nothing listens (inference, training, the gradient
+  baselines, AttnLRP); the model's own eager attention, which returns the maps, while maps
+  are captured; and for rollout's key capture on encoders the fused kernel with each query
+  row's log-sum-exp, so rollout forms no map. Models whose eager attention is not the plain
+  ``softmax(q k^T * scaling + mask)``, and models with no attention module found, are
+  switched to ``"eager"`` instead, as before.
 - Gradients, when an interpreter asks for them, are captured by tensor hooks on the maps
   (post-softmax, in eval mode identical to the maps the values are mixed with); Chefer's
   ``clamp(grad * A)`` is fused over heads in that hook (``Capabilities.gradient_fusion``).
@@ -70,7 +76,6 @@ from ..core.interpretable import Capabilities, GradientFusion
 from ..core.outputs import probabilities
 from ..interpret.api import GradientInterpretable
 from ..models.capture import AttentionSlot
-from . import hf_attention
 from .hf_attention import ATTENTION_NAME, FusedLayerKeys, listening, supports_fused_attention
 from .hf_inputs import check_hf_inputs, input_limits
 from .hf_lrp import LRP_MODEL_TYPES, bert_lrp_rules, lrp_rules_for
@@ -95,7 +100,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
-hf_attention.register()
 
 #: The feature key of the token positions in batches and explanations.
 FEATURE_KEY = "input_ids"
@@ -131,8 +135,9 @@ class HuggingFaceModel(nn.Module, GradientInterpretable):
     are scored, padding gets exactly 0, and so do special tokens when the batch carries the
     tokenizer's ``special_tokens_mask``.
 
-    Construction switches the model to eager attention (the only implementation that returns
-    attention maps), in place, and logs it at INFO level.
+    Construction switches the model, in place, to the ``"ehrlens"`` attention (SDPA unless an
+    explanation needs maps; see the module docstring), or to eager attention where that does
+    not apply, and logs it at INFO level.
 
     Args:
         model: a ``transformers.PreTrainedModel``: an encoder (BERT family), a decoder (GPT-2,
@@ -155,7 +160,8 @@ class HuggingFaceModel(nn.Module, GradientInterpretable):
             or ``{module: index of its map in the module's output}``.
 
     Attributes:
-        model: the wrapped ``transformers`` model (eager attention).
+        model: the wrapped ``transformers`` model (``"ehrlens"`` or eager attention).
+        fused_attention: whether the model runs the ``"ehrlens"`` attention.
         feature_keys: ``["input_ids"]``.
         mode: the explained mode (see ``mode`` above).
         causal: whether the model's self-attention is causal (a decoder).
@@ -441,10 +447,13 @@ class HuggingFaceModel(nn.Module, GradientInterpretable):
                 :class:`~ehrlens.models.capture.AttentionSlot`); read
                 :meth:`get_fused_gradients` after differentiating
                 :meth:`get_gradient_anchors`.
-            keys_only: forward-only: store no map but each attention module's call (its
-                input hidden states and keyword arguments, ``[batch, tokens, hidden]`` per
-                layer), from which :meth:`get_attention_keys` recomputes one layer's map at
-                a time (rollout's ``low_memory=True``).
+            keys_only: forward-only: store no map. Under the ``"ehrlens"`` attention, a
+                layer whose mask only pads keys keeps the fused kernel's queries, keys and
+                row log-sum-exp (:class:`~.hf_attention.FusedLayerKeys`: rollout carries its
+                rows through by one fused call); other layers keep the attention module's
+                call (its input hidden states and keyword arguments, ``[batch, tokens,
+                hidden]``), from which one layer's map is recomputed at a time
+                (:meth:`get_attention_keys`; rollout's low-memory path).
         """
         if enabled:
             if (head_fusion is not None or keys_only) and capture_gradients:
