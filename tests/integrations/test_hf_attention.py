@@ -406,8 +406,13 @@ def test_kept_tensors_are_packed_into_chunks_and_equal_their_source():
     storages = {c.untyped_storage().data_ptr() for c in copies}
     assert len(storages) == 1  # one chunk of at least 33 MiB holds all three
     assert copies[0].untyped_storage().nbytes() >= KeptTensors.CHUNK_BYTES
-    small = torch.randn(2, 3)
-    assert kept.keep(small) is not small and torch.equal(kept.keep(small), small)
+    # small tensors (a log-sum-exp, a key mask) go to a chunk too: none pins the heap
+    small, mask = torch.randn(2, 3, dtype=torch.float64), torch.tensor([[True, False, True]])
+    copies = [kept.keep(small), kept.keep(mask)]
+    assert torch.equal(copies[0], small) and torch.equal(copies[1], mask)
+    assert copies[1].dtype == torch.bool
+    assert all(c.untyped_storage().nbytes() >= KeptTensors.CHUNK_BYTES for c in copies)
+    assert all(c.data_ptr() % KeptTensors.ALIGN == 0 for c in copies)
 
 
 def test_models_whose_eager_attention_differs_are_not_switched():

@@ -163,44 +163,42 @@ class KeptTensors:
     """Copies of the tensors a capture keeps, packed into chunks of at least
     :data:`CHUNK_BYTES` each.
 
-    The kept queries and keys outlive the forward that makes them; allocated one by one
-    between the forward's own short-lived tensors, they fragment the heap (the C allocator
-    serves tensors of a few MiB from it), so that its peak grows by more than what is kept.
-    Chunks this large are mapped and unmapped whole, apart from the heap the forward reuses.
-    A tensor below :data:`SMALL_BYTES` is kept as it is.
+    The kept queries, keys and log-sum-exps outlive the forward that makes them; allocated
+    one by one between the forward's own short-lived tensors, they fragment the heap (the C
+    allocator serves tensors of a few MiB from it, and a small tensor kept near its top stops
+    it from shrinking), so that the forward's peak grows by more than what is kept. Chunks
+    this large are mapped and unmapped whole, apart from the heap the forward reuses; a
+    chunk's unused tail is never written, so it takes address space, not memory.
 
     Example:
         >>> kept = KeptTensors()
         >>> q = torch.randn(16, 512, 12, 32).transpose(1, 2)       # [batch, heads, tokens, dim]
-        >>> copy = kept.keep(q)
-        >>> torch.equal(copy, q), copy.is_contiguous()
-        (True, True)
+        >>> copies = [kept.keep(q), kept.keep(q.sum(-1)), kept.keep(torch.ones(16, 512) > 0)]
+        >>> all(torch.equal(c, t) for c, t in zip(copies, [q, q.sum(-1), torch.ones(16, 512) > 0]))
+        True
+        >>> len({c.untyped_storage().data_ptr() for c in copies})   # one chunk
+        1
     """
 
     #: Above the C allocator's largest dynamic mmap threshold (32 MiB on 64-bit glibc).
     CHUNK_BYTES = 33 << 20
-    SMALL_BYTES = 1 << 20
+    #: Every kept tensor starts at a multiple of this many bytes.
+    ALIGN = 64
 
     def __init__(self) -> None:
         self._rest: Tensor | None = None
 
     def keep(self, tensor: Tensor) -> Tensor:
-        """A contiguous, detached copy of ``tensor`` (itself, detached, when small)."""
+        """A contiguous, detached copy of ``tensor``, in a chunk."""
         tensor = tensor.detach()
-        count, size = tensor.numel(), tensor.element_size()
-        if count * size < self.SMALL_BYTES:
-            return tensor
+        nbytes = tensor.numel() * tensor.element_size()
+        span = -(-max(nbytes, 1) // self.ALIGN) * self.ALIGN
         rest = self._rest
-        if (
-            rest is None
-            or rest.numel() < count
-            or rest.dtype != tensor.dtype
-            or rest.device != tensor.device
-        ):  # a new chunk holding a whole number of such tensors
-            per_chunk = max(1, -(-self.CHUNK_BYTES // (count * size)))
-            rest = torch.empty(per_chunk * count, dtype=tensor.dtype, device=tensor.device)
-        out = rest[:count].view(tensor.shape)
-        self._rest = rest[count:]
+        if rest is None or rest.numel() < span or rest.device != tensor.device:
+            size = max(self.CHUNK_BYTES, span)
+            rest = torch.empty(size, dtype=torch.uint8, device=tensor.device)
+        out = rest[:nbytes].view(tensor.dtype).view(tensor.shape)
+        self._rest = rest[span:]
         return out.copy_(tensor)
 
 
@@ -223,6 +221,7 @@ class Listening:
         if seen is not None and seen[0] is mask:
             return seen[1]
         real = key_padding(mask, query, key)
+        real = None if real is None else self.kept.keep(real)
         self.masks[id(mask)] = (mask, real)
         return real
 
@@ -353,7 +352,7 @@ def _fused_keys(
     scaling = query.shape[-1] ** -0.5 if scaling is None else float(scaling)
     query, key = state.kept.keep(query), state.kept.keep(key)
     out, logsumexp = attention_with_logsumexp(query, key, value, real, scale=scaling)
-    state.fused[module] = FusedLayerKeys(query, key, real, logsumexp.detach(), scaling)
+    state.fused[module] = FusedLayerKeys(query, key, real, state.kept.keep(logsumexp), scaling)
     return out.transpose(1, 2).contiguous()
 
 
