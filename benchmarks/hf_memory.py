@@ -4,8 +4,10 @@ Two configurations built offline from config objects with random weights (seeded
 downloaded): a 6-layer MiniLM-size BERT (hidden 384, 12 heads, intermediate 1536; its position
 table extended to 8192 so that long inputs can be run) and a 22-layer ModernBERT-size encoder
 (``ModernBertConfig()`` defaults: hidden 768, 12 heads, intermediate 1152, 8192 positions,
-local attention every layer but each third). Both with a 2-label classification head, eager
-attention where the adapter explains (it switches to eager), SDPA for the floors.
+local attention every layer but each third). Both with a 2-label classification head. The
+adapter switches them to its ``"ehrlens"`` attention (SDPA when nothing listens, eager where
+maps are needed, the fused kernel for rollout's key capture); the BASELINE rows keep them on
+eager attention, as the adapter did before.
 
 Methods, each measured in a fresh subprocess (peak RSS of the call, ``VmHWM`` reset just
 before it; ``torch.cuda.max_memory_allocated`` on CUDA; and the call's wall time):
@@ -15,13 +17,16 @@ before it; ``torch.cuda.max_memory_allocated`` on CUDA; and the call's wall time
   ``torch.inference_mode()``; ``forward_backward_sdpa`` (with ``--chefer``) likewise for one
   forward + backward;
 - ``inference``: the wrapped model's forward under ``torch.inference_mode()``, no capture
-  (eager attention, as the adapter runs it);
-- ``rollout``: :class:`AttentionRollout` (maps captured by forward hooks, fused at capture);
-- ``rollout_low_memory``: the same with ``low_memory=True``: each attention module's call is
-  kept (its input hidden states), and the maps are recomputed one layer at a time during the
-  top-down pass;
-- ``rollout_output_attentions``: BASELINE, the same adapter made to capture through
-  ``output_attentions=True`` (the previous path: every layer's per-head map held to the end);
+  (SDPA under the ``"ehrlens"`` attention);
+- ``rollout``: :class:`AttentionRollout`, the default: on CPU the fused kernel keeps each
+  layer's queries, keys and row log-sum-exp, and the readout row is carried down by one more
+  fused call per layer; no map is formed;
+- ``rollout_maps``: the same with ``low_memory=False``: maps computed eagerly, captured by
+  forward hooks and fused over heads at capture;
+- ``inference_eager``, ``rollout_eager``: BASELINE, the adapter keeping the model on eager
+  attention (before: every forward eager, rollout's maps fused at capture);
+- ``rollout_output_attentions``: BASELINE, the eager adapter made to capture through
+  ``output_attentions=True`` (every layer's per-head map held to the end);
 - ``forward_backward`` and ``chefer``: with ``--chefer``.
 
 Part 1 (the goal): MiniLM, 512 tokens x batch 16. Part 2: batch 1 at growing lengths per
@@ -32,6 +37,7 @@ budget (an estimate, labelled as such).
 
     python benchmarks/hf_memory.py                       # both parts
     python benchmarks/hf_memory.py --device cuda
+    python benchmarks/hf_memory.py --configs minilm --no-ladder --repeats 2   # the goal
     python benchmarks/hf_memory.py --quick               # seconds; run by the tests
 """
 
@@ -59,9 +65,13 @@ METHODS = (
     "inference_sdpa",
     "inference",
     "rollout",
-    "rollout_low_memory",
+    "rollout_maps",
+    "inference_eager",
+    "rollout_eager",
     "rollout_output_attentions",
 )
+#: BASELINE methods: the adapter keeps the model on eager attention, as before.
+EAGER_METHODS = ("inference_eager", "rollout_eager", "rollout_output_attentions")
 CHEFER_METHODS = ("forward_backward_sdpa", "forward_backward", "chefer")
 SDPA_METHODS = ("inference_sdpa", "forward_backward_sdpa")
 LADDERS = {"minilm": [512, 1024, 2048, 4096], "modernbert": [256, 512, 1024]}
@@ -110,15 +120,15 @@ def run_method(method: str, encoder: Any, batch: dict) -> Any:
         logits[:, 0].sum().backward()
         encoder.zero_grad(set_to_none=True)
         return logits.detach()
-    if method == "inference":
+    if method in ("inference", "inference_eager"):
         with torch.inference_mode():
             return encoder(**batch)["logit"]
-    if method in ("rollout", "rollout_output_attentions"):
+    if method in ("rollout", "rollout_eager", "rollout_output_attentions"):
         with torch.inference_mode():
             return AttentionRollout(encoder).attribute(**batch)
-    if method == "rollout_low_memory":
+    if method == "rollout_maps":
         with torch.inference_mode():
-            return AttentionRollout(encoder, low_memory=True).attribute(**batch)
+            return AttentionRollout(encoder, low_memory=False).attribute(**batch)
     if method == "forward_backward":
         out = encoder(**batch)
         out["logit"][:, 0].sum().backward()
@@ -130,7 +140,11 @@ def run_method(method: str, encoder: Any, batch: dict) -> Any:
 
 
 def memory_worker(spec: dict) -> dict:
+    from ehrlens.integrations import huggingface
     from ehrlens.integrations.huggingface import HuggingFaceEncoder
+
+    if spec["method"] in EAGER_METHODS:  # BASELINE: the adapter keeps eager attention
+        huggingface.supports_fused_attention = lambda model, modules: False  # type: ignore
 
     device = spec["device"]
     model = build(spec["config"], spec.get("quick", False))
@@ -183,6 +197,23 @@ def measure(spec: dict) -> dict:
     return {**spec, "error": f"failed rc={proc.returncode}: {tail}"}
 
 
+def combine(rows: list[dict]) -> dict:
+    """One method's repetitions: the median time (all kept in ``elapsed_all_s``), the largest
+    peak; the first error if any failed."""
+    failed = [r for r in rows if "error" in r]
+    if failed:
+        return failed[0]
+    out = dict(rows[0])
+    times = sorted(r["elapsed_s"] for r in rows)
+    middle = len(times) // 2
+    median = times[middle] if len(times) % 2 else (times[middle - 1] + times[middle]) / 2
+    out.update(elapsed_s=median, elapsed_all_s=[r["elapsed_s"] for r in rows])
+    for what in ("peak_mib", "extra_mib", "baseline_mib"):
+        out[what] = max(r[what] for r in rows)
+    out["repeats"] = len(rows)
+    return out
+
+
 def quadratic_limit(points: list[tuple[int, float]], budget_mib: float) -> float | None:
     """Length where the quadratic through the last three (length, peak MiB) points reaches
     ``budget_mib``; ``None`` with fewer points or no positive root beyond the last length."""
@@ -214,6 +245,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-goal", action="store_true", help="skip part 1 (512 x 16)")
     parser.add_argument("--no-ladder", action="store_true", help="skip part 2 (longest input)")
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument(
+        "--repeats", type=int, default=1, help="part 1: fresh processes per method, interleaved"
+    )
     parser.add_argument("--out", type=Path, default=Path("benchmarks/out/hf_memory.json"))
     parser.add_argument("--memory-worker", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -234,10 +268,12 @@ def main(argv: list[str] | None = None) -> int:
     goal_rows: list[dict] = []
     if not args.no_goal:
         tokens, batch = (16, 4) if args.quick else (512, 16)
-        for m in methods:
-            goal_rows.append(
-                measure({**base, "config": "minilm", "method": m, "tokens": tokens, "batch": batch})
-            )
+        runs: dict[str, list[dict]] = {m: [] for m in methods}
+        for _ in range(max(1, args.repeats)):  # round by round: load drifts hit all methods
+            for m in methods:
+                spec = {**base, "config": "minilm", "method": m, "tokens": tokens, "batch": batch}
+                runs[m].append(measure(spec))
+        goal_rows = [combine(rows) for rows in runs.values()]
         floor = {r["method"]: r for r in goal_rows}
         for r in goal_rows:
             gradient = r["method"] in CHEFER_METHODS
@@ -285,7 +321,8 @@ def main(argv: list[str] | None = None) -> int:
     meta["loadavg_end"] = list(os.getloadavg())
     for r in goal_rows:
         print(
-            f"goal {r['method']}: {r.get('elapsed_s', 0):.2f} s, "
+            f"goal {r['method']}: {r.get('elapsed_s', 0):.2f} s "
+            f"({', '.join(f'{t:.2f}' for t in r.get('elapsed_all_s', []))}), "
             f"x floor {r.get('elapsed_ratio_to_floor', float('nan')):.2f}; "
             f"peak {r.get('peak_mib', 0):.0f} MiB, "
             f"x floor {r.get('peak_ratio_to_floor', float('nan')):.2f}"

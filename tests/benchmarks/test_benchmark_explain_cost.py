@@ -41,8 +41,8 @@ def test_hf_memory_quick_run_measures_every_method(tmp_path):
     assert load("hf_memory").main(["--quick", "--no-ladder", "--out", str(out)]) == 0
     goal = json.loads(out.read_text())["goal"]
     assert [row["method"] for row in goal] == [
-        "inference_sdpa", "inference", "rollout", "rollout_low_memory",
-        "rollout_output_attentions",
+        "inference_sdpa", "inference", "rollout", "rollout_maps", "inference_eager",
+        "rollout_eager", "rollout_output_attentions",
     ]  # fmt: skip
     assert all(row.get("peak_mib", 0) > 0 for row in goal), goal
 

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from _tolerance import FLOAT32_ACROSS
-from ehrlens.integrations.huggingface import HuggingFaceEncoder, similarity_to
+from ehrlens.integrations.huggingface import HuggingFaceEncoder, HuggingFaceModel, similarity_to
 from ehrlens.interpret import (
     AttentionFlow,
     AttentionInterpretable,
@@ -69,11 +69,11 @@ def test_logits_unchanged_by_wrapping_and_by_capture(wrapped, classifier, padded
         plain = wrapped(**padded_batch)
         with capture_attention(wrapped, padded_batch) as run:
             captured = run.outputs["logit"]
-    # the same eager layers run in both (capture only reads): exact
-    assert torch.equal(plain["logit"], eager)
+    # nothing listens: SDPA itself; capture: the eager layers that return maps. Exact both.
+    assert torch.equal(plain["logit"], original)
     assert torch.equal(captured, eager)
-    torch.testing.assert_close(plain["logit"], original, rtol=1e-5, atol=1e-5)
-    assert torch.equal(plain["y_prob"], torch.softmax(eager, dim=-1))
+    torch.testing.assert_close(plain["logit"], eager, rtol=1e-5, atol=1e-5)
+    assert torch.equal(plain["y_prob"], torch.softmax(original, dim=-1))
     assert plain["model_output"].logits is plain["logit"]
 
 
@@ -81,27 +81,41 @@ def test_hidden_states_of_a_bare_encoder_unchanged(base_model, padded_batch, ref
     reference = torch.zeros(base_model.config.hidden_size)
     wrapped = HuggingFaceEncoder(copy.deepcopy(base_model), output_fn=similarity_to(reference))
     with torch.no_grad():
-        expected = refs.eager_copy(base_model)(**padded_batch).last_hidden_state
+        sdpa = base_model(**padded_batch).last_hidden_state
+        eager = refs.eager_copy(base_model)(**padded_batch).last_hidden_state
         got = wrapped(**padded_batch)["model_output"].last_hidden_state
         with capture_attention(wrapped, padded_batch) as run:
             captured = run.outputs["model_output"].last_hidden_state
-    assert torch.equal(got, expected)  # the same eager layers run in both: exact
-    assert torch.equal(captured, expected)
+    assert torch.equal(got, sdpa)  # the same SDPA layers: exact
+    assert torch.equal(captured, eager)  # the same eager layers: exact
 
 
-def test_switch_to_eager_attention_is_logged(classifier, caplog):
+def test_switch_to_the_ehrlens_attention_is_logged(classifier, caplog):
     model = copy.deepcopy(classifier)
-    assert model.config._attn_implementation != "eager"
+    assert model.config._attn_implementation == "sdpa"
     with caplog.at_level(logging.INFO, logger=MODULE):
         HuggingFaceEncoder(model)
-    assert model.config._attn_implementation == "eager"
+    assert model.config._attn_implementation == "ehrlens"
     messages = [r.getMessage() for r in caplog.records if r.name == MODULE]
     assert len(messages) == 1
-    assert "BertForSequenceClassification" in messages[0] and "'eager'" in messages[0]
+    assert "BertForSequenceClassification" in messages[0] and "'ehrlens'" in messages[0]
     caplog.clear()
     with caplog.at_level(logging.INFO, logger=MODULE):
-        HuggingFaceEncoder(model)  # already eager: nothing to say
+        HuggingFaceEncoder(model)  # already switched: nothing to say
     assert not [r for r in caplog.records if r.name == MODULE]
+
+
+def test_a_model_whose_eager_attention_differs_stays_on_eager(caplog):
+    from transformers import GPT2Config, GPT2ForSequenceClassification
+
+    config = GPT2Config(vocab_size=32, n_embd=16, n_layer=1, n_head=2, reorder_and_upcast_attn=True)
+    model = GPT2ForSequenceClassification(config).eval()
+    with caplog.at_level(logging.INFO, logger=MODULE):
+        wrapped = HuggingFaceModel(model)
+    assert model.config._attn_implementation == "eager"
+    assert not wrapped.fused_attention
+    messages = [r.getMessage() for r in caplog.records if r.name == MODULE]
+    assert len(messages) == 1 and "'eager'" in messages[0]
 
 
 def test_gradient_capture_matches_autograd_and_leaves_no_trace(

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 import torch
 
+from ehrlens.integrations import huggingface
 from ehrlens.integrations.huggingface import (
     HuggingFaceEncoder,
     attention_modules,
@@ -162,10 +163,18 @@ def test_a_forward_in_another_thread_during_capture_is_not_recorded(refs):
         torch.testing.assert_close(fused[:, 0], full.detach().mean(dim=1), rtol=0, atol=1e-7)
 
 
-def test_key_capture_keeps_each_layers_call_not_its_map():
+def eager_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Wrapping keeps models on eager attention (as those :func:`supports_fused_attention`
+    refuses), for the paths such models take."""
+    monkeypatch.setattr(huggingface, "supports_fused_attention", lambda model, modules: False)
+
+
+def test_key_capture_keeps_each_layers_call_not_its_map(monkeypatch):
     from ehrlens.integrations.huggingface import CapturedLayerCall
 
+    eager_only(monkeypatch)
     encoder = HuggingFaceEncoder(tiny_bert())
+    assert encoder.model.config._attn_implementation == "eager"
     assert capabilities(encoder).key_capture
     batch = token_batch()
     with torch.inference_mode():
@@ -208,6 +217,17 @@ def test_low_memory_rollout_recomputes_layers_in_eval_mode(refs):
     assert encoder.training  # the caller's mode is back
 
 
-def test_auto_keeps_maps_on_hugging_face_models():
+def test_auto_keeps_maps_on_hugging_face_models_on_eager_attention(monkeypatch):
+    eager_only(monkeypatch)
     encoder = HuggingFaceEncoder(tiny_bert())
+    assert not encoder.fused_weighted_rows
     assert AttentionRollout(encoder).recomputes_maps(token_batch()) is False
+
+
+def test_auto_takes_the_fused_kernel_on_encoders_under_the_ehrlens_attention():
+    encoder = HuggingFaceEncoder(tiny_bert())
+    assert encoder.fused_weighted_rows
+    assert AttentionRollout(encoder).recomputes_maps(token_batch()) is True
+    # max fusion and discards need the maps: kept, as before
+    assert AttentionRollout(encoder, head_fusion="max").recomputes_maps(token_batch()) is False
+    assert AttentionRollout(encoder, discard_ratio=0.1).recomputes_maps(token_batch()) is False

@@ -86,3 +86,19 @@ def test_float32_weighted_rows_stay_within_float32_rounding():
     _, weights = _explicit(q.double(), k.double(), mask)
     want = torch.einsum("bi,bhij->bhj", rows.double(), weights)
     torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-6)
+
+
+def test_a_given_scale_replaces_one_over_sqrt_head_dim(path):
+    q, k, v, mask = _inputs(seed=5)
+    scale = 0.7  # not 1 / sqrt(4): e.g. a model whose scores are scaled otherwise
+    out, lse = attention_with_logsumexp(q, k, v, mask, scale=scale)
+    # The explicit formula with 1 / sqrt(d) on queries rescaled to give `scale`.
+    scores, weights = _explicit(q * scale * q.shape[-1] ** 0.5, k, mask)
+    real = mask.any(-1)
+    torch.testing.assert_close(out, weights @ v, rtol=0, atol=1e-12)
+    torch.testing.assert_close(lse[real], scores.logsumexp(-1)[real], rtol=0, atol=1e-12)
+    rows = torch.rand(4, 9, dtype=torch.float64) * mask
+    got = weighted_rows_of_map(q, k, mask, lse, rows, scale=scale)
+    torch.testing.assert_close(
+        got, torch.einsum("bi,bhij->bhj", rows, weights), rtol=1e-12, atol=1e-12
+    )

@@ -23,10 +23,16 @@ How the adapter works:
   A forward hook on each reads the module's returned map, checks it, and stores it, fused
   over heads at once for forward-only methods (``[batch, 1, tokens, tokens]``), so the full
   ``output_attentions`` tuple of per-head maps is never held. Models with no attention module
-  found are run with ``output_attentions=True`` instead (same numbers, more memory). Only the
-  eager attention implementation returns maps, so the wrapped model is switched to
-  ``"eager"`` (logged at INFO level on the ``ehrlens.integrations.huggingface`` logger; the
-  switch stays on the model).
+  found are run with ``output_attentions=True`` instead (same numbers, more memory).
+- The wrapped model is switched to the ``"ehrlens"`` attention implementation
+  (:mod:`.hf_attention`; logged at INFO level on the ``ehrlens.integrations.huggingface``
+  logger; the switch stays on the model): PyTorch's SDPA, the same numbers as
+  ``attn_implementation="sdpa"``, when nothing listens (inference, training, the gradient
+  baselines, AttnLRP); the model's own eager attention, which returns the maps, while maps
+  are captured; and for rollout's key capture on encoders the fused kernel with each query
+  row's log-sum-exp, so rollout forms no map. Models whose eager attention is not the plain
+  ``softmax(q k^T * scaling + mask)``, and models with no attention module found, are
+  switched to ``"eager"`` instead, as before.
 - Gradients, when an interpreter asks for them, are captured by tensor hooks on the maps
   (post-softmax, in eval mode identical to the maps the values are mixed with); Chefer's
   ``clamp(grad * A)`` is fused over heads in that hook (``Capabilities.gradient_fusion``).
@@ -70,6 +76,7 @@ from ..core.interpretable import Capabilities, GradientFusion
 from ..core.outputs import probabilities
 from ..interpret.api import GradientInterpretable
 from ..models.capture import AttentionSlot
+from .hf_attention import ATTENTION_NAME, FusedLayerKeys, listening, supports_fused_attention
 from .hf_inputs import check_hf_inputs, input_limits
 from .hf_lrp import LRP_MODEL_TYPES, bert_lrp_rules, lrp_rules_for
 from .hf_modules import find_attention_modules, has_attention, head_kind, is_causal
@@ -128,8 +135,9 @@ class HuggingFaceModel(nn.Module, GradientInterpretable):
     are scored, padding gets exactly 0, and so do special tokens when the batch carries the
     tokenizer's ``special_tokens_mask``.
 
-    Construction switches the model to eager attention (the only implementation that returns
-    attention maps), in place, and logs it at INFO level.
+    Construction switches the model, in place, to the ``"ehrlens"`` attention (SDPA unless an
+    explanation needs maps; see the module docstring), or to eager attention where that does
+    not apply, and logs it at INFO level.
 
     Args:
         model: a ``transformers.PreTrainedModel``: an encoder (BERT family), a decoder (GPT-2,
@@ -152,7 +160,8 @@ class HuggingFaceModel(nn.Module, GradientInterpretable):
             or ``{module: index of its map in the module's output}``.
 
     Attributes:
-        model: the wrapped ``transformers`` model (eager attention).
+        model: the wrapped ``transformers`` model (``"ehrlens"`` or eager attention).
+        fused_attention: whether the model runs the ``"ehrlens"`` attention.
         feature_keys: ``["input_ids"]``.
         mode: the explained mode (see ``mode`` above).
         causal: whether the model's self-attention is causal (a decoder).
@@ -246,11 +255,19 @@ class HuggingFaceModel(nn.Module, GradientInterpretable):
         self.pad_ids: dict[str, int | None] = {
             FEATURE_KEY: getattr(model.config, "pad_token_id", None)
         }
-        use_eager_attention(model)
+        #: Whether the model runs the ``"ehrlens"`` attention (SDPA unless a map is needed).
+        self.fused_attention = use_attention_for(model, found)
         self._capture = _AttentionStore()
         self._attention_modules = found
         self._forward_parameters = forward_parameters(model)
         self._input_limits = input_limits(model)
+
+    @property
+    def fused_weighted_rows(self) -> bool:
+        """Whether rollout's key capture keeps the fused kernel's queries, keys and row
+        log-sum-exp (:class:`~.hf_attention.FusedLayerKeys`): an encoder under the
+        ``"ehrlens"`` attention. Rollout then forms no map (see :class:`AttentionRollout`)."""
+        return self.fused_attention and not self.causal and bool(self._attention_modules)
 
     @property
     def device(self) -> torch.device:
@@ -285,16 +302,16 @@ class HuggingFaceModel(nn.Module, GradientInterpretable):
         capturing = store.records_this_thread()
         if capturing and self._attention_modules:
             outputs = self._hooked_forward(input_ids, attention_mask, model_inputs)
-        else:
-            if capturing:
-                model_inputs["output_attentions"] = True
+        elif capturing:
+            model_inputs["output_attentions"] = True
             outputs = self.model(input_ids=input_ids, **model_inputs)
-            if capturing:
-                store.record(
-                    checked_attentions(
-                        self.model, outputs, input_ids, attention_mask, causal=self.causal
-                    )
+            store.record(
+                checked_attentions(
+                    self.model, outputs, input_ids, attention_mask, causal=self.causal
                 )
+            )
+        else:  # nothing listens (AttnLRP's rules included): SDPA under "ehrlens" attention
+            outputs = self.model(input_ids=input_ids, **model_inputs)
         batch = {FEATURE_KEY: input_ids, "attention_mask": attention_mask, **inputs}
         logit = self._logit(outputs, batch)
         out: dict[str, Any] = {
@@ -334,32 +351,37 @@ class HuggingFaceModel(nn.Module, GradientInterpretable):
         store.begin()
 
         thread = threading.get_ident()
+        mode = "keys" if store.keys_only else "maps"
+        with listening(mode, self._attention_modules) as state:
 
-        def on_attention(module: nn.Module, args: Any, kwargs: Any, output: Any) -> None:
-            if threading.get_ident() != thread:  # another thread's forward of the same model
-                return
-            index = self._attention_modules[module]
-            attention = output[index] if isinstance(output, (tuple, list)) else None
-            if attention is None:
-                store.missing = True
-                return
-            layer = store.layers_seen
-            check_attention_map(name, layer, attention, real, causal=self.causal)
-            if store.keys_only:
-                store.record_call(CapturedLayerCall.of(module, args, kwargs, index))
-                return
-            anchor = args[0] if args else kwargs.get("hidden_states")
-            store.record_layer(attention, anchor if isinstance(anchor, Tensor) else None)
+            def on_attention(module: nn.Module, args: Any, kwargs: Any, output: Any) -> None:
+                if threading.get_ident() != thread:  # another thread's forward of the model
+                    return
+                if store.keys_only and module in state.fused:  # the fused call kept its keys
+                    store.record_call(state.fused.pop(module))
+                    return
+                index = self._attention_modules[module]
+                attention = output[index] if isinstance(output, (tuple, list)) else None
+                if attention is None:
+                    store.missing = True
+                    return
+                layer = store.layers_seen
+                check_attention_map(name, layer, attention, real, causal=self.causal)
+                if store.keys_only:
+                    store.record_call(CapturedLayerCall.of(module, args, kwargs, index))
+                    return
+                anchor = args[0] if args else kwargs.get("hidden_states")
+                store.record_layer(attention, anchor if isinstance(anchor, Tensor) else None)
 
-        handles: list[RemovableHandle] = [
-            module.register_forward_hook(on_attention, with_kwargs=True)
-            for module in self._attention_modules
-        ]
-        try:
-            outputs = self.model(input_ids=input_ids, **model_inputs)
-        finally:
-            for handle in handles:
-                handle.remove()
+            handles: list[RemovableHandle] = [
+                module.register_forward_hook(on_attention, with_kwargs=True)
+                for module in self._attention_modules
+            ]
+            try:
+                outputs = self.model(input_ids=input_ids, **model_inputs)
+            finally:
+                for handle in handles:
+                    handle.remove()
         if store.missing or store.layers_seen == 0:
             store.clear_slots()
             raise TypeError(
@@ -425,10 +447,13 @@ class HuggingFaceModel(nn.Module, GradientInterpretable):
                 :class:`~ehrlens.models.capture.AttentionSlot`); read
                 :meth:`get_fused_gradients` after differentiating
                 :meth:`get_gradient_anchors`.
-            keys_only: forward-only: store no map but each attention module's call (its
-                input hidden states and keyword arguments, ``[batch, tokens, hidden]`` per
-                layer), from which :meth:`get_attention_keys` recomputes one layer's map at
-                a time (rollout's ``low_memory=True``).
+            keys_only: forward-only: store no map. Under the ``"ehrlens"`` attention, a
+                layer whose mask only pads keys keeps the fused kernel's queries, keys and
+                row log-sum-exp (:class:`~.hf_attention.FusedLayerKeys`: rollout carries its
+                rows through by one fused call); other layers keep the attention module's
+                call (its input hidden states and keyword arguments, ``[batch, tokens,
+                hidden]``), from which one layer's map is recomputed at a time
+                (:meth:`get_attention_keys`; rollout's low-memory path).
         """
         if enabled:
             if (head_fusion is not None or keys_only) and capture_gradients:
@@ -487,9 +512,12 @@ class HuggingFaceModel(nn.Module, GradientInterpretable):
             )
         return {FEATURE_KEY: [(s.attention, s.gradient) for s in slots if s.attention is not None]}
 
-    def get_attention_keys(self) -> dict[str, list[CapturedLayerCall]]:
-        """``{"input_ids": [CapturedLayerCall per layer]}`` (``keys_only`` capture): what
-        recomputes each layer's map ``[batch, heads, tokens, tokens]``, input side first."""
+    def get_attention_keys(self) -> dict[str, list[CapturedLayerCall | FusedLayerKeys]]:
+        """``{"input_ids": [one per layer]}`` (``keys_only`` capture): what recomputes each
+        layer's map ``[batch, heads, tokens, tokens]``, input side first: the queries, keys
+        and log-sum-exp of the fused kernel (:class:`~.hf_attention.FusedLayerKeys`, where
+        the model runs the ``"ehrlens"`` attention and the layer only pads keys), else the
+        attention module's call (:class:`CapturedLayerCall`)."""
         store = self._capture
         if not store.calls:
             raise RuntimeError(
@@ -683,7 +711,7 @@ class CapturedLayerCall:
 
     def weights(self, rows: slice = slice(None)) -> Tensor:
         """The layer's map ``[batch, heads, len(rows), tokens]``, recomputed."""
-        with torch.no_grad():
+        with torch.no_grad(), listening("maps"):  # the "ehrlens" attention returns its map
             output = self.module(*self.args, **self.kwargs)
         return output[self.index][:, :, rows]
 
@@ -704,7 +732,7 @@ class _AttentionStore:
         self.layers_seen = 0
         self.missing = False
         self.keys_only = False
-        self.calls: list[CapturedLayerCall] = []
+        self.calls: list[CapturedLayerCall | FusedLayerKeys] = []
 
     def enable(
         self,
@@ -729,7 +757,7 @@ class _AttentionStore:
         self.layers_seen = 0
         self.missing = False
 
-    def record_call(self, call: CapturedLayerCall) -> None:
+    def record_call(self, call: CapturedLayerCall | FusedLayerKeys) -> None:
         self.calls.append(call)
         self.layers_seen += 1
 
@@ -909,6 +937,29 @@ def resolve_mode(
     if problem_type in _PROBLEM_TYPES:
         return _PROBLEM_TYPES[problem_type]
     return "multiclass" if int(getattr(model.config, "num_labels", 1)) > 1 else "binary"
+
+
+def use_attention_for(model: Any, modules: Mapping[nn.Module, int]) -> bool:
+    """Switch ``model`` (in place) to the ``"ehrlens"`` attention where it applies
+    (:func:`~.hf_attention.supports_fused_attention`; returns True), else to eager attention
+    (False); logged at INFO level."""
+    if supports_fused_attention(model, modules):
+        current = getattr(model.config, "_attn_implementation", None)
+        if current != ATTENTION_NAME:
+            model.set_attn_implementation(ATTENTION_NAME)
+        if getattr(model.config, "_attn_implementation", None) == ATTENTION_NAME:
+            if current != ATTENTION_NAME:
+                logger.info(
+                    "%s: attention implementation switched from %r to %r: PyTorch's SDPA "
+                    "while no explanation listens, eager attention where its maps are "
+                    "needed, the fused kernel for rollout's key capture",
+                    type(model).__name__,
+                    current,
+                    ATTENTION_NAME,
+                )
+            return True
+    use_eager_attention(model)
+    return False
 
 
 def use_eager_attention(model: Any) -> None:

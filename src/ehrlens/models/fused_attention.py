@@ -57,8 +57,12 @@ def _key_bias(mask: Tensor, dtype: torch.dtype) -> Tensor:
     return bias.masked_fill(~mask, torch.finfo(dtype).min)[:, None, None, :]
 
 
-def _scores(q: Tensor, k: Tensor, mask: Tensor) -> Tensor:
-    scores = (q @ k.transpose(-2, -1)) / math.sqrt(q.shape[-1])
+def _scale(q: Tensor, scale: float | None) -> float:
+    return 1 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
+
+
+def _scores(q: Tensor, k: Tensor, mask: Tensor, scale: float | None = None) -> Tensor:
+    scores = (q @ k.transpose(-2, -1)) * _scale(q, scale)
     return scores.masked_fill(~mask[:, None, None, :], torch.finfo(scores.dtype).min)
 
 
@@ -68,14 +72,15 @@ def _block_rows(q: Tensor) -> int:
 
 
 def attention_with_logsumexp(
-    q: Tensor, k: Tensor, v: Tensor, mask: Tensor, dropout: float = 0.0
+    q: Tensor, k: Tensor, v: Tensor, mask: Tensor, dropout: float = 0.0, scale: float | None = None
 ) -> tuple[Tensor, Tensor]:
-    """``softmax(q k^T / sqrt(d)) v`` and each query row's ``logsumexp`` of its scores.
+    """``softmax(q k^T * scale) v`` and each query row's ``logsumexp`` of its scores.
 
     Args:
         q, k, v: ``[batch, heads, seq, head_dim]``.
         mask: ``[batch, seq]`` bool, True at real keys.
         dropout: dropout probability on the weights (training only).
+        scale: the scores' factor; ``None``: ``1 / sqrt(head_dim)``.
 
     Returns:
         ``(out [batch, heads, seq, head_dim], logsumexp [batch, heads, seq])``; a sample
@@ -83,31 +88,36 @@ def attention_with_logsumexp(
     """
     has_key = mask.any(dim=-1)[:, None, None, None]
     if uses_fused_kernel(q):
-        out, lse = _flash_cpu(
-            q, k, v, _key_bias(mask, q.dtype), 1 / math.sqrt(q.shape[-1]), dropout
-        )
+        out, lse = _flash_cpu(q, k, v, _key_bias(mask, q.dtype), _scale(q, scale), dropout)
+        if bool(has_key.all()):  # no copy of the output where every sample has a key
+            return out, lse
         return out * has_key.to(out.dtype), lse
     out = torch.nn.functional.scaled_dot_product_attention(
-        q, k, v, attn_mask=mask[:, None, None, :], dropout_p=dropout
+        q, k, v, attn_mask=mask[:, None, None, :], dropout_p=dropout, scale=scale
     )
     step = _block_rows(q)
     lse = torch.cat(
-        [_scores(q[:, :, i : i + step], k, mask).logsumexp(-1) for i in range(0, q.shape[2], step)],
+        [
+            _scores(q[:, :, i : i + step], k, mask, scale).logsumexp(-1)
+            for i in range(0, q.shape[2], step)
+        ],
         dim=2,
     )
     return out, lse
 
 
 def weighted_rows_of_map(
-    q: Tensor, k: Tensor, mask: Tensor, logsumexp: Tensor, rows: Tensor
+    q: Tensor, k: Tensor, mask: Tensor, logsumexp: Tensor, rows: Tensor, scale: float | None = None
 ) -> Tensor:
-    """``sum_i rows[b, i] * A[b, h, i, :]`` for ``A = softmax(q k^T / sqrt(d))`` per head.
+    """``sum_i rows[b, i] * A[b, h, i, :]`` for ``A = softmax(q k^T * scale)`` per head.
 
     Args:
         q, k: ``[batch, heads, seq, head_dim]`` (queries and keys of one layer).
         mask: ``[batch, seq]`` bool key mask.
-        logsumexp: ``[batch, heads, seq]``, from :func:`attention_with_logsumexp`.
+        logsumexp: ``[batch, heads, seq]``, from :func:`attention_with_logsumexp` (with the
+            same ``scale``).
         rows: weights of the query rows ``[batch, seq]``; any sign.
+        scale: the scores' factor; ``None``: ``1 / sqrt(head_dim)``.
 
     Returns:
         ``[batch, heads, seq]`` in ``rows``'s dtype; exactly 0 at padded keys. With the fused
@@ -115,8 +125,8 @@ def weighted_rows_of_map(
     """
     if bool((rows < 0).any()):  # the log trick needs weights >= 0: split by sign
         positive, negative = rows.clamp(min=0), (-rows).clamp(min=0)
-        return weighted_rows_of_map(q, k, mask, logsumexp, positive) - weighted_rows_of_map(
-            q, k, mask, logsumexp, negative
+        return weighted_rows_of_map(q, k, mask, logsumexp, positive, scale) - weighted_rows_of_map(
+            q, k, mask, logsumexp, negative, scale
         )
     if uses_fused_kernel(q):
         dtype = q.dtype
@@ -129,9 +139,7 @@ def weighted_rows_of_map(
         bias = torch.where(
             weights[:, None, :] > 0, log_rows[:, None, :] - logsumexp, tiny
         ).contiguous()
-        _, lse = _flash_cpu(
-            k, q, torch.zeros_like(q), bias[:, :, None, :], 1 / math.sqrt(q.shape[-1])
-        )
+        _, lse = _flash_cpu(k, q, torch.zeros_like(q), bias[:, :, None, :], _scale(q, scale))
         return (lse.exp() * mask[:, None, :].to(lse.dtype)).to(rows.dtype)
     out = rows.new_zeros(q.shape[0], q.shape[1], q.shape[2])
     step = _block_rows(q)
@@ -140,7 +148,7 @@ def weighted_rows_of_map(
         if not bool(part.any()):
             continue
         weights = (
-            _scores(q[:, :, start : start + step], k, mask)
+            _scores(q[:, :, start : start + step], k, mask, scale)
             - logsumexp[..., start : start + step, None]
         ).exp()
         out += torch.einsum("bi,bhij->bhj", part, weights.to(rows.dtype))

@@ -245,7 +245,7 @@ class AttentionRollout(BaseInterpreter):
         if self.discard_ratio > 0 or not capabilities(self.model).key_capture:
             return False
         weights = readout_weights(self.model, batch)
-        if not hasattr(self.model, "attention_heads") or weights is None:
+        if weights is None:
             return False
         on_cpu = all(w.device.type == "cpu" for w in weights.values())
         if (
@@ -254,6 +254,8 @@ class AttentionRollout(BaseInterpreter):
             and getattr(self.model, "fused_weighted_rows", False)
         ):
             return True
+        if not hasattr(self.model, "attention_heads"):
+            return False
         heads = cast(AttentionHeads, self.model).attention_heads()
         sizes = {key: weights[key].shape[-1] ** 2 for key in heads if key in weights}
         kept = sum(len(heads[key]) * size for key, size in sizes.items())
