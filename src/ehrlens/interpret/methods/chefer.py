@@ -3,7 +3,8 @@ for Interpreting Bi-Modal and Encoder-Decoder Transformers", ICCV 2021), self-at
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from typing import Any, cast
 
 import torch
@@ -192,13 +193,12 @@ class CheferRelevance(BaseInterpreter):
         relevance = readout_relevance(self.model, cams, chefer_step, batch)
         return self._input_scores(relevance, batch)
 
-    def _carried_in_backward(
-        self, target_class_idx: TargetIndex, batch: Mapping[str, Any], readout: Mapping[str, Tensor]
-    ) -> dict[str, Tensor]:
-        """The readout rows carried down every layer inside the backward, ``{key: [b, s]}``:
-        each layer's ``mean_heads(clamp(grad * A, min=0))`` arrives block by block, top layer
-        first, and is folded into the rows at once (:class:`ReadoutRowCarrier`), so no
-        ``[batch, seq, seq]`` map is kept for any layer."""
+    @contextmanager
+    def _fusing_backward(
+        self, target_class_idx: TargetIndex, batch: Mapping[str, Any]
+    ) -> Iterator[tuple[Tensor, list[Tensor]]]:
+        """A captured forward with gradient fusion: yields ``(target, anchors)``, what to
+        differentiate and with respect to what, so the backward fuses every layer."""
         model = cast(GradientFusionCapture, self.model)
         with (
             torch.enable_grad(),
@@ -214,6 +214,16 @@ class CheferRelevance(BaseInterpreter):
                     "(are all parameters frozen?), so no attention gradient exists; "
                     "CheferRelevance needs trainable parameters"
                 )
+            yield target, anchors
+
+    def _carried_in_backward(
+        self, target_class_idx: TargetIndex, batch: Mapping[str, Any], readout: Mapping[str, Tensor]
+    ) -> dict[str, Tensor]:
+        """The readout rows carried down every layer inside the backward, ``{key: [b, s]}``:
+        each layer's ``mean_heads(clamp(grad * A, min=0))`` arrives block by block, top layer
+        first, and is folded into the rows at once (:class:`ReadoutRowCarrier`), so no
+        ``[batch, seq, seq]`` map is kept for any layer."""
+        with self._fusing_backward(target_class_idx, batch) as (target, anchors):
             dtype = working_dtype(anchors[0].dtype)  # the maps' dtype, at least float32
             carriers = {key: ReadoutRowCarrier(w.to(dtype)) for key, w in readout.items()}
             self.model.route_fused_gradients(  # type: ignore[attr-defined]
@@ -227,23 +237,10 @@ class CheferRelevance(BaseInterpreter):
     ) -> dict[str, list[Tensor]]:
         """Per-layer ``mean_heads(clamp(grad * A, min=0))``, computed by the model's capture as
         each gradient arrives in one backward to the anchors (queries), ``{key: [[b, s, s]]}``."""
-        model = cast(GradientFusionCapture, self.model)
-        with (
-            torch.enable_grad(),
-            capture_attention(
-                self.model, batch, gradients=True, gradient_fusion=gradient_weighted_attention
-            ) as run,
-        ):
-            target = select_target(_logit(run.outputs), self.description.mode, target_class_idx)
-            anchors = model.get_gradient_anchors()
-            if not anchors:
-                raise RuntimeError(
-                    f"{type(self.model).__name__}: no captured attention map requires grad "
-                    "(are all parameters frozen?), so no attention gradient exists; "
-                    "CheferRelevance needs trainable parameters"
-                )
+        with self._fusing_backward(target_class_idx, batch) as (target, anchors):
             torch.autograd.grad(target.sum(), anchors, allow_unused=True)
-            return {key: list(maps) for key, maps in model.get_fused_gradients().items()}
+            fused = cast(GradientFusionCapture, self.model).get_fused_gradients()
+            return {key: list(maps) for key, maps in fused.items()}
 
     def _gradients_through_model_hooks(self, target: Tensor) -> dict[str, list]:
         """Maps stored detached, gradients taken by the model's own tensor hooks: run the
