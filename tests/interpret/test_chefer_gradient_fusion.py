@@ -279,3 +279,36 @@ def test_carrier_applies_each_layer_to_the_rows_before_it():
     torch.testing.assert_close(
         carrier.result(), torch.tensor([[3.125, 0.875]], dtype=torch.float64), atol=0, rtol=0
     )
+
+
+def test_routing_is_a_declared_capability_and_detected_from_the_class(make):
+    # ehrlens's models declare gradient routing; a class that declares nothing is read
+    # from its methods; without routing, Chefer takes the stored-map path (same scores).
+    from ehrlens.interpret.api import _detect_capabilities
+
+    model, _, _ = make("Transformer", "sequence")
+    assert capabilities(model).gradient_routing
+    assert _detect_capabilities(Transformer).gradient_routing
+
+    class NoRouting:
+        def set_attention_hooks(self, enabled, capture_gradients=True, gradient_fusion=None):
+            pass
+
+    assert not _detect_capabilities(NoRouting).gradient_routing
+
+
+def test_without_routing_chefer_keeps_the_stored_map_path(make):
+    model, _, batch = make("Transformer", "nested", torch.float64)
+    routed = CheferRelevance(model).attribute(None, **batch)
+    model.__class__ = type(
+        "UnroutedTransformer",
+        (Transformer,),
+        {
+            "interpret_capabilities": dataclasses.replace(
+                ENCODER_MODEL_CAPABILITIES, gradient_routing=False
+            )
+        },
+    )
+    stored = CheferRelevance(model).attribute(None, **batch)
+    for key in routed:
+        torch.testing.assert_close(routed[key], stored[key], atol=1e-13, rtol=0)

@@ -33,6 +33,10 @@ Optional, each declared by one flag of :class:`Capabilities` in the class attrib
   -> [batch, seq, seq]`` as the gradient arrives, in the backward, and drops the per-head map
   and gradient there; ``get_gradient_anchors()`` lists the tensors to differentiate so that
   the backward reaches every map, ``get_fused_gradients()`` the reduced maps.
+- ``gradient_routing`` (with ``gradient_fusion``): ``route_fused_gradients(sinks)`` sends
+  each layer's reduced blocks to ``sinks(feature_key, layer)(rows, block)`` as the backward
+  delivers them, instead of storing ``[batch, seq, seq]`` per layer (Chefer carries its
+  readout row through them, top layer first).
 - ``lrp_rules``: ``set_lrp_rules(enabled)`` attaches the AttnLRP rules: forwards compute the
   same values, and their backward pass propagates relevance (``input * gradient``) layer by
   layer (:class:`~ehrlens.interpret.AttnLRP` reads it at ``get_embedding_layers()``).
@@ -77,6 +81,7 @@ class Capabilities:
     embedding_layers: bool = False
     clear_capture: bool = False
     gradient_fusion: bool = False
+    gradient_routing: bool = False
     lrp_rules: bool = False
 
 
@@ -206,6 +211,17 @@ class GradientFusionCapture(Protocol):
     def get_gradient_anchors(self) -> list[Tensor]: ...
 
     def get_fused_gradients(self) -> Mapping[str, list[Tensor]]: ...
+
+
+class GradientRoutingCapture(Protocol):
+    """A model with ``Capabilities.gradient_routing``: after a ``gradient_fusion`` forward
+    and before its backward, ``route_fused_gradients(sinks)`` sends each layer's reduced
+    blocks ``[batch, rows, seq]`` to ``sinks(feature_key, layer)(rows, block)`` (layer 0: the
+    input side) instead of storing ``[batch, seq, seq]`` per layer."""
+
+    def route_fused_gradients(
+        self, sinks: Callable[[str, int], Callable[[slice, Tensor], None]]
+    ) -> None: ...
 
 
 class ClearableCapture(Protocol):

@@ -110,6 +110,7 @@ def _detect_capabilities(cls: type) -> Capabilities:
         gradient_fusion="gradient_fusion" in names
         and callable(getattr(cls, "get_fused_gradients", None))
         and callable(getattr(cls, "get_gradient_anchors", None)),
+        gradient_routing=callable(getattr(cls, "route_fused_gradients", None)),
         lrp_rules=callable(getattr(cls, "set_lrp_rules", None)),
     )
 

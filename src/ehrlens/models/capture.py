@@ -137,7 +137,8 @@ class AttentionSlot:
         #: Where fused gradient blocks go instead of a stored ``[batch, seq, seq]`` map
         #: (:meth:`route_fused_gradient`); reset by every new capture.
         self.block_sink: Callable[[slice, Tensor], None] | None = None
-        self._routed = False
+        #: Whether this capture's gradient has been fused (one backward per forward).
+        self._fused = False
         self._fused_shape: tuple[torch.Size, torch.dtype, torch.device] | None = None
         self._gradient_handle: RemovableHandle | None = None
         self._thread = threading.get_ident()
@@ -218,19 +219,14 @@ class AttentionSlot:
         ``[batch, heads, len(rows), seq]`` (in the backward), into ``[batch, seq, seq]``."""
         if not self.records_this_thread() or self.gradient_fusion is None:
             return
-        if rows.start == 0 and self.fused_gradient is not None:
+        if rows.start == 0 and self._fused:
             raise RuntimeError(
                 "gradient fusion at capture takes one backward per captured forward: this "
                 "layer's map was already fused with its gradient"
             )
+        self._fused = True
         fused = self.gradient_fusion(weights, gradient)
         if self.block_sink is not None:
-            if rows.start == 0 and self._routed:
-                raise RuntimeError(
-                    "gradient fusion at capture takes one backward per captured forward: this "
-                    "layer's map was already fused with its gradient"
-                )
-            self._routed = True
             self.block_sink(rows, fused)
             return
         if self.fused_gradient is None:
@@ -256,8 +252,8 @@ class AttentionSlot:
                 "layer's map was already fused with its gradient and dropped"
             )
         fused = self.gradient_fusion(self.attention.detach(), gradient.detach())
+        self._fused = True
         if self.block_sink is not None:
-            self._routed = True
             self.block_sink(slice(0, fused.shape[1]), fused)
         else:
             self.fused_gradient = fused
@@ -304,7 +300,7 @@ class AttentionSlot:
         self._fused_shape = None
         self.keys = None
         self.block_sink = None
-        self._routed = False
+        self._fused = False
 
 
 class AttentionCapture:
@@ -410,6 +406,7 @@ ENCODER_MODEL_CAPABILITIES = Capabilities(
     embedding_layers=True,
     clear_capture=True,
     gradient_fusion=True,
+    gradient_routing=True,
 )
 
 
@@ -429,6 +426,7 @@ class AttentionCaptureMixin:
         key_capture=True,
         clear_capture=True,
         gradient_fusion=True,
+        gradient_routing=True,
     )
 
     #: Captured queries and keys carry rows through a layer's map by a fused kernel

@@ -10,6 +10,7 @@ from typing import Any, cast
 import torch
 from torch import Tensor, nn
 
+from ...core.interpretable import GradientRoutingCapture
 from ..api import (
     GradientFusionCapture,
     GradientInterpretable,
@@ -166,9 +167,10 @@ class CheferRelevance(BaseInterpreter):
         """
         require_autograd("CheferRelevance")
         batch = plain_tensors(batch)
-        if capabilities(self.model).gradient_fusion:
+        offered = capabilities(self.model)
+        if offered.gradient_fusion:
             readout = readout_weights(self.model, batch)
-            if readout is not None and hasattr(self.model, "route_fused_gradients"):
+            if readout is not None and offered.gradient_routing:
                 rows = self._carried_in_backward(target_class_idx, batch, readout)
                 return self._input_scores(select_input_positions(self.model, rows, batch), batch)
             cams = self._fused_in_backward(target_class_idx, batch)
@@ -226,7 +228,7 @@ class CheferRelevance(BaseInterpreter):
         with self._fusing_backward(target_class_idx, batch) as (target, anchors):
             dtype = working_dtype(anchors[0].dtype)  # the maps' dtype, at least float32
             carriers = {key: ReadoutRowCarrier(w.to(dtype)) for key, w in readout.items()}
-            self.model.route_fused_gradients(  # type: ignore[attr-defined]
+            cast(GradientRoutingCapture, self.model).route_fused_gradients(
                 lambda key, layer: carriers[key].sink(layer)
             )
             torch.autograd.grad(target.sum(), anchors, allow_unused=True)
