@@ -33,7 +33,7 @@ from ehrlens.explain import explain_cohort
 from ehrlens.models import Transformer
 
 
-def _no_predictions(model, batch, target=None):
+def _no_predictions(model, batch, target=None, y_prob=None):
     return [(None, None, None, None)] * len(batch["patient_id"])
 
 

@@ -105,10 +105,14 @@ def prediction_rows(
 
 
 def batch_prediction_rows(
-    model: Any, batch: Mapping[str, Any], target: int | None = None
+    model: Any,
+    batch: Mapping[str, Any],
+    target: int | None = None,
+    y_prob: torch.Tensor | None = None,
 ) -> list[PredictionRow]:
-    """One :data:`PredictionRow` per patient of ``batch``, in batch order: the model is run
-    and :func:`prediction_rows` reads its probabilities.
+    """One :data:`PredictionRow` per patient of ``batch``, in batch order:
+    :func:`prediction_rows` reads the probabilities ``y_prob`` ``[batch, outputs]`` of a
+    forward already run on ``batch`` (:class:`ProbabilityRecorder`), else the model is run.
 
     Raises:
         ValueError: ``target`` is not a class of the model.
@@ -123,9 +127,10 @@ def batch_prediction_rows(
     """
     if model_class_names(model) is None:
         return [(None, None, None, None)] * len(batch["patient_id"])
-    with eval_mode(model), torch.inference_mode():
-        moved = move_to_device(dict(batch), model_device(model) or "cpu")
-        y_prob = model(**moved)["y_prob"]  # [batch, outputs]
+    if y_prob is None:
+        with eval_mode(model), torch.inference_mode():
+            moved = move_to_device(dict(batch), model_device(model) or "cpu")
+            y_prob = model(**moved)["y_prob"]  # [batch, outputs]
     return prediction_rows(model, y_prob, target)
 
 

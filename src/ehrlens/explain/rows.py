@@ -22,12 +22,7 @@ from ..data.identity import identity_columns
 from ..interpret.levels import score_level
 from ..interpret.methods import BaseInterpreter
 from ..metrics.faithfulness import model_device
-from .predictions import (
-    ProbabilityRecorder,
-    batch_prediction_rows,
-    model_class_names,
-    prediction_rows,
-)
+from .predictions import ProbabilityRecorder, batch_prediction_rows
 from .table import concat_columns, method_columns
 
 
@@ -91,10 +86,7 @@ def explain_rows(
                             per_method[name] = interpreter.attribute(target, **batch)
                     else:
                         per_method[name] = interpreter.attribute(target, **batch)
-            if recorder.y_prob is not None and model_class_names(model) is not None:
-                predictions = prediction_rows(model, recorder.y_prob, target)
-            else:
-                predictions = batch_prediction_rows(model, batch, target)
+            predictions = batch_prediction_rows(model, batch, target, recorder.y_prob)
             blocks.append(
                 method_columns(
                     per_method, batch, schema, model_id, items, identity, levels, predictions
