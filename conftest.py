@@ -377,3 +377,11 @@ def _pyhealth_calls() -> Extra:
 
     names = {name: getattr(pyhealth, name) for name in pyhealth.__all__}
     return Extra(names=lambda: names)
+
+
+def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool | None:
+    """``conftest.py`` files hold fixtures, not examples: never collect them as doctest
+    modules. Otherwise a run naming two test folders (``pytest tests/a tests/b``) imports both
+    folders' ``conftest.py`` as the module ``conftest`` and stops with an import mismatch.
+    Pytest still loads them as conftests."""
+    return True if collection_path.name == "conftest.py" else None
